@@ -1,0 +1,132 @@
+"""Context windows: the prefix and suffix a request sends to the model, within token budgets.
+
+Budgets count tokens, not lines, and cuts fall on line boundaries so the model never starts
+mid-token or mid-line (the cursor's own line is always kept whole up to the cursor). Extra
+chunks (other open files, recently edited regions) go ahead of the prefix in their own budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+CHARS_PER_TOKEN_BOUND = 12
+"""Generous upper bound of characters per token, to read only what a budget can use."""
+
+
+@dataclass(frozen=True)
+class ContextBudget:
+    prefix_tokens: int = 1536
+    """Tokens of text before the cursor."""
+    suffix_tokens: int = 512
+    """Tokens of text after the cursor (or the selection)."""
+    extra_tokens: int = 0
+    """Tokens of extra chunks (other files) placed ahead of the prefix."""
+
+
+@dataclass
+class Window:
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    prefix_start: int
+    """Character offset where the prefix window begins."""
+    suffix_end: int
+    """Character offset where the suffix window ends."""
+    extra_ids: list[int] = field(default_factory=list)
+
+    @property
+    def context_ids(self) -> list[int]:
+        return self.extra_ids + self.prefix_ids
+
+
+def _count(tokenizer, texts: Sequence[str]) -> list[int]:
+    if not texts:
+        return []
+    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [len(e) for e in enc]
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _fit_lines(tokenizer, lines: list[str], budget: int, from_end: bool) -> int:
+    """How many whole lines (from the end or the start) fit in ``budget`` tokens."""
+    counts = _count(tokenizer, lines)
+    order = range(len(lines) - 1, -1, -1) if from_end else range(len(lines))
+    total, n = 0, 0
+    for i in order:
+        if total + counts[i] > budget:
+            break
+        total += counts[i]
+        n += 1
+    return n
+
+
+def prefix_window(tokenizer, text: str, cursor: int, budget: int) -> tuple[str, int]:
+    """The prefix text (cut at a line start) and where it begins."""
+    if budget <= 0:
+        return "", cursor
+    lo = max(0, cursor - budget * CHARS_PER_TOKEN_BOUND)
+    chunk = text[lo:cursor]
+    if lo > 0:  # never start inside a line we only partly read
+        nl = chunk.find("\n")
+        chunk = chunk[nl + 1:] if nl >= 0 else ""
+        lo = cursor - len(chunk)
+    lines = chunk.splitlines(keepends=True)
+    while True:
+        keep = _fit_lines(tokenizer, lines, budget, from_end=True)
+        kept = "".join(lines[len(lines) - keep:]) if keep else ""
+        if not kept and lines:
+            # The cursor line alone is over budget: keep its tail, cut at a token boundary.
+            ids = encode(tokenizer, lines[-1])[-budget:]
+            kept = tokenizer.decode(ids)
+        # Whole-text tokenisation can differ slightly from the per-line count.
+        if len(encode(tokenizer, kept)) <= budget or keep <= 1:
+            return kept, cursor - len(kept)
+        lines = lines[len(lines) - keep + 1:]
+
+
+def suffix_window(tokenizer, text: str, cursor: int, budget: int) -> tuple[str, int]:
+    """The suffix text (cut at a line end) and where it ends."""
+    if budget <= 0:
+        return "", cursor
+    hi = min(len(text), cursor + budget * CHARS_PER_TOKEN_BOUND)
+    chunk = text[cursor:hi]
+    if hi < len(text):
+        nl = chunk.rfind("\n")
+        chunk = chunk[:nl + 1] if nl >= 0 else ""
+    lines = chunk.splitlines(keepends=True)
+    while True:
+        keep = _fit_lines(tokenizer, lines, budget, from_end=False)
+        kept = "".join(lines[:keep])
+        if not kept and lines:
+            ids = encode(tokenizer, lines[0])[:budget]
+            kept = tokenizer.decode(ids)
+        if len(encode(tokenizer, kept)) <= budget or keep <= 1:
+            return kept, cursor + len(kept)
+        lines = lines[:keep - 1]
+
+
+def format_extra(chunks: Sequence[tuple[str, str]]) -> str:
+    """Extra chunks as comment-headed blocks: ``# <name>`` then the text."""
+    parts = []
+    for name, body in chunks:
+        body = body if body.endswith("\n") else body + "\n"
+        parts.append(f"# {name}\n{body}\n")
+    return "".join(parts)
+
+
+def build_window(tokenizer, text: str, start: int, end: int | None = None,
+                 budget: ContextBudget = ContextBudget(),
+                 extra: Sequence[tuple[str, str]] = ()) -> Window:
+    """The window around ``text[start:end]`` (a cursor when ``end`` is None)."""
+    end = start if end is None else end
+    prefix, p0 = prefix_window(tokenizer, text, start, budget.prefix_tokens)
+    suffix, s1 = suffix_window(tokenizer, text, end, budget.suffix_tokens)
+    extra_ids: list[int] = []
+    if extra and budget.extra_tokens > 0:
+        extra_text = format_extra(extra)
+        extra_ids = encode(tokenizer, extra_text)[-budget.extra_tokens:]
+    return Window(prefix_ids=encode(tokenizer, prefix), suffix_ids=encode(tokenizer, suffix),
+                  prefix_start=p0, suffix_end=s1, extra_ids=extra_ids)

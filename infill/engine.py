@@ -1,0 +1,219 @@
+"""One request through context -> sampler -> post-processing.
+
+The CLI calls it in-process, the daemon on behalf of every editor window; nothing else runs the
+model. Requests and results are small typed objects with character offsets; line/column
+conversion (and its encodings) happens at the edges.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+from model import DiffusionModel
+
+from . import post
+from .context import ContextBudget, build_window, encode
+from .sampler import SamplerSettings, infill, refine
+from .text import InputError, PositionError, check_size
+
+ACTIONS = ("complete", "rewrite", "refine")
+LINE_LADDER = (8, 16, 32, 64)
+BLOCK_LADDER = (16, 32, 64, 128, 256)
+SYNTAX_CHECK_LIMIT = 1_000_000
+"""Documents above this many characters are not re-parsed per candidate."""
+
+
+@dataclass(frozen=True)
+class InfillSettings:
+    sampler: SamplerSettings = SamplerSettings()
+    budget: ContextBudget = ContextBudget()
+    max_tokens: int = 64
+    """Most tokens a completion may take (the largest mask count tried)."""
+    mode: str = "auto"
+    """``auto`` | ``line`` | ``block`` for completions."""
+    ensemble: int = 2
+    """How many mask counts are tried in one batch (the length ensemble)."""
+    lengths: tuple[int, ...] = ()
+    """Explicit mask counts; overrides ``ensemble``."""
+    refine_threshold: float = 0.3
+    """Refine re-masks tokens whose probability in context is under this."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if self.mode not in post.MODES:
+            raise ValueError(f"mode must be one of {', '.join(post.MODES)}")
+        if self.ensemble < 1:
+            raise ValueError("ensemble must be at least 1")
+
+
+@dataclass(frozen=True)
+class InfillRequest:
+    text: str
+    start: int
+    """Character offset of the cursor, or of the selection's start."""
+    end: int | None = None
+    """Selection end (exclusive) for ``rewrite`` and ``refine``."""
+    action: str = "complete"
+    language: str | None = None
+    path: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+    """Extra context chunks, (name, text), placed ahead of the prefix."""
+
+
+@dataclass
+class Completion:
+    text: str
+    start: int
+    end: int
+    """The character range of the document this text replaces."""
+    score: float
+    parses: bool | None = None
+    tokens: int = 0
+
+
+@dataclass
+class InfillResult:
+    items: list[Completion]
+    """Best first; may be empty when the model proposes nothing useful."""
+    mode: str
+    forward_passes: int
+    seconds: float
+    remasked: list[int] = field(default_factory=list)
+    """Refine only: indices of the selection's tokens that were re-masked."""
+
+    @property
+    def best(self) -> Completion | None:
+        return self.items[0] if self.items else None
+
+
+def ladder_lengths(ladder: Sequence[int], max_tokens: int, count: int) -> list[int]:
+    """The ``count`` largest rungs that fit ``max_tokens`` (always including ``max_tokens`` when
+    it is below the first rung)."""
+    fits = [n for n in ladder if n <= max_tokens] or [max_tokens]
+    return fits[-count:]
+
+
+class Engine:
+    """Runs requests on one loaded model. Not thread-safe: callers serialise (the daemon does)."""
+
+    def __init__(self, model: DiffusionModel, settings: InfillSettings = InfillSettings()) -> None:
+        self.model = model
+        self.settings = settings
+        self.tokenizer = model.tokenizer
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+
+    def run(self, req: InfillRequest, settings: InfillSettings | None = None,
+            cancel: Callable[[], bool] | None = None) -> InfillResult:
+        settings = settings or self.settings
+        check_size(req.text, req.path or "document")
+        if not 0 <= req.start <= len(req.text):
+            raise PositionError(f"offset {req.start} is outside the document")
+        if req.action == "complete":
+            return self._complete(req, settings, cancel)
+        if req.action not in ACTIONS:
+            raise InputError(f"unknown action {req.action!r}; one of {', '.join(ACTIONS)}")
+        if req.end is None or not req.start <= req.end <= len(req.text):
+            raise PositionError("a rewrite needs a selection inside the document")
+        if req.end == req.start:
+            raise InputError("the selection is empty")
+        if req.action == "rewrite":
+            return self._rewrite(req, settings, cancel)
+        return self._refine(req, settings, cancel)
+
+    # ------------------------------------------------------------ actions
+
+    def _complete(self, req: InfillRequest, s: InfillSettings,
+                  cancel: Callable[[], bool] | None) -> InfillResult:
+        t0 = time.perf_counter()
+        text, cur = req.text, req.start
+        line_start = text.rfind("\n", 0, cur) + 1
+        line_end = text.find("\n", cur)
+        line_end = len(text) if line_end < 0 else line_end
+        before, after = text[line_start:cur], text[cur:line_end]
+        mode = s.mode if s.mode != "auto" else post.detect_mode(before, after)
+        ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
+        lengths = list(s.lengths) or ladder_lengths(ladder, s.max_tokens, s.ensemble)
+        window = build_window(self.tokenizer, text, cur, None, s.budget, req.extra)
+        cands, passes = infill(self.model, window.context_ids, window.suffix_ids, lengths,
+                               settings=s.sampler, cancel=cancel)
+        language = post.language_of(req.language, req.path)
+        suffix = text[cur:]
+        items: list[Completion] = []
+        seen: set[str] = set()
+        for c in cands:
+            fill = post.clean(self.decode(c.tokens), mode=mode, line_before=before,
+                              suffix=suffix[:4096])
+            if not fill.strip() or fill in seen:
+                continue
+            seen.add(fill)
+            items.append(Completion(fill, cur, cur, c.score, tokens=len(c.tokens)))
+        self._rank(items, text, language)
+        return InfillResult(items, mode, passes, time.perf_counter() - t0)
+
+    def _rewrite(self, req: InfillRequest, s: InfillSettings,
+                 cancel: Callable[[], bool] | None) -> InfillResult:
+        """Regenerate: mask the selection and fill it again, lengths around its own."""
+        t0 = time.perf_counter()
+        assert req.end is not None
+        original = req.text[req.start:req.end]
+        n = max(1, len(encode(self.tokenizer, original)))
+        cap = max(s.max_tokens, n)
+        lengths = list(s.lengths) or sorted({n, min(cap, n + max(2, n // 4)),
+                                             max(1, n - max(1, n // 5))})[-max(s.ensemble, 1):]
+        window = build_window(self.tokenizer, req.text, req.start, req.end, s.budget, req.extra)
+        cands, passes = infill(self.model, window.context_ids, window.suffix_ids, lengths,
+                               settings=s.sampler, cancel=cancel)
+        language = post.language_of(req.language, req.path)
+        items: list[Completion] = []
+        for c in cands:
+            fill = self.decode(c.tokens)
+            if original.endswith("\n") and not fill.endswith("\n"):
+                fill += "\n"
+            if any(it.text == fill for it in items):
+                continue
+            items.append(Completion(fill, req.start, req.end, c.score, tokens=len(c.tokens)))
+        self._rank(items, req.text, language)
+        return InfillResult(items, "rewrite", passes, time.perf_counter() - t0)
+
+    def _refine(self, req: InfillRequest, s: InfillSettings,
+                cancel: Callable[[], bool] | None) -> InfillResult:
+        """Refine: keep the selection, re-mask and redo only its low-confidence tokens."""
+        t0 = time.perf_counter()
+        assert req.end is not None
+        original = req.text[req.start:req.end]
+        window = build_window(self.tokenizer, req.text, req.start, req.end, s.budget, req.extra)
+        sel = encode(self.tokenizer, original)
+        out = refine(self.model, window.context_ids, sel, window.suffix_ids,
+                     threshold=s.refine_threshold, settings=s.sampler, cancel=cancel)
+        text = self.decode(out.tokens) if out.remasked else original
+        conf = out.original_confidence
+        score = sum(conf) / len(conf) if conf else 0.0
+        item = Completion(text, req.start, req.end, score, tokens=len(out.tokens))
+        self._rank([item], req.text, post.language_of(req.language, req.path))
+        return InfillResult([item], "refine", out.forward_passes, time.perf_counter() - t0,
+                            remasked=out.remasked)
+
+    # ------------------------------------------------------------ ranking
+
+    def _rank(self, items: list[Completion], text: str, language: str | None) -> None:
+        """Best first: candidates that leave the document parseable, then by model score."""
+        if language is not None and len(text) <= SYNTAX_CHECK_LIMIT:
+            for it in items:
+                it.parses = post.parses(language, text[:it.start] + it.text + text[it.end:])
+        items.sort(key=lambda it: (it.parses is not True, -it.score))
+
+
+def with_overrides(settings: InfillSettings, **changes) -> InfillSettings:
+    """Settings with top-level or sampler fields replaced (unknown names are an error)."""
+    sampler_fields = set(SamplerSettings.__dataclass_fields__)  # type: ignore[attr-defined]
+    top = {k: v for k, v in changes.items() if k not in sampler_fields and v is not None}
+    samp = {k: v for k, v in changes.items() if k in sampler_fields and v is not None}
+    if samp:
+        top["sampler"] = replace(settings.sampler, **samp)
+    return replace(settings, **top)

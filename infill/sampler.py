@@ -1,0 +1,331 @@
+"""The denoising sampler: ``[prefix][MASK x L][suffix]`` -> tokens, a few parallel steps at a time.
+
+Each step is one forward pass. For every masked position it draws a token (greedy by default,
+or temperature / top-p with a seeded ``torch.Generator``), scores the position, and commits some
+positions by a schedule:
+
+- ``fixed``: a linear time grid; after step s of S, ``n * (1 - s/S)`` masks remain (Dream/LLaDA);
+- ``threshold``: every position whose token has probability >= tau, at least one (Fast-dLLM);
+  easy spans finish in a handful of passes;
+- ``blocks``: left-to-right blocks (32 by default) with fixed steps inside each (LLaDA semi-AR).
+
+Committed tokens are never revisited, except by :func:`refine`, which re-masks the tokens the
+model doubts and denoises only those. With ``cache="dual"`` each block starts with one full pass
+that caches the context's keys and values; later steps run the block alone against that cache
+(Fast-dLLM dual cache), refreshed at the next block.
+
+Special token ids come from the family profile; cancellation is checked between steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from model import DiffusionModel, KVCache
+
+SCHEDULES = ("fixed", "threshold", "blocks")
+ORDERS = ("confidence", "margin", "entropy")
+CACHES = ("none", "dual")
+
+
+class Cancelled(Exception):
+    """The caller asked to stop (a newer request, ``$/cancelRequest``, a closed client)."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    schedule: str = "threshold"
+    """``fixed`` | ``threshold`` | ``blocks``."""
+    steps: int = 0
+    """Forward passes for ``fixed``/``blocks`` over the whole span; 0 means one per 2 tokens."""
+    threshold: float = 0.9
+    """Probability at or above which ``threshold`` commits a position."""
+    order: str = "confidence"
+    """Which masked positions go first: ``confidence`` | ``margin`` | ``entropy``."""
+    block_size: int = 32
+    """Block length of the ``blocks`` schedule (and of cache refreshes)."""
+    temperature: float = 0.0
+    """0 is greedy, as editors want; above 0 samples."""
+    top_p: float = 1.0
+    seed: int | None = None
+    cache: str = "none"
+    """``none`` recomputes the window each step; ``dual`` caches context K/V per block."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError("threshold must be in (0, 1]")
+        if self.steps < 0 or self.block_size < 1:
+            raise ValueError("steps must be >= 0 and block_size >= 1")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass
+class Denoised:
+    ids: torch.Tensor
+    """(B, T) the window with every mask filled."""
+    confidence: torch.Tensor
+    """(B, T) probability of each token when it was committed; 1 where nothing was masked."""
+    forward_passes: int
+
+
+@dataclass
+class Candidate:
+    tokens: list[int]
+    """The fill after filler trimming."""
+    length: int
+    """The number of masks this candidate was given."""
+    score: float
+    """Mean commit probability over its content tokens and the filler that ended it."""
+    confidences: list[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- per-step pieces
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
+                  gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw a token per position from logits (B, N, V); return (tokens, probs) both (B, N, ...).
+
+    Returns the tokens (B, N) and the full probability table (B, N, V) at temperature 1, the one
+    confidence is measured in (a sampling temperature should not make the model look surer).
+    """
+    probs = torch.softmax(logits, dim=-1)
+    if temperature == 0.0:
+        return probs.argmax(dim=-1), probs
+    scaled = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = scaled.sort(dim=-1, descending=True)
+        # Keep the smallest set whose mass reaches top_p (the first token always stays).
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        scaled = torch.zeros_like(scaled).scatter(-1, order, sorted_p)
+    flat = scaled.reshape(-1, scaled.shape[-1])
+    tokens = torch.multinomial(flat, 1, generator=gen).reshape(scaled.shape[:-1])
+    return tokens, probs
+
+
+def position_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str) -> torch.Tensor:
+    """How sure the model is at each position (B, N); higher is committed first.
+
+    confidence: probability of the drawn token. margin: top-1 minus top-2 probability, which
+    prefers positions with one clear winner over ones split between two. entropy: negative
+    entropy of the whole distribution, the least arbitrary choice when many tokens are close.
+    """
+    if order == "confidence":
+        return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if order == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    return (probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
+
+
+def fixed_commit_counts(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: int,
+                        steps: int) -> torch.Tensor:
+    """How many masks each row commits at ``step`` of ``steps`` on a linear time grid.
+
+    After step s (0-based) ``floor(n0 * (1 - (s+1)/S))`` masks remain; at least one is committed
+    while any remain, so the loop always ends in ``S`` steps or fewer.
+    """
+    remain_after = (masked_at_start.float() * (1.0 - (step + 1) / steps)).floor().long()
+    k = masked_now - remain_after
+    return torch.where(masked_now > 0, k.clamp(min=1), torch.zeros_like(k))
+
+
+def choose_commits(scores: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The top-``k[b]`` masked positions of each row by score, as a boolean (B, N)."""
+    s = scores.masked_fill(~masked, float("-inf"))
+    ranks = s.argsort(dim=-1, descending=True).argsort(dim=-1)  # (B, N): 0 = best
+    return (ranks < k[:, None]) & masked
+
+
+def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked: torch.Tensor,
+                      tau: float) -> torch.Tensor:
+    """Every masked position whose token has probability >= tau, plus each row's best one."""
+    sure = (probs_of_token >= tau) & masked
+    best = choose_commits(scores, masked, masked.any(dim=-1).long())
+    return sure | best
+
+
+# ---------------------------------------------------------------- the loop
+
+def _blocks(lo: int, hi: int, settings: SamplerSettings) -> list[tuple[int, int]]:
+    if settings.schedule != "blocks" and settings.cache == "none":
+        return [(lo, hi)]
+    size = settings.block_size
+    return [(b, min(b + size, hi)) for b in range(lo, hi, size)]
+
+
+@torch.inference_mode()
+def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
+            settings: SamplerSettings = SamplerSettings(),
+            key_mask: torch.Tensor | None = None,
+            cancel: Callable[[], bool] | None = None) -> Denoised:
+    """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
+
+    Positions of the span that are not masks (context, tokens kept by refine) are never changed.
+    """
+    mask_id = model.profile.mask_id
+    ids = ids.clone()
+    conf = torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+    gen = None
+    if settings.seed is not None:
+        gen = torch.Generator(device=ids.device).manual_seed(settings.seed)
+    total_masked = int((ids[:, lo:hi] == mask_id).sum(dim=1).max()) if hi > lo else 0
+    budget = settings.steps or max(1, (total_masked + 1) // 2)
+    passes = 0
+    for b0, b1 in _blocks(lo, hi, settings):
+        masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
+        if int(masked0.max()) == 0:
+            continue
+        # Steps for this block: its share of the budget, at least one.
+        block_steps = max(1, round(budget * int(masked0.max()) / max(1, total_masked)))
+        cache = KVCache([], []) if settings.cache == "dual" else None
+        step = 0
+        while True:
+            masked = ids[:, b0:b1] == mask_id  # (B, N)
+            if not masked.any():
+                break
+            if cancel is not None and cancel():
+                raise Cancelled()
+            logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache)  # (B, N, V)
+            passes += 1
+            logits[..., mask_id] = float("-inf")  # a mask is never an answer
+            tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
+            p_tok = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, N)
+            scores = position_scores(probs, tokens, settings.order)
+            if settings.schedule == "threshold":
+                commit = threshold_commits(p_tok, scores, masked, settings.threshold)
+            else:
+                k = fixed_commit_counts(masked.sum(dim=1), masked0, min(step, block_steps - 1),
+                                        block_steps)
+                commit = choose_commits(scores, masked, k)
+            span = ids[:, b0:b1]
+            span[commit] = tokens[commit]
+            conf[:, b0:b1][commit] = p_tok[commit].float()
+            step += 1
+    return Denoised(ids=ids, confidence=conf, forward_passes=passes)
+
+
+# ---------------------------------------------------------------- layouts
+
+def layout(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
+           lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One row per length: ``[bos] prefix [MASK x L] suffix``, right-padded to one width.
+
+    Returns ids (B, T), key_mask (B, T) (False on padding, never attended) and the position
+    where the masks start.
+    """
+    prof = model.profile
+    head = ([prof.bos_id] if prof.bos_id is not None else []) + list(prefix)
+    rows = [head + [prof.mask_id] * n + list(suffix) for n in lengths]
+    width = max(map(len, rows))
+    pad = prof.filler_ids[0]
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    key_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        key_mask[i, :len(row)] = True
+    return ids.to(model.device), key_mask.to(model.device), len(head)
+
+
+def trim_filler(tokens: Sequence[int], confidences: Sequence[float], filler: Sequence[int],
+                mode: str) -> tuple[list[int], float]:
+    """Cut filler from a fill; return the content tokens and the candidate's score.
+
+    ``truncate``: the fill ends at the first filler. ``delete``: filler anywhere means "no
+    token here" (DreamOn). The score averages the commit probability of the content tokens and
+    of the filler that ended the fill, so a confident stop counts but a long tail of easy
+    filler does not drown a doubtful answer.
+    """
+    filler = set(filler)
+    kept: list[int] = []
+    scored: list[float] = []
+    for tok, c in zip(tokens, confidences):
+        if tok in filler:
+            if mode == "truncate":
+                scored.append(c)
+                break
+            continue
+        kept.append(tok)
+        scored.append(c)
+    if mode == "delete":
+        stops = [c for t, c in zip(tokens, confidences) if t in filler]
+        scored.extend(stops[:1])
+    score = sum(scored) / len(scored) if scored else 0.0
+    return kept, score
+
+
+def infill(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
+           lengths: Sequence[int], *, settings: SamplerSettings = SamplerSettings(),
+           cancel: Callable[[], bool] | None = None) -> tuple[list[Candidate], int]:
+    """Fill a gap with every length of ``lengths`` in one batch (the length ensemble).
+
+    Returns the candidates, best score first, and the number of forward passes.
+    """
+    lengths = sorted({int(n) for n in lengths if n > 0})
+    if not lengths:
+        raise ValueError("at least one positive length is needed")
+    ids, key_mask, lo = layout(model, prefix, suffix, lengths)
+    out = denoise(model, ids, lo, lo + max(lengths), settings=settings, key_mask=key_mask,
+                  cancel=cancel)
+    prof = model.profile
+    cands = []
+    for row, n in enumerate(lengths):
+        toks = out.ids[row, lo:lo + n].tolist()
+        confs = out.confidence[row, lo:lo + n].tolist()
+        kept, score = trim_filler(toks, confs, prof.filler_ids, prof.filler_mode)
+        cands.append(Candidate(tokens=kept, length=n, score=score, confidences=confs))
+    cands.sort(key=lambda c: -c.score)
+    return cands, out.forward_passes
+
+
+@dataclass
+class Refined:
+    tokens: list[int]
+    remasked: list[int]
+    """Indices (into the selection) that were re-masked and denoised again."""
+    original_confidence: list[float]
+    forward_passes: int
+
+
+@torch.inference_mode()
+def refine(model: DiffusionModel, prefix: Sequence[int], selection: Sequence[int],
+           suffix: Sequence[int], *, threshold: float = 0.3, max_fraction: float = 0.5,
+           settings: SamplerSettings = SamplerSettings(),
+           cancel: Callable[[], bool] | None = None) -> Refined:
+    """Self-correction of a selection: re-mask only the tokens the model doubts.
+
+    One pass with the whole selection masked gives each original token's probability in its
+    context. Tokens under ``threshold`` (at most ``max_fraction`` of them, lowest first) are
+    masked again and denoised with every other token kept as it is.
+    """
+    sel = list(selection)
+    if not sel:
+        return Refined([], [], [], 0)
+    ids, key_mask, lo = layout(model, prefix, suffix, [len(sel)])
+    hi = lo + len(sel)
+    logits = model.span_logits(ids, lo, hi, key_mask=key_mask)[0]  # (N, V)
+    probs = torch.softmax(logits, dim=-1)
+    orig = torch.tensor(sel, device=probs.device)
+    p_orig = probs.gather(-1, orig[:, None]).squeeze(-1)  # (N,)
+    limit = max(1, int(len(sel) * max_fraction))
+    doubtful = [int(i) for i in p_orig.argsort().tolist() if p_orig[i] < threshold][:limit]
+    if not doubtful:
+        return Refined(sel, [], p_orig.tolist(), 1)
+    ids[0, lo:hi] = orig
+    ids[0, [lo + i for i in doubtful]] = model.profile.mask_id
+    out = denoise(model, ids, lo, hi, settings=settings, key_mask=key_mask, cancel=cancel)
+    new = out.ids[0, lo:hi].tolist()
+    # Filler in a re-masked slot means "drop this token".
+    filler = set(model.profile.filler_ids)
+    tokens = [t for i, t in enumerate(new) if not (i in doubtful and t in filler)]
+    return Refined(tokens, sorted(doubtful), p_orig.tolist(), out.forward_passes + 1)

@@ -1,0 +1,217 @@
+"""Load a checkpoint once, strictly: config -> transformer on the meta device -> weights assigned.
+
+A checkpoint is a local folder, the name of the bundled model, or a Hugging Face hub id (resolved
+with ``huggingface_hub.snapshot_download`` for users with a network; never in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .config import ConfigError, ModelConfig, from_hf_config
+from .profile import FamilyProfile, ProfileError, build_profile
+from .transformer import KVCache, Transformer
+from .weights import WeightsError, read_state_dict
+
+log = logging.getLogger("diffill.model")
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_CHECKPOINT = "diffill-small"
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+             "generation_config.json"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, read or run. The message names it and says why."""
+
+
+def resolve_checkpoint(name: str | os.PathLike[str] | None) -> Path:
+    """A local folder for ``name``: a path, a bundled model's name, or a hub id."""
+    name = str(name or DEFAULT_CHECKPOINT)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    bundled = BUNDLED_DIR / name
+    if bundled.is_dir():
+        return bundled
+    if path.exists():
+        raise CheckpointError(f"checkpoint {name!r} is a file; expected a folder with config.json")
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint {name!r} not found: no such folder, bundled model or "
+                              "hub id (hub ids look like 'org/name')")
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=name, allow_patterns=HUB_FILES))
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "the hub is offline (HF_HUB_OFFLINE) and it is not cached" if offline else str(exc)
+        raise CheckpointError(f"checkpoint {name!r} could not be fetched from the Hugging Face "
+                              f"hub: {why.splitlines()[0] if why else type(exc).__name__}") from exc
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no config.json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def load_tokenizer(folder: Path):
+    """The checkpoint's tokenizer through transformers.
+
+    A ``tokenizer.json`` is loaded with ``PreTrainedTokenizerFast`` directly: ``AutoTokenizer``
+    would pick ``Qwen2Tokenizer`` for a qwen2 config and swap in Qwen's own pre-tokenizer, which
+    changes the ids of a tokenizer trained elsewhere (design.md, known pitfalls).
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    try:
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"),
+                                           clean_up_tokenization_spaces=False)
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load the tokenizer of {folder}: {exc}") from exc
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow on most chips)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(value: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if value is None or value == "auto":
+        return default_dtype(device)
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return DTYPES[value.lower()]
+    except KeyError:
+        raise CheckpointError(f"unknown dtype {value!r}; use one of {', '.join(DTYPES)}") from None
+
+
+def parse_device(value: str | torch.device | None) -> torch.device:
+    if value is None or value == "auto":
+        return default_device()
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"unknown device {value!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {value!r} asked for, but CUDA is not available here")
+    return device
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded checkpoint: transformer, tokenizer and family profile on one device."""
+
+    transformer: Transformer
+    config: ModelConfig
+    profile: FamilyProfile
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    path: Path
+    load_seconds: float
+
+    def _window(self, lo: int, hi: int) -> tuple[int, int, int]:
+        """Token positions whose hidden states give logits for positions lo..hi.
+
+        Shifted families read position i from hidden state i-1 (position 0 from itself), so the
+        pass covers lo-1..hi and drops its last state. Returns (start, stop, drop_last).
+        """
+        if not self.profile.shift_logits:
+            return lo, hi, 0
+        return max(lo - 1, 0), hi, 1
+
+    def _select(self, hidden: torch.Tensor, lo: int, hi: int, offset: int) -> torch.Tensor:
+        if not self.profile.shift_logits:
+            return hidden[:, lo - offset:hi - offset]
+        idx = [max(i - 1, 0) - offset for i in range(lo, hi)]
+        return hidden[:, idx]
+
+    @torch.inference_mode()
+    def span_logits(self, ids: torch.Tensor, lo: int, hi: int,
+                    key_mask: torch.Tensor | None = None,
+                    cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, hi-lo, V) for positions lo..hi of ``ids`` (B, T), already aligned.
+
+        With ``cache=None`` the whole window is run. With an empty cache the whole window is run
+        and its K/V kept; with a filled cache only the span is run against the cached context.
+        """
+        if cache is None or cache.length == 0:
+            hidden = self.transformer.hidden(ids, key_mask=key_mask, cache=cache)
+            return self.transformer.logits(self._select(hidden, lo, hi, 0))
+        start, stop, _ = self._window(lo, hi)
+        hidden = self.transformer.hidden(ids[:, start:stop], key_mask=key_mask, cache=cache,
+                                         start=start)
+        return self.transformer.logits(self._select(hidden, lo, hi, start))
+
+    def describe(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.path), "family": self.profile.name,
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "parameters": self.config.n_params, "load_seconds": round(self.load_seconds, 3)}
+
+
+def load_model(checkpoint: str | os.PathLike[str] | None = None, *,
+               device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+               family: str | None = None,
+               profile_overrides: Mapping[str, Any] | None = None) -> DiffusionModel:
+    """Load ``checkpoint`` for inference. Every failure is a :class:`CheckpointError`."""
+    t0 = time.perf_counter()
+    folder = resolve_checkpoint(checkpoint)
+    raw = read_config(folder)
+    try:
+        cfg = from_hf_config(raw)
+    except ConfigError as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
+    tokenizer = load_tokenizer(folder)
+    vocab = tokenizer.get_vocab()
+    if len(tokenizer) > cfg.vocab_size:
+        raise CheckpointError(f"{folder}: tokenizer has {len(tokenizer)} tokens but the model's "
+                              f"vocabulary is {cfg.vocab_size}")
+    try:
+        profile = build_profile(raw, vocab, family=family, overrides=profile_overrides)
+    except ProfileError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from exc
+    dev = parse_device(device)
+    dt = parse_dtype(dtype, dev)
+    with torch.device("meta"):
+        transformer = Transformer(cfg)
+    try:
+        state = read_state_dict(folder, cfg, dev, dt)
+        transformer.load_state_dict(state, strict=True, assign=True)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from exc
+    except RuntimeError as exc:  # missing / unexpected keys, shape mismatches
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{folder}: weights do not match config.json: "
+                              f"{' '.join(first[:3])[:400]}") from exc
+    except torch.cuda.OutOfMemoryError as exc:
+        raise CheckpointError(f"{folder}: out of GPU memory while loading ({exc})") from exc
+    transformer.eval()
+    seconds = time.perf_counter() - t0
+    model = DiffusionModel(transformer, cfg, profile, tokenizer, dev, dt, folder, seconds)
+    log.info("loaded %s (%s, %.1fM parameters) on %s as %s in %.2fs", folder.name, profile.name,
+             cfg.n_params / 1e6, dev, model.describe()["dtype"], seconds)
+    return model

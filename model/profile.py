@@ -1,0 +1,141 @@
+"""Family profiles: what differs between diffusion checkpoints that share one transformer.
+
+A profile names the mask token, the filler tokens a model writes into surplus masks, whether the
+logits are shifted (Dream-style models predict position i from hidden state i-1) and control
+tokens such as DreamOn's ``<|expand|>``. It is detected from ``config.json`` and the tokenizer's
+vocabulary, and any field can be overridden by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+FAMILIES = ("dream", "dream-coder", "diffucoder", "dreamon", "llada", "open-dcoder", "diffill")
+
+
+class ProfileError(ValueError):
+    """The checkpoint's family could not be told, or an override does not fit it."""
+
+
+@dataclass(frozen=True)
+class FamilyProfile:
+    name: str
+    mask_id: int
+    filler_ids: tuple[int, ...]
+    """Tokens that mean "nothing here": surplus masks are filled with them and cut."""
+    shift_logits: bool
+    filler_mode: str = "truncate"
+    """``truncate``: the fill ends at the first filler; ``delete``: filler anywhere is dropped."""
+    bos_id: int | None = None
+    """Prepended to every window when the family was trained with it."""
+    expand_id: int | None = None
+    """DreamOn's ``<|expand|>``: one mask asks to become two."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "FamilyProfile":
+        if not overrides:
+            return self
+        known = {f for f in self.__dataclass_fields__}  # type: ignore[attr-defined]
+        unknown = set(overrides) - known
+        if unknown:
+            raise ProfileError(f"unknown profile field(s): {', '.join(sorted(unknown))}")
+        values = dict(overrides)
+        if "filler_ids" in values:
+            values["filler_ids"] = tuple(int(i) for i in values["filler_ids"])
+        if values.get("filler_mode", self.filler_mode) not in ("truncate", "delete"):
+            raise ProfileError("filler_mode must be 'truncate' or 'delete'")
+        return replace(self, **values)
+
+
+# Ids of the released checkpoints, used only when neither config nor tokenizer names them.
+DREAM_MASK, DREAM_EOS, DREAMON_EXPAND = 151666, 151643, 151667
+LLADA_MASK, LLADA_EOS = 126336, 126081
+
+
+def _id(vocab: Mapping[str, int], *tokens: str) -> int | None:
+    for t in tokens:
+        if t in vocab:
+            return vocab[t]
+    return None
+
+
+def _ids(*values: int | None) -> tuple[int, ...]:
+    out: list[int] = []
+    for v in values:
+        if v is not None and v not in out:
+            out.append(int(v))
+    return tuple(out)
+
+
+def detect_family(config: Mapping[str, Any], vocab: Mapping[str, int]) -> str:
+    """Name the family from config.json and the tokenizer vocabulary."""
+    model_type = str(config.get("model_type", "")).lower()
+    archs = " ".join(config.get("architectures") or []).lower()
+    name = str(config.get("_name_or_path", "")).lower()
+    if "diffill" in config or model_type == "diffill":
+        return "diffill"
+    if model_type == "llada" or "llada" in archs or "d_model" in config:
+        return "llada"
+    if "<|expand|>" in vocab:
+        return "dreamon"
+    if model_type == "dream" or "dream" in archs:
+        if "diffucoder" in name or "<|dlm_pad|>" in vocab:
+            return "diffucoder"
+        return "dream-coder" if "coder" in name else "dream"
+    if "<M>" in vocab:
+        return "open-dcoder"
+    raise ProfileError(
+        f"cannot tell the diffusion family of this checkpoint (model_type={model_type!r}); "
+        f"pass a family explicitly, one of: {', '.join(FAMILIES)}"
+    )
+
+
+def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
+                  family: str | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> FamilyProfile:
+    """The profile of a checkpoint; ``family`` forces one, ``overrides`` replace fields."""
+    family = family or detect_family(config, vocab)
+    cfg_mask = config.get("mask_token_id")
+    eos = _id(vocab, "<|endoftext|>")
+    if family in ("dream", "dream-coder", "diffucoder", "dreamon"):
+        mask = _id(vocab, "<|mask|>") or cfg_mask or DREAM_MASK
+        eos = eos if eos is not None else config.get("eos_token_id", DREAM_EOS)
+        if family == "diffucoder":
+            filler = _ids(_id(vocab, "<|dlm_pad|>"), eos)
+        else:
+            filler = _ids(eos)
+        profile = FamilyProfile(
+            name=family, mask_id=int(mask), filler_ids=filler, shift_logits=True,
+            filler_mode="delete" if family == "dreamon" else "truncate",
+            expand_id=(_id(vocab, "<|expand|>") or DREAMON_EXPAND) if family == "dreamon" else None,
+        )
+    elif family == "llada":
+        mask = cfg_mask if cfg_mask is not None else (_id(vocab, "<|mdm_mask|>") or LLADA_MASK)
+        eos_id = config.get("eos_token_id", LLADA_EOS)
+        profile = FamilyProfile(name="llada", mask_id=int(mask),
+                                filler_ids=_ids(eos_id, _id(vocab, "<|eot_id|>")),
+                                shift_logits=False, bos_id=config.get("bos_token_id"))
+    elif family == "open-dcoder":
+        mask = _id(vocab, "<M>")
+        if mask is None:
+            raise ProfileError("open-dcoder checkpoints need the <M> mask token in the tokenizer")
+        pad = config.get("pad_token_id")
+        profile = FamilyProfile(name="open-dcoder", mask_id=mask,
+                                filler_ids=_ids(pad, _id(vocab, "<|endoftext|>")),
+                                shift_logits=True)
+    elif family == "diffill":
+        meta = dict(config.get("diffill") or {})
+        mask, pad = _id(vocab, "<|mask|>"), _id(vocab, "<|pad|>")
+        if mask is None or pad is None:
+            raise ProfileError("a diffill checkpoint needs <|mask|> and <|pad|> in its tokenizer")
+        profile = FamilyProfile(name="diffill", mask_id=mask, filler_ids=_ids(pad, eos),
+                                shift_logits=bool(meta.get("shift_logits", False)),
+                                bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None)
+    else:
+        raise ProfileError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    vocab_size = config.get("vocab_size") or config.get("embedding_size")
+    profile = profile.with_overrides(overrides)
+    if vocab_size is not None and profile.mask_id >= int(vocab_size):
+        raise ProfileError(f"mask id {profile.mask_id} is outside the vocabulary ({vocab_size})")
+    return profile

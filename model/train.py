@@ -1,0 +1,390 @@
+"""Masked-diffusion training of the bundled model, ``diffill-small``.
+
+Objective (MDLM / LLaDA): draw a mask ratio t in (0, 1], mask each token with probability t,
+and minimise cross-entropy on the masked positions weighted by 1/t; this bounds the data
+likelihood, so a model trained on it can denoise from any mask level.
+
+Half of every batch is *infill-shaped*: a prefix, a middle span of 1-128 tokens padded with
+``<|pad|>`` up to a length bucket, and a suffix, tokenised separately exactly as the sampler
+will see them; only the middle region is masked. The pads teach the model to write filler into
+surplus masks, which is how the sampler infills without knowing the true length.
+
+Runs are short and resumable: ``diffill train --minutes 9`` trains, saves ``state.pt`` in the
+run folder and stops; the same command continues from it. ``--export DIR`` writes a checkpoint
+folder (config.json + model.safetensors + tokenizer.json + model card) that loads like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .corpus import Corpus, build_corpus, fingerprint, read_source
+from .transformer import Transformer
+from .weights import save_state_dict
+
+log = logging.getLogger("diffill.train")
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|mask|>"]
+BUCKETS = (8, 16, 32, 64, 128)
+MAX_SPAN = 128
+
+
+@dataclass
+class TrainConfig:
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    seq_len: int = 256
+    batch_size: int = 24
+    infill_fraction: float = 0.5
+    """Share of each batch made of infill-shaped examples."""
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    total_steps: int = 20000
+    """Length of the cosine schedule; a run may stop earlier and resume later."""
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    max_bytes_per_package: int = 4_000_000
+    tokenizer_sample_bytes: int = 30_000_000
+    eval_every: int = 200
+    rope_theta: float = 10000.0
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            head_dim=self.hidden_size // self.num_attention_heads, rms_norm_eps=1e-6,
+            rope_theta=self.rope_theta, max_position_embeddings=4096, qkv_bias=True,
+            tie_word_embeddings=True, layout="hf", model_type="qwen2")
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int):
+    """A byte-level BPE over code; lossless, so any text round-trips exactly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+# ---------------------------------------------------------------- objective
+
+def mdlm_loss(model: Transformer, ids: torch.Tensor, region: torch.Tensor, key_mask: torch.Tensor,
+              mask_id: int, gen: torch.Generator) -> torch.Tensor:
+    """MDLM loss on ``ids`` (B, T): mask a ratio t of each row's ``region`` and weight by 1/t.
+
+    ``region`` (B, T) marks the positions that may be masked (all real tokens for plain
+    windows, the middle for infill examples). The loss is normalised by the region size, so
+    rows of different kinds weigh the same.
+    """
+    B, T = ids.shape
+    t = torch.rand(B, 1, generator=gen, device=ids.device) * (1 - 1e-3) + 1e-3  # (B, 1)
+    masked = (torch.rand(B, T, generator=gen, device=ids.device) < t) & region
+    # Every row needs at least one masked position to contribute.
+    empty = ~masked.any(dim=1)
+    if empty.any():
+        first = region.float().argmax(dim=1)
+        masked[empty, first[empty]] = True
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    hidden = model.hidden(noisy, key_mask=key_mask)  # (B, T, d)
+    rows, cols = masked.nonzero(as_tuple=True)
+    logits = model.logits(hidden[rows, cols])  # (N, V)
+    ce = F.cross_entropy(logits, ids[rows, cols], reduction="none")  # (N,)
+    weight = 1.0 / t[rows, 0]
+    per_row = torch.zeros(B, device=ids.device).index_add_(0, rows, ce * weight)
+    return (per_row / region.sum(dim=1).clamp(min=1)).mean()
+
+
+# ---------------------------------------------------------------- data
+
+class Batcher:
+    """Plain windows from a token stream plus infill-shaped examples cut from raw text."""
+
+    def __init__(self, tokenizer, stream: np.ndarray, texts: list[str], cfg: TrainConfig,
+                 seed: int) -> None:
+        self.tok = tokenizer
+        self.stream = stream
+        self.texts = texts
+        self.cfg = cfg
+        self.rng = random.Random(seed)
+        self.pad = tokenizer.token_to_id("<|pad|>")
+
+    def plain(self) -> tuple[list[int], int, int]:
+        L = self.cfg.seq_len
+        start = self.rng.randrange(0, len(self.stream) - L)
+        return self.stream[start:start + L].tolist(), 0, L
+
+    def _split(self, text: str) -> tuple[str, str, str]:
+        """Cut a prefix / middle / suffix the way an editor would: rest of a line, whole lines
+        from the start of a line or after its indentation, or a random character span."""
+        rng = self.rng
+        anchor = rng.randrange(0, max(1, len(text) - 1))
+        line_start = text.rfind("\n", 0, anchor) + 1
+        line_end = text.find("\n", anchor)
+        line_end = len(text) if line_end < 0 else line_end
+        kind = rng.random()
+        if kind < 0.35:  # single line: cursor inside a line, fill the rest of it
+            cut = rng.randint(line_start, line_end)
+            return text[:cut], text[cut:line_end], text[line_end:]
+        if kind < 0.75:  # block: 1-8 whole lines, cursor at column 0 or after the indent
+            begin = line_start
+            if rng.random() < 0.6:
+                line = text[line_start:line_end]
+                begin += len(line) - len(line.lstrip(" \t"))
+            end = line_start
+            for _ in range(rng.randint(1, 8)):
+                nxt = text.find("\n", end)
+                if nxt < 0:
+                    end = len(text)
+                    break
+                end = nxt + 1
+            end = max(end, begin)
+            # The newline closing the block stays in the suffix half the time.
+            if end > begin and text[end - 1:end] == "\n" and rng.random() < 0.5:
+                end -= 1
+            return text[:begin], text[begin:end], text[end:]
+        length = rng.randint(1, 300)
+        return text[:anchor], text[anchor:anchor + length], text[anchor + length:]
+
+    def infill(self) -> tuple[list[int], int, int] | None:
+        cfg, rng = self.cfg, self.rng
+        text = rng.choice(self.texts)
+        if len(text) < 40:
+            return None
+        at = rng.randrange(0, len(text))
+        window = text[max(0, at - 3000):at + 3000]
+        prefix, middle, suffix = self._split(window)
+        mid = self.tok.encode(middle).ids
+        if len(mid) > MAX_SPAN:
+            return None
+        fits = [b for b in BUCKETS if b >= max(len(mid), 1)]
+        bucket = fits[0] if rng.random() < 0.6 else rng.choice(fits)
+        room = cfg.seq_len - bucket
+        pre = self.tok.encode(prefix[-4 * room:]).ids
+        suf = self.tok.encode(suffix[:4 * room]).ids
+        n_suf = min(len(suf), max(room - len(pre), rng.randint(room // 4, room // 2)))
+        n_pre = min(len(pre), room - n_suf)
+        n_suf = min(len(suf), room - n_pre)
+        ids = pre[len(pre) - n_pre:] + mid + [self.pad] * (bucket - len(mid)) + suf[:n_suf]
+        return ids, n_pre, n_pre + bucket
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        n_infill = round(cfg.batch_size * cfg.infill_fraction)
+        rows: list[tuple[list[int], int, int]] = []
+        while len(rows) < n_infill:
+            ex = self.infill()
+            if ex is not None:
+                rows.append(ex)
+        while len(rows) < cfg.batch_size:
+            rows.append(self.plain())
+        T = cfg.seq_len
+        ids = torch.full((len(rows), T), self.pad, dtype=torch.long)
+        region = torch.zeros(len(rows), T, dtype=torch.bool)
+        key_mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        for i, (row, lo, hi) in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+            key_mask[i, :len(row)] = True
+            region[i, lo:hi] = True
+        return ids, region, key_mask
+
+
+# ---------------------------------------------------------------- run folder
+
+@dataclass
+class RunState:
+    step: int = 0
+    tokens_seen: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def prepare_run(run_dir: Path, cfg: TrainConfig, corpus: Corpus | None = None,
+                texts_override: list[str] | None = None) -> None:
+    """Tokenizer, token stream and corpus record for a new run (skipped when present)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "tokens.npy").is_file():
+        return
+    from tokenizers import Tokenizer  # noqa: F401  (ensures the dependency is importable)
+    if texts_override is not None:
+        texts, record = texts_override, {"source": "given texts", "files": len(texts_override)}
+        held: list[str] = []
+    else:
+        corpus = corpus or build_corpus()
+        files = corpus.files("train", cfg.max_bytes_per_package, cfg.seed)
+        held_files = corpus.files("held-out", cfg.max_bytes_per_package, cfg.seed)
+        texts = [t for t in map(read_source, files) if t]
+        held = [t for t in map(read_source, held_files) if t]
+        record = {"packages": corpus.summary(), "train_files": len(files),
+                  "train_bytes": sum(len(t.encode()) for t in texts),
+                  "held_out_files": len(held_files), "fingerprint": fingerprint(files)}
+    log.info("corpus: %d texts, %.1f MB", len(texts), sum(map(len, texts)) / 1e6)
+    rng = random.Random(cfg.seed)
+    sample, size = [], 0
+    for t in rng.sample(texts, len(texts)):
+        if size > cfg.tokenizer_sample_bytes:
+            break
+        sample.append(t)
+        size += len(t)
+    tok = train_tokenizer(iter(sample), cfg.vocab_size)
+    tok.save(str(run_dir / "tokenizer.json"))
+    eot = tok.token_to_id("<|endoftext|>")
+    stream: list[int] = []
+    for enc in tok.encode_batch(texts):
+        stream.extend(enc.ids)
+        stream.append(eot)
+    np.save(run_dir / "tokens.npy", np.asarray(stream, dtype=np.uint16))
+    record["train_tokens"] = len(stream)
+    (run_dir / "corpus.json").write_text(json.dumps(record, indent=1))
+    (run_dir / "texts.json").write_text(json.dumps({"train": texts, "held_out": held}))
+    (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+
+def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
+    path = run_dir / "train_config.json"
+    values = json.loads(path.read_text()) if path.is_file() else {}
+    values.update(overrides or {})
+    return TrainConfig(**values)
+
+
+def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = None,
+          threads: int | None = None) -> RunState:
+    """Train from the run folder's state for ``minutes`` or ``steps`` more, then save."""
+    from tokenizers import Tokenizer
+    cfg = load_train_config(run_dir)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    tok = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
+    stream = np.load(run_dir / "tokens.npy")
+    texts = json.loads((run_dir / "texts.json").read_text())["train"]
+    model = Transformer(cfg.model_config())
+    _init_weights(model, cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                            weight_decay=cfg.weight_decay)
+    state = RunState()
+    ckpt = run_dir / "state.pt"
+    if ckpt.is_file():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = RunState(**saved["run"])
+        log.info("resumed at step %d", state.step)
+    batcher = Batcher(tok, stream, texts, cfg, seed=cfg.seed + state.step)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + state.step)
+    mask_id = tok.token_to_id("<|mask|>")
+    model.train()
+    t_start = time.perf_counter()
+    target = state.step + steps if steps is not None else None
+    losses: list[float] = []
+    t_window = t_start
+    while True:
+        elapsed = time.perf_counter() - t_start
+        if target is not None and state.step >= target:
+            break
+        if minutes is not None and elapsed > minutes * 60:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(state.step, cfg)
+        ids, region, key_mask = batcher.batch()
+        loss = mdlm_loss(model, ids, region, key_mask, mask_id, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        state.step += 1
+        state.tokens_seen += int(key_mask.sum())
+        if state.step % 20 == 0:
+            mean = sum(losses) / len(losses)
+            state.history.append({"step": state.step, "loss": round(mean, 4),
+                                  "lr": lr_at(state.step, cfg),
+                                  "seconds": round(state.seconds + elapsed, 1)})
+            log.info("step %d loss %.4f lr %.2e %.2fs/step", state.step, mean,
+                     lr_at(state.step, cfg), (time.perf_counter() - t_window) / len(losses))
+            losses = []
+            t_window = time.perf_counter()
+    state.seconds += time.perf_counter() - t_start
+    tmp = run_dir / "state.pt.tmp"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "run": asdict(state)}, tmp)
+    os.replace(tmp, ckpt)
+    return state
+
+
+def _init_weights(model: Transformer, seed: int) -> None:
+    """Small normal init (std 0.02), residual outputs scaled by depth, norms at one."""
+    gen = torch.Generator().manual_seed(seed)
+    depth = model.config.num_hidden_layers
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            torch.nn.init.ones_(p) if name.endswith("norm.weight") else torch.nn.init.zeros_(p)
+            continue
+        std = 0.02 / math.sqrt(2 * depth) if name.endswith(("o_proj.weight", "down_proj.weight")) \
+            else 0.02
+        with torch.no_grad():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def export(run_dir: Path, out_dir: Path, card: str | None = None) -> Path:
+    """Write the run's model as a checkpoint folder loadable by ``model.load_model``."""
+    cfg = load_train_config(run_dir)
+    mc = cfg.model_config()
+    saved = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)
+    model = Transformer(mc)
+    model.load_state_dict(saved["model"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_state_dict(model, out_dir)
+    config = {
+        "architectures": ["DiffillModel"], "model_type": "qwen2",
+        "vocab_size": mc.vocab_size, "hidden_size": mc.hidden_size,
+        "intermediate_size": mc.intermediate_size, "num_hidden_layers": mc.num_hidden_layers,
+        "num_attention_heads": mc.num_attention_heads,
+        "num_key_value_heads": mc.num_key_value_heads, "head_dim": mc.head_dim,
+        "hidden_act": "silu", "rms_norm_eps": mc.rms_norm_eps, "rope_theta": mc.rope_theta,
+        "max_position_embeddings": mc.max_position_embeddings,
+        "tie_word_embeddings": mc.tie_word_embeddings,
+        "diffill": {"shift_logits": False, "seq_len": cfg.seq_len, "steps": saved["run"]["step"],
+                    "buckets": list(BUCKETS)},
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / "tokenizer.json").write_bytes((run_dir / "tokenizer.json").read_bytes())
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+        "pad_token": "<|pad|>", "mask_token": "<|mask|>", "model_max_length": 4096,
+        "clean_up_tokenization_spaces": False}, indent=2) + "\n")
+    if card is not None:
+        (out_dir / "README.md").write_text(card)
+    return out_dir

@@ -1,0 +1,183 @@
+"""The bidirectional transformer behind every supported checkpoint.
+
+One decoder stack (RMSNorm, RoPE, grouped-query attention, SwiGLU) run with *full* attention:
+every position sees prefix, masks and suffix. ``causal=True`` exists only so tests can check the
+weights against the autoregressive reference implementation.
+
+Module names mirror the Hugging Face Qwen2/LLaMA names, so a checkpoint's state dict loads as is
+(``model.layers.3.self_attn.q_proj.weight``); other layouts are renamed in ``model/weights.py``.
+This module knows nothing of tokens as text, of masks or of editors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 like the reference implementations, then cast back.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_tables(head_dim: int, theta: float, positions: torch.Tensor,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin for ``positions`` (T,), each (T, head_dim), computed in fp32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                             dtype=torch.float32) / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (T, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on (B, H, T, D) with cos/sin of shape (T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for a whole window, (B, H_kv, T, D) each.
+
+    Filled by a full forward pass; a span pass then overwrites the span's own entries and attends
+    to the rest as they were (Fast-dLLM's dual cache: context K/V reused across a block's steps).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, q_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(q_dim, cfg.hidden_size, bias=cfg.o_bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
+                causal: bool, key_mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int, start: int, fill_cache: bool) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            if fill_cache:
+                cache.keys.append(k)
+                cache.values.append(v)
+            else:
+                # Span pass: refresh this span's K/V in place, attend to the whole window.
+                cache.keys[layer][:, :, start:start + T] = k
+                cache.values[layer][:, :, start:start + T] = v
+                k, v = cache.keys[layer], cache.values[layer]
+        mask = None
+        if key_mask is not None:
+            mask = key_mask[:, None, None, :]  # (B, 1, 1, T_k): False = padding, never attended
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+            enable_gqa=self.n_kv != self.n_heads,
+        )  # (B, H, T, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, **kw) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, **kw)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    """Token ids in, logits out; bidirectional unless ``causal=True``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Backbone(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def output_weight(self) -> torch.Tensor:
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.weight
+        return self.lm_head.weight
+
+    def hidden(self, input_ids: torch.Tensor, *, causal: bool = False,
+               key_mask: torch.Tensor | None = None, cache: KVCache | None = None,
+               start: int = 0) -> torch.Tensor:
+        """Final hidden states (B, T, d) for ``input_ids`` (B, T) at positions start..start+T.
+
+        With an empty ``cache`` the pass fills it; with a filled one only the span is computed
+        and it attends to the cached window (``key_mask`` then covers the whole window).
+        """
+        cfg = self.config
+        B, T = input_ids.shape
+        fill = cache is not None and cache.length == 0
+        if cache is not None and not fill and start + T > cache.length:
+            raise ValueError(f"span {start}..{start + T} is outside the cached window")
+        x = self.model.embed_tokens(input_ids)  # (B, T, d)
+        positions = torch.arange(start, start + T, device=input_ids.device)
+        cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, positions, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, causal=causal, key_mask=key_mask, cache=cache, layer=i,
+                      start=start, fill_cache=fill)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Project hidden states (..., d) to logits (..., V) in fp32."""
+        return F.linear(hidden, self.output_weight()).float()
+
+    def forward(self, input_ids: torch.Tensor, *, causal: bool = False,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for every position; for tests and training."""
+        return self.logits(self.hidden(input_ids, causal=causal, key_mask=key_mask))

@@ -1,0 +1,340 @@
+"""``diffill``: the command line. Subcommands import the heavy parts (torch) only when they run.
+
+    diffill infill FILE --at LINE:COL            complete at a position (1-based)
+    diffill infill FILE --select L:C-L:C --rewrite|--refine
+    diffill infill FILE|-                         fill the <|fill|> marker (stdin with -)
+    diffill infill --jsonl IN                     one JSON result per request line
+    diffill lsp | serve | status                  editor server, daemon, daemon status
+    diffill train | eval | bench                  bundled model, held-out eval, speed
+
+Output is the completion on stdout; errors are one line on stderr with a non-zero exit code
+(see ``server/errors.py``), never a traceback unless DIFFILL_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from .errors import EXIT_OK, BadInput, DiffillError, UsageError, classify
+
+MARKER = "<|fill|>"
+log = logging.getLogger("diffill")
+
+
+# ---------------------------------------------------------------- shared options
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="checkpoint folder, bundled name or hub id "
+                                   "(default: the bundled diffill-small)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    g.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: bf16 on cuda)")
+    g.add_argument("--family", help="force the checkpoint family (dream, llada, diffill ...)")
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampler")
+    g.add_argument("--steps", type=int, help="forward passes for fixed/blocks schedules")
+    g.add_argument("--max-tokens", type=int, help="most tokens a completion may take")
+    g.add_argument("--schedule", choices=("fixed", "threshold", "blocks"))
+    g.add_argument("--threshold", type=float, help="commit probability for --schedule threshold")
+    g.add_argument("--order", choices=("confidence", "margin", "entropy"))
+    g.add_argument("--block-size", type=int)
+    g.add_argument("--cache", choices=("none", "dual"))
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--mode", choices=("auto", "line", "block"))
+    g.add_argument("--ensemble", type=int, help="mask counts tried at once (length ensemble)")
+    g.add_argument("--lengths", help="explicit mask counts, comma-separated")
+    g.add_argument("--prefix-tokens", type=int, help="context budget before the cursor")
+    g.add_argument("--suffix-tokens", type=int, help="context budget after the cursor")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from infill import ContextBudget, InfillSettings, with_overrides
+    lengths = None
+    if getattr(args, "lengths", None):
+        try:
+            lengths = tuple(int(x) for x in args.lengths.split(","))
+        except ValueError:
+            raise UsageError(f"--lengths {args.lengths!r} is not a comma-separated list") from None
+    try:
+        s = with_overrides(
+            InfillSettings(), max_tokens=args.max_tokens, mode=args.mode, ensemble=args.ensemble,
+            lengths=lengths, steps=args.steps, schedule=args.schedule, threshold=args.threshold,
+            order=args.order, block_size=args.block_size, cache=args.cache,
+            temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        if args.prefix_tokens is not None or args.suffix_tokens is not None:
+            b = s.budget
+            s = replace(s, budget=ContextBudget(
+                args.prefix_tokens if args.prefix_tokens is not None else b.prefix_tokens,
+                args.suffix_tokens if args.suffix_tokens is not None else b.suffix_tokens,
+                b.extra_tokens))
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    return s
+
+
+def load_engine(args: argparse.Namespace):
+    from infill import Engine
+    from model import load_model
+    model = load_model(args.model, device=args.device, dtype=args.dtype, family=args.family)
+    log.info("model %s", json.dumps(model.describe()))
+    return Engine(model)
+
+
+# ---------------------------------------------------------------- infill
+
+def read_input(path: str | None, stdin=None) -> tuple[str, str]:
+    """(text, name) of a file or of stdin ('-' or no path)."""
+    from infill.text import decode_source
+    if path in (None, "-"):
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        return decode_source(stream.read(), "stdin"), "stdin"
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"{path}: no such file")
+    if p.is_dir():
+        raise BadInput(f"{path}: is a directory")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+    return decode_source(data, path), path
+
+
+def build_request(text: str, name: str, *, at: str | None = None, select: str | None = None,
+                  action: str | None = None, language: str | None = None):
+    """An :class:`InfillRequest` from CLI-style specs (1-based positions) or the marker."""
+    from infill import InfillRequest
+    from infill.text import offset_at, parse_position, parse_range
+    path = None if name == "stdin" else name
+    if at and select:
+        raise UsageError("give --at or --select, not both")
+    if at:
+        line, col = parse_position(at)
+        return InfillRequest(text, offset_at(text, line, col), action="complete",
+                             language=language, path=path), text
+    if select:
+        (l0, c0), (l1, c1) = parse_range(select)
+        start, end = offset_at(text, l0, c0), offset_at(text, l1, c1)
+        if end <= start:
+            raise BadInput(f"selection {select} is empty or reversed")
+        return InfillRequest(text, start, end, action=action or "rewrite", language=language,
+                             path=path), text
+    count = text.count(MARKER)
+    if count != 1:
+        raise BadInput(f"{name}: expected exactly one {MARKER} marker, found {count} "
+                       "(or give --at LINE:COL)")
+    cursor = text.index(MARKER)
+    clean = text[:cursor] + text[cursor + len(MARKER):]
+    return InfillRequest(clean, cursor, action="complete", language=language, path=path), clean
+
+
+def result_json(result, text: str, request_id: Any = None, candidates: int = 3) -> dict:
+    from infill.text import position_of
+
+    def pos(offset: int) -> dict:
+        line, col = position_of(text, offset)
+        return {"line": line + 1, "column": col + 1}
+
+    best = result.best
+    out: dict[str, Any] = {}
+    if request_id is not None:
+        out["id"] = request_id
+    out.update({
+        "text": best.text if best else None,
+        "range": {"start": pos(best.start), "end": pos(best.end)} if best else None,
+        "mode": result.mode,
+        "candidates": [{"text": c.text, "score": round(c.score, 4), "parses": c.parses}
+                       for c in result.items[:candidates]],
+        "forward_passes": result.forward_passes,
+        "seconds": round(result.seconds, 4),
+    })
+    if result.mode == "refine":
+        out["remasked"] = result.remasked
+    return out
+
+
+def apply(text: str, completion) -> str:
+    return text[:completion.start] + completion.text + text[completion.end:]
+
+
+def cmd_infill(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    if args.jsonl:
+        return run_jsonl(args, settings)
+    if args.refine and args.rewrite:
+        raise UsageError("give --rewrite or --refine, not both")
+    if (args.refine or args.rewrite) and not args.select:
+        raise UsageError("--rewrite and --refine need --select L:C-L:C")
+    text, name = read_input(args.file)
+    action = "refine" if args.refine else "rewrite" if args.rewrite else None
+    req, clean = build_request(text, name, at=args.at, select=args.select, action=action,
+                               language=args.language)
+    backend = make_backend(args)
+    result = backend.run(req, settings)
+    if args.json:
+        print(json.dumps(result_json(result, clean, candidates=args.candidates)))
+        return EXIT_OK
+    best = result.best
+    if best is None:
+        print("diffill: the model proposed no completion", file=sys.stderr)
+        return 1
+    if args.full:
+        sys.stdout.write(apply(clean, best))
+    else:
+        sys.stdout.write(best.text + "\n")
+    if args.stats:
+        print(f"diffill: {result.mode}, {result.forward_passes} forward passes, "
+              f"{result.seconds * 1000:.0f} ms", file=sys.stderr)
+    return EXIT_OK
+
+
+def iter_jsonl(stream) -> Iterable[tuple[int, dict | Exception]]:
+    for n, raw in enumerate(stream, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError("a request must be a JSON object")
+            yield n, obj
+        except ValueError as exc:
+            yield n, BadInput(f"line {n}: not a JSON request ({exc})")
+
+
+def run_jsonl(args: argparse.Namespace, settings) -> int:
+    """Batch mode: one request per input line, one result per output line, in order.
+
+    A request is ``{"id", "text" | "file", "at" | "select", "action", "language"}``; without
+    ``at``/``select`` the text must hold the marker. A bad request gets an ``error`` line and the
+    batch goes on; the exit code is non-zero if any request failed.
+    """
+    from tqdm import tqdm
+    path = args.jsonl
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise BadInput(f"{path}: no such file")
+        lines = p.read_text(encoding="utf-8").splitlines()
+    backend = make_backend(args)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    failures = 0
+    try:
+        progress = tqdm(list(iter_jsonl(lines)), desc="infill", unit="req", file=sys.stderr,
+                        disable=args.quiet)
+        for n, item in progress:
+            rid = item.get("id", n) if isinstance(item, dict) else n
+            try:
+                if isinstance(item, Exception):
+                    raise item
+                if "text" in item:
+                    text, name = str(item["text"]), item.get("path") or "stdin"
+                elif "file" in item:
+                    text, name = read_input(str(item["file"]))
+                else:
+                    raise BadInput(f"line {n}: a request needs 'text' or 'file'")
+                req, clean = build_request(text, name, at=item.get("at"),
+                                           select=item.get("select"), action=item.get("action"),
+                                           language=item.get("language") or args.language)
+                result = backend.run(req, settings)
+                record = result_json(result, clean, rid, args.candidates)
+            except Exception as exc:  # one bad request must not end the batch
+                err = classify(exc)
+                failures += 1
+                record = {"id": rid, "error": {"kind": type(err).__name__, "message": str(err)}}
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0 if failures == 0 else 1
+
+
+def make_backend(args: argparse.Namespace):
+    """The engine that runs requests for this command (in-process)."""
+    return InProcessBackend(args)
+
+
+class InProcessBackend:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.engine = load_engine(args)
+
+    def run(self, req, settings):
+        return self.engine.run(req, settings)
+
+
+# ---------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffill", description="Code infilling with a "
+                                "masked-diffusion language model.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("infill", help="fill a gap, rewrite or refine a selection")
+    q.add_argument("file", nargs="?", help="source file, or - for stdin (default: stdin)")
+    q.add_argument("--at", metavar="LINE:COL", help="complete at this position (1-based)")
+    q.add_argument("--select", metavar="L:C-L:C", help="selection to rewrite (end exclusive)")
+    q.add_argument("--rewrite", action="store_true", help="regenerate the selection")
+    q.add_argument("--refine", action="store_true", help="re-do only its doubtful tokens")
+    q.add_argument("--jsonl", metavar="IN", help="batch: one JSON request per line (- = stdin)")
+    q.add_argument("--output", "-o", help="with --jsonl: write results here")
+    q.add_argument("--language", help="language id (python enables syntax checks)")
+    q.add_argument("--json", action="store_true", help="print a JSON result")
+    q.add_argument("--full", action="store_true", help="print the whole file with the fill")
+    q.add_argument("--candidates", type=int, default=3, help="candidates in JSON output")
+    q.add_argument("--stats", action="store_true", help="print timing to stderr")
+    q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_model_options(q)
+    add_sampler_options(q)
+    q.set_defaults(func=cmd_infill)
+
+    from . import commands
+    commands.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("diffill: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if os.environ.get("DIFFILL_DEBUG"):
+            raise
+        err = classify(exc)
+        if not isinstance(exc, DiffillError):
+            log.debug("error", exc_info=exc)
+        print(f"diffill: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

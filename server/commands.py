@@ -1,0 +1,118 @@
+"""Subcommands beyond ``infill``: demo, train, eval, bench (and the server ones, registered from
+their own modules). Each imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import EXIT_OK, BadInput, UsageError
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_model_options, add_sampler_options
+
+    d = sub.add_parser("demo", help="infill a sample file with the bundled model")
+    d.add_argument("file", nargs="?", default=str(SAMPLES / "demo.py"))
+    add_model_options(d)
+    add_sampler_options(d)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train the bundled model (resumable runs)")
+    t.add_argument("run_dir", help="run folder (tokenizer, token stream, state.pt)")
+    t.add_argument("--minutes", type=float, help="train this long, save, stop")
+    t.add_argument("--steps", type=int, help="train this many more steps, save, stop")
+    t.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    t.add_argument("--export", metavar="DIR", help="write the run's model as a checkpoint folder")
+    t.add_argument("--card", help="model card (markdown) to write beside an export")
+    t.add_argument("--config", help="JSON of TrainConfig fields for a new run")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="held-out infill exact match and parse rate")
+    e.add_argument("--n", type=int, default=200, help="spans per mode")
+    e.add_argument("--sample-seed", type=int, default=0, help="seed for choosing spans")
+    e.add_argument("--modes", default="line,block", help="comma-separated: line, block")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
+                                              "packages")
+    add_model_options(e)
+    add_sampler_options(e)
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="speed ratios against the plain sampler, same process")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--context", type=int, default=1024, help="context tokens around the gap")
+    b.add_argument("--span", type=int, default=32, help="masked tokens")
+    b.add_argument("--write", metavar="MD", help="append the table to this markdown file")
+    b.add_argument("--random-config", help="benchmark a random-weight model of this shape "
+                                           "(JSON of config.json fields) instead of --model")
+    add_model_options(b)
+    b.set_defaults(func=cmd_bench)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .cli import apply, build_request, load_engine, read_input, settings_from_args
+    text, name = read_input(args.file)
+    req, clean = build_request(text, name, language="python")
+    t0 = time.perf_counter()
+    engine = load_engine(args)
+    t_load = time.perf_counter() - t0
+    result = engine.run(req, settings_from_args(args))
+    model = engine.model.describe()
+    print(f"# diffill demo: {Path(name).name} with {Path(model['checkpoint']).name} "
+          f"({model['parameters'] / 1e6:.1f}M parameters) on {model['device']}")
+    print(f"# model loaded in {t_load:.2f}s; infill took {result.seconds * 1000:.0f} ms "
+          f"({result.forward_passes} forward passes, {result.mode} mode)")
+    if result.best is None:
+        print("# the model proposed no completion")
+        return 1
+    best = result.best
+    print(f"# completion (parses: {best.parses}):")
+    print(best.text)
+    print("# file with the completion:")
+    sys.stdout.write(apply(clean, best))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from model.train import TrainConfig, export, prepare_run, train
+    logging.getLogger("diffill").setLevel(logging.INFO)
+    run = Path(args.run_dir)
+    if args.export:
+        if not (run / "state.pt").is_file():
+            raise BadInput(f"{run}: no trained state.pt to export")
+        card = Path(args.card).read_text(encoding="utf-8") if args.card else None
+        out = export(run, Path(args.export), card)
+        print(f"exported {out}")
+        return EXIT_OK
+    if not (run / "tokens.npy").is_file():
+        overrides = json.loads(args.config) if args.config else {}
+        try:
+            cfg = TrainConfig(**overrides)
+        except TypeError as exc:
+            raise UsageError(f"--config: {exc}") from None
+        prepare_run(run, cfg)
+    if args.minutes is None and args.steps is None:
+        raise UsageError("give --minutes or --steps (or --export DIR)")
+    state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads)
+    last = state.history[-1] if state.history else {}
+    print(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
+                      "seconds": round(state.seconds, 1), "loss": last.get("loss")}))
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+    return run_eval(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    return run_bench(args)

@@ -1,0 +1,236 @@
+"""The transformer and the loader against transformers' reference implementations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import helpers
+from model import CheckpointError, KVCache, load_model
+from model.profile import ProfileError, build_profile, detect_family
+
+
+def _ids(vocab: int, shape=(2, 19), seed=0) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("fixture", ["qwen2_ckpt", "llama_tied_ckpt"])
+def test_causal_mode_matches_transformers_logits(fixture, request):
+    folder, ref = request.getfixturevalue(fixture)
+    model = load_model(folder, device="cpu")
+    ids = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        expected = ref(ids).logits
+        got = model.transformer(ids, causal=True)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_full_attention_differs_from_causal(qwen2_ckpt):
+    folder, _ = qwen2_ckpt
+    model = load_model(folder)
+    ids = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        causal = model.transformer(ids, causal=True)
+        full = model.transformer(ids)
+    # Position 0 sees only itself in causal mode and the whole row in full mode.
+    assert (causal[:, 0] - full[:, 0]).abs().max().item() > 1e-3
+    # Causal mode is what the reference computes; full mode is not a relabelled copy of it.
+    assert not torch.allclose(causal, full, atol=1e-3)
+
+
+def test_a_suffix_token_changes_the_prediction_at_an_earlier_mask(qwen2_ckpt):
+    folder, _ = qwen2_ckpt
+    model = load_model(folder)
+    mask = model.profile.mask_id
+    ids = _ids(model.config.vocab_size, (1, 12))
+    ids[0, 4] = mask
+    other = ids.clone()
+    other[0, 9] = (ids[0, 9] + 1) % model.config.vocab_size  # change a token after the mask
+    a = model.span_logits(ids, 4, 5)
+    b = model.span_logits(other, 4, 5)
+    assert (a - b).abs().max().item() > 1e-4
+
+
+def test_tied_embeddings_share_one_tensor(llama_tied_ckpt):
+    folder, _ = llama_tied_ckpt
+    model = load_model(folder)
+    assert model.config.tie_word_embeddings
+    assert not hasattr(model.transformer, "lm_head")
+    assert model.transformer.output_weight() is model.transformer.model.embed_tokens.weight
+
+
+def test_sharded_checkpoint_loads_the_same_weights(tmp_path, bpe):
+    single, ref = helpers.save_checkpoint(tmp_path / "single", "qwen2", tokenizer=bpe,
+                                          config_updates=helpers.diffill_config())
+    sharded, _ = helpers.save_checkpoint(tmp_path / "sharded", "qwen2", tokenizer=bpe,
+                                         shard_size="60KB", config_updates=helpers.diffill_config())
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    a, b = load_model(single), load_model(sharded)
+    ids = _ids(a.config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(a.transformer(ids), b.transformer(ids))
+        assert (b.transformer(ids, causal=True) - ref(ids).logits).abs().max() < 1e-4
+
+
+def test_llada_names_and_config_load_and_match_llama(tmp_path, bpe):
+    folder, ref = helpers.save_llada_checkpoint(tmp_path / "llada", bpe)
+    model = load_model(folder)
+    assert model.profile.name == "llada"
+    assert model.profile.shift_logits is False
+    assert model.profile.mask_id == bpe.token_to_id("<|mask|>")
+    ids = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        assert (model.transformer(ids, causal=True) - ref(ids).logits).abs().max() < 1e-4
+
+
+def test_logit_shift_reads_position_i_from_hidden_state_i_minus_1(qwen2_ckpt):
+    folder, _ = qwen2_ckpt
+    plain = load_model(folder)
+    shifted = load_model(folder, profile_overrides={"shift_logits": True})
+    ids = _ids(plain.config.vocab_size, (1, 10))
+    full = plain.span_logits(ids, 0, 10)
+    got = shifted.span_logits(ids, 3, 8)
+    assert torch.allclose(got, full[:, 2:7], atol=1e-5)
+    assert torch.allclose(shifted.span_logits(ids, 0, 2), full[:, [0, 0]], atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_dual_cache_span_pass_equals_full_pass_when_context_is_unchanged(qwen2_ckpt, shift):
+    folder, _ = qwen2_ckpt
+    model = load_model(folder, profile_overrides={"shift_logits": shift})
+    ids = _ids(model.config.vocab_size, (2, 16))
+    key_mask = torch.ones(2, 16, dtype=torch.bool)
+    key_mask[1, 13:] = False
+    cache = KVCache([], [])
+    first = model.span_logits(ids, 5, 9, key_mask=key_mask, cache=cache)
+    assert cache.length == 16
+    again = model.span_logits(ids, 5, 9, key_mask=key_mask, cache=cache)
+    full = model.span_logits(ids, 5, 9, key_mask=key_mask)
+    assert torch.allclose(first, full, atol=1e-5)
+    assert torch.allclose(again, full, atol=1e-4)
+
+
+def test_padding_keys_are_not_attended(qwen2_ckpt):
+    folder, _ = qwen2_ckpt
+    model = load_model(folder)
+    ids = _ids(model.config.vocab_size, (1, 10))
+    padded = torch.cat([ids, _ids(model.config.vocab_size, (1, 5), seed=3)], dim=1)
+    key_mask = torch.tensor([[True] * 10 + [False] * 5])
+    a = model.span_logits(ids, 0, 10)
+    b = model.span_logits(padded, 0, 10, key_mask=key_mask)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+# ---------------------------------------------------------------- family profiles
+
+VOCAB = {"<|endoftext|>": 10, "<|mask|>": 11, "<|pad|>": 12}
+
+
+@pytest.mark.parametrize("config,vocab,family,mask,filler,shift,mode", [
+    ({"model_type": "Dream", "_name_or_path": "Dream-org/Dream-v0-Base-7B"},
+     {"<|endoftext|>": 151643, "<|mask|>": 151666}, "dream", 151666, (151643,), True, "truncate"),
+    ({"model_type": "Dream", "_name_or_path": "Dream-org/Dream-Coder-v0-Base-7B"},
+     {"<|endoftext|>": 151643, "<|mask|>": 151666}, "dream-coder", 151666, (151643,), True,
+     "truncate"),
+    ({"model_type": "Dream", "_name_or_path": "apple/DiffuCoder-7B-Instruct"},
+     {"<|endoftext|>": 151643, "<|mask|>": 151666, "<|dlm_pad|>": 151665}, "diffucoder",
+     151666, (151665, 151643), True, "truncate"),
+    ({"model_type": "Dream"},
+     {"<|endoftext|>": 151643, "<|mask|>": 151666, "<|expand|>": 151667}, "dreamon", 151666,
+     (151643,), True, "delete"),
+    ({"model_type": "llada", "architectures": ["LLaDAModelLM"], "mask_token_id": 126336,
+      "eos_token_id": 126081, "d_model": 4096}, {}, "llada", 126336, (126081,), False,
+     "truncate"),
+    ({"model_type": "qwen2", "pad_token_id": 151643},
+     {"<M>": 151665, "<|endoftext|>": 151643}, "open-dcoder", 151665, (151643,), True,
+     "truncate"),
+    ({"model_type": "qwen2", "diffill": {"shift_logits": False}}, VOCAB, "diffill", 11,
+     (12, 10), False, "truncate"),
+])
+def test_each_family_profile_is_detected(config, vocab, family, mask, filler, shift, mode):
+    assert detect_family(config, vocab) == family
+    prof = build_profile(config, vocab)
+    assert (prof.name, prof.mask_id, prof.filler_ids, prof.shift_logits, prof.filler_mode) == \
+        (family, mask, filler, shift, mode)
+    if family == "dreamon":
+        assert prof.expand_id == 151667
+
+
+def test_profile_can_be_forced_and_overridden():
+    cfg = {"model_type": "qwen2", "diffill": {}}
+    prof = build_profile(cfg, VOCAB, overrides={"shift_logits": True, "filler_ids": [10]})
+    assert prof.shift_logits and prof.filler_ids == (10,)
+    with pytest.raises(ProfileError, match="unknown profile field"):
+        build_profile(cfg, VOCAB, overrides={"nonsense": 1})
+    with pytest.raises(ProfileError, match="cannot tell"):
+        detect_family({"model_type": "qwen2"}, VOCAB)
+    forced = build_profile({"model_type": "qwen2"}, {"<|mask|>": 5, "<|endoftext|>": 6},
+                           family="dream")
+    assert forced.name == "dream" and forced.mask_id == 5 and forced.shift_logits
+
+
+# ---------------------------------------------------------------- broken checkpoints
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_checkpoint_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match="no-such-model"):
+        load_model(tmp_path / "no-such-model")
+
+
+def test_hub_id_while_offline_is_a_clear_error():
+    with pytest.raises(CheckpointError, match="some-org/some-model.*hub"):
+        load_model("some-org/some-model")
+
+
+def test_corrupt_safetensors_is_a_clear_error(tmp_path, qwen2_ckpt):
+    folder = _copy(qwen2_ckpt[0], tmp_path / "bad")
+    (folder / "model.safetensors").write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_model(folder)
+
+
+def test_missing_config_and_missing_weights_are_clear_errors(tmp_path, qwen2_ckpt):
+    folder = _copy(qwen2_ckpt[0], tmp_path / "noconfig")
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_model(folder)
+    folder = _copy(qwen2_ckpt[0], tmp_path / "noweights")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_model(folder)
+
+
+def test_weights_that_do_not_match_the_config_are_a_clear_error(tmp_path, qwen2_ckpt):
+    folder = _copy(qwen2_ckpt[0], tmp_path / "mismatch")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(folder)
+
+
+def test_missing_shard_is_named(tmp_path, bpe):
+    folder, _ = helpers.save_checkpoint(tmp_path / "sh", "qwen2", tokenizer=bpe,
+                                        shard_size="60KB", config_updates=helpers.diffill_config())
+    victim = sorted(folder.glob("model-*.safetensors"))[0]
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=victim.name):
+        load_model(folder)
+
+
+def test_unsupported_architecture_is_a_clear_error(tmp_path, qwen2_ckpt):
+    folder = _copy(qwen2_ckpt[0], tmp_path / "gpt2")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="gpt2"):
+        load_model(folder)
