@@ -69,10 +69,9 @@ def prefix_window(tokenizer, text: str, cursor: int, budget: int) -> tuple[str, 
         return "", cursor
     lo = max(0, cursor - budget * CHARS_PER_TOKEN_BOUND)
     chunk = text[lo:cursor]
-    if lo > 0:  # never start inside a line we only partly read
-        nl = chunk.find("\n")
-        chunk = chunk[nl + 1:] if nl >= 0 else ""
-        lo = cursor - len(chunk)
+    nl = chunk.find("\n")
+    if lo > 0 and nl >= 0:  # never start inside a line we only partly read
+        chunk = chunk[nl + 1:]
     lines = chunk.splitlines(keepends=True)
     while True:
         keep = _fit_lines(tokenizer, lines, budget, from_end=True)
@@ -93,9 +92,9 @@ def suffix_window(tokenizer, text: str, cursor: int, budget: int) -> tuple[str, 
         return "", cursor
     hi = min(len(text), cursor + budget * CHARS_PER_TOKEN_BOUND)
     chunk = text[cursor:hi]
-    if hi < len(text):
-        nl = chunk.rfind("\n")
-        chunk = chunk[:nl + 1] if nl >= 0 else ""
+    nl = chunk.rfind("\n")
+    if hi < len(text) and nl >= 0:  # never end inside a line we only partly read
+        chunk = chunk[:nl + 1]
     lines = chunk.splitlines(keepends=True)
     while True:
         keep = _fit_lines(tokenizer, lines, budget, from_end=False)

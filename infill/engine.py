@@ -72,6 +72,8 @@ class Completion:
     score: float
     parses: bool | None = None
     tokens: int = 0
+    terminated: bool = True
+    """The model ended the fill itself (wrote filler) rather than running out of masks."""
 
 
 @dataclass
@@ -152,7 +154,8 @@ class Engine:
             if not fill.strip() or fill in seen:
                 continue
             seen.add(fill)
-            items.append(Completion(fill, cur, cur, c.score, tokens=len(c.tokens)))
+            items.append(Completion(fill, cur, cur, c.score, tokens=len(c.tokens),
+                                    terminated=c.terminated))
         self._rank(items, text, language)
         return InfillResult(items, mode, passes, time.perf_counter() - t0)
 
@@ -177,7 +180,8 @@ class Engine:
                 fill += "\n"
             if any(it.text == fill for it in items):
                 continue
-            items.append(Completion(fill, req.start, req.end, c.score, tokens=len(c.tokens)))
+            items.append(Completion(fill, req.start, req.end, c.score, tokens=len(c.tokens),
+                                    terminated=c.terminated))
         self._rank(items, req.text, language)
         return InfillResult(items, "rewrite", passes, time.perf_counter() - t0)
 
@@ -202,11 +206,12 @@ class Engine:
     # ------------------------------------------------------------ ranking
 
     def _rank(self, items: list[Completion], text: str, language: str | None) -> None:
-        """Best first: candidates that leave the document parseable, then by model score."""
+        """Best first: candidates that leave the document parseable, then ones the model ended
+        itself, then by model score."""
         if language is not None and len(text) <= SYNTAX_CHECK_LIMIT:
             for it in items:
                 it.parses = post.parses(language, text[:it.start] + it.text + text[it.end:])
-        items.sort(key=lambda it: (it.parses is not True, -it.score))
+        items.sort(key=lambda it: (it.parses is not True, not it.terminated, -it.score))
 
 
 def with_overrides(settings: InfillSettings, **changes) -> InfillSettings:

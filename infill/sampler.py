@@ -86,7 +86,15 @@ class Candidate:
     """The number of masks this candidate was given."""
     score: float
     """Mean commit probability over its content tokens and the filler that ended it."""
+    terminated: bool = True
+    """The model wrote filler: the fill ended by itself instead of running out of masks."""
     confidences: list[float] = field(default_factory=list)
+
+    @property
+    def rank_key(self) -> tuple[bool, float]:
+        """Sort key, best first: fills that ended by themselves, then by score. A fill that
+        used every mask may have been cut short, however sure each of its tokens was."""
+        return (not self.terminated, -self.score)
 
 
 # ---------------------------------------------------------------- per-step pieces
@@ -269,7 +277,8 @@ def infill(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
            cancel: Callable[[], bool] | None = None) -> tuple[list[Candidate], int]:
     """Fill a gap with every length of ``lengths`` in one batch (the length ensemble).
 
-    Returns the candidates, best score first, and the number of forward passes.
+    Returns the candidates, best first (see :attr:`Candidate.rank_key`), and the number of
+    forward passes.
     """
     lengths = sorted({int(n) for n in lengths if n > 0})
     if not lengths:
@@ -283,8 +292,10 @@ def infill(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
         toks = out.ids[row, lo:lo + n].tolist()
         confs = out.confidence[row, lo:lo + n].tolist()
         kept, score = trim_filler(toks, confs, prof.filler_ids, prof.filler_mode)
-        cands.append(Candidate(tokens=kept, length=n, score=score, confidences=confs))
-    cands.sort(key=lambda c: -c.score)
+        ended = any(t in prof.filler_ids for t in toks)
+        cands.append(Candidate(tokens=kept, length=n, score=score, terminated=ended,
+                               confidences=confs))
+    cands.sort(key=lambda c: c.rank_key)
     return cands, out.forward_passes
 
 

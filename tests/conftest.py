@@ -11,6 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Test models are tiny: one thread is as fast, and it does not fight other processes for cores.
+torch.set_num_threads(1)
 
 import helpers  # noqa: E402
 

@@ -1,0 +1,123 @@
+"""Context windows, positions and post-processing."""
+
+from __future__ import annotations
+
+import pytest
+
+from infill import post
+from infill.context import ContextBudget, build_window, encode
+from infill.text import (InputError, PositionError, decode_source, offset_at, parse_position,
+                         position_of)
+
+
+@pytest.fixture(scope="module")
+def tok(bpe, tmp_path_factory):
+    from transformers import PreTrainedTokenizerFast
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    bpe.save(str(path))
+    return PreTrainedTokenizerFast(tokenizer_file=str(path))
+
+
+DOC = "".join(f"line_{i} = compute({i}, value)\n" for i in range(200))
+
+
+def test_window_respects_token_budgets_and_cuts_at_line_boundaries(tok):
+    cursor = DOC.index("line_100")
+    w = build_window(tok, DOC, cursor, budget=ContextBudget(prefix_tokens=60, suffix_tokens=40))
+    assert 0 < len(w.prefix_ids) <= 60 and 0 < len(w.suffix_ids) <= 40
+    assert w.prefix_start == 0 or DOC[w.prefix_start - 1] == "\n"
+    assert DOC[w.suffix_end - 1] == "\n"
+    assert tok.decode(w.prefix_ids) == DOC[w.prefix_start:cursor]
+    assert tok.decode(w.suffix_ids) == DOC[cursor:w.suffix_end]
+    # A bigger budget gives more lines, still whole ones.
+    big = build_window(tok, DOC, cursor, budget=ContextBudget(200, 200))
+    assert big.prefix_start < w.prefix_start and big.suffix_end > w.suffix_end
+
+
+def test_cursor_line_is_kept_even_when_it_alone_is_over_budget(tok):
+    text = "x = [" + ", ".join(str(i) for i in range(300)) + "]"
+    cursor = len(text) - 1
+    w = build_window(tok, text, cursor, budget=ContextBudget(30, 10))
+    assert 0 < len(w.prefix_ids) <= 30
+    assert text[:cursor].endswith(tok.decode(w.prefix_ids))
+
+
+def test_window_of_the_start_and_end_of_a_document(tok):
+    w = build_window(tok, DOC, 0)
+    assert w.prefix_ids == [] and w.prefix_start == 0
+    w = build_window(tok, DOC, len(DOC))
+    assert w.suffix_ids == [] and w.suffix_end == len(DOC)
+
+
+def test_extra_chunks_go_ahead_of_the_prefix_within_their_budget(tok):
+    w = build_window(tok, DOC, 50, budget=ContextBudget(50, 50, extra_tokens=20),
+                     extra=[("other.py", "def helper():\n    return 1\n" * 10)])
+    assert 0 < len(w.extra_ids) <= 20
+    assert w.context_ids[:len(w.extra_ids)] == w.extra_ids
+
+
+def test_positions_round_trip_in_each_encoding():
+    text = "a = 'é𝄞x'\nsecond\n"
+    off = text.index("x")
+    for enc, col in (("utf-32", 7), ("utf-16", 8), ("utf-8", 11)):
+        assert position_of(text, off, encoding=enc) == (0, col)
+        assert offset_at(text, 0, col, encoding=enc) == off
+    assert offset_at(text, 1, 6) == len("a = 'é𝄞x'\nsecond")
+
+
+@pytest.mark.parametrize("line,col", [(2, 1), (5, 0), (0, 99), (1, 7)])
+def test_positions_past_the_end_are_errors_not_clamped(line, col):
+    with pytest.raises(PositionError, match="past the end"):
+        offset_at("a = 1\nsecond\n", line, col)
+
+
+def test_cli_positions_are_one_based():
+    assert parse_position("3:5") == (2, 4)
+    with pytest.raises(PositionError):
+        parse_position("0:1")
+    with pytest.raises(InputError):
+        parse_position("three")
+
+
+def test_non_utf8_and_binary_input_are_refused_with_the_line():
+    with pytest.raises(InputError, match="not UTF-8.*line 2"):
+        decode_source(b"ok\n\xff\xfe bad", "f.py")
+    with pytest.raises(InputError, match="binary"):
+        decode_source(b"abc\x00def", "f.bin")
+    assert decode_source("\ufeffx = 1".encode(), "bom.py") == "x = 1"
+
+
+@pytest.mark.parametrize("before,after,mode", [
+    ("    x = foo(", ")", "line"),
+    ("    ", "", "block"),
+    ("", "", "block"),
+    ("def f(x):", "", "block"),
+    ("    return x +", "", "line"),
+])
+def test_mode_follows_the_cursor_line(before, after, mode):
+    assert post.detect_mode(before, after) == mode
+
+
+def test_single_line_fill_stops_at_newline_and_drops_auto_closed_brackets():
+    out = post.clean("a, b)\n    more()", mode="line", line_before="x = f(", suffix=")\nnext")
+    assert out == "a, b"
+
+
+def test_block_stops_when_it_leaves_the_cursor_scope():
+    fill = "total += item.price\n        count += 1\n    return total\nprint('x')"
+    out = post.clean(fill, mode="block", line_before="        ", suffix="\n")
+    assert out == "total += item.price\n        count += 1"
+
+
+def test_block_that_repeats_the_following_lines_is_cut():
+    fill = "y = 2\nz = 3\nreturn y"
+    out = post.clean(fill, mode="block", line_before="", suffix="\nz = 3\nreturn y\n")
+    assert out == "y = 2"
+
+
+def test_python_syntax_check():
+    assert post.parses("python", "def f():\n    return 1\n") is True
+    assert post.parses("python", "def f(:\n") is False
+    assert post.parses("rust", "fn main() {}") is None
+    assert post.language_of(None, "x.py") == "python"
+    assert post.language_of("Python", None) == "python"

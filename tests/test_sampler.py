@@ -1,0 +1,183 @@
+"""The denoising sampler on a model trained in-test with known answers (a counting task)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import pattern_row
+from infill.sampler import (Cancelled, SamplerSettings, choose_commits, denoise,
+                            fixed_commit_counts, infill, layout, refine, trim_filler)
+
+CASES = [(s, gap) for s in range(12) for gap in range(1, 7)]
+
+
+def _fill(model, start, gap, **kw):
+    pre, mid, suf = pattern_row(start, 5, gap, 4)
+    settings = SamplerSettings(**kw)
+    cands, passes = infill(model, pre, suf, [8], settings=settings)
+    return cands[0], mid[:gap], passes
+
+
+@pytest.mark.parametrize("schedule", ["threshold", "fixed", "blocks"])
+def test_the_trained_gap_is_filled_exactly_and_surplus_masks_become_filler(pattern_model,
+                                                                           schedule):
+    exact = 0
+    for start, gap in CASES:
+        cand, answer, _ = _fill(pattern_model, start, gap, schedule=schedule, steps=8,
+                                block_size=4)
+        exact += cand.tokens == answer
+    assert exact / len(CASES) >= 0.9
+
+
+def test_every_mask_is_filled(pattern_model):
+    mask = pattern_model.profile.mask_id
+    for schedule in ("threshold", "fixed", "blocks"):
+        for cache in ("none", "dual"):
+            ids, key_mask, lo = layout(pattern_model, [3, 4, 5], [9, 10], [6, 8])
+            out = denoise(pattern_model, ids, lo, lo + 8, key_mask=key_mask,
+                          settings=SamplerSettings(schedule=schedule, steps=3, cache=cache,
+                                                   block_size=4))
+            assert not (out.ids[:, lo:lo + 8] == mask).any()
+            # Context and padding are never touched.
+            assert torch.equal(out.ids[:, :lo], ids[:, :lo])
+            assert torch.equal(out.ids[0, lo + 6:lo + 8], ids[0, lo + 6:lo + 8])
+
+
+class Recorder:
+    """Wraps span_logits to keep every window the model was asked about."""
+
+    def __init__(self, model):
+        self.model = model
+        self.seen: list[torch.Tensor] = []
+        self._orig = model.span_logits
+
+    def __enter__(self):
+        def spy(ids, lo, hi, **kw):
+            self.seen.append(ids.clone())
+            return self._orig(ids, lo, hi, **kw)
+        self.model.span_logits = spy
+        return self
+
+    def __exit__(self, *exc):
+        self.model.span_logits = self._orig
+
+
+@pytest.mark.parametrize("schedule", ["threshold", "fixed"])
+def test_committed_tokens_never_change(pattern_model, schedule):
+    mask = pattern_model.profile.mask_id
+    ids, key_mask, lo = layout(pattern_model, [3, 4, 5, 6], [11, 12, 13], [8])
+    with Recorder(pattern_model) as rec:
+        out = denoise(pattern_model, ids, lo, lo + 8, key_mask=key_mask,
+                      settings=SamplerSettings(schedule=schedule, steps=8, temperature=1.0,
+                                               seed=3))
+    states = rec.seen + [out.ids]
+    assert len(states) >= 2
+    for before, after in zip(states, states[1:]):
+        committed = before != mask
+        assert torch.equal(before[committed], after[committed])
+        # Each step commits at least one new position.
+        assert (after != mask).sum() > committed.sum()
+
+
+def test_filler_is_trimmed():
+    toks, score = trim_filler([5, 6, 1, 7, 1], [0.9, 0.8, 0.7, 0.1, 0.9], (1, 0), "truncate")
+    assert toks == [5, 6]
+    assert score == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    toks, _ = trim_filler([1, 5, 1, 6], [0.5, 0.9, 0.5, 0.8], (1,), "delete")
+    assert toks == [5, 6]
+
+
+def test_threshold_decoding_needs_fewer_passes_than_fixed_steps_on_an_easy_span(pattern_model):
+    thr = sum(_fill(pattern_model, s, g, schedule="threshold")[2] for s, g in CASES)
+    fixed = sum(_fill(pattern_model, s, g, schedule="fixed", steps=8)[2] for s, g in CASES)
+    assert fixed == 8 * len(CASES)  # fixed steps costs exactly its steps
+    assert thr < fixed / 2
+
+
+def test_the_same_seed_gives_the_same_output(pattern_model):
+    def sample(seed):
+        ids, key_mask, lo = layout(pattern_model, [3, 4], [9], [8, 8, 8, 8])
+        return denoise(pattern_model, ids, lo, lo + 8, key_mask=key_mask,
+                       settings=SamplerSettings(temperature=1.5, top_p=0.95, seed=seed,
+                                                schedule="fixed", steps=4)).ids
+    a, b = sample(7), sample(7)
+    assert torch.equal(a, b)
+    assert any(not torch.equal(a, sample(s)) for s in range(8, 14))
+
+
+def test_the_ensemble_returns_the_candidate_it_scored_best(pattern_model):
+    pre, mid, suf = pattern_row(2, 5, 5, 4)
+    cands, passes = infill(pattern_model, pre, suf, [2, 4, 8])
+    assert len(cands) == 3
+    keys = [c.rank_key for c in cands]
+    assert keys == sorted(keys)
+    # Only the 8-slot row has room for the 5 missing tokens: the shorter rows use every mask
+    # (no filler), so however sure their tokens are, the 8-slot row wins.
+    assert [c.terminated for c in cands] == [True, False, False]
+    assert cands[0].length == 8 and cands[0].tokens == mid[:5]
+
+
+def test_refine_repairs_a_wrong_token_and_keeps_the_rest(pattern_model):
+    pre, mid, suf = pattern_row(0, 5, 6, 4)
+    sel = mid[:6]
+    broken = list(sel)
+    broken[3] = 3 + (broken[3] - 3 + 5) % 12  # a plausible-looking but wrong token
+    out = refine(pattern_model, pre, broken, suf, threshold=0.3)
+    assert 3 in out.remasked
+    assert out.tokens == sel
+    # Confident tokens were not re-masked, so they are exactly as given.
+    for i, (a, b) in enumerate(zip(broken, out.tokens)):
+        if i not in out.remasked:
+            assert a == b
+    clean = refine(pattern_model, pre, sel, suf, threshold=0.3)
+    assert clean.remasked == [] and clean.tokens == sel and clean.forward_passes == 1
+
+
+def test_cancellation_stops_between_steps(pattern_model):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    ids, key_mask, lo = layout(pattern_model, [3, 4], [9], [8])
+    with pytest.raises(Cancelled):
+        denoise(pattern_model, ids, lo, lo + 8, key_mask=key_mask, cancel=cancel,
+                settings=SamplerSettings(schedule="fixed", steps=8))
+    assert len(calls) == 3
+
+
+def test_fixed_schedule_commit_counts_follow_a_linear_grid():
+    n0 = torch.tensor([8, 3, 0])
+    remaining, counts = n0.clone(), []
+    for s in range(4):
+        k = fixed_commit_counts(remaining, n0, s, 4)
+        counts.append(k.tolist())
+        remaining = remaining - k
+    assert remaining.tolist() == [0, 0, 0]
+    assert [c[0] for c in counts] == [2, 2, 2, 2]
+    assert sum(c[1] for c in counts) == 3
+
+
+def test_choose_commits_takes_the_best_masked_positions():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.8]])
+    masked = torch.tensor([[True, False, True, True]])
+    assert choose_commits(scores, masked, torch.tensor([2])).tolist() == \
+        [[False, False, True, True]]
+
+
+@pytest.mark.parametrize("order", ["confidence", "margin", "entropy"])
+def test_each_order_fills_the_gap(pattern_model, order):
+    exact = sum(_fill(pattern_model, s, g, order=order, schedule="fixed", steps=8)[0].tokens ==
+                pattern_row(s, 5, g, 4)[1][:g] for s, g in CASES[::3])
+    assert exact >= 0.8 * len(CASES[::3])
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="schedule"):
+        SamplerSettings(schedule="bogus")
+    with pytest.raises(ValueError, match="threshold"):
+        SamplerSettings(threshold=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplerSettings(top_p=0)
