@@ -1,0 +1,124 @@
+"""Held-out infilling eval: exact match and "still parses" on spans cut from code the model
+has not seen (whole held-out packages, see ``model/corpus.py``).
+
+Spans are cut the way an editor meets them:
+- ``line``: the cursor somewhere after a line's indentation, the rest of the line missing;
+- ``block``: the cursor after the indentation of a line, 1-4 whole lines missing.
+A fill matches when it equals the missing text up to trailing whitespace on each line.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .engine import Engine, InfillRequest, InfillSettings
+from .post import parses
+
+
+@dataclass
+class Span:
+    path: str
+    text: str
+    """The document with the span removed."""
+    cursor: int
+    target: str
+    mode: str
+
+
+@dataclass
+class ModeReport:
+    mode: str
+    n: int = 0
+    exact: int = 0
+    parsed: int = 0
+    empty: int = 0
+    seconds: list[float] = field(default_factory=list)
+    passes: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        n = max(self.n, 1)
+        return {"mode": self.mode, "spans": self.n, "exact_match": round(self.exact / n, 4),
+                "parses": round(self.parsed / n, 4), "empty": round(self.empty / n, 4),
+                "mean_ms": round(1000 * statistics.mean(self.seconds), 1) if self.seconds else 0,
+                "mean_forward_passes": round(statistics.mean(self.passes), 2)
+                if self.passes else 0}
+
+
+def _norm(s: str) -> str:
+    return "\n".join(line.rstrip() for line in s.strip("\n").split("\n")).strip()
+
+
+def cut_spans(files: Iterable[Path], n: int, mode: str, seed: int = 0) -> list[Span]:
+    """``n`` spans of ``mode`` from parseable Python files, chosen by ``seed``."""
+    rng = random.Random(f"{seed}-{mode}")
+    docs = []
+    for f in sorted(files):
+        try:
+            text = f.read_text(encoding="utf-8")
+            ast.parse(text)
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        if len(text) > 400:
+            docs.append((f, text))
+    spans: list[Span] = []
+    tries = 0
+    while len(spans) < n and docs and tries < n * 200:
+        tries += 1
+        path, text = rng.choice(docs)
+        lines = text.split("\n")
+        i = rng.randrange(len(lines))
+        line = lines[i]
+        body = line.strip()
+        if len(body) < 8 or body.startswith(("#", '"""', "'''")):
+            continue
+        indent = len(line) - len(body) - (len(line) - len(line.rstrip()))
+        line_start = sum(len(x) + 1 for x in lines[:i])
+        if mode == "line":
+            col = rng.randint(indent + 1, len(line.rstrip()) - 2)
+            cursor = line_start + col
+            target = line.rstrip()[col:]
+            doc = text[:cursor] + text[line_start + len(line.rstrip()):]
+        else:
+            count = rng.randint(1, 4)
+            chunk = lines[i:i + count]
+            if any(len(x) - len(x.lstrip()) < indent for x in chunk if x.strip()):
+                continue
+            cursor = line_start + indent
+            end = line_start + sum(len(x) + 1 for x in chunk) - 1
+            target = text[cursor:end]
+            doc = text[:cursor] + text[end:]
+        if not target.strip() or len(target) > 400:
+            continue
+        spans.append(Span(str(path), doc, cursor, target, mode))
+    return spans
+
+
+def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
+             progress: Callable[[int], None] | None = None) -> ModeReport:
+    report = ModeReport(spans[0].mode if spans else "none")
+    for k, sp in enumerate(spans):
+        s = settings if settings.mode != "auto" else \
+            InfillSettings(**{**settings.__dict__, "mode": sp.mode})
+        t0 = time.perf_counter()
+        result = engine.run(InfillRequest(sp.text, sp.cursor, language="python", path=sp.path),
+                            s)
+        report.seconds.append(time.perf_counter() - t0)
+        report.passes.append(result.forward_passes)
+        report.n += 1
+        best = result.best
+        fill = best.text if best else ""
+        if not fill.strip():
+            report.empty += 1
+        if _norm(fill) == _norm(sp.target):
+            report.exact += 1
+        if parses("python", sp.text[:sp.cursor] + fill + sp.text[sp.cursor:]):
+            report.parsed += 1
+        if progress:
+            progress(k + 1)
+    return report

@@ -1,0 +1,157 @@
+"""``diffill bench``: sampler speed as ratios against a baseline run in the same process.
+
+The baseline is the plain masked-diffusion sampler (fixed steps, one token per forward pass,
+no cache). Every variant fills the same gap in the same window; the table gives time per fill,
+masked tokens per second, forward passes, the speed-up over the baseline and how many output
+tokens agree with the baseline's (a speed trick that changes the answer must say so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from .errors import UsageError
+
+PRESETS = {
+    # Shapes of real checkpoints (design.md's table), run with random weights.
+    "open-dcoder-0.5b": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
+                         "intermediate_size": 4864, "num_hidden_layers": 24,
+                         "num_attention_heads": 14, "num_key_value_heads": 2,
+                         "tie_word_embeddings": True, "rope_theta": 1e6},
+    "dream-7b": {"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584,
+                 "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                 "num_key_value_heads": 4, "tie_word_embeddings": False, "rope_theta": 1e6},
+}
+
+
+def random_model(spec: str, device: str | None, dtype: str | None):
+    """A model of a preset or JSON shape with random weights, for speed only."""
+    import torch
+
+    from model.config import from_hf_config
+    from model.loader import DiffusionModel, parse_device, parse_dtype
+    from model.profile import FamilyProfile
+    from model.transformer import Transformer
+    try:
+        raw = PRESETS[spec] if spec in PRESETS else json.loads(spec)
+        cfg = from_hf_config(raw)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--random-config: a preset ({', '.join(PRESETS)}) or config JSON "
+                         f"({exc})") from None
+    dev = parse_device(device)
+    dt_ = parse_dtype(dtype, dev)
+    with torch.device(dev):
+        net = Transformer(cfg).to(dt_)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
+    net.eval()
+    prof = FamilyProfile("random", mask_id=cfg.vocab_size - 1, filler_ids=(cfg.vocab_size - 2,),
+                         shift_logits=True)
+    return DiffusionModel(net, cfg, prof, None, dev, dt_, Path(f"random:{spec}"), 0.0)
+
+
+def window_ids(model, context: int) -> tuple[list[int], list[int]]:
+    """Prefix and suffix ids around a gap in real code (the stdlib's json.decoder)."""
+    import json.decoder as src
+    if model.tokenizer is None:
+        import random
+        rng = random.Random(0)
+        ids = [rng.randrange(0, model.config.vocab_size - 2) for _ in range(2 * context)]
+    else:
+        text = inspect.getsource(src) * 4
+        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pre = int(context * 0.75)
+    mid = len(ids) // 2
+    return ids[max(0, mid - pre):mid], ids[mid:mid + context - pre]
+
+
+def machine() -> str:
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, Python " \
+           f"{platform.python_version()}"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from infill.sampler import SamplerSettings, infill
+    from model import load_model
+    if args.random_config:
+        model = random_model(args.random_config, args.device, args.dtype)
+    else:
+        model = load_model(args.model, device=args.device, dtype=args.dtype, family=args.family)
+    span = args.span
+    if span < 4:
+        raise UsageError("--span must be at least 4")
+    prefix, suffix = window_ids(model, args.context)
+    variants = [
+        ("baseline: fixed, 1 token/pass", SamplerSettings(schedule="fixed", steps=span), [span]),
+        ("fixed, 2 tokens/pass", SamplerSettings(schedule="fixed", steps=span // 2), [span]),
+        ("threshold 0.9", SamplerSettings(schedule="threshold"), [span]),
+        ("threshold 0.9 + dual cache", SamplerSettings(schedule="threshold", cache="dual",
+                                                       block_size=span), [span]),
+        ("blocks of 8, 2 tokens/pass, dual cache",
+         SamplerSettings(schedule="blocks", steps=span // 2, block_size=8, cache="dual"), [span]),
+        ("length ensemble x2, threshold", SamplerSettings(schedule="threshold"),
+         [span // 2, span]),
+    ]
+    rows = []
+    base_tokens = None
+    base_time = None
+    for name, settings, lengths in variants:
+        infill(model, prefix, suffix, lengths, settings=settings)  # warm-up
+        times, passes = [], 0
+        for _ in range(args.repeats):
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            cands, passes = infill(model, prefix, suffix, lengths, settings=settings)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        t = statistics.median(times)
+        best = max(cands, key=lambda c: c.length)
+        toks = best.tokens
+        if base_tokens is None:
+            base_tokens, base_time = toks, t
+        same = sum(a == b for a, b in zip(toks, base_tokens))
+        agree = same / max(len(base_tokens), len(toks), 1)
+        rows.append((name, t * 1000, span / t, passes, base_time / t, agree))
+    header = ("| variant | ms / fill | masked tok/s | passes | speed-up | agrees with baseline |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: |")
+    lines = [f"| {n} | {ms:.1f} | {tps:.0f} | {p} | {r:.2f}x | {a:.0%} |"
+             for n, ms, tps, p, r, a in rows]
+    what = model.path.name if not args.random_config else f"random weights, {args.random_config}"
+    intro = (f"### {dt.date.today().isoformat()}: {what} ({model.config.n_params / 1e6:.1f}M "
+             f"parameters), {model.device} {str(model.dtype).replace('torch.', '')}\n\n"
+             f"- machine: {machine()}\n"
+             f"- command: `diffill {' '.join(sys.argv[1:]) if len(sys.argv) > 1 else 'bench'}`\n"
+             f"- window: {len(prefix)} prefix + {span} masks + {len(suffix)} suffix tokens; "
+             f"median of {args.repeats} runs after a warm-up\n")
+    table = intro + "\n" + header + "\n" + "\n".join(lines) + "\n"
+    print(table)
+    if args.write:
+        path = Path(args.write)
+        with path.open("a", encoding="utf-8") as f:
+            f.write("\n" + table)
+        print(f"appended to {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,60 @@
+"""``diffill eval``: held-out figures for the model card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from .errors import BadInput, UsageError
+
+
+def held_out_files() -> tuple[list[Path], list[str]]:
+    from model.corpus import build_corpus
+    corpus = build_corpus()
+    files = corpus.files("held-out", max_bytes_per_package=10**9)
+    return files, [p.name for p in corpus.held_out]
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from infill.evaluate import cut_spans, evaluate
+
+    from .cli import load_engine, settings_from_args
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in ("line", "block") for m in modes):
+        raise UsageError("--modes takes line and/or block")
+    if args.files:
+        files, packages = [Path(f) for f in args.files], ["(given files)"]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise BadInput(f"no such file: {', '.join(missing)}")
+    else:
+        files, packages = held_out_files()
+    engine = load_engine(args)
+    settings = settings_from_args(args)
+    reports = []
+    for mode in modes:
+        spans = cut_spans(files, args.n, mode, args.sample_seed)
+        bar = tqdm(total=len(spans), desc=f"eval {mode}", file=sys.stderr, leave=False)
+        rep = evaluate(engine, spans, settings, progress=lambda k: bar.update(1))
+        bar.close()
+        reports.append(rep.as_dict())
+    meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
+            "python": platform.python_version(), "seed": args.sample_seed,
+            "autoregressive_baseline": None}
+    if args.json:
+        print(json.dumps({"meta": meta, "results": reports}, indent=1))
+        return 0
+    print(f"held-out packages: {', '.join(packages)} ({len(files)} files, Python "
+          f"{meta['python']}); model {Path(meta['model']['checkpoint']).name}")
+    print(f"{'mode':<6} {'spans':>5} {'exact':>7} {'parses':>7} {'empty':>6} {'ms':>7} "
+          f"{'passes':>6}")
+    for r in reports:
+        print(f"{r['mode']:<6} {r['spans']:>5} {r['exact_match']:>7.1%} {r['parses']:>7.1%} "
+              f"{r['empty']:>6.1%} {r['mean_ms']:>7.1f} {r['mean_forward_passes']:>6.2f}")
+    print("autoregressive baseline: none of the same size is available offline")
+    return 0

@@ -1,0 +1,122 @@
+"""``diffill`` as a subprocess: each mode, and one clear line for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLE = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+
+
+def diffill(*args, stdin: bytes | None = None, model: Path | None = None, timeout=180):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "server.cli", *args]
+    if model is not None:
+        cmd += ["--model", str(model)]
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.fixture()
+def src(tmp_path) -> Path:
+    p = tmp_path / "sample.py"
+    p.write_text(SAMPLE)
+    return p
+
+
+def test_infill_at_a_position_prints_text_and_json(src, diffill_ckpt):
+    r = diffill("infill", str(src), "--at", "2:12", "--json", "--max-tokens", "8",
+                model=diffill_ckpt)
+    assert r.returncode == 0, r.stderr.decode()
+    out = json.loads(r.stdout)
+    assert out["mode"] == "line"
+    assert out["forward_passes"] >= 1
+    if out["text"] is not None:
+        assert out["range"] == {"start": {"line": 2, "column": 12},
+                                "end": {"line": 2, "column": 12}}
+        assert "\n" not in out["text"]
+
+
+def test_marker_on_stdin_and_full_output(diffill_ckpt):
+    doc = "x = 1\n<|fill|>\nprint(x)\n"
+    r = diffill("infill", "-", "--full", "--lengths", "4", "--seed", "1", stdin=doc.encode(),
+                model=diffill_ckpt)
+    # A random model may propose nothing (exit 1); whatever it proposes lands at the marker.
+    assert r.returncode in (0, 1), r.stderr.decode()
+    if r.returncode == 0:
+        full = r.stdout.decode()
+        assert full.startswith("x = 1\n") and full.endswith("\nprint(x)\n")
+        assert "<|fill|>" not in full
+    else:
+        assert b"no completion" in r.stderr
+
+
+def test_rewrite_and_refine_a_selection(src, diffill_ckpt):
+    for flag in ("--rewrite", "--refine"):
+        r = diffill("infill", str(src), "--select", "2:5-2:17", flag, "--json",
+                    model=diffill_ckpt)
+        assert r.returncode == 0, r.stderr.decode()
+        out = json.loads(r.stdout)
+        assert out["range"] == {"start": {"line": 2, "column": 5},
+                                "end": {"line": 2, "column": 17}}
+        if flag == "--refine":
+            assert out["mode"] == "refine" and isinstance(out["remasked"], list)
+            if not out["remasked"]:
+                assert out["text"] == "return a + b"
+
+
+def test_jsonl_batch_keeps_order_and_reports_bad_lines(tmp_path, src, diffill_ckpt):
+    reqs = tmp_path / "reqs.jsonl"
+    reqs.write_text("\n".join([
+        json.dumps({"id": "a", "file": str(src), "at": "2:12"}),
+        json.dumps({"id": "b", "text": "y = <|fill|>\n"}),
+        "not json",
+        json.dumps({"id": "c", "file": str(src), "at": "99:1"}),
+        json.dumps({"id": "d", "text": "a\n", "select": "1:1-1:2", "action": "refine"}),
+    ]) + "\n")
+    r = diffill("infill", "--jsonl", str(reqs), "--max-tokens", "4", model=diffill_ckpt)
+    assert r.returncode == 1  # some requests failed
+    lines = [json.loads(x) for x in r.stdout.decode().splitlines()]
+    assert [x["id"] for x in lines] == ["a", "b", 3, "c", "d"]
+    assert "error" not in lines[0] and "error" not in lines[1] and "error" not in lines[4]
+    assert lines[2]["error"]["kind"] == "BadInput"
+    assert lines[3]["error"]["kind"] == "BadInput" and "past the end" in \
+        lines[3]["error"]["message"]
+    assert b"infill" in r.stderr  # the progress bar is on stderr
+
+
+@pytest.mark.parametrize("args,setup,message,code", [
+    (["infill", "{missing}", "--at", "1:1"], None, "no such file", 3),
+    (["infill", "{src}", "--at", "40:1"], None, "past the end", 3),
+    (["infill", "{src}", "--at", "1:200"], None, "past the end of line 1", 3),
+    (["infill", "{bin}", "--at", "1:1"], "bin", "not UTF-8", 3),
+    (["infill", "{src}"], None, "marker", 3),
+    (["infill", "{src}", "--at", "1:1", "--model", "{tmp}/nope"], None, "nope", 4),
+    (["infill", "{src}", "--at", "1:1", "--model", "{corrupt}"], "corrupt", "cannot read", 4),
+    (["infill", "{src}", "--refine"], None, "--select", 2),
+])
+def test_bad_input_gets_one_clear_line_and_no_traceback(tmp_path, src, diffill_ckpt, args, setup,
+                                                        message, code):
+    import shutil
+    paths = {"missing": str(tmp_path / "missing.py"), "src": str(src), "tmp": str(tmp_path),
+             "bin": str(tmp_path / "latin1.py"), "corrupt": str(tmp_path / "corrupt")}
+    if setup == "bin":
+        Path(paths["bin"]).write_bytes("x = 'caf\xe9'\n".encode("latin-1"))
+    if setup == "corrupt":
+        shutil.copytree(diffill_ckpt, paths["corrupt"])
+        (Path(paths["corrupt"]) / "model.safetensors").write_bytes(b"broken")
+    argv = [a.format(**paths) for a in args]
+    if "--model" not in argv:
+        argv += ["--model", str(diffill_ckpt)]
+    r = diffill(*argv)
+    err = r.stderr.decode()
+    assert r.returncode == code, err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert r.stdout == b""
