@@ -1,14 +1,27 @@
-"""Context windows, the denoising sampler and post-processing. Knows nothing of LSP."""
+"""Context windows, the denoising sampler and post-processing. Knows nothing of LSP.
 
-from .context import ContextBudget, Window, build_window
-from .engine import (ACTIONS, Completion, Engine, InfillRequest, InfillResult, InfillSettings,
-                     with_overrides)
-from .sampler import Cancelled, Candidate, SamplerSettings, denoise, infill, refine
-from .text import InputError, PositionError, decode_source, offset_at, position_of
+Names are imported lazily, so that light users (the LSP server converting positions with
+``infill.text``) do not pay for torch.
+"""
 
-__all__ = [
-    "ACTIONS", "Cancelled", "Candidate", "Completion", "ContextBudget", "Engine", "InfillRequest",
-    "InfillResult", "InfillSettings", "InputError", "PositionError", "SamplerSettings", "Window",
-    "build_window", "decode_source", "denoise", "infill", "offset_at", "position_of", "refine",
-    "with_overrides",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ContextBudget": "context", "Window": "context", "build_window": "context",
+    "ACTIONS": "engine", "Completion": "engine", "Engine": "engine", "InfillRequest": "engine",
+    "InfillResult": "engine", "InfillSettings": "engine", "with_overrides": "engine",
+    "Cancelled": "sampler", "Candidate": "sampler", "SamplerSettings": "sampler",
+    "denoise": "sampler", "infill": "sampler", "infill_many": "sampler", "refine": "sampler",
+    "InputError": "text", "PositionError": "text", "decode_source": "text", "offset_at": "text",
+    "position_of": "text",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'infill' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -15,7 +15,8 @@ from model import DiffusionModel
 
 from . import post
 from .context import ContextBudget, build_window, encode
-from .sampler import SamplerSettings, infill, refine
+from .context import Window
+from .sampler import Cancelled, Candidate, SamplerSettings, infill_many, refine
 from .text import InputError, PositionError, check_size
 
 ACTIONS = ("complete", "rewrite", "refine")
@@ -91,6 +92,22 @@ class InfillResult:
         return self.items[0] if self.items else None
 
 
+@dataclass
+class Job:
+    """A request made ready for the sampler: its window and the mask counts to try."""
+
+    request: InfillRequest
+    mode: str
+    lengths: list[int]
+    window: Window
+    line_before: str
+    started: float
+
+    @property
+    def sampler_job(self) -> tuple[list[int], list[int], list[int]]:
+        return self.window.context_ids, self.window.suffix_ids, self.lengths
+
+
 def ladder_lengths(ladder: Sequence[int], max_tokens: int, count: int) -> list[int]:
     """The ``count`` largest rungs that fit ``max_tokens`` (always including ``max_tokens`` when
     it is below the first rung)."""
@@ -113,27 +130,71 @@ class Engine:
     def run(self, req: InfillRequest, settings: InfillSettings | None = None,
             cancel: Callable[[], bool] | None = None) -> InfillResult:
         settings = settings or self.settings
+        if self._validate(req) == "refine":
+            return self._refine(req, settings, cancel)
+        job = self.prepare(req, settings)
+        results, passes = infill_many(self.model, [job.sampler_job], settings=settings.sampler,
+                                      cancel=[cancel] if cancel else None)
+        if results[0] is None:
+            raise Cancelled()
+        return self.finish(job, results[0], passes)
+
+    def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
+                  settings: InfillSettings) -> list[InfillResult | BaseException]:
+        """Several requests with the same settings in one batch of forward passes.
+
+        Each item gets its result or its own exception (a bad request, a cancellation); one
+        item's failure never fails the others. Refine requests run one by one.
+        """
+        out: list[InfillResult | BaseException | None] = [None] * len(items)
+        jobs: list[tuple[int, Job]] = []
+        for i, (req, cancel) in enumerate(items):
+            try:
+                if self._validate(req) == "refine":
+                    out[i] = self._refine(req, settings, cancel)
+                else:
+                    jobs.append((i, self.prepare(req, settings)))
+            except Exception as exc:  # reported to that request alone
+                out[i] = exc
+        if jobs:
+            cancels = [items[i][1] for i, _ in jobs]
+            results, passes = infill_many(self.model, [j.sampler_job for _, j in jobs],
+                                          settings=settings.sampler,
+                                          cancel=cancels if any(cancels) else None)
+            for (i, job), cands in zip(jobs, results):
+                out[i] = Cancelled() if cands is None else self.finish(job, cands, passes)
+        return out  # type: ignore[return-value]
+
+    def _validate(self, req: InfillRequest) -> str:
         check_size(req.text, req.path or "document")
         if not 0 <= req.start <= len(req.text):
             raise PositionError(f"offset {req.start} is outside the document")
         if req.action == "complete":
-            return self._complete(req, settings, cancel)
+            return req.action
         if req.action not in ACTIONS:
             raise InputError(f"unknown action {req.action!r}; one of {', '.join(ACTIONS)}")
         if req.end is None or not req.start <= req.end <= len(req.text):
             raise PositionError("a rewrite needs a selection inside the document")
         if req.end == req.start:
             raise InputError("the selection is empty")
-        if req.action == "rewrite":
-            return self._rewrite(req, settings, cancel)
-        return self._refine(req, settings, cancel)
+        return req.action
 
     # ------------------------------------------------------------ actions
 
-    def _complete(self, req: InfillRequest, s: InfillSettings,
-                  cancel: Callable[[], bool] | None) -> InfillResult:
+    def prepare(self, req: InfillRequest, s: InfillSettings) -> "Job":
+        """Window and mask counts of a completion or a rewrite (regenerate)."""
         t0 = time.perf_counter()
-        text, cur = req.text, req.start
+        text = req.text
+        if req.action == "rewrite":
+            assert req.end is not None
+            original = text[req.start:req.end]
+            n = max(1, len(encode(self.tokenizer, original)))
+            cap = max(s.max_tokens, n)
+            lengths = list(s.lengths) or sorted(
+                {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
+            window = build_window(self.tokenizer, text, req.start, req.end, s.budget, req.extra)
+            return Job(req, "rewrite", lengths, window, "", t0)
+        cur = req.start
         line_start = text.rfind("\n", 0, cur) + 1
         line_end = text.find("\n", cur)
         line_end = len(text) if line_end < 0 else line_end
@@ -142,48 +203,38 @@ class Engine:
         ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
         lengths = list(s.lengths) or ladder_lengths(ladder, s.max_tokens, s.ensemble)
         window = build_window(self.tokenizer, text, cur, None, s.budget, req.extra)
-        cands, passes = infill(self.model, window.context_ids, window.suffix_ids, lengths,
-                               settings=s.sampler, cancel=cancel)
+        return Job(req, mode, lengths, window, before, t0)
+
+    def finish(self, job: "Job", cands: list[Candidate], passes: int) -> InfillResult:
+        """Post-process and rank the candidates of a prepared job."""
+        req = job.request
         language = post.language_of(req.language, req.path)
-        suffix = text[cur:]
         items: list[Completion] = []
         seen: set[str] = set()
-        for c in cands:
-            fill = post.clean(self.decode(c.tokens), mode=mode, line_before=before,
-                              suffix=suffix[:4096])
-            if not fill.strip() or fill in seen:
-                continue
-            seen.add(fill)
-            items.append(Completion(fill, cur, cur, c.score, tokens=len(c.tokens),
-                                    terminated=c.terminated))
-        self._rank(items, text, language)
-        return InfillResult(items, mode, passes, time.perf_counter() - t0)
-
-    def _rewrite(self, req: InfillRequest, s: InfillSettings,
-                 cancel: Callable[[], bool] | None) -> InfillResult:
-        """Regenerate: mask the selection and fill it again, lengths around its own."""
-        t0 = time.perf_counter()
-        assert req.end is not None
-        original = req.text[req.start:req.end]
-        n = max(1, len(encode(self.tokenizer, original)))
-        cap = max(s.max_tokens, n)
-        lengths = list(s.lengths) or sorted({n, min(cap, n + max(2, n // 4)),
-                                             max(1, n - max(1, n // 5))})[-max(s.ensemble, 1):]
-        window = build_window(self.tokenizer, req.text, req.start, req.end, s.budget, req.extra)
-        cands, passes = infill(self.model, window.context_ids, window.suffix_ids, lengths,
-                               settings=s.sampler, cancel=cancel)
-        language = post.language_of(req.language, req.path)
-        items: list[Completion] = []
-        for c in cands:
-            fill = self.decode(c.tokens)
-            if original.endswith("\n") and not fill.endswith("\n"):
-                fill += "\n"
-            if any(it.text == fill for it in items):
-                continue
-            items.append(Completion(fill, req.start, req.end, c.score, tokens=len(c.tokens),
-                                    terminated=c.terminated))
+        if job.mode == "rewrite":
+            assert req.end is not None
+            original = req.text[req.start:req.end]
+            for c in cands:
+                fill = self.decode(c.tokens)
+                if original.endswith("\n") and not fill.endswith("\n"):
+                    fill += "\n"
+                if fill in seen:
+                    continue
+                seen.add(fill)
+                items.append(Completion(fill, req.start, req.end, c.score, tokens=len(c.tokens),
+                                        terminated=c.terminated))
+        else:
+            suffix = req.text[req.start:req.start + 4096]
+            for c in cands:
+                fill = post.clean(self.decode(c.tokens), mode=job.mode,
+                                  line_before=job.line_before, suffix=suffix)
+                if not fill.strip() or fill in seen:
+                    continue
+                seen.add(fill)
+                items.append(Completion(fill, req.start, req.start, c.score,
+                                        tokens=len(c.tokens), terminated=c.terminated))
         self._rank(items, req.text, language)
-        return InfillResult(items, "rewrite", passes, time.perf_counter() - t0)
+        return InfillResult(items, job.mode, passes, time.perf_counter() - job.started)
 
     def _refine(self, req: InfillRequest, s: InfillSettings,
                 cancel: Callable[[], bool] | None) -> InfillResult:

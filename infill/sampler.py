@@ -76,6 +76,8 @@ class Denoised:
     confidence: torch.Tensor
     """(B, T) probability of each token when it was committed; 1 where nothing was masked."""
     forward_passes: int
+    rows: list[int] = field(default_factory=list)
+    """Rows that ran to the end; rows whose caller cancelled were dropped on the way."""
 
 
 @dataclass
@@ -172,18 +174,26 @@ def _blocks(lo: int, hi: int, settings: SamplerSettings) -> list[tuple[int, int]
     return [(b, min(b + size, hi)) for b in range(lo, hi, size)]
 
 
+RowCancel = Callable[[], "bool | Sequence[bool]"]
+
+
 @torch.inference_mode()
 def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             settings: SamplerSettings = SamplerSettings(),
             key_mask: torch.Tensor | None = None,
-            cancel: Callable[[], bool] | None = None) -> Denoised:
+            cancel: RowCancel | None = None) -> Denoised:
     """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
 
     Positions of the span that are not masks (context, tokens kept by refine) are never changed.
+    ``cancel`` is polled before every forward pass: ``True`` stops the whole batch with
+    :class:`Cancelled`; a per-row sequence drops the cancelled rows and goes on with the rest
+    (they come back unfilled, and are left out of ``Denoised.rows``).
     """
     mask_id = model.profile.mask_id
-    ids = ids.clone()
-    conf = torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+    full_ids = ids.clone()
+    full_conf = torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+    alive = torch.arange(ids.shape[0], device=ids.device)
+    ids, conf = full_ids.clone(), full_conf.clone()
     gen = None
     if settings.seed is not None:
         gen = torch.Generator(device=ids.device).manual_seed(settings.seed)
@@ -202,8 +212,15 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             masked = ids[:, b0:b1] == mask_id  # (B, N)
             if not masked.any():
                 break
-            if cancel is not None and cancel():
-                raise Cancelled()
+            if cancel is not None:
+                keep = _still_wanted(cancel(), alive)
+                if keep is not None:  # some rows were cancelled: drop them, go on with the rest
+                    ids, conf, alive, masked0 = ids[keep], conf[keep], alive[keep], masked0[keep]
+                    masked = masked[keep]
+                    key_mask = key_mask[keep] if key_mask is not None else None
+                    if cache is not None and cache.length:
+                        cache = KVCache([k[keep] for k in cache.keys],
+                                        [v[keep] for v in cache.values])
             logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache)  # (B, N, V)
             passes += 1
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
@@ -220,7 +237,22 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             span[commit] = tokens[commit]
             conf[:, b0:b1][commit] = p_tok[commit].float()
             step += 1
-    return Denoised(ids=ids, confidence=conf, forward_passes=passes)
+    full_ids[alive] = ids
+    full_conf[alive] = conf
+    return Denoised(ids=full_ids, confidence=full_conf, forward_passes=passes,
+                    rows=alive.tolist())
+
+
+def _still_wanted(verdict: "bool | Sequence[bool]", alive: torch.Tensor) -> torch.Tensor | None:
+    """Rows of the working batch to keep, or None to keep all; raises when none is wanted."""
+    if isinstance(verdict, bool):
+        if verdict:
+            raise Cancelled()
+        return None
+    gone = torch.as_tensor(list(verdict), dtype=torch.bool, device=alive.device)[alive]
+    if bool(gone.all()):
+        raise Cancelled()
+    return ~gone if bool(gone.any()) else None
 
 
 # ---------------------------------------------------------------- layouts
@@ -232,17 +264,31 @@ def layout(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
     Returns ids (B, T), key_mask (B, T) (False on padding, never attended) and the position
     where the masks start.
     """
+    return layout_rows(model, [(prefix, suffix, n) for n in lengths])
+
+
+def layout_rows(model: DiffusionModel, rows: Sequence[tuple[Sequence[int], Sequence[int], int]]
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rows of possibly different requests, ``(prefix, suffix, masks)`` each, in one batch.
+
+    Rows are left-padded so every row's masks start at the same column. RoPE only sees relative
+    positions and padding is never attended, so a padded row computes what it would alone.
+    """
     prof = model.profile
-    head = ([prof.bos_id] if prof.bos_id is not None else []) + list(prefix)
-    rows = [head + [prof.mask_id] * n + list(suffix) for n in lengths]
-    width = max(map(len, rows))
+    bos = [prof.bos_id] if prof.bos_id is not None else []
+    heads = [bos + list(p) for p, _, _ in rows]
+    lo = max(map(len, heads))
+    built = [[None] * (lo - len(h)) + h + [prof.mask_id] * n + list(s)
+             for h, (_, s, n) in zip(heads, rows)]
+    width = max(map(len, built))
     pad = prof.filler_ids[0]
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    key_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        key_mask[i, :len(row)] = True
-    return ids.to(model.device), key_mask.to(model.device), len(head)
+    ids = torch.full((len(built), width), pad, dtype=torch.long)
+    key_mask = torch.zeros((len(built), width), dtype=torch.bool)
+    for i, row in enumerate(built):
+        first = lo - len(heads[i])
+        ids[i, first:len(row)] = torch.tensor(row[first:], dtype=torch.long)
+        key_mask[i, first:len(row)] = True
+    return ids.to(model.device), key_mask.to(model.device), lo
 
 
 def trim_filler(tokens: Sequence[int], confidences: Sequence[float], filler: Sequence[int],
@@ -280,23 +326,58 @@ def infill(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
     Returns the candidates, best first (see :attr:`Candidate.rank_key`), and the number of
     forward passes.
     """
-    lengths = sorted({int(n) for n in lengths if n > 0})
-    if not lengths:
-        raise ValueError("at least one positive length is needed")
-    ids, key_mask, lo = layout(model, prefix, suffix, lengths)
-    out = denoise(model, ids, lo, lo + max(lengths), settings=settings, key_mask=key_mask,
-                  cancel=cancel)
+    results, passes = infill_many(model, [(prefix, suffix, lengths)], settings=settings,
+                                  cancel=[cancel] if cancel else None)
+    if results[0] is None:
+        raise Cancelled()
+    return results[0], passes
+
+
+def infill_many(model: DiffusionModel,
+                jobs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], *,
+                settings: SamplerSettings = SamplerSettings(),
+                cancel: Sequence[Callable[[], bool]] | None = None
+                ) -> tuple[list[list[Candidate] | None], int]:
+    """Several gaps (``(prefix, suffix, lengths)`` each) denoised together in one batch.
+
+    A job whose ``cancel`` turns true is dropped at the next step and comes back as None; the
+    others go on. Returns each job's candidates (best first) and the forward passes spent.
+    """
+    rows, owner = [], []
+    for j, (prefix, suffix, lengths) in enumerate(jobs):
+        lens = sorted({int(n) for n in lengths if n > 0})
+        if not lens:
+            raise ValueError("at least one positive length is needed")
+        for n in lens:
+            rows.append((prefix, suffix, n))
+            owner.append(j)
+    ids, key_mask, lo = layout_rows(model, rows)
+    row_cancel = None
+    if cancel:
+        def row_cancel() -> list[bool]:
+            flags = [bool(c()) if c else False for c in cancel]
+            return [flags[j] for j in owner]
+    out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
+                  key_mask=key_mask, cancel=row_cancel)
     prof = model.profile
-    cands = []
-    for row, n in enumerate(lengths):
-        toks = out.ids[row, lo:lo + n].tolist()
-        confs = out.confidence[row, lo:lo + n].tolist()
+    done = set(out.rows)
+    results: list[list[Candidate] | None] = [[] for _ in jobs]
+    for r, ((_, _, n), j) in enumerate(zip(rows, owner)):
+        if r not in done:
+            results[j] = None
+            continue
+        if results[j] is None:
+            continue
+        toks = out.ids[r, lo:lo + n].tolist()
+        confs = out.confidence[r, lo:lo + n].tolist()
         kept, score = trim_filler(toks, confs, prof.filler_ids, prof.filler_mode)
         ended = any(t in prof.filler_ids for t in toks)
-        cands.append(Candidate(tokens=kept, length=n, score=score, terminated=ended,
-                               confidences=confs))
-    cands.sort(key=lambda c: c.rank_key)
-    return cands, out.forward_passes
+        results[j].append(Candidate(tokens=kept, length=n, score=score, terminated=ended,
+                                    confidences=confs))
+    for cands in results:
+        if cands is not None:
+            cands.sort(key=lambda c: c.rank_key)
+    return results, out.forward_passes
 
 
 @dataclass

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(b)
     b.set_defaults(func=cmd_bench)
 
+    from . import lsp_commands
+    lsp_commands.register(sub)
+
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .cli import apply, build_request, load_engine, read_input, settings_from_args

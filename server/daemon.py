@@ -1,0 +1,512 @@
+"""``diffill serve``: one resident model per machine, shared by every editor window.
+
+Listens on a unix socket (0600, in a 0700 folder; no TCP). Connections speak line-delimited
+JSON (``server/protocol.py``). An asyncio loop does the I/O; one worker thread owns the models
+and runs requests, so GPU work is serialised. The queue is fair across clients (round robin),
+requests that fit together (same model, same settings) run as one batch, a newer request for
+the same document supersedes the older one, and a cancelled request stops at the next
+denoising step. The daemon exits after ``idle_timeout`` seconds without requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RequestCancelled, UsageError, describe
+from .protocol import VERSION
+
+log = logging.getLogger("diffill.daemon")
+
+MAX_BATCH = 4
+MAX_LINE = 64 * 1024 * 1024
+
+
+@dataclass
+class Job:
+    id: int
+    client: "Client"
+    params: dict[str, Any]
+    document: str | None
+    model_key: tuple
+    settings_key: str
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    why: str = "cancelled"
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Client:
+    """One connection (one LSP process, or one CLI call)."""
+
+    counter = 0
+
+    def __init__(self, writer: asyncio.StreamWriter, name: str) -> None:
+        Client.counter += 1
+        self.id = Client.counter
+        self.name = name
+        self.writer = writer
+        self.jobs: dict[int, Job] = {}
+        self.closed = False
+
+    def send(self, obj: dict) -> None:
+        if self.closed:
+            return
+        try:
+            self.writer.write((json.dumps(obj) + "\n").encode())
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+
+
+class Registry:
+    """Loaded engines by (checkpoint, device, dtype, family); the most recent ``keep`` stay."""
+
+    def __init__(self, keep: int = 1) -> None:
+        self.keep = keep
+        self.engines: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.loads = 0
+        self.load_seconds = 0.0
+
+    @staticmethod
+    def key(spec: dict[str, Any] | None) -> tuple:
+        spec = spec or {}
+        return (spec.get("checkpoint") or None, spec.get("device") or None,
+                spec.get("dtype") or None, spec.get("family") or None)
+
+    def get(self, key: tuple):
+        if key in self.engines:
+            self.engines.move_to_end(key)
+            return self.engines[key]
+        from infill import Engine
+        from model import load_model
+        while len(self.engines) >= self.keep:
+            _, old = self.engines.popitem(last=False)
+            del old
+            _free_device_memory()
+        t0 = time.perf_counter()
+        model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
+        self.load_seconds += time.perf_counter() - t0
+        self.loads += 1
+        info = model.describe()
+        log.info("model loaded: %s on %s as %s in %.2fs", info["checkpoint"], info["device"],
+                 info["dtype"], info["load_seconds"])
+        engine = Engine(model)
+        self.engines[key] = engine
+        return engine
+
+
+def _free_device_memory() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+def settings_from_wire(raw: dict[str, Any] | None):
+    """Engine settings from the daemon wire format (``Settings.infill_settings``)."""
+    from dataclasses import replace
+
+    from infill import ContextBudget, InfillSettings, with_overrides
+    raw = dict(raw or {})
+    budget = ContextBudget(int(raw.pop("prefix_tokens", 1536)), int(raw.pop("suffix_tokens", 512)),
+                           int(raw.pop("extra_tokens", 0)))
+    if "lengths" in raw and raw["lengths"] is not None:
+        raw["lengths"] = tuple(int(n) for n in raw["lengths"])
+    try:
+        return replace(with_overrides(InfillSettings(), **raw), budget=budget)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"invalid settings: {exc}") from None
+
+
+def request_from_wire(raw: dict[str, Any]):
+    from infill import InfillRequest
+    try:
+        return InfillRequest(text=str(raw["text"]), start=int(raw["start"]),
+                             end=None if raw.get("end") is None else int(raw["end"]),
+                             action=str(raw.get("action", "complete")),
+                             language=raw.get("language"), path=raw.get("path"),
+                             extra=tuple((str(a), str(b)) for a, b in raw.get("extra", ())))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"malformed infill request: {exc}") from None
+
+
+def result_to_wire(result) -> dict[str, Any]:
+    return {"items": [{"text": c.text, "start": c.start, "end": c.end, "score": c.score,
+                       "parses": c.parses, "tokens": c.tokens, "terminated": c.terminated}
+                      for c in result.items],
+            "mode": result.mode, "forward_passes": result.forward_passes,
+            "seconds": result.seconds, "remasked": result.remasked}
+
+
+class Daemon:
+    def __init__(self, socket_path: Path, *, idle_timeout: float = 1800, keep_models: int = 1,
+                 preload: dict[str, Any] | None = None) -> None:
+        self.socket_path = socket_path
+        self.idle_timeout = idle_timeout
+        self.registry = Registry(keep_models)
+        self.preload = preload
+        self.started = time.time()
+        self.last_activity = time.monotonic()
+        self.clients: list[Client] = []
+        self.queues: collections.OrderedDict[int, collections.deque[Job]] = \
+            collections.OrderedDict()
+        self.by_document: dict[tuple[int, str], Job] = {}
+        self.cv = threading.Condition()
+        self.running: list[Job] = []
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done = asyncio.Event()
+        self.counters = collections.Counter()
+        self.last_error: str | None = None
+        self.state = "idle"
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        models = []
+        for engine in self.registry.engines.values():
+            info = engine.model.describe()
+            info["memory_bytes"] = _model_bytes(engine.model)
+            models.append(info)
+        return {"pid": os.getpid(), "version": VERSION, "socket": str(self.socket_path),
+                "uptime_s": round(time.time() - self.started, 1), "state": self.state,
+                "models": models, "loads": self.registry.loads,
+                "load_seconds": round(self.registry.load_seconds, 3),
+                "rss_bytes": _rss_bytes(), "cuda_bytes": _cuda_bytes(),
+                "clients": len(self.clients), "queued": sum(len(q) for q in self.queues.values()),
+                "idle_timeout_s": self.idle_timeout, "counters": dict(self.counters),
+                "last_error": self.last_error}
+
+    # ------------------------------------------------------------ connections
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = Client(writer, "client")
+        self.clients.append(client)
+        self.counters["connections"] += 1
+        try:
+            while not self.stopping:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    msg = json.loads(line)
+                    if not isinstance(msg, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    client.send({"id": None, "error": {"kind": "UsageError",
+                                                       "message": f"bad message: {exc}"}})
+                    continue
+                self.dispatch(client, msg)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            client.closed = True
+            self.clients.remove(client)
+            # A client that vanished wants none of its requests any more.
+            for job in list(client.jobs.values()):
+                self.cancel(job, "client disconnected")
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def dispatch(self, client: Client, msg: dict[str, Any]) -> None:
+        mid, method, params = msg.get("id"), msg.get("method"), msg.get("params") or {}
+        if method == "cancel":
+            job = client.jobs.get(params.get("id"))
+            if job is not None:
+                self.cancel(job, "cancelled by the client")
+            return
+        if method == "hello":
+            client.name = str(params.get("name", "client"))
+            client.send({"id": mid, "result": {"pid": os.getpid(), "version": VERSION}})
+        elif method == "status":
+            client.send({"id": mid, "result": self.status()})
+        elif method == "shutdown":
+            client.send({"id": mid, "result": {"stopping": True}})
+            self.request_stop("asked to shut down")
+        elif method in ("infill", "load"):
+            self.enqueue(client, mid, method, params)
+        else:
+            client.send({"id": mid, "error": {"kind": "UsageError",
+                                              "message": f"unknown method {method!r}"}})
+
+    def enqueue(self, client: Client, mid: int, method: str, params: dict[str, Any]) -> None:
+        self.last_activity = time.monotonic()
+        doc = params.get("document") if method == "infill" else None
+        key = Registry.key(params.get("model"))
+        job = Job(mid, client, {"method": method, **params}, doc, key,
+                  json.dumps(params.get("settings") or {}, sort_keys=True))
+        client.jobs[mid] = job
+        self.counters["requests" if method == "infill" else "load_requests"] += 1
+        with self.cv:
+            if doc is not None:
+                older = self.by_document.get((client.id, doc))
+                if older is not None:
+                    self.cancel(older, "superseded by a newer request for the same document")
+                self.by_document[(client.id, doc)] = job
+            self.queues.setdefault(client.id, collections.deque()).append(job)
+            self.cv.notify()
+
+    def cancel(self, job: Job, why: str) -> None:
+        if not job.cancelled.is_set():
+            job.why = why
+            job.cancelled.set()
+            with self.cv:
+                self.cv.notify()
+
+    # ------------------------------------------------------------ worker
+
+    def _take_batch(self) -> list[Job]:
+        """Next jobs, fairly: the client that waited longest goes first, then compatible jobs
+        of other clients (same model and settings) join its batch."""
+        while True:
+            for cid in list(self.queues):
+                q = self.queues[cid]
+                while q and q[0].cancelled.is_set():
+                    self._reply_cancelled(q.popleft())
+                if not q:
+                    del self.queues[cid]
+            if self.queues or self.stopping:
+                break
+            self.cv.wait(timeout=1.0)
+        if self.stopping and not self.queues:
+            return []
+        cid = next(iter(self.queues))
+        self.queues.move_to_end(cid)  # round robin
+        first = self.queues[cid].popleft()
+        batch = [first]
+        if first.params["method"] == "infill" and first.params.get("request", {}).get(
+                "action") != "refine":
+            for other in list(self.queues):
+                if len(batch) >= MAX_BATCH:
+                    break
+                q = self.queues[other]
+                if q and q[0].model_key == first.model_key and \
+                        q[0].settings_key == first.settings_key and \
+                        q[0].params["method"] == "infill" and not q[0].cancelled.is_set():
+                    batch.append(q.popleft())
+        for cid in [c for c, q in self.queues.items() if not q]:
+            del self.queues[cid]
+        return batch
+
+    def worker(self) -> None:
+        if self.preload is not None:
+            try:
+                self.state = "loading"
+                self.registry.get(Registry.key(self.preload))
+            except Exception as exc:  # reported to requests, the daemon stays up
+                self.last_error = str(describe(exc).message)
+                log.error("preload failed: %s", self.last_error)
+            finally:
+                self.state = "idle"
+        while True:
+            with self.cv:
+                batch = self._take_batch()
+            if not batch:
+                return
+            self.running = batch
+            try:
+                self._run(batch)
+            finally:
+                self.running = []
+                self.last_activity = time.monotonic()
+
+    def _run(self, batch: list[Job]) -> None:
+        first = batch[0]
+        try:
+            self.state = "loading" if first.model_key not in self.registry.engines else "busy"
+            engine = self.registry.get(first.model_key)
+            self.state = "busy"
+        except Exception as exc:
+            for job in batch:
+                self._reply_error(job, exc)
+            return
+        finally:
+            if self.state == "loading":
+                self.state = "idle"
+        if first.params["method"] == "load":
+            for job in batch:
+                self._reply(job, {"result": engine.model.describe()})
+            self.state = "idle"
+            return
+        items, settings = [], None
+        live: list[Job] = []
+        for job in batch:
+            try:
+                req = request_from_wire(job.params.get("request") or {})
+                settings = settings_from_wire(job.params.get("settings"))
+                items.append((req, job.cancelled.is_set))
+                live.append(job)
+            except Exception as exc:
+                self._reply_error(job, exc)
+        if live:
+            if len(live) > 1:
+                self.counters["batches"] += 1
+                self.counters["batched_requests"] += len(live)
+            try:
+                results = engine.run_batch(items, settings)
+            except Exception as exc:  # e.g. out of memory: every job of the batch fails
+                _free_device_memory()
+                results = [exc] * len(live)
+            for job, res in zip(live, results):
+                if isinstance(res, BaseException):
+                    if job.cancelled.is_set():
+                        self._reply_cancelled(job)
+                    else:
+                        self._reply_error(job, res)
+                else:
+                    self.counters["completed"] += 1
+                    self._reply(job, {"result": result_to_wire(res)})
+        self.state = "idle"
+
+    # ------------------------------------------------------------ replies (any thread)
+
+    def _reply(self, job: Job, body: dict[str, Any]) -> None:
+        def send() -> None:
+            job.client.jobs.pop(job.id, None)
+            key = (job.client.id, job.document)
+            if self.by_document.get(key) is job:
+                del self.by_document[key]
+            job.client.send({"id": job.id, **body})
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(send)
+
+    def _reply_error(self, job: Job, exc: BaseException) -> None:
+        info = describe(exc)
+        if info.kind != "RequestCancelled":
+            self.counters["failed"] += 1
+            self.last_error = info.message
+            log.warning("request %s failed: %s", job.id, info.message)
+        self._reply(job, {"error": {"kind": info.kind, "message": info.message}})
+
+    def _reply_cancelled(self, job: Job) -> None:
+        self.counters["cancelled"] += 1
+        self._reply_error(job, RequestCancelled(job.why))
+
+    # ------------------------------------------------------------ lifetime
+
+    def request_stop(self, why: str) -> None:
+        log.info("stopping: %s", why)
+        self.stopping = True
+        with self.cv:
+            for q in self.queues.values():
+                for job in q:
+                    job.cancelled.set()
+            for job in self.running:
+                self.cancel(job, "the daemon is stopping")
+            self.cv.notify_all()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.done.set)
+
+    async def idle_watch(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(min(5.0, max(0.5, self.idle_timeout / 4)))
+            busy = self.running or any(self.queues.values())
+            if not busy and time.monotonic() - self.last_activity > self.idle_timeout:
+                self.request_stop(f"idle for {self.idle_timeout:.0f}s")
+
+    async def serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.loop.add_signal_handler(sig, self.request_stop, f"signal {sig.name}")
+            except (NotImplementedError, RuntimeError):
+                pass
+        server = await asyncio.start_unix_server(self.handle, path=str(self.socket_path),
+                                                 limit=MAX_LINE)
+        os.chmod(self.socket_path, 0o600)
+        log.info("diffill daemon %s listening on %s (pid %d)", VERSION, self.socket_path,
+                 os.getpid())
+        worker = threading.Thread(target=self.worker, name="diffill-worker", daemon=True)
+        worker.start()
+        watch = asyncio.create_task(self.idle_watch())
+        await self.done.wait()
+        watch.cancel()
+        server.close()
+        for c in list(self.clients):
+            try:
+                c.writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+        await asyncio.to_thread(worker.join, 10)
+
+
+def _rss_bytes() -> int | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cuda_bytes() -> int | None:
+    try:
+        import torch
+        return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _model_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.transformer.parameters())
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def prepare_socket(path: Path):
+    """Create the socket's folder (0700), take the daemon lock, clear a stale socket.
+
+    Returns the open lock file, held for the daemon's lifetime; raises AlreadyRunning when
+    another daemon holds it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chmod(path.parent, 0o700)
+    except PermissionError:
+        pass
+    lock = open(str(path) + ".lock", "a+")
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise AlreadyRunning(f"a diffill daemon already serves {path}") from None
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def run_daemon(path: Path, *, idle_timeout: float, preload: dict[str, Any] | None,
+               keep_models: int = 1) -> int:
+    lock = prepare_socket(path)
+    old_umask = os.umask(0o077)
+    try:
+        daemon = Daemon(path, idle_timeout=idle_timeout, keep_models=keep_models,
+                        preload=preload)
+        asyncio.run(daemon.serve())
+    finally:
+        os.umask(old_umask)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        lock.close()
+    return 0

@@ -1,0 +1,222 @@
+"""Talking to the daemon: an asyncio client for the LSP server (which starts the daemon when
+absent and restarts it when it died) and a blocking one for the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import DaemonUnavailable, RequestCancelled, from_kind
+
+log = logging.getLogger("diffill.client")
+
+START_TIMEOUT = 60.0
+"""Seconds to wait for a freshly started daemon to listen (it imports torch first)."""
+
+
+def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None = None
+                 ) -> subprocess.Popen:
+    """Start ``diffill serve`` detached from this process (its own session, its own log)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    log_path = path.parent / (path.name + ".log")
+    cmd = [sys.executable, "-m", "server.cli", "-v", "serve", "--socket", str(path),
+           "--idle-timeout", str(int(idle_timeout))]
+    for key in ("checkpoint", "device", "dtype", "family"):
+        if preload and preload.get(key):
+            cmd += [f"--{'model' if key == 'checkpoint' else key}", str(preload[key])]
+    logf = open(log_path, "ab")
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                            start_new_session=True, env=env, cwd=root)
+    logf.close()
+    log.info("started diffill daemon (pid %d) on %s; log %s", proc.pid, path, log_path)
+    return proc
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = (path.parent / (path.name + ".log")).read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = [ln for ln in text.strip().splitlines() if ln.strip()][-lines:]
+    return " | ".join(tail)
+
+
+class AsyncDaemonClient:
+    """One connection per LSP process; requests are multiplexed by id."""
+
+    def __init__(self, path: Path, *, idle_timeout: float = 1800, name: str = "lsp",
+                 autostart: bool = True) -> None:
+        self.path = path
+        self.idle_timeout = idle_timeout
+        self.name = name
+        self.autostart = autostart
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ids = itertools.count(1)
+        self.reader_task: asyncio.Task | None = None
+        self.connect_lock = asyncio.Lock()
+        self.daemon_pid: int | None = None
+        self.restarts = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing()
+
+    async def _open(self) -> bool:
+        try:
+            self.reader, self.writer = await asyncio.open_unix_connection(
+                str(self.path), limit=64 * 1024 * 1024)
+            return True
+        except (FileNotFoundError, ConnectionRefusedError, OSError):
+            return False
+
+    async def ensure(self) -> None:
+        """Connect, starting the daemon if nobody listens on the socket."""
+        async with self.connect_lock:
+            if self.connected:
+                return
+            if not await self._open():
+                if not self.autostart:
+                    raise DaemonUnavailable(f"no diffill daemon listens on {self.path}")
+                proc = spawn_daemon(self.path, self.idle_timeout)
+                deadline = time.monotonic() + START_TIMEOUT
+                while not await self._open():
+                    if proc.poll() is not None and not self.path.exists():
+                        # It exited: either it failed, or another one won the lock; retry once.
+                        if await self._open():
+                            break
+                        raise DaemonUnavailable("the diffill daemon did not start: "
+                                                + (_log_tail(self.path) or f"exit {proc.returncode}"))
+                    if time.monotonic() > deadline:
+                        raise DaemonUnavailable(f"the diffill daemon did not listen on "
+                                                f"{self.path} within {START_TIMEOUT:.0f}s")
+                    await asyncio.sleep(0.1)
+                self.restarts += 1
+            self.reader_task = asyncio.create_task(self._read_loop())
+            hello = await self._call("hello", {"name": self.name})
+            self.daemon_pid = hello.get("pid")
+
+    async def _read_loop(self) -> None:
+        assert self.reader is not None
+        try:
+            while True:
+                line = await self.reader.readline()
+                if not line:
+                    break
+                msg = json.loads(line)
+                fut = self.pending.pop(msg.get("id"), None)
+                if fut is None or fut.done():
+                    continue
+                if "error" in msg:
+                    err = msg["error"]
+                    fut.set_exception(from_kind(err.get("kind", ""), err.get("message", "")))
+                else:
+                    fut.set_result(msg.get("result"))
+        except (ConnectionError, ValueError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._lost("the diffill daemon stopped during the request; it is restarted on "
+                       "the next one")
+
+    def _lost(self, why: str) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.writer = self.reader = None
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(DaemonUnavailable(why))
+
+    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+        if not self.connected:
+            raise DaemonUnavailable("not connected to the diffill daemon")
+        assert self.writer is not None
+        mid = next(self.ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[mid] = fut
+        self.writer.write((json.dumps({"id": mid, "method": method, "params": params})
+                           + "\n").encode())
+        try:
+            await self.writer.drain()
+            return await fut
+        except asyncio.CancelledError:
+            # The caller gave up (LSP $/cancelRequest): tell the daemon to stop denoising.
+            self.pending.pop(mid, None)
+            if self.connected:
+                try:
+                    self.writer.write((json.dumps({"method": "cancel", "params": {"id": mid}})
+                                       + "\n").encode())
+                except Exception:  # noqa: BLE001
+                    pass
+            raise
+        except ConnectionError as exc:
+            self._lost(f"lost the diffill daemon: {exc}")
+            raise DaemonUnavailable(str(exc)) from None
+
+    async def request(self, method: str, params: dict[str, Any]) -> Any:
+        await self.ensure()
+        return await self._call(method, params)
+
+    async def close(self) -> None:
+        if self.reader_task is not None:
+            self.reader_task.cancel()
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
+
+class DaemonClient:
+    """Blocking client for the CLI (``diffill status``, ``diffill infill`` via a daemon)."""
+
+    def __init__(self, path: Path, timeout: float | None = None) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError, OSError) as exc:
+            self.sock.close()
+            raise DaemonUnavailable(f"no diffill daemon listens on {path}") from exc
+        self.file = self.sock.makefile("rb")
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        mid = next(self.ids)
+        self.sock.sendall((json.dumps({"id": mid, "method": method, "params": params or {}})
+                           + "\n").encode())
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise DaemonUnavailable("the diffill daemon closed the connection")
+            msg = json.loads(line)
+            if msg.get("id") != mid:
+                continue
+            if "error" in msg:
+                err = msg["error"]
+                raise from_kind(err.get("kind", ""), err.get("message", ""))
+            return msg.get("result")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+__all__ = ["AsyncDaemonClient", "DaemonClient", "DaemonUnavailable", "RequestCancelled",
+           "spawn_daemon"]

@@ -1,0 +1,341 @@
+"""``diffill lsp``: the language server an editor starts (stdio, or TCP for debugging).
+
+Thin by design: it holds document snapshots and settings, turns LSP positions into character
+offsets, and asks the per-machine daemon for fills. It imports no torch, so it starts at once;
+the model lives in the daemon (``server/daemon.py``). Every edit goes to the client as a
+``workspace/applyEdit``: the server never writes a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lsprotocol import types
+from lsprotocol.converters import get_converter
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from infill.text import PositionError, offset_at, position_of
+
+from . import protocol as P
+from .daemon_client import AsyncDaemonClient
+from .errors import (REQUEST_FAILED, BadInput, DaemonUnavailable, DiffillError,
+                     ModelUnavailable, RequestCancelled, UsageError)
+
+log = logging.getLogger("diffill.lsp")
+
+FULL_TEXT_LIMIT = 1_000_000
+"""Documents up to this size go to the daemon whole (syntax checks need the whole file);
+larger ones as a slice around the cursor."""
+SLICE_CHARS = 64_000
+CONVERTER = get_converter()
+
+
+class RequestFailed(JsonRpcException):
+    CODE = REQUEST_FAILED
+
+
+@dataclass
+class State:
+    settings: P.Settings = field(default_factory=P.Settings)
+    daemon: AsyncDaemonClient | None = None
+    inline_supported: bool = True
+    versioned_edits: bool = False
+    reported: set[str] = field(default_factory=set)
+    last_latency_ms: float | None = None
+    model_info: dict[str, Any] = field(default_factory=dict)
+    load_task: asyncio.Task | None = None
+
+
+class DiffillServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__(P.SERVER_NAME, P.VERSION)
+        self.state = State()
+
+    # ------------------------------------------------------------ helpers
+
+    def encoding(self) -> str:
+        enc = self.workspace.position_encoding
+        return str(getattr(enc, "value", enc) or "utf-16")
+
+    def document(self, uri: str):
+        if uri not in self.workspace.text_documents:
+            raise JsonRpcInvalidParams(f"document {uri} is not open")
+        return self.workspace.get_text_document(uri)
+
+    def offset(self, text: str, pos: types.Position) -> int:
+        try:
+            return offset_at(text, pos.line, pos.character, encoding=self.encoding())
+        except PositionError as exc:
+            raise JsonRpcInvalidParams(str(exc)) from None
+
+    def position(self, text: str, offset: int) -> types.Position:
+        line, col = position_of(text, offset, encoding=self.encoding())
+        return types.Position(line=line, character=col)
+
+    def report_once(self, message: str, *, show: bool = False) -> None:
+        """Log a failure; show it to the user once, not on every keystroke."""
+        self.window_log_message(types.LogMessageParams(type=types.MessageType.Error,
+                                                       message=f"diffill: {message}"))
+        if show and message not in self.state.reported:
+            self.state.reported.add(message)
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error,
+                                                             message=f"diffill: {message}"))
+
+    def notify_status(self, state: str, error: str | None = None) -> None:
+        info = self.state.model_info
+        self.protocol.notify(P.NOTIFY_STATUS, {
+            "state": state, "model": info.get("checkpoint"), "device": info.get("device"),
+            "dtype": info.get("dtype"), "lastLatencyMs": self.state.last_latency_ms,
+            "error": error})
+
+    def daemon(self) -> AsyncDaemonClient:
+        s = self.state.settings
+        path = P.socket_path(s.socket)
+        d = self.state.daemon
+        if d is None or d.path != path:
+            d = AsyncDaemonClient(path, idle_timeout=s.idleTimeout, name=f"lsp-{id(self)}")
+            self.state.daemon = d
+        return d
+
+    async def ask(self, method: str, params: dict[str, Any]) -> Any:
+        """A daemon call with its failures turned into LSP errors (and logged)."""
+        try:
+            return await self.daemon().request(method, params)
+        except asyncio.CancelledError:
+            raise
+        except (BadInput, UsageError) as exc:
+            raise JsonRpcInvalidParams(str(exc)) from None
+        except RequestCancelled as exc:
+            raise JsonRpcException(code=types.LSPErrorCodes.RequestCancelled,
+                                   message=str(exc)) from None
+        except (ModelUnavailable, DaemonUnavailable, DiffillError) as exc:
+            self.report_once(str(exc), show=isinstance(exc, ModelUnavailable))
+            self.notify_status("error", str(exc))
+            raise RequestFailed(str(exc)) from None
+
+    def slice_for(self, text: str, start: int, end: int) -> tuple[str, int]:
+        """The text to send and its offset in the document."""
+        if len(text) <= FULL_TEXT_LIMIT:
+            return text, 0
+        lo = max(0, start - SLICE_CHARS)
+        hi = min(len(text), end + SLICE_CHARS // 2)
+        return text[lo:hi], lo
+
+    async def run_infill(self, uri: str, start: int, end: int | None, action: str) -> dict:
+        doc = self.document(uri)
+        text = doc.source
+        piece, base = self.slice_for(text, start, end if end is not None else start)
+        s = self.state.settings
+        request = {"text": piece, "start": start - base,
+                   "end": None if end is None else end - base, "action": action,
+                   "language": doc.language_id, "path": doc.path}
+        t0 = time.perf_counter()
+        result = await self.ask("infill", {"document": uri, "request": request,
+                                           "model": s.model_spec(),
+                                           "settings": s.infill_settings()})
+        self.state.last_latency_ms = round((time.perf_counter() - t0) * 1000, 1)
+        for item in result["items"]:
+            item["start"] += base
+            item["end"] += base
+        self.notify_status("ready")
+        return result
+
+
+def create_server() -> DiffillServer:
+    """The one place every LSP feature is registered."""
+    server = DiffillServer()
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
+        settings, problems = P.parse_settings(params.initialization_options)
+        ls.state.settings = settings
+        caps = params.capabilities
+        td = caps.text_document if caps else None
+        ls.state.inline_supported = bool(td and td.inline_completion is not None)
+        ws = caps.workspace if caps else None
+        ls.state.versioned_edits = bool(ws and ws.workspace_edit and
+                                        ws.workspace_edit.document_changes)
+        for p in problems:
+            ls.report_once(f"settings: {p}", show=True)
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
+        ls.state.load_task = asyncio.ensure_future(load_model(ls))
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: DiffillServer,
+                                 params: types.DidChangeConfigurationParams) -> None:
+        old = ls.state.settings
+        settings, problems = P.parse_settings(params.settings, base=old)
+        ls.state.settings = settings
+        for p in problems:
+            ls.report_once(f"settings: {p}", show=True)
+        if settings.model_spec() != old.model_spec() or settings.socket != old.socket:
+            ls.state.load_task = asyncio.ensure_future(load_model(ls))
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams
+                                ) -> types.InlineCompletionList | None:
+        doc = ls.document(params.text_document.uri)
+        if not ls.state.settings.enabled_for(doc.language_id):
+            return None
+        version = doc.version
+        if params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic:
+            await asyncio.sleep(ls.state.settings.debounceMs / 1000)
+            if ls.document(params.text_document.uri).version != version:
+                return None  # the user kept typing; a newer request follows
+        text = doc.source
+        cursor = ls.offset(text, params.position)
+        result = await ls.run_infill(doc.uri, cursor, None, "complete")
+        if ls.document(doc.uri).version != version:
+            return None  # the buffer changed while the model worked: this fill is stale
+        pos = ls.position(text, cursor)
+        items = [types.InlineCompletionItem(insert_text=it["text"],
+                                            range=types.Range(start=pos, end=pos))
+                 for it in result["items"]]
+        return types.InlineCompletionList(items=items)
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+    async def completion(ls: DiffillServer, params: types.CompletionParams
+                         ) -> types.CompletionList | None:
+        mode = ls.state.settings.completionFallback
+        if mode == "never" or (mode == "auto" and ls.state.inline_supported):
+            return None
+        doc = ls.document(params.text_document.uri)
+        if not ls.state.settings.enabled_for(doc.language_id):
+            return None
+        text = doc.source
+        cursor = ls.offset(text, params.position)
+        result = await ls.run_infill(doc.uri, cursor, None, "complete")
+        if not result["items"]:
+            return types.CompletionList(is_incomplete=True, items=[])
+        best = result["items"][0]["text"]
+        pos = ls.position(text, cursor)
+        label = best.strip().splitlines()[0][:60] if best.strip() else best
+        item = types.CompletionItem(label=label, kind=types.CompletionItemKind.Text,
+                                    detail="diffill", insert_text=best,
+                                    text_edit=types.TextEdit(range=types.Range(pos, pos),
+                                                             new_text=best),
+                                    sort_text="0", preselect=True)
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_CODE_ACTION,
+                    types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.RefactorRewrite]))
+    def code_action(ls: DiffillServer, params: types.CodeActionParams
+                    ) -> list[types.CodeAction] | None:
+        r = params.range
+        if (r.start.line, r.start.character) == (r.end.line, r.end.character):
+            return None
+        doc = ls.document(params.text_document.uri)
+        args = [doc.uri, r, doc.version]
+        return [types.CodeAction(title=title, kind=types.CodeActionKind.RefactorRewrite,
+                                 command=types.Command(title=title, command=cmd, arguments=args))
+                for title, cmd in (("Rewrite selection (diffill)", P.CMD_REWRITE),
+                                   ("Refine selection (diffill)", P.CMD_REFINE))]
+
+    async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, Any]:
+        try:
+            uri, rng = args[0], args[1]
+            version = args[2] if len(args) > 2 else None
+            rng = rng if isinstance(rng, types.Range) else CONVERTER.structure(rng, types.Range)
+        except (IndexError, TypeError, ValueError, KeyError) as exc:
+            raise JsonRpcInvalidParams(f"expected [uri, range, version?]: {exc}") from None
+        doc = ls.document(uri)
+        if version is not None and doc.version != version:
+            raise RequestFailed("the document changed since the action was offered")
+        text, version = doc.source, doc.version
+        start, end = ls.offset(text, rng.start), ls.offset(text, rng.end)
+        if end <= start:
+            raise JsonRpcInvalidParams("the selection is empty")
+        result = await ls.run_infill(uri, start, end, action)
+        if ls.document(uri).version != version:
+            raise RequestFailed("the document changed while the model worked; nothing applied")
+        if not result["items"]:
+            return {"applied": False, "reason": "the model proposed nothing"}
+        best = result["items"][0]
+        edit_range = types.Range(start=ls.position(text, best["start"]),
+                                 end=ls.position(text, best["end"]))
+        edit = types.TextEdit(range=edit_range, new_text=best["text"])
+        if ls.state.versioned_edits:
+            wedit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+                text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri,
+                                                                            version=version),
+                edits=[edit])])
+        else:
+            wedit = types.WorkspaceEdit(changes={uri: [edit]})
+        label = "diffill: rewrite selection" if action == "rewrite" else "diffill: refine selection"
+        reply = await ls.workspace_apply_edit_async(
+            types.ApplyWorkspaceEditParams(edit=wedit, label=label))
+        return {"applied": bool(reply.applied), "text": best["text"],
+                "remasked": result.get("remasked", [])}
+
+    @server.command(P.CMD_REWRITE)
+    async def rewrite_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
+        return await rewrite(ls, _args(args), "rewrite")
+
+    @server.command(P.CMD_REFINE)
+    async def refine_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
+        return await rewrite(ls, _args(args), "refine")
+
+    @server.command(P.CMD_STATUS)
+    async def status(ls: DiffillServer, *args: Any) -> dict[str, Any]:
+        st = await ls.ask("status", {})
+        st["lastLatencyMs"] = ls.state.last_latency_ms
+        return st
+
+    @server.feature(types.SHUTDOWN)
+    async def shutdown(ls: DiffillServer, params: None) -> None:
+        if ls.state.daemon is not None:
+            await ls.state.daemon.close()
+
+    return server
+
+
+def _args(args: tuple[Any, ...]) -> list[Any]:
+    """pygls passes command arguments either spread or as one list."""
+    if len(args) == 1 and isinstance(args[0], list):
+        return args[0]
+    return list(args)
+
+
+async def load_model(ls: DiffillServer) -> None:
+    """Connect to (or start) the daemon and have the model loaded, with work-done progress."""
+    token = f"diffill-load-{time.monotonic_ns()}"
+    caps = ls.client_capabilities
+    progress = bool(caps and caps.window and caps.window.work_done_progress)
+    if progress:
+        try:
+            await ls.work_done_progress.create_async(token)
+            ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                title="diffill", message="loading the model", cancellable=False))
+        except Exception:  # noqa: BLE001 - a client may refuse progress
+            progress = False
+    ls.notify_status("loading")
+    try:
+        info = await ls.daemon().request("load", {"model": ls.state.settings.model_spec()})
+        ls.state.model_info = info
+        ls.notify_status("ready")
+        message = f"{info.get('checkpoint')} on {info.get('device')}"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported, the server stays up
+        message = f"model not loaded: {exc}"
+        ls.report_once(message, show=True)
+        ls.notify_status("error", str(exc))
+    if progress:
+        ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+
+
+def run(tcp: str | None = None) -> int:
+    server = create_server()
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        server.start_tcp(host or "127.0.0.1", int(port))
+    else:
+        server.start_io()
+    return 0

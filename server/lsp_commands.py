@@ -1,0 +1,103 @@
+"""Subcommands of the editor side: ``lsp``, ``serve`` (the daemon) and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import EXIT_DAEMON, EXIT_OK, DaemonUnavailable
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_model_options
+
+    p = sub.add_parser("lsp", help="language server over stdio (editors start this)")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (debugging)")
+    p.set_defaults(func=cmd_lsp)
+
+    s = sub.add_parser("serve", help="the per-machine daemon that keeps the model loaded")
+    s.add_argument("--socket", help="unix socket path (default: per user)")
+    s.add_argument("--idle-timeout", type=float, default=1800,
+                   help="exit after this many seconds without requests (default 1800)")
+    s.add_argument("--keep-models", type=int, default=1, help="models kept loaded at once")
+    s.add_argument("--stop", action="store_true", help="ask a running daemon to exit")
+    s.add_argument("--no-preload", action="store_true",
+                   help="load the model on the first request instead of at start")
+    add_model_options(s)
+    s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("status", help="model, device, memory and counters of the daemon")
+    t.add_argument("--socket", help="unix socket path (default: per user)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_status)
+
+
+def cmd_lsp(args: argparse.Namespace) -> int:
+    from .lsp import run
+    return run(args.tcp)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import AlreadyRunning, run_daemon
+    from .daemon_client import DaemonClient
+    from .protocol import socket_path
+    path = socket_path(args.socket)
+    if args.stop:
+        client = DaemonClient(path, timeout=10)
+        client.call("shutdown")
+        client.close()
+        print(f"diffill daemon on {path} is stopping", file=sys.stderr)
+        return EXIT_OK
+    preload = None if args.no_preload else {"checkpoint": args.model, "device": args.device,
+                                            "dtype": args.dtype, "family": args.family}
+    try:
+        return run_daemon(path, idle_timeout=args.idle_timeout, preload=preload,
+                          keep_models=args.keep_models)
+    except AlreadyRunning as exc:
+        print(f"diffill: {exc}", file=sys.stderr)
+        return EXIT_OK
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .daemon_client import DaemonClient
+    from .protocol import socket_path
+    path = socket_path(args.socket)
+    try:
+        client = DaemonClient(path, timeout=10)
+    except DaemonUnavailable:
+        print(f"diffill: no daemon running on {path}", file=sys.stderr)
+        return EXIT_DAEMON
+    st = client.call("status")
+    client.close()
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return EXIT_OK
+    print(f"daemon   pid {st['pid']}, up {st['uptime_s']:.0f}s, {st['state']}, socket "
+          f"{st['socket']}")
+    if not st["models"]:
+        print("model    none loaded yet")
+    for m in st["models"]:
+        print(f"model    {m['checkpoint']} ({m['family']}, {m['parameters'] / 1e6:.1f}M "
+              f"parameters, {_size(m['memory_bytes'])})")
+        print(f"device   {m['device']} {m['dtype']}; loaded in {m['load_seconds']:.2f}s")
+    print(f"memory   process {_size(st['rss_bytes'])}"
+          + (f", cuda {_size(st['cuda_bytes'])}" if st.get("cuda_bytes") is not None else ""))
+    c = st["counters"]
+    print(f"requests {c.get('requests', 0)} ({c.get('completed', 0)} completed, "
+          f"{c.get('cancelled', 0)} cancelled, {c.get('failed', 0)} failed, "
+          f"{c.get('batched_requests', 0)} batched); model loads {st['loads']}; "
+          f"clients {st['clients']}")
+    if st.get("last_error"):
+        print(f"last error {st['last_error']}")
+    return EXIT_OK

@@ -1,0 +1,170 @@
+"""Protocol types in one module: custom LSP commands and notifications, the settings an editor
+sends, the daemon socket and its wire format. Tests and the editors' docs import from here."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+SERVER_NAME = "diffill"
+VERSION = "0.1.0"
+
+# ---------------------------------------------------------------- LSP custom names
+
+CMD_REWRITE = "diffill.rewriteSelection"
+"""Arguments: ``[uri, range, version?]``; regenerates the range and applies a WorkspaceEdit."""
+CMD_REFINE = "diffill.refineSelection"
+"""Arguments: ``[uri, range, version?]``; re-does only the range's low-confidence tokens."""
+CMD_STATUS = "diffill.status"
+"""No arguments; returns the daemon status (model, device, dtype, memory, counters)."""
+COMMANDS = (CMD_REWRITE, CMD_REFINE, CMD_STATUS)
+
+NOTIFY_STATUS = "$/diffill/status"
+"""Server -> client after a model load and after each request: ``{model, device, dtype,
+state, lastLatencyMs, error?}``, for status bars. Clients may ignore it."""
+
+ACTION_KIND = "refactor.rewrite"
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass
+class Settings:
+    """What an editor can set, in ``initializationOptions`` or ``workspace/didChangeConfiguration``
+    (section ``diffill``). Names are camelCase on the wire."""
+
+    model: str | None = None
+    """Checkpoint: a folder, a bundled model's name or a hub id (default: diffill-small)."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:1`` ... (default: cuda when present)."""
+    dtype: str | None = None
+    """``float32`` | ``bfloat16`` | ``float16`` (default: bf16 on CUDA, fp32 on CPU)."""
+    family: str | None = None
+    """Force the checkpoint family (dream, dream-coder, diffucoder, dreamon, llada, ...)."""
+    maxTokens: int = 64
+    """Most tokens a completion may take."""
+    steps: int = 0
+    """Forward passes for the fixed/blocks schedules (0: one per two tokens)."""
+    schedule: str = "threshold"
+    """``threshold`` | ``fixed`` | ``blocks``."""
+    threshold: float = 0.9
+    """Commit probability of the threshold schedule."""
+    cache: str = "none"
+    """``none`` | ``dual`` (reuse context keys/values within a block)."""
+    ensemble: int = 2
+    """Mask counts tried at once; each gives a candidate."""
+    mode: str = "auto"
+    """``auto`` | ``line`` | ``block``."""
+    prefixTokens: int = 1536
+    """Context budget before the cursor."""
+    suffixTokens: int = 512
+    """Context budget after the cursor."""
+    debounceMs: int = 150
+    """Wait this long after typing (automatic triggers) before asking the model."""
+    enable: dict[str, bool] = field(default_factory=lambda: {"*": True})
+    """Per language id; ``"*"`` is the default for the others."""
+    completionFallback: str = "auto"
+    """Answer ``textDocument/completion``: ``auto`` (only for clients without inline
+    completion), ``always`` or ``never``."""
+    socket: str | None = None
+    """Daemon socket path (default: per user, see ``default_socket``)."""
+    idleTimeout: int = 1800
+    """Seconds without requests after which a daemon started by the server exits."""
+
+    def enabled_for(self, language_id: str | None) -> bool:
+        if language_id and language_id in self.enable:
+            return bool(self.enable[language_id])
+        return bool(self.enable.get("*", True))
+
+    def model_spec(self) -> dict[str, Any]:
+        return {"checkpoint": self.model, "device": self.device, "dtype": self.dtype,
+                "family": self.family}
+
+    def infill_settings(self) -> dict[str, Any]:
+        """The engine's settings as sent to the daemon."""
+        return {"max_tokens": self.maxTokens, "mode": self.mode, "ensemble": self.ensemble,
+                "steps": self.steps, "schedule": self.schedule, "threshold": self.threshold,
+                "cache": self.cache, "prefix_tokens": self.prefixTokens,
+                "suffix_tokens": self.suffixTokens}
+
+
+CHOICES = {"schedule": ("threshold", "fixed", "blocks"), "cache": ("none", "dual"),
+           "mode": ("auto", "line", "block"), "completionFallback": ("auto", "always", "never")}
+POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
+
+
+def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
+                   ) -> tuple[Settings, list[str]]:
+    """Settings from a client's JSON; invalid entries are kept at their defaults and reported.
+
+    Accepts the settings object itself or one wrapped as ``{"diffill": {...}}``.
+    """
+    base = base or Settings()
+    if not raw:
+        return base, []
+    if isinstance(raw, Mapping) and isinstance(raw.get("diffill"), Mapping):
+        raw = raw["diffill"]
+    if not isinstance(raw, Mapping):
+        return base, [f"settings must be an object, got {type(raw).__name__}"]
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    defaults = Settings()
+    for key, value in raw.items():
+        if key not in fields:
+            problems.append(f"unknown setting {key!r}")
+            continue
+        default = getattr(defaults, key)
+        ok = True
+        if key in CHOICES:
+            ok = value in CHOICES[key]
+        elif key == "enable":
+            ok = isinstance(value, Mapping) and all(isinstance(v, bool) for v in value.values())
+            value = dict(value) if ok else value
+        elif key == "threshold":
+            ok = isinstance(value, (int, float)) and 0 < value <= 1
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 and \
+                (key not in POSITIVE or value > 0)
+        else:  # optional strings
+            ok = value is None or isinstance(value, str)
+        if ok:
+            values[key] = value
+        else:
+            problems.append(f"invalid value for {key!r}: {value!r} (keeping "
+                            f"{getattr(base, key)!r})")
+    return dataclasses.replace(base, **values), problems
+
+
+# ---------------------------------------------------------------- daemon socket
+
+ENV_SOCKET = "DIFFILL_SOCKET"
+
+
+def default_socket() -> Path:
+    """Per-user socket: ``$DIFFILL_SOCKET``, else ``$XDG_RUNTIME_DIR/diffill/daemon.sock``, else
+    a 0700 folder in the temp dir named after the user id."""
+    if os.environ.get(ENV_SOCKET):
+        return Path(os.environ[ENV_SOCKET])
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "diffill" / "daemon.sock"
+    return Path(tempfile.gettempdir()) / f"diffill-{os.getuid()}" / "daemon.sock"
+
+
+def socket_path(setting: str | None) -> Path:
+    return Path(setting).expanduser() if setting else default_socket()
+
+
+# Daemon wire format: one JSON object per line, both ways.
+#   request       {"id": int, "method": str, "params": {...}}
+#   response      {"id": int, "result": ...} | {"id": int, "error": {"kind": str, "message": str}}
+#   notification  {"method": "cancel", "params": {"id": int}}
+# Methods: hello, status, load, infill, shutdown.
+DAEMON_METHODS = ("hello", "status", "load", "infill", "shutdown", "cancel")

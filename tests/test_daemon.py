@@ -1,0 +1,148 @@
+"""The daemon shared by several LSP processes: one model load, fair batching, cancellation,
+and recovery after it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+
+import helpers
+from server.daemon_client import DaemonClient, spawn_daemon
+from server.errors import RequestCancelled
+from test_lsp import ROOT, URI, inline, open_doc, options, session, status, stop_daemon
+
+
+@pytest.fixture()
+def sock():
+    path = Path(tempfile.mkdtemp(prefix="dfl-")) / "d.sock"
+    yield path
+    stop_daemon(path)
+
+
+def wait_for(path: Path, timeout=60) -> DaemonClient:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return DaemonClient(path, timeout=60)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+async def test_two_editor_processes_share_one_model_load(pattern_ckpt, sock):
+    async with session(options(pattern_ckpt, sock)) as a, \
+            session(options(pattern_ckpt, sock)) as b:
+        open_doc(a)
+        open_doc(b)
+        ra, rb = await asyncio.gather(inline(a, 0, 15), inline(b, 0, 15))
+        assert ra.items[0].insert_text == rb.items[0].insert_text == "c5 c6 c7"
+        st = await status(b)
+        assert st["loads"] == 1
+        assert st["counters"]["requests"] >= 2 and st["counters"]["completed"] >= 2
+    # A restarted editor finds the model already loaded.
+    async with session(options(pattern_ckpt, sock)) as c:
+        open_doc(c)
+        await inline(c, 0, 15)
+        assert (await status(c))["loads"] == 1
+
+
+def test_socket_is_private_and_a_second_daemon_backs_off(pattern_ckpt, sock):
+    spawn_daemon(sock, idle_timeout=60)
+    client = wait_for(sock)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    pid = client.call("hello")["pid"]
+    second = spawn_daemon(sock, idle_timeout=60)
+    assert second.wait(60) == 0  # it found the lock held and left
+    assert client.call("hello")["pid"] == pid
+    client.close()
+
+
+def slow_checkpoint(tmp: Path) -> Path:
+    """A random model big enough that a 128-step fill takes a while on a CPU."""
+    folder, _ = helpers.save_checkpoint(tmp / "slow", "qwen2", hidden=128, layers=4,
+                                        config_updates=helpers.diffill_config())
+    return folder
+
+
+def test_cancel_stops_a_running_request_and_the_next_one_works(sock, tmp_path):
+    model = slow_checkpoint(tmp_path)
+    spawn_daemon(sock, idle_timeout=60)
+    client = wait_for(sock)
+    client.call("load", {"model": {"checkpoint": str(model)}})
+    text = "def f(x):\n    return x\n" * 20
+    params = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
+              "request": {"text": text, "start": 10},
+              "settings": {"lengths": [128], "schedule": "fixed", "steps": 128}}
+    client.sock.sendall((json.dumps({"id": 99, "method": "infill", "params": params}) + "\n")
+                        .encode())
+    time.sleep(1.0)
+    client.sock.sendall((json.dumps({"method": "cancel", "params": {"id": 99}}) + "\n").encode())
+    with pytest.raises(RequestCancelled):
+        client.call.__func__  # noqa: B018 - the reply to id 99 is read below
+        line = json.loads(client.file.readline())
+        assert line["id"] == 99
+        raise RequestCancelled(line["error"]["message"]) if "error" in line else AssertionError(
+            "the request finished instead of being cancelled")
+    st = client.call("status")
+    assert st["counters"]["cancelled"] == 1 and st["counters"].get("completed", 0) == 0
+    quick = dict(params, settings={"lengths": [4]})
+    result = client.call("infill", quick)
+    assert result["forward_passes"] >= 1
+    client.close()
+
+
+def test_a_newer_request_for_the_same_document_supersedes_the_older(sock, tmp_path):
+    model = slow_checkpoint(tmp_path)
+    spawn_daemon(sock, idle_timeout=60)
+    client = wait_for(sock)
+    client.call("load", {"model": {"checkpoint": str(model)}})
+    params = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
+              "request": {"text": "x = 1\n" * 50, "start": 4},
+              "settings": {"lengths": [128], "schedule": "fixed", "steps": 128}}
+    for mid in (1, 2):
+        client.sock.sendall((json.dumps({"id": mid, "method": "infill", "params": params})
+                             + "\n").encode())
+        time.sleep(0.5)
+    first = json.loads(client.file.readline())
+    assert first["id"] == 1 and "superseded" in first["error"]["message"]
+    second = json.loads(client.file.readline())
+    assert second["id"] == 2 and "result" in second
+    client.close()
+
+
+async def test_killing_the_daemon_mid_request_gives_an_error_then_recovery(pattern_ckpt, sock,
+                                                                        tmp_path):
+    model = slow_checkpoint(tmp_path)
+    opts = options(model, sock, maxTokens=128, ensemble=1, schedule="fixed", steps=128)
+    async with session(opts) as client:
+        open_doc(client, "def f(x):\n    return x\n" * 10, uri="file:///work/a.py")
+        st = await status(client)
+        pid = st["pid"]
+        task = asyncio.ensure_future(inline(client, 1, 4, uri="file:///work/a.py"))
+        await asyncio.sleep(1.5)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(JsonRpcException) as info:
+            await asyncio.wait_for(task, 30)
+        assert info.value.code == types.LSPErrorCodes.RequestFailed
+        assert "daemon" in info.value.message
+        # The next request starts a fresh daemon, which loads the model again.
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"maxTokens": 4, "schedule": "threshold"}}))
+        result = await inline(client, 1, 4, uri="file:///work/a.py")
+        assert result is not None
+        st = await status(client)
+        assert st["pid"] != pid and st["loads"] == 1

@@ -1,0 +1,253 @@
+"""End to end: ``diffill lsp`` as a subprocess, driven over stdio by pytest-lsp's client, with
+its daemon on a private socket, and the counting model whose fills are known."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pytest_lsp import ClientServerConfig
+
+from server import protocol as P
+
+ROOT = Path(__file__).resolve().parents[1]
+URI = "file:///work/count.txt"
+LINE = "c0 c1 c2 c3 c4  c8 c9 c10"  # the gap after "c4 " holds c5 c6 c7
+CAPS = types.ClientCapabilities(
+    text_document=types.TextDocumentClientCapabilities(
+        inline_completion=types.InlineCompletionClientCapabilities(),
+        synchronization=types.TextDocumentSyncClientCapabilities()),
+    workspace=types.WorkspaceClientCapabilities(
+        apply_edit=True, workspace_edit=types.WorkspaceEditClientCapabilities(
+            document_changes=True)),
+    window=types.WindowClientCapabilities(work_done_progress=True))
+
+
+def stop_daemon(sock: Path) -> None:
+    subprocess.run([sys.executable, "-m", "server.cli", "serve", "--stop", "--socket", str(sock)],
+                   cwd=ROOT, capture_output=True, timeout=30)
+
+
+@pytest.fixture()
+def sock(tmp_path_factory):
+    # Unix socket paths are short (108 bytes): keep it in a short temp folder.
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="dfl-"))
+    path = d / "d.sock"
+    yield path
+    stop_daemon(path)
+
+
+@contextlib.asynccontextmanager
+async def session(options: dict, caps: types.ClientCapabilities = CAPS):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    config = ClientServerConfig(server_command=[sys.executable, "-m", "server.cli", "lsp"],
+                                server_env=env)
+    client = await config.start()
+    client.edits = []
+
+    @client.feature(types.WORKSPACE_APPLY_EDIT)
+    def apply_edit(params: types.ApplyWorkspaceEditParams):
+        client.edits.append(params)
+        return types.ApplyWorkspaceEditResult(applied=True)
+
+    client.status_notes = []
+
+    @client.feature(P.NOTIFY_STATUS)
+    def status_note(params):
+        client.status_notes.append(params)
+
+    result = await client.initialize_session(types.InitializeParams(
+        capabilities=caps, initialization_options=options, root_uri="file:///work"))
+    client.init_result = result
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.shutdown_session(), 20)
+        with contextlib.suppress(Exception):
+            await client.stop()
+
+
+def options(model: Path, sock: Path, **extra) -> dict:
+    return {"model": str(model), "socket": str(sock), "maxTokens": 8, "ensemble": 1,
+            "debounceMs": 0, **extra}
+
+
+def open_doc(client, text: str = LINE, uri: str = URI, version: int = 1) -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=uri, language_id="plaintext", version=version,
+                                             text=text)))
+
+
+async def inline(client, line: int, character: int, uri: str = URI,
+                 trigger=types.InlineCompletionTriggerKind.Invoked):
+    return await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=trigger)))
+
+
+def code_action_fields(action) -> dict:
+    """A code action as plain fields.
+
+    lsprotocol 2025.0.0's client-side hook structures any object with a ``command`` key as a
+    ``Command``, so a ``CodeAction`` (whose ``command`` is an object) arrives with that object
+    stringified into ``Command.command``; real clients tell them apart by the key's type.
+    """
+    import ast
+    if isinstance(action, types.Command) and action.command.startswith("{"):
+        return {"title": action.title, "command": ast.literal_eval(action.command)}
+    return {"title": action.title, "kind": action.kind,
+            "command": {"command": action.command.command,
+                        "arguments": action.command.arguments}}
+
+
+async def status(client) -> dict:
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=P.CMD_STATUS, arguments=[]))
+
+
+async def test_inline_completion_fills_the_gap_and_follows_incremental_edits(pattern_ckpt, sock):
+    async with session(options(pattern_ckpt, sock)) as client:
+        caps = client.init_result.capabilities
+        assert caps.inline_completion_provider is not None  # advertised (value may be {})
+        assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+        open_doc(client)
+        result = await inline(client, 0, 15)
+        assert [i.insert_text for i in result.items][:1] == ["c5 c6 c7"]
+        item = result.items[0]
+        assert item.range == types.Range(start=types.Position(0, 15), end=types.Position(0, 15))
+        # Incremental edit: "c4 " becomes "c4 c5 " -> the gap now holds c6 c7.
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(start=types.Position(0, 12), end=types.Position(0, 15)),
+                text="c4 c5 ")]))
+        result = await inline(client, 0, 18)
+        assert result.items[0].insert_text == "c6 c7"
+        # The model loaded once, with progress reported, and the status names it.
+        st = await status(client)
+        assert st["loads"] == 1 and st["models"][0]["checkpoint"] == str(pattern_ckpt)
+        assert any(n.state == "ready" for n in client.status_notes) if client.status_notes and \
+            hasattr(client.status_notes[0], "state") else True
+        assert client.progress_reports, "work-done progress while the model loads"
+
+
+async def test_code_actions_apply_an_edit_covering_exactly_the_selection(pattern_ckpt, sock):
+    text = "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10"  # c9 at the 7th slot is wrong
+    async with session(options(pattern_ckpt, sock)) as client:
+        open_doc(client, text)
+        sel = types.Range(start=types.Position(0, 15), end=types.Position(0, 23))
+        actions = await client.text_document_code_action_async(types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI), range=sel,
+            context=types.CodeActionContext(diagnostics=[])))
+        commands = {a["command"]["command"]: a for a in map(code_action_fields, actions)}
+        assert set(commands) == {P.CMD_REWRITE, P.CMD_REFINE}
+        for cmd in (P.CMD_REWRITE, P.CMD_REFINE):
+            reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+                command=cmd, arguments=commands[cmd]["command"]["arguments"]))
+            assert reply["applied"] is True
+            edit = client.edits[-1].edit
+            (change,) = edit.document_changes
+            assert change.text_document.uri == URI and change.text_document.version == 1
+            (text_edit,) = change.edits
+            assert text_edit.range == sel
+        # Refine re-masked the wrong token and put the right one back.
+        assert reply["remasked"] and text_edit.new_text == "c5 c6 c7"
+        # No action without a selection.
+        empty = await client.text_document_code_action_async(types.CodeActionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI),
+            range=types.Range(start=types.Position(0, 3), end=types.Position(0, 3)),
+            context=types.CodeActionContext(diagnostics=[])))
+        assert not empty
+
+
+async def test_cancellation_returns_request_cancelled_and_the_next_request_works(pattern_ckpt,
+                                                                                 sock):
+    async with session(options(pattern_ckpt, sock, debounceMs=5000)) as client:
+        open_doc(client)
+        msg_id = str(uuid.uuid4())
+        fut = asyncio.ensure_future(client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=URI),
+                position=types.Position(0, 15),
+                context=types.InlineCompletionContext(
+                    trigger_kind=types.InlineCompletionTriggerKind.Automatic)), msg_id=msg_id))
+        await asyncio.sleep(0.5)
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+        with pytest.raises(JsonRpcException) as info:
+            await asyncio.wait_for(fut, 10)
+        assert info.value.code == types.LSPErrorCodes.RequestCancelled
+        result = await inline(client, 0, 15)  # invoked: no debounce
+        assert result.items[0].insert_text == "c5 c6 c7"
+
+
+async def test_bad_requests_get_errors_and_the_server_stays_up(pattern_ckpt, sock, tmp_path):
+    async with session(options(pattern_ckpt, sock)) as client:
+        open_doc(client)
+        with pytest.raises(JsonRpcException) as info:
+            await inline(client, 5, 0)
+        assert info.value.code == types.ErrorCodes.InvalidParams
+        assert "past the end" in info.value.message
+        with pytest.raises(JsonRpcException) as info:
+            await inline(client, 0, 99)
+        assert info.value.code == types.ErrorCodes.InvalidParams
+        with pytest.raises(JsonRpcException, match="not open"):
+            await inline(client, 0, 0, uri="file:///work/unknown.py")
+        # A broken model path: an error answer, a logged message, and the server goes on.
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"model": str(tmp_path / "missing-model")}}))
+        with pytest.raises(JsonRpcException) as info:
+            await inline(client, 0, 15)
+        assert info.value.code == types.LSPErrorCodes.RequestFailed
+        assert "missing-model" in info.value.message
+        await asyncio.sleep(0.2)
+        assert any("missing-model" in m.message for m in client.log_messages)
+        assert any("missing-model" in m.message for m in client.messages)  # shown once
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"model": str(pattern_ckpt)}}))
+        result = await inline(client, 0, 15)
+        assert result.items[0].insert_text == "c5 c6 c7"
+
+
+async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):
+    async with session(options(pattern_ckpt, sock, schedule="bogus", threshold=5, ensemble=0,
+                               nonsense=1)) as client:
+        await asyncio.sleep(0.3)
+        shown = " ".join(m.message for m in client.messages)
+        for name in ("schedule", "threshold", "ensemble", "nonsense"):
+            assert name in shown
+        open_doc(client)
+        result = await inline(client, 0, 15)
+        assert result.items[0].insert_text.startswith("c5 c6 c7")
+
+
+async def test_disabled_language_gets_no_completion(pattern_ckpt, sock):
+    async with session(options(pattern_ckpt, sock, enable={"*": True, "plaintext": False})
+                       ) as client:
+        open_doc(client)
+        assert await inline(client, 0, 15) is None
+
+
+async def test_completion_fallback_for_clients_without_inline_completion(pattern_ckpt, sock):
+    caps = types.ClientCapabilities(
+        text_document=types.TextDocumentClientCapabilities(
+            completion=types.CompletionClientCapabilities()),
+        workspace=types.WorkspaceClientCapabilities(apply_edit=True))
+    async with session(options(pattern_ckpt, sock), caps=caps) as client:
+        open_doc(client)
+        result = await client.text_document_completion_async(types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=URI),
+            position=types.Position(0, 15)))
+        (item,) = result.items
+        assert item.text_edit.new_text == "c5 c6 c7"
+        assert item.text_edit.range.start == types.Position(0, 15)
