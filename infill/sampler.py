@@ -53,6 +53,9 @@ class SamplerSettings:
     seed: int | None = None
     cache: str = "none"
     """``none`` recomputes the window each step; ``dual`` caches context K/V per block."""
+    min_tokens: int = 1
+    """Filler is not allowed in the first ``min_tokens`` masks of a gap: an empty fill is
+    never what an editor asks for."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -200,6 +203,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     total_masked = int((ids[:, lo:hi] == mask_id).sum(dim=1).max()) if hi > lo else 0
     budget = settings.steps or max(1, (total_masked + 1) // 2)
     passes = 0
+    # Only a fresh gap (all masks) gets the no-empty-fill rule; refine keeps its own tokens.
+    fresh = bool((ids[:, lo:lo + settings.min_tokens] == mask_id).all())
+    no_filler = (lo, lo + settings.min_tokens) if settings.min_tokens and fresh else None
     for b0, b1 in _blocks(lo, hi, settings):
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
@@ -224,6 +230,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache)  # (B, N, V)
             passes += 1
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
+            if no_filler is not None and b0 < no_filler[1]:
+                first, last = no_filler[0] - b0, min(no_filler[1], b1) - b0
+                logits[:, max(first, 0):last, list(model.profile.filler_ids)] = float("-inf")
             tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
             p_tok = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, N)
             scores = position_scores(probs, tokens, settings.order)

@@ -265,8 +265,45 @@ def run_jsonl(args: argparse.Namespace, settings) -> int:
 
 
 def make_backend(args: argparse.Namespace):
-    """The engine that runs requests for this command (in-process)."""
+    """The running daemon when one listens (it already holds the model), else in-process.
+
+    A CLI call never starts a daemon: scripted runs should not leave a process behind.
+    """
+    if not getattr(args, "no_daemon", True):
+        from .daemon_client import DaemonClient
+        from .errors import DaemonUnavailable
+        from .protocol import socket_path
+        try:
+            return DaemonBackend(DaemonClient(socket_path(args.socket)), args)
+        except DaemonUnavailable:
+            pass
     return InProcessBackend(args)
+
+
+class DaemonBackend:
+    """Requests through the daemon: the same engine, without loading the model here."""
+
+    def __init__(self, client, args: argparse.Namespace) -> None:
+        self.client = client
+        self.model = {"checkpoint": args.model, "device": args.device, "dtype": args.dtype,
+                      "family": args.family}
+        log.info("using the diffill daemon on %s", client.path)
+
+    def run(self, req, settings):
+        from infill import Completion, InfillResult
+        wire = {"max_tokens": settings.max_tokens, "mode": settings.mode,
+                "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
+                "refine_threshold": settings.refine_threshold,
+                "prefix_tokens": settings.budget.prefix_tokens,
+                "suffix_tokens": settings.budget.suffix_tokens,
+                **{k: getattr(settings.sampler, k) for k in settings.sampler.__dataclass_fields__}}
+        request = {"text": req.text, "start": req.start, "end": req.end, "action": req.action,
+                   "language": req.language, "path": req.path}
+        r = self.client.call("infill", {"request": request, "model": self.model,
+                                        "settings": wire})
+        items = [Completion(i["text"], i["start"], i["end"], i["score"], i["parses"],
+                            i["tokens"], i["terminated"]) for i in r["items"]]
+        return InfillResult(items, r["mode"], r["forward_passes"], r["seconds"], r["remasked"])
 
 
 class InProcessBackend:
@@ -299,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--candidates", type=int, default=3, help="candidates in JSON output")
     q.add_argument("--stats", action="store_true", help="print timing to stderr")
     q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    q.add_argument("--no-daemon", action="store_true",
+                   help="run in-process even when a daemon is running")
+    q.add_argument("--socket", help="daemon socket (default: per user)")
     add_model_options(q)
     add_sampler_options(q)
     q.set_defaults(func=cmd_infill)

@@ -13,8 +13,11 @@ import pytest
 SAMPLE = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
 
 
-def diffill(*args, stdin: bytes | None = None, model: Path | None = None, timeout=180):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+def diffill(*args, stdin: bytes | None = None, model: Path | None = None, timeout=180,
+            env_extra: dict | None = None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               DIFFILL_SOCKET="/nonexistent/diffill-test.sock")  # never a user's daemon
+    env.update(env_extra or {})
     cmd = [sys.executable, "-m", "server.cli", *args]
     if model is not None:
         cmd += ["--model", str(model)]

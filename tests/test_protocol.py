@@ -1,0 +1,43 @@
+"""Settings parsing and the documentation of every setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from server import protocol as P
+
+
+def test_every_setting_is_in_the_readme_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)` \|", readme, flags=re.M))
+    fields = {f.name for f in dataclasses.fields(P.Settings)}
+    assert fields <= documented, f"undocumented settings: {fields - documented}"
+
+
+def test_settings_accept_a_wrapped_section_and_report_bad_values():
+    s, problems = P.parse_settings({"diffill": {"maxTokens": 32, "schedule": "fixed",
+                                                "enable": {"*": False, "python": True}}})
+    assert problems == []
+    assert s.maxTokens == 32 and s.schedule == "fixed"
+    assert s.enabled_for("python") and not s.enabled_for("markdown")
+    s, problems = P.parse_settings({"maxTokens": 0, "threshold": 1.5, "debounceMs": "x",
+                                    "model": 3, "bogus": True, "steps": 4})
+    assert s.maxTokens == 64 and s.threshold == 0.9 and s.debounceMs == 150 and s.model is None
+    assert s.steps == 4
+    assert len(problems) == 5 and any("bogus" in p for p in problems)
+
+
+def test_changes_keep_earlier_values():
+    first, _ = P.parse_settings({"maxTokens": 16})
+    second, _ = P.parse_settings({"schedule": "blocks"}, base=first)
+    assert second.maxTokens == 16 and second.schedule == "blocks"
+
+
+def test_default_socket_is_per_user(monkeypatch, tmp_path):
+    monkeypatch.delenv(P.ENV_SOCKET, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert P.default_socket() == tmp_path / "diffill" / "daemon.sock"
+    monkeypatch.setenv(P.ENV_SOCKET, "/x/y.sock")
+    assert P.default_socket() == Path("/x/y.sock")
