@@ -186,9 +186,11 @@ class Batcher:
         window = text[max(0, at - 3000):at + 3000]
         prefix, middle, suffix = self._split(window)
         mid = self.tok.encode(middle).ids
-        if len(mid) > MAX_SPAN:
+        # Buckets leave at least half the window to context.
+        usable = [b for b in BUCKETS if b <= cfg.seq_len // 2] or [cfg.seq_len // 2]
+        if len(mid) > min(MAX_SPAN, usable[-1]):
             return None
-        fits = [b for b in BUCKETS if b >= max(len(mid), 1)]
+        fits = [b for b in usable if b >= max(len(mid), 1)]
         bucket = fits[0] if rng.random() < 0.6 else rng.choice(fits)
         room = cfg.seq_len - bucket
         pre = self.tok.encode(prefix[-4 * room:]).ids

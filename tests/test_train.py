@@ -1,0 +1,131 @@
+"""Training of the bundled model: tokenizer, objective, resumable runs, export, corpus split,
+and the shipped checkpoint itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import helpers
+from model import load_model
+from model.train import (TrainConfig, _init_weights, export, mdlm_loss, prepare_run, train,
+                         train_tokenizer)
+from model.transformer import Transformer
+
+ROUND_TRIP = [
+    "def f(x):\n    return x + 1\n",
+    "\tif a:\n\t\tb = 'ünïcödé ✓ 𝄞'\n",
+    "x = 1   \r\n\r\ny = 2\n\n\n",
+    "    # trailing spaces    \n" + " " * 17 + "deep = True\n",
+    "s = \"\"\"\n  multi\n\tline\n\"\"\"\n",
+    "emoji = '🐍🚀'  # 中文注释\n",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP)
+def test_tokenizer_round_trips_code_exactly(text):
+    tok = train_tokenizer(iter(helpers.CODE_SNIPPETS * 3), 400)
+    assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text
+
+
+def test_tokenizer_has_the_special_tokens_and_keeps_them_whole():
+    tok = train_tokenizer(iter(helpers.CODE_SNIPPETS), 300)
+    for special in ("<|endoftext|>", "<|pad|>", "<|mask|>"):
+        assert tok.token_to_id(special) is not None
+        assert tok.encode(f"a{special}b").ids.count(tok.token_to_id(special)) == 1
+
+
+TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, seq_len=64, batch_size=8,
+            warmup_steps=5, total_steps=60, lr=3e-3, tokenizer_sample_bytes=10**6)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    texts = [s * 4 for s in helpers.CODE_SNIPPETS] * 4
+    prepare_run(run, TrainConfig(**TINY), texts_override=texts)
+    return run
+
+
+def _fixed_loss(model: Transformer, run: Path) -> float:
+    import numpy as np
+    stream = torch.from_numpy(np.load(run / "tokens.npy").astype("int64"))
+    ids = stream[:8 * 64].reshape(8, 64)
+    region = torch.ones_like(ids, dtype=torch.bool)
+    losses = []
+    with torch.no_grad():
+        for seed in range(4):
+            losses.append(mdlm_loss(model, ids, region, region.clone(), 2,
+                                    torch.Generator().manual_seed(seed)).item())
+    return sum(losses) / len(losses)
+
+
+def test_training_reduces_the_loss_and_resumes(run_dir):
+    cfg = TrainConfig(**TINY)
+    before = Transformer(cfg.model_config())
+    _init_weights(before, cfg.seed)
+    first = train(run_dir, steps=30, threads=1)
+    assert first.step == 30
+    second = train(run_dir, steps=30, threads=1)  # resumes from state.pt
+    assert second.step == 60 and second.tokens_seen > first.tokens_seen
+    after = Transformer(cfg.model_config())
+    after.load_state_dict(torch.load(run_dir / "state.pt", weights_only=False)["model"])
+    assert _fixed_loss(after, run_dir) < _fixed_loss(before, run_dir) * 0.8
+
+
+def test_export_loads_through_the_checkpoint_path(run_dir, tmp_path):
+    if not (run_dir / "state.pt").is_file():
+        train(run_dir, steps=2, threads=1)
+    out = export(run_dir, tmp_path / "ckpt", card="# card\n")
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors",
+                                               "tokenizer.json", "README.md"}
+    model = load_model(out)
+    assert model.profile.name == "diffill" and model.profile.shift_logits is False
+    from infill import Engine, InfillRequest
+    result = Engine(model).run(InfillRequest("def f(x):\n    return \n", 20))
+    assert result.forward_passes >= 1
+
+
+def test_held_out_packages_are_whole_and_never_trained_on():
+    from model.corpus import HELD_OUT, build_corpus
+    corpus = build_corpus()
+    train_names = {p.name for p in corpus.train}
+    assert not train_names & set(HELD_OUT)
+    held_roots = [p.root for p in corpus.held_out]
+    train_files = set(corpus.files("train"))
+    for pkg in corpus.held_out:
+        assert not train_files & set(pkg.files)
+    assert all(p.license for p in corpus.train)
+
+
+# ---------------------------------------------------------------- the shipped model
+
+BUNDLED = Path(__file__).resolve().parents[1] / "model" / "checkpoints" / "diffill-small"
+
+
+def test_the_shipped_checkpoint_is_complete_and_small():
+    names = {p.name for p in BUNDLED.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
+    total = sum(p.stat().st_size for p in BUNDLED.iterdir())
+    assert total <= 64 * 1024 * 1024
+    card = (BUNDLED / "README.md").read_text()
+    for needed in ("diffill eval", "held-out", "parameters", "license"):
+        assert needed.lower() in card.lower()
+
+
+def test_the_shipped_checkpoint_loads_by_name_and_infills_the_demo():
+    from infill import Engine
+    from server.cli import build_request, read_input
+    from server.commands import SAMPLES
+    model = load_model("diffill-small")
+    assert model.profile.name == "diffill"
+    text, name = read_input(str(SAMPLES / "demo.py"))
+    req, _ = build_request(text, name, language="python")
+    result = Engine(model).run(req)
+    assert result.best is not None and result.best.text.strip()
+    assert result.best.parses is True
