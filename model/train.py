@@ -241,8 +241,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def prepare_run(run_dir: Path, cfg: TrainConfig, corpus: Corpus | None = None,
-                texts_override: list[str] | None = None) -> None:
-    """Tokenizer, token stream and corpus record for a new run (skipped when present)."""
+                texts_override: list[str] | None = None,
+                tokenizer_from: Path | None = None) -> None:
+    """Tokenizer, token stream and corpus record for a new run (skipped when present).
+
+    ``tokenizer_from`` reuses a checkpoint's ``tokenizer.json`` (to go on training a shipped
+    model) instead of training a new one.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "tokens.npy").is_file():
         return
@@ -267,7 +272,11 @@ def prepare_run(run_dir: Path, cfg: TrainConfig, corpus: Corpus | None = None,
             break
         sample.append(t)
         size += len(t)
-    tok = train_tokenizer(iter(sample), cfg.vocab_size)
+    if tokenizer_from is not None:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(Path(tokenizer_from) / "tokenizer.json"))
+    else:
+        tok = train_tokenizer(iter(sample), cfg.vocab_size)
     tok.save(str(run_dir / "tokenizer.json"))
     eot = tok.token_to_id("<|endoftext|>")
     stream: list[int] = []
@@ -289,8 +298,13 @@ def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConf
 
 
 def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = None,
-          threads: int | None = None) -> RunState:
-    """Train from the run folder's state for ``minutes`` or ``steps`` more, then save."""
+          threads: int | None = None, init_from: Path | None = None) -> RunState:
+    """Train from the run folder's state for ``minutes`` or ``steps`` more, then save.
+
+    A run without ``state.pt`` starts from random weights, or from the weights of the
+    checkpoint folder ``init_from`` (a fresh optimizer; the step count goes on from the
+    checkpoint's recorded steps).
+    """
     from tokenizers import Tokenizer
     cfg = load_train_config(run_dir)
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -309,6 +323,13 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
         opt.load_state_dict(saved["optimizer"])
         state = RunState(**saved["run"])
         log.info("resumed at step %d", state.step)
+    elif init_from is not None:
+        from safetensors.torch import load_file
+        weights = load_file(str(Path(init_from) / "model.safetensors"))
+        model.load_state_dict(weights, strict=True)
+        meta = json.loads((Path(init_from) / "config.json").read_text()).get("diffill", {})
+        state = RunState(step=int(meta.get("steps", 0)))
+        log.info("initialised from %s (step %d)", init_from, state.step)
     batcher = Batcher(tok, stream, texts, cfg, seed=cfg.seed + state.step)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + state.step)
     mask_id = tok.token_to_id("<|mask|>")

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--export", metavar="DIR", help="write the run's model as a checkpoint folder")
     t.add_argument("--card", help="model card (markdown) to write beside an export")
     t.add_argument("--config", help="JSON of TrainConfig fields for a new run")
+    t.add_argument("--init-from", metavar="CKPT",
+                   help="start a new run from this checkpoint's weights and tokenizer "
+                        "(e.g. model/checkpoints/diffill-small) instead of from scratch")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="held-out infill exact match and parse rate")
@@ -101,10 +104,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = TrainConfig(**overrides)
         except TypeError as exc:
             raise UsageError(f"--config: {exc}") from None
-        prepare_run(run, cfg)
+        init = Path(args.init_from) if args.init_from else None
+        if init is not None:
+            shipped = json.loads((init / "config.json").read_text())
+            keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads", "num_key_value_heads")
+            overrides = {**{k: shipped[k] for k in keys}, **overrides}
+            try:
+                cfg = TrainConfig(**overrides)
+            except TypeError as exc:
+                raise UsageError(f"--config: {exc}") from None
+        prepare_run(run, cfg, tokenizer_from=init)
     if args.minutes is None and args.steps is None:
         raise UsageError("give --minutes or --steps (or --export DIR)")
-    state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads)
+    state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,
+                  init_from=Path(args.init_from) if args.init_from else None)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
                       "seconds": round(state.seconds, 1), "loss": last.get("loss")}))

@@ -152,7 +152,7 @@ def pattern_tokenizer():
     return tok
 
 
-def train_pattern_model(folder: Path, steps: int = 400, seed: int = 0) -> Path:
+def train_pattern_model(folder: Path, steps: int = 600, seed: int = 0) -> Path:
     """Train, in seconds, a bidirectional model on a counting task with known answers.
 
     Rows are ``c_a c_a+1 ... [gap] ... c_b ...`` (mod 12); the gap holds the missing run then

@@ -129,3 +129,17 @@ def test_the_shipped_checkpoint_loads_by_name_and_infills_the_demo():
     result = Engine(model).run(req)
     assert result.best is not None and result.best.text.strip()
     assert result.best.parses is True
+
+
+def test_a_new_run_can_start_from_a_shipped_checkpoint(run_dir, tmp_path):
+    """Training goes on across machines from the exported weights and the same tokenizer."""
+    if not (run_dir / "state.pt").is_file():
+        train(run_dir, steps=2, threads=1)
+    ckpt = export(run_dir, tmp_path / "ckpt")
+    steps_before = json.loads((ckpt / "config.json").read_text())["diffill"]["steps"]
+    run2 = tmp_path / "run2"
+    texts = [s * 4 for s in helpers.CODE_SNIPPETS] * 4
+    prepare_run(run2, TrainConfig(**TINY), texts_override=texts, tokenizer_from=ckpt)
+    assert (run2 / "tokenizer.json").read_bytes() == (ckpt / "tokenizer.json").read_bytes()
+    state = train(run2, steps=1, threads=1, init_from=ckpt)
+    assert state.step == steps_before + 1

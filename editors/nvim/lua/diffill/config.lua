@@ -1,0 +1,45 @@
+---@mod diffill.config Options with their defaults
+local M = {}
+
+---@class diffill.Config
+M.defaults = {
+  ---Command that starts the language server.
+  cmd = { "diffill", "lsp" },
+  ---Filetypes the server is started for.
+  filetypes = { "python", "lua", "javascript", "typescript", "javascriptreact",
+                "typescriptreact", "go", "rust", "c", "cpp", "java", "sh" },
+  ---Start the server when a buffer of one of `filetypes` opens.
+  autostart = true,
+  ---Server settings (see the README's table), sent as `init_options`.
+  init_options = {},
+  ghost_text = {
+    ---Show suggestions as you type in insert mode.
+    enabled = true,
+    ---Wait this long after the last keystroke before asking (ms).
+    debounce_ms = 150,
+    ---Highlight group of the ghost text.
+    hl_group = "Comment",
+    ---Use Neovim's own `vim.lsp.inline_completion` when it exists (>= 0.12).
+    native = true,
+  },
+  keymaps = {
+    ---Accept the whole suggestion (insert mode); the key keeps its meaning otherwise.
+    accept = "<Tab>",
+    ---Accept the suggestion's first line only.
+    accept_line = "<M-l>",
+    ---Hide the suggestion.
+    dismiss = "<C-]>",
+  },
+}
+
+---@type diffill.Config
+M.options = vim.deepcopy(M.defaults)
+
+---Merge user options over the defaults.
+---@param opts table|nil
+function M.set(opts)
+  M.options = vim.tbl_deep_extend("force", vim.deepcopy(M.defaults), opts or {})
+  return M.options
+end
+
+return M

@@ -1,0 +1,261 @@
+---@mod diffill Ghost-text infilling and rewrite/refine from the diffill language server
+local config = require("diffill.config")
+
+local M = {}
+local ns = vim.api.nvim_create_namespace("diffill")
+local uv = vim.uv or vim.loop
+
+---@class diffill.Suggestion
+---@field bufnr integer
+---@field row integer 0-based
+---@field col integer 0-based byte column
+---@field text string
+---@field tick integer changedtick when it was asked for
+local current = nil
+local pending = {} ---@type table<integer, integer> bufnr -> request id
+local timer = nil
+local reported = {} ---@type table<string, boolean>
+
+local function notify_once(msg, level)
+  if reported[msg] then return end
+  reported[msg] = true
+  vim.notify("diffill: " .. msg, level or vim.log.levels.WARN)
+end
+
+---The diffill client attached to `bufnr`, if any.
+function M.client(bufnr)
+  local get = vim.lsp.get_clients or vim.lsp.get_active_clients
+  return get({ name = "diffill", bufnr = bufnr or 0 })[1]
+end
+
+local function request(client, method, params, handler, bufnr)
+  if vim.fn.has("nvim-0.11") == 1 then
+    return client:request(method, params, handler, bufnr)
+  end
+  return client.request(method, params, handler, bufnr)
+end
+
+local function cancel(client, id)
+  if vim.fn.has("nvim-0.11") == 1 then client:cancel_request(id) else client.cancel_request(id) end
+end
+
+---Clear the ghost text.
+function M.clear()
+  for _, buf in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_valid(buf) then vim.api.nvim_buf_clear_namespace(buf, ns, 0, -1) end
+  end
+  current = nil
+end
+
+---The suggestion shown now, if any.
+function M.current() return current end
+
+local function render(s)
+  vim.api.nvim_buf_clear_namespace(s.bufnr, ns, 0, -1)
+  local lines = vim.split(s.text, "\n", { plain = true })
+  local hl = config.options.ghost_text.hl_group
+  local virt_lines = {}
+  for i = 2, #lines do virt_lines[#virt_lines + 1] = { { lines[i], hl } } end
+  vim.api.nvim_buf_set_extmark(s.bufnr, ns, s.row, s.col, {
+    virt_text = { { lines[1], hl } },
+    virt_text_pos = "inline",
+    virt_lines = #virt_lines > 0 and virt_lines or nil,
+    hl_mode = "combine",
+  })
+end
+
+---Ask the server for a suggestion at the cursor of `bufnr` (0: current).
+---@param bufnr integer|nil
+---@param trigger integer|nil LSP InlineCompletionTriggerKind (1 invoked, 2 automatic)
+function M.suggest(bufnr, trigger)
+  bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
+  local client = M.client(bufnr)
+  if not client then return end
+  if pending[bufnr] then cancel(client, pending[bufnr]) end
+  local win = vim.fn.bufwinid(bufnr)
+  local cursor = vim.api.nvim_win_get_cursor(win ~= -1 and win or 0)
+  local row, col = cursor[1] - 1, cursor[2]
+  local params = vim.lsp.util.make_position_params(win ~= -1 and win or 0, client.offset_encoding)
+  params.context = { triggerKind = trigger or 1 }
+  local tick = vim.api.nvim_buf_get_changedtick(bufnr)
+  local ok, id = request(client, "textDocument/inlineCompletion", params, function(err, result)
+    pending[bufnr] = nil
+    if err then
+      if err.code ~= -32800 then notify_once(err.message or tostring(err)) end
+      return
+    end
+    -- Drop results for a buffer that changed meanwhile.
+    if not vim.api.nvim_buf_is_valid(bufnr) or vim.api.nvim_buf_get_changedtick(bufnr) ~= tick then
+      return
+    end
+    local items = result and (result.items or result) or {}
+    if #items == 0 or (items[1].insertText or "") == "" then
+      M.clear()
+      return
+    end
+    local text = items[1].insertText
+    if type(text) == "table" then text = text.value end
+    current = { bufnr = bufnr, row = row, col = col, text = text, tick = tick }
+    render(current)
+  end, bufnr)
+  if ok then pending[bufnr] = id end
+end
+
+---Accept the suggestion (or its first line). Returns true when something was inserted.
+---@param what "all"|"line"|nil
+function M.accept(what)
+  local s = current
+  if not s or not vim.api.nvim_buf_is_valid(s.bufnr) then return false end
+  if vim.api.nvim_buf_get_changedtick(s.bufnr) ~= s.tick then
+    M.clear()
+    return false
+  end
+  local text = s.text
+  if what == "line" then text = vim.split(text, "\n", { plain = true })[1] end
+  local lines = vim.split(text, "\n", { plain = true })
+  M.clear()
+  vim.api.nvim_buf_set_text(s.bufnr, s.row, s.col, s.row, s.col, lines)
+  local win = vim.fn.bufwinid(s.bufnr)
+  if win ~= -1 then
+    local end_row = s.row + #lines - 1
+    local end_col = (#lines == 1 and s.col or 0) + #lines[#lines]
+    vim.api.nvim_win_set_cursor(win, { end_row + 1, end_col })
+  end
+  return true
+end
+
+local function schedule_suggest(bufnr)
+  if timer then timer:stop() end
+  timer = timer or uv.new_timer()
+  timer:start(config.options.ghost_text.debounce_ms, 0, vim.schedule_wrap(function()
+    if vim.api.nvim_get_current_buf() == bufnr and vim.fn.mode():sub(1, 1) == "i" then
+      M.suggest(bufnr, 2)
+    end
+  end))
+end
+
+local function on_attach(client, bufnr)
+  local gt = config.options.ghost_text
+  if gt.native and vim.lsp.inline_completion and vim.lsp.inline_completion.enable then
+    vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+    return
+  end
+  if not gt.enabled then return end
+  local group = vim.api.nvim_create_augroup("diffill_" .. bufnr, { clear = true })
+  vim.api.nvim_create_autocmd({ "TextChangedI", "TextChangedP" }, {
+    group = group, buffer = bufnr,
+    callback = function()
+      M.clear()
+      schedule_suggest(bufnr)
+    end,
+  })
+  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
+    group = group, buffer = bufnr, callback = M.clear,
+  })
+  local keys = config.options.keymaps
+  local function map(lhs, what)
+    if not lhs or lhs == "" then return end
+    vim.keymap.set("i", lhs, function()
+      if current and current.bufnr == bufnr then
+        vim.schedule(function() M.accept(what) end)
+        return ""
+      end
+      return vim.api.nvim_replace_termcodes(lhs, true, false, true)
+    end, { buffer = bufnr, expr = true, replace_keycodes = false, desc = "diffill: accept" })
+  end
+  map(keys.accept, "all")
+  map(keys.accept_line, "line")
+  if keys.dismiss and keys.dismiss ~= "" then
+    vim.keymap.set("i", keys.dismiss, M.clear, { buffer = bufnr, desc = "diffill: dismiss" })
+  end
+end
+
+---Start (or reuse) the diffill client for `bufnr`.
+function M.start(bufnr)
+  bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
+  local opts = config.options
+  if vim.fn.executable(opts.cmd[1]) ~= 1 then
+    notify_once(("`%s` is not executable; see :checkhealth diffill"):format(opts.cmd[1]),
+                vim.log.levels.ERROR)
+    return nil
+  end
+  local root = (vim.fs.root and vim.fs.root(bufnr, { ".git", "pyproject.toml", "package.json" }))
+    or vim.fn.getcwd()
+  return vim.lsp.start({
+    name = "diffill",
+    cmd = opts.cmd,
+    root_dir = root,
+    init_options = opts.init_options,
+    on_attach = on_attach,
+  }, { bufnr = bufnr })
+end
+
+---Stop the diffill clients.
+function M.stop()
+  M.clear()
+  local get = vim.lsp.get_clients or vim.lsp.get_active_clients
+  for _, c in ipairs(get({ name = "diffill" })) do
+    if vim.fn.has("nvim-0.11") == 1 then c:stop() else c.stop() end
+  end
+end
+
+---Rewrite or refine a range through the server; the edit comes back as workspace/applyEdit.
+---@param kind "rewrite"|"refine"
+---@param range {start: integer[], ["end"]: integer[]} 0-based {row, byte col}, end exclusive
+---@param bufnr integer|nil
+---@param on_done fun(err: any, result: any)|nil
+function M.rewrite(kind, range, bufnr, on_done)
+  bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
+  local client = M.client(bufnr)
+  if not client then
+    notify_once("no diffill server for this buffer", vim.log.levels.ERROR)
+    return
+  end
+  local p = vim.lsp.util.make_given_range_params(
+    { range.start[1] + 1, range.start[2] }, { range["end"][1] + 1, range["end"][2] },
+    bufnr, client.offset_encoding)
+  -- make_given_range_params treats the end as inclusive: move it back to exclusive.
+  p.range["end"] = vim.lsp.util.make_given_range_params(
+    { range["end"][1] + 1, range["end"][2] }, { range["end"][1] + 1, range["end"][2] },
+    bufnr, client.offset_encoding).range.start
+  local version = vim.lsp.util.buf_versions and vim.lsp.util.buf_versions[bufnr] or nil
+  local command = kind == "refine" and "diffill.refineSelection" or "diffill.rewriteSelection"
+  request(client, "workspace/executeCommand",
+          { command = command, arguments = { p.textDocument.uri, p.range, version } },
+          function(err, result)
+            if err then notify_once(err.message or tostring(err), vim.log.levels.ERROR) end
+            if on_done then on_done(err, result) end
+          end, bufnr)
+end
+
+---Rewrite/refine lines `line1`..`line2` (1-based, inclusive), as the :Diffill commands do.
+function M.rewrite_lines(kind, line1, line2, bufnr)
+  bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
+  local last = vim.api.nvim_buf_get_lines(bufnr, line2 - 1, line2, false)[1] or ""
+  M.rewrite(kind, { start = { line1 - 1, 0 }, ["end"] = { line2 - 1, #last } }, bufnr)
+end
+
+---Show the daemon status.
+function M.status()
+  local client = M.client(0)
+  if not client then
+    return vim.notify("diffill: no server attached to this buffer", vim.log.levels.WARN)
+  end
+  request(client, "workspace/executeCommand", { command = "diffill.status", arguments = {} },
+          function(err, st)
+            if err then return vim.notify("diffill: " .. err.message, vim.log.levels.ERROR) end
+            local m = (st.models or {})[1] or {}
+            vim.notify(("diffill: %s on %s (%s); %d requests, %d loads, last %s ms"):format(
+              m.checkpoint or "no model", m.device or "?", m.dtype or "?",
+              (st.counters or {}).requests or 0, st.loads or 0,
+              tostring(st.lastLatencyMs or "-")))
+          end, 0)
+end
+
+---Configure diffill (optional: defaults apply without it).
+---@param opts diffill.Config|nil
+function M.setup(opts)
+  config.set(opts)
+end
+
+return M

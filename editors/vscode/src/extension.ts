@@ -1,0 +1,105 @@
+// Wiring only: the language client, four commands, a status-bar item. Logic is in logic.ts.
+import * as vscode from "vscode";
+import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
+import { SERVER_COMMANDS, STATUS_NOTIFICATION, StatusNote, formatStatus, initializationOptions,
+         resolveServerPath, rewriteArguments, statusText, statusTooltip } from "./logic";
+
+let client: LanguageClient | undefined;
+let status: vscode.StatusBarItem;
+let lastNote: StatusNote | undefined;
+
+function config(): vscode.WorkspaceConfiguration {
+  return vscode.workspace.getConfiguration("diffill");
+}
+
+async function start(context: vscode.ExtensionContext): Promise<void> {
+  const folders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath);
+  const exe = resolveServerPath(config().get<string>("serverPath"), folders);
+  if (!exe) {
+    showError("diffill: no `diffill` executable found. Install it (pip install -e .) or set " +
+              "diffill.serverPath.");
+    return;
+  }
+  const serverOptions: ServerOptions = { command: exe, args: ["lsp"] };
+  const languages = config().get<string[]>("languages") ?? ["python"];
+  const clientOptions: LanguageClientOptions = {
+    documentSelector: languages.map((language) => ({ language })),
+    initializationOptions: initializationOptions((k) => config().get(k)),
+    synchronize: { configurationSection: "diffill" },
+    outputChannelName: "diffill",
+  };
+  client = new LanguageClient("diffill", "diffill", serverOptions, clientOptions);
+  client.onDidChangeState((e) => {
+    if (e.newState === State.Stopped) {
+      lastNote = { state: "error", error: "server stopped" };
+      updateStatus();
+    }
+  });
+  try {
+    await client.start();
+  } catch (err) {
+    showError(`diffill: the server could not start (${exe} lsp): ${String(err)}`);
+    return;
+  }
+  context.subscriptions.push(client.onNotification(STATUS_NOTIFICATION, (note: StatusNote) => {
+    lastNote = note;
+    updateStatus();
+  }));
+}
+
+function showError(message: string): void {
+  lastNote = { state: "error", error: message };
+  updateStatus();
+  void vscode.window.showErrorMessage(message);
+}
+
+function updateStatus(): void {
+  status.text = statusText(lastNote);
+  status.tooltip = statusTooltip(lastNote);
+  status.show();
+}
+
+async function rewrite(kind: "rewrite" | "refine"): Promise<void> {
+  const editor = vscode.window.activeTextEditor;
+  if (!client || !editor || editor.selection.isEmpty) {
+    void vscode.window.showInformationMessage("diffill: select the code to " + kind + " first.");
+    return;
+  }
+  const doc = editor.document;
+  const sel = editor.selection;
+  const args = rewriteArguments(doc.uri.toString(),
+    { start: { line: sel.start.line, character: sel.start.character },
+      end: { line: sel.end.line, character: sel.end.character } }, doc.version);
+  await vscode.window.withProgress(
+    { location: vscode.ProgressLocation.Window, title: `diffill: ${kind}` },
+    () => client!.sendRequest("workspace/executeCommand",
+                              { command: SERVER_COMMANDS[kind], arguments: args }));
+}
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
+  status.command = "diffill.editor.showStatus";
+  context.subscriptions.push(status);
+  updateStatus();
+  context.subscriptions.push(
+    vscode.commands.registerCommand("diffill.editor.rewriteSelection", () => rewrite("rewrite")),
+    vscode.commands.registerCommand("diffill.editor.refineSelection", () => rewrite("refine")),
+    vscode.commands.registerCommand("diffill.editor.restartServer", async () => {
+      if (client) await client.stop();
+      client = undefined;
+      await start(context);
+    }),
+    vscode.commands.registerCommand("diffill.editor.showStatus", async () => {
+      if (!client) return showError("diffill: the server is not running");
+      const st = await client.sendRequest("workspace/executeCommand",
+                                          { command: SERVER_COMMANDS.status, arguments: [] });
+      void vscode.window.showInformationMessage(formatStatus(st as Record<string, unknown>),
+                                                { modal: true });
+    }),
+  );
+  await start(context);
+}
+
+export async function deactivate(): Promise<void> {
+  if (client) await client.stop();
+}

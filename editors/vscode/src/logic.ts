@@ -1,0 +1,119 @@
+// Pure logic of the extension: no `vscode` import, so it is unit-tested under plain node.
+import * as fs from "fs";
+import * as path from "path";
+
+/** Settings the server understands (server/protocol.py `Settings`), camelCase on the wire. */
+export const SERVER_SETTINGS = [
+  "model", "device", "dtype", "family", "maxTokens", "steps", "schedule", "threshold", "cache",
+  "ensemble", "mode", "prefixTokens", "suffixTokens", "debounceMs", "enable",
+  "completionFallback", "socket", "idleTimeout",
+] as const;
+
+/** Commands the server registers (workspace/executeCommand). */
+export const SERVER_COMMANDS = {
+  rewrite: "diffill.rewriteSelection",
+  refine: "diffill.refineSelection",
+  status: "diffill.status",
+} as const;
+
+export const STATUS_NOTIFICATION = "$/diffill/status";
+
+export interface StatusNote {
+  state: "loading" | "ready" | "error" | string;
+  model?: string | null;
+  device?: string | null;
+  dtype?: string | null;
+  lastLatencyMs?: number | null;
+  error?: string | null;
+}
+
+/** Reads a configuration value; the extension passes VS Code's `WorkspaceConfiguration.get`. */
+export type ConfigGetter = (key: string) => unknown;
+
+/** initializationOptions for the server: every server setting that is set (null = default). */
+export function initializationOptions(get: ConfigGetter): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of SERVER_SETTINGS) {
+    const value = get(key);
+    if (value !== undefined && value !== null && value !== "") {
+      out[key] = value;
+    }
+  }
+  return out;
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The diffill executable: the configured path, else `.venv/bin/diffill` of a workspace folder,
+ * else the first `diffill` on PATH. Returns undefined when none exists.
+ */
+export function resolveServerPath(configured: string | undefined, workspaceFolders: string[],
+                                  envPath: string = process.env.PATH ?? ""): string | undefined {
+  const exe = process.platform === "win32" ? "diffill.exe" : "diffill";
+  if (configured && configured.trim()) {
+    return isExecutable(configured) ? configured : undefined;
+  }
+  for (const folder of workspaceFolders) {
+    for (const venv of [".venv", "venv"]) {
+      const bin = process.platform === "win32" ? "Scripts" : "bin";
+      const candidate = path.join(folder, venv, bin, exe);
+      if (isExecutable(candidate)) return candidate;
+    }
+  }
+  for (const dir of envPath.split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, exe);
+    if (isExecutable(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+/** The status-bar text for a status notification. */
+export function statusText(note: StatusNote | undefined): string {
+  if (!note) return "$(loading~spin) diffill";
+  if (note.state === "loading") return "$(loading~spin) diffill: loading";
+  if (note.state === "error") return "$(error) diffill";
+  const model = note.model ? path.basename(note.model) : "model";
+  const latency = note.lastLatencyMs != null ? ` ${Math.round(note.lastLatencyMs)} ms` : "";
+  return `$(sparkle) diffill: ${model} ${note.device ?? ""}${latency}`.replace(/\s+$/, "");
+}
+
+/** The status-bar tooltip. */
+export function statusTooltip(note: StatusNote | undefined): string {
+  if (!note) return "diffill: starting";
+  if (note.state === "error") return `diffill: ${note.error ?? "error"}`;
+  const parts = [`model: ${note.model ?? "?"}`, `device: ${note.device ?? "?"}`,
+                 `dtype: ${note.dtype ?? "?"}`];
+  if (note.lastLatencyMs != null) parts.push(`last completion: ${note.lastLatencyMs} ms`);
+  return parts.join("\n");
+}
+
+/** Arguments of the server's rewrite/refine commands: [uri, range, version]. */
+export function rewriteArguments(uri: string,
+                                 range: { start: { line: number; character: number };
+                                          end: { line: number; character: number } },
+                                 version: number): unknown[] {
+  return [uri, { start: { ...range.start }, end: { ...range.end } }, version];
+}
+
+/** Human-readable daemon status (the reply of `diffill.status`). */
+export function formatStatus(st: Record<string, any>): string {
+  const lines = [`daemon pid ${st.pid}, up ${Math.round(st.uptime_s ?? 0)} s, ${st.state}`];
+  for (const m of st.models ?? []) {
+    lines.push(`model ${m.checkpoint} (${m.family}, ${(m.parameters / 1e6).toFixed(1)}M ` +
+               `parameters) on ${m.device} ${m.dtype}`);
+  }
+  const c = st.counters ?? {};
+  lines.push(`requests ${c.requests ?? 0}: ${c.completed ?? 0} completed, ` +
+             `${c.cancelled ?? 0} cancelled, ${c.failed ?? 0} failed; loads ${st.loads ?? 0}`);
+  if (st.lastLatencyMs != null) lines.push(`last latency ${st.lastLatencyMs} ms`);
+  return lines.join("\n");
+}

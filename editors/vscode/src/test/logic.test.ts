@@ -1,0 +1,76 @@
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { SERVER_SETTINGS, formatStatus, initializationOptions, resolveServerPath,
+         rewriteArguments, statusText, statusTooltip } from "../logic";
+
+const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
+
+test("every server setting is declared in package.json with a type, default and description", () => {
+  const props = pkg.contributes.configuration.properties;
+  for (const key of SERVER_SETTINGS) {
+    const p = props[`diffill.${key}`];
+    assert.ok(p, `diffill.${key} is not declared`);
+    assert.ok("type" in p && "default" in p && p.description, `diffill.${key} is incomplete`);
+  }
+});
+
+test("the extension activates on languages, not on everything", () => {
+  assert.ok(pkg.activationEvents.length > 0);
+  assert.ok(pkg.activationEvents.every((e: string) => e.startsWith("onLanguage:")));
+});
+
+test("extension commands never collide with the server's own command ids", () => {
+  const ids = pkg.contributes.commands.map((c: { command: string }) => c.command);
+  assert.ok(!ids.includes("diffill.rewriteSelection") && !ids.includes("diffill.status"));
+});
+
+test("initializationOptions carries only the settings that are set", () => {
+  const values: Record<string, unknown> = { maxTokens: 32, model: null, device: "", schedule: "fixed",
+                                            serverPath: "/x" };
+  const opts = initializationOptions((k) => values[k]);
+  assert.deepEqual(opts, { maxTokens: 32, schedule: "fixed" });
+});
+
+test("the server is found in the setting, then the workspace venv, then PATH", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "dfl-ext-"));
+  const bin = path.join(root, "ws", ".venv", "bin");
+  fs.mkdirSync(bin, { recursive: true });
+  const exe = path.join(bin, "diffill");
+  fs.writeFileSync(exe, "#!/bin/sh\n");
+  fs.chmodSync(exe, 0o755);
+  const onPath = path.join(root, "path");
+  fs.mkdirSync(onPath);
+  fs.writeFileSync(path.join(onPath, "diffill"), "#!/bin/sh\n");
+  fs.chmodSync(path.join(onPath, "diffill"), 0o755);
+  assert.equal(resolveServerPath("", [path.join(root, "ws")], onPath), exe);
+  assert.equal(resolveServerPath("", [path.join(root, "nothing")], onPath),
+               path.join(onPath, "diffill"));
+  assert.equal(resolveServerPath(exe, [], ""), exe);
+  assert.equal(resolveServerPath(path.join(root, "missing"), [], onPath), undefined);
+  assert.equal(resolveServerPath("", [], ""), undefined);
+});
+
+test("status text and tooltip follow the server's notifications", () => {
+  assert.match(statusText(undefined), /diffill/);
+  assert.match(statusText({ state: "loading" }), /loading/);
+  assert.equal(statusText({ state: "ready", model: "/m/diffill-small", device: "cpu",
+                            lastLatencyMs: 41.6 }), "$(sparkle) diffill: diffill-small cpu 42 ms");
+  assert.match(statusTooltip({ state: "error", error: "no model" }), /no model/);
+});
+
+test("rewrite arguments are [uri, range, version]", () => {
+  const r = { start: { line: 1, character: 2 }, end: { line: 3, character: 0 } };
+  assert.deepEqual(rewriteArguments("file:///a.py", r, 7), ["file:///a.py", r, 7]);
+});
+
+test("status is formatted for people", () => {
+  const text = formatStatus({ pid: 9, uptime_s: 12.4, state: "idle", loads: 1,
+    models: [{ checkpoint: "/m", family: "diffill", parameters: 6.8e6, device: "cpu", dtype: "float32" }],
+    counters: { requests: 3, completed: 2, cancelled: 1 } });
+  assert.match(text, /pid 9/);
+  assert.match(text, /6\.8M parameters/);
+  assert.match(text, /3: 2 completed, 1 cancelled, 0 failed; loads 1/);
+});
