@@ -192,7 +192,8 @@ class Engine:
             cap = max(s.max_tokens, n)
             lengths = list(s.lengths) or sorted(
                 {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
-            window = build_window(self.tokenizer, text, req.start, req.end, s.budget, req.extra)
+            window = build_window(self.tokenizer, text, req.start, req.end,
+                                  self.budget(s, lengths), req.extra)
             return Job(req, "rewrite", lengths, window, "", t0)
         cur = req.start
         line_start = text.rfind("\n", 0, cur) + 1
@@ -202,8 +203,22 @@ class Engine:
         mode = s.mode if s.mode != "auto" else post.detect_mode(before, after)
         ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
         lengths = list(s.lengths) or ladder_lengths(ladder, s.max_tokens, s.ensemble)
-        window = build_window(self.tokenizer, text, cur, None, s.budget, req.extra)
+        window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
+                              req.extra)
         return Job(req, mode, lengths, window, before, t0)
+
+    def budget(self, s: InfillSettings, lengths: Sequence[int] = ()) -> ContextBudget:
+        """The context budget, clipped to the window the model was trained on (when its
+        checkpoint records one): a model trained on 192-token windows gains nothing from 2k
+        tokens of context and may be confused by positions it never saw."""
+        window = self.model.profile.extra.get("window")
+        if not window:
+            return s.budget
+        room = max(16, int(window) - max(lengths or [0]) - 1)
+        prefix = min(s.budget.prefix_tokens, room * 3 // 4)
+        suffix = min(s.budget.suffix_tokens, room - prefix)
+        return ContextBudget(prefix, suffix, min(s.budget.extra_tokens, max(0, room - prefix -
+                                                                              suffix)))
 
     def finish(self, job: "Job", cands: list[Candidate], passes: int) -> InfillResult:
         """Post-process and rank the candidates of a prepared job."""
@@ -242,8 +257,9 @@ class Engine:
         t0 = time.perf_counter()
         assert req.end is not None
         original = req.text[req.start:req.end]
-        window = build_window(self.tokenizer, req.text, req.start, req.end, s.budget, req.extra)
         sel = encode(self.tokenizer, original)
+        window = build_window(self.tokenizer, req.text, req.start, req.end,
+                              self.budget(s, [len(sel)]), req.extra)
         out = refine(self.model, window.context_ids, sel, window.suffix_ids,
                      threshold=s.refine_threshold, settings=s.sampler, cancel=cancel)
         text = self.decode(out.tokens) if out.remasked else original

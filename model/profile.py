@@ -129,9 +129,11 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
         mask, pad = _id(vocab, "<|mask|>"), _id(vocab, "<|pad|>")
         if mask is None or pad is None:
             raise ProfileError("a diffill checkpoint needs <|mask|> and <|pad|> in its tokenizer")
+        extra = {"window": int(meta["seq_len"])} if meta.get("seq_len") else {}
         profile = FamilyProfile(name="diffill", mask_id=mask, filler_ids=_ids(pad, eos),
                                 shift_logits=bool(meta.get("shift_logits", False)),
-                                bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None)
+                                bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None,
+                                extra=extra)
     else:
         raise ProfileError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     vocab_size = config.get("vocab_size") or config.get("embedding_size")
