@@ -75,8 +75,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"# model loaded in {t_load:.2f}s; infill took {result.seconds * 1000:.0f} ms "
           f"({result.forward_passes} forward passes, {result.mode} mode)")
     if result.best is None:
-        print("# the model proposed no completion")
-        return 1
+        print("# the model proposed no completion: every candidate was empty after "
+              "post-processing.")
+        if Path(model["checkpoint"]).name == "diffill-small":
+            print("# The bundled diffill-small is undertrained (two CPU cores, half an hour); "
+                  "see model/checkpoints/diffill-small/README.md, or run any checkpoint of "
+                  "the README's table with --model.")
+        return EXIT_OK
     best = result.best
     print(f"# completion (parses: {best.parses}):")
     print(best.text)

@@ -246,6 +246,11 @@ class Daemon:
     def enqueue(self, client: Client, mid: int, method: str, params: dict[str, Any]) -> None:
         self.last_activity = time.monotonic()
         doc = params.get("document") if method == "infill" else None
+        if doc is not None:
+            # Completions supersede completions; a rewrite the user asked for is not dropped
+            # because typing elsewhere in the file asked for ghost text.
+            action = (params.get("request") or {}).get("action", "complete")
+            doc = f"{doc}#{'complete' if action == 'complete' else 'edit'}"
         key = Registry.key(params.get("model"))
         job = Job(mid, client, {"method": method, **params}, doc, key,
                   json.dumps(params.get("settings") or {}, sort_keys=True))

@@ -160,3 +160,25 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     assert r.stdout.decode() == "c5 c6 c7\n"
     assert client.call("status")["counters"]["completed"] == 1  # in-process this time
     client.close()
+
+
+def test_ghost_text_requests_do_not_cancel_a_rewrite_of_the_same_document(sock, tmp_path):
+    model = slow_checkpoint(tmp_path)
+    spawn_daemon(sock, idle_timeout=60)
+    client = wait_for(sock)
+    client.call("load", {"model": {"checkpoint": str(model)}})
+    text = "x = 1\n" * 50
+    rewrite = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
+               "request": {"text": text, "start": 4, "end": 5, "action": "rewrite"},
+               "settings": {"lengths": [64], "schedule": "fixed", "steps": 64}}
+    complete = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
+                "request": {"text": text, "start": 10}, "settings": {"lengths": [4]}}
+    client.sock.sendall((json.dumps({"id": 1, "method": "infill", "params": rewrite}) + "\n")
+                        .encode())
+    time.sleep(0.3)
+    client.sock.sendall((json.dumps({"id": 2, "method": "infill", "params": complete}) + "\n")
+                        .encode())
+    replies = {m["id"]: m for m in (json.loads(client.file.readline()) for _ in range(2))}
+    assert "result" in replies[1], replies[1]
+    assert "result" in replies[2], replies[2]
+    client.close()
