@@ -31,6 +31,10 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
     log_path = path.parent / (path.name + ".log")
     cmd = [sys.executable, "-m", "server.cli", "-v", "serve", "--socket", str(path),
            "--idle-timeout", str(int(idle_timeout))]
+    if preload is None:
+        # Started on demand: the client's own "load" or "infill" names the model to load;
+        # preloading the default would load a model nobody asked for.
+        cmd.append("--no-preload")
     for key in ("checkpoint", "device", "dtype", "family"):
         if preload and preload.get(key):
             cmd += [f"--{'model' if key == 'checkpoint' else key}", str(preload[key])]
