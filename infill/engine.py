@@ -14,8 +14,7 @@ from typing import Callable, Sequence
 from model import DiffusionModel
 
 from . import post
-from .context import ContextBudget, build_window, encode
-from .context import Window
+from .context import ContextBudget, Window, build_window, encode
 from .sampler import Cancelled, Candidate, SamplerSettings, infill_many, refine
 from .text import InputError, PositionError, check_size
 
@@ -129,15 +128,10 @@ class Engine:
 
     def run(self, req: InfillRequest, settings: InfillSettings | None = None,
             cancel: Callable[[], bool] | None = None) -> InfillResult:
-        settings = settings or self.settings
-        if self._validate(req) == "refine":
-            return self._refine(req, settings, cancel)
-        job = self.prepare(req, settings)
-        results, passes = infill_many(self.model, [job.sampler_job], settings=settings.sampler,
-                                      cancel=[cancel] if cancel else None)
-        if results[0] is None:
-            raise Cancelled()
-        return self.finish(job, results[0], passes)
+        (result,) = self.run_batch([(req, cancel)], settings or self.settings)
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
                   settings: InfillSettings) -> list[InfillResult | BaseException]:
@@ -181,7 +175,7 @@ class Engine:
 
     # ------------------------------------------------------------ actions
 
-    def prepare(self, req: InfillRequest, s: InfillSettings) -> "Job":
+    def prepare(self, req: InfillRequest, s: InfillSettings) -> Job:
         """Window and mask counts of a completion or a rewrite (regenerate)."""
         t0 = time.perf_counter()
         text = req.text
@@ -220,7 +214,7 @@ class Engine:
         return ContextBudget(prefix, suffix, min(s.budget.extra_tokens, max(0, room - prefix -
                                                                               suffix)))
 
-    def finish(self, job: "Job", cands: list[Candidate], passes: int) -> InfillResult:
+    def finish(self, job: Job, cands: list[Candidate], passes: int) -> InfillResult:
         """Post-process and rank the candidates of a prepared job."""
         req = job.request
         language = post.language_of(req.language, req.path)
