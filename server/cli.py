@@ -290,20 +290,10 @@ class DaemonBackend:
         log.info("using the diffill daemon on %s", client.path)
 
     def run(self, req, settings):
-        from infill import Completion, InfillResult
-        wire = {"max_tokens": settings.max_tokens, "mode": settings.mode,
-                "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
-                "refine_threshold": settings.refine_threshold,
-                "prefix_tokens": settings.budget.prefix_tokens,
-                "suffix_tokens": settings.budget.suffix_tokens,
-                **{k: getattr(settings.sampler, k) for k in settings.sampler.__dataclass_fields__}}
-        request = {"text": req.text, "start": req.start, "end": req.end, "action": req.action,
-                   "language": req.language, "path": req.path}
-        r = self.client.call("infill", {"request": request, "model": self.model,
-                                        "settings": wire})
-        items = [Completion(i["text"], i["start"], i["end"], i["score"], i["parses"],
-                            i["tokens"], i["terminated"]) for i in r["items"]]
-        return InfillResult(items, r["mode"], r["forward_passes"], r["seconds"], r["remasked"])
+        from .daemon import request_to_wire, result_from_wire, settings_to_wire
+        r = self.client.call("infill", {"request": request_to_wire(req), "model": self.model,
+                                        "settings": settings_to_wire(settings)})
+        return result_from_wire(r)
 
 
 class InProcessBackend:

@@ -129,6 +129,23 @@ def settings_from_wire(raw: dict[str, Any] | None):
         raise UsageError(f"invalid settings: {exc}") from None
 
 
+def settings_to_wire(settings) -> dict[str, Any]:
+    """The inverse of :func:`settings_from_wire` (what the CLI sends)."""
+    return {"max_tokens": settings.max_tokens, "mode": settings.mode,
+            "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
+            "refine_threshold": settings.refine_threshold,
+            "prefix_tokens": settings.budget.prefix_tokens,
+            "suffix_tokens": settings.budget.suffix_tokens,
+            "extra_tokens": settings.budget.extra_tokens,
+            **{k: getattr(settings.sampler, k) for k in settings.sampler.__dataclass_fields__}}
+
+
+def request_to_wire(req) -> dict[str, Any]:
+    """The inverse of :func:`request_from_wire`."""
+    return {"text": req.text, "start": req.start, "end": req.end, "action": req.action,
+            "language": req.language, "path": req.path, "extra": [list(e) for e in req.extra]}
+
+
 def request_from_wire(raw: dict[str, Any]):
     from infill import InfillRequest
     try:
@@ -147,6 +164,15 @@ def result_to_wire(result) -> dict[str, Any]:
                       for c in result.items],
             "mode": result.mode, "forward_passes": result.forward_passes,
             "seconds": result.seconds, "remasked": result.remasked}
+
+
+def result_from_wire(raw: dict[str, Any]):
+    """The inverse of :func:`result_to_wire`."""
+    from infill import Completion, InfillResult
+    items = [Completion(i["text"], i["start"], i["end"], i["score"], i["parses"], i["tokens"],
+                        i["terminated"]) for i in raw["items"]]
+    return InfillResult(items, raw["mode"], raw["forward_passes"], raw["seconds"],
+                        raw["remasked"])
 
 
 class Daemon:

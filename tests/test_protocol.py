@@ -41,3 +41,18 @@ def test_default_socket_is_per_user(monkeypatch, tmp_path):
     assert P.default_socket() == tmp_path / "diffill" / "daemon.sock"
     monkeypatch.setenv(P.ENV_SOCKET, "/x/y.sock")
     assert P.default_socket() == Path("/x/y.sock")
+
+
+def test_daemon_wire_format_round_trips_settings_requests_and_results():
+    from dataclasses import replace
+
+    from infill import (Completion, ContextBudget, InfillRequest, InfillResult, InfillSettings,
+                        with_overrides)
+    from server import daemon as D
+    s = replace(with_overrides(InfillSettings(), max_tokens=8, lengths=(4, 8), schedule="fixed",
+                               seed=3, cache="dual"), budget=ContextBudget(100, 50, 7))
+    assert D.settings_from_wire(D.settings_to_wire(s)) == s
+    r = InfillRequest("abc", 1, 2, "rewrite", "python", "/x.py", (("a.py", "x"),))
+    assert D.request_from_wire(D.request_to_wire(r)) == r
+    res = InfillResult([Completion("x", 1, 2, 0.5, True, 3, False)], "rewrite", 4, 0.1, [1])
+    assert D.result_from_wire(D.result_to_wire(res)) == res
