@@ -201,15 +201,26 @@ class DaemonClient:
         self.file = self.sock.makefile("rb")
         self.ids = itertools.count(1)
 
+    def send(self, method: str, params: dict[str, Any] | None = None,
+             mid: int | None = None) -> None:
+        """Write one message without waiting (a notification when ``mid`` is None)."""
+        msg: dict[str, Any] = {"method": method, "params": params or {}}
+        if mid is not None:
+            msg["id"] = mid
+        self.sock.sendall((json.dumps(msg) + "\n").encode())
+
+    def read(self) -> dict[str, Any]:
+        """The next message from the daemon."""
+        line = self.file.readline()
+        if not line:
+            raise DaemonUnavailable("the diffill daemon closed the connection")
+        return json.loads(line)
+
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         mid = next(self.ids)
-        self.sock.sendall((json.dumps({"id": mid, "method": method, "params": params or {}})
-                           + "\n").encode())
+        self.send(method, params, mid)
         while True:
-            line = self.file.readline()
-            if not line:
-                raise DaemonUnavailable("the diffill daemon closed the connection")
-            msg = json.loads(line)
+            msg = self.read()
             if msg.get("id") != mid:
                 continue
             if "error" in msg:

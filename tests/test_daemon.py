@@ -4,7 +4,6 @@ and recovery after it dies."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import stat
@@ -76,20 +75,31 @@ def slow_checkpoint(tmp: Path) -> Path:
     return folder
 
 
-def test_cancel_stops_a_running_request_and_the_next_one_works(sock, tmp_path):
+@pytest.fixture()
+def slow_daemon(sock, tmp_path):
+    """A daemon with the slow model loaded: (client, infill params builder)."""
     model = slow_checkpoint(tmp_path)
     spawn_daemon(sock, idle_timeout=60)
     client = wait_for(sock)
     client.call("load", {"model": {"checkpoint": str(model)}})
-    text = "def f(x):\n    return x\n" * 20
-    params = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
-              "request": {"text": text, "start": 10},
-              "settings": {"lengths": [128], "schedule": "fixed", "steps": 128}}
-    client.sock.sendall((json.dumps({"id": 99, "method": "infill", "params": params}) + "\n")
-                        .encode())
+
+    def params(request: dict, settings: dict) -> dict:
+        return {"document": "file:///a.py", "model": {"checkpoint": str(model)},
+                "request": request, "settings": settings}
+    yield client, params
+    client.close()
+
+
+SLOW = {"lengths": [128], "schedule": "fixed", "steps": 128}
+
+
+def test_cancel_stops_a_running_request_and_the_next_one_works(slow_daemon):
+    client, make = slow_daemon
+    params = make({"text": "def f(x):\n    return x\n" * 20, "start": 10}, SLOW)
+    client.send("infill", params, mid=99)
     time.sleep(1.0)
-    client.sock.sendall((json.dumps({"method": "cancel", "params": {"id": 99}}) + "\n").encode())
-    reply = json.loads(client.file.readline())
+    client.send("cancel", {"id": 99})
+    reply = client.read()
     assert reply["id"] == 99
     assert reply.get("error", {}).get("kind") == "RequestCancelled", reply
     st = client.call("status")
@@ -97,26 +107,18 @@ def test_cancel_stops_a_running_request_and_the_next_one_works(sock, tmp_path):
     quick = dict(params, settings={"lengths": [4]})
     result = client.call("infill", quick)
     assert result["forward_passes"] >= 1
-    client.close()
 
 
-def test_a_newer_request_for_the_same_document_supersedes_the_older(sock, tmp_path):
-    model = slow_checkpoint(tmp_path)
-    spawn_daemon(sock, idle_timeout=60)
-    client = wait_for(sock)
-    client.call("load", {"model": {"checkpoint": str(model)}})
-    params = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
-              "request": {"text": "x = 1\n" * 50, "start": 4},
-              "settings": {"lengths": [128], "schedule": "fixed", "steps": 128}}
+def test_a_newer_request_for_the_same_document_supersedes_the_older(slow_daemon):
+    client, make = slow_daemon
+    params = make({"text": "x = 1\n" * 50, "start": 4}, SLOW)
     for mid in (1, 2):
-        client.sock.sendall((json.dumps({"id": mid, "method": "infill", "params": params})
-                             + "\n").encode())
+        client.send("infill", params, mid=mid)
         time.sleep(0.5)
-    first = json.loads(client.file.readline())
+    first = client.read()
     assert first["id"] == 1 and "superseded" in first["error"]["message"]
-    second = json.loads(client.file.readline())
+    second = client.read()
     assert second["id"] == 2 and "result" in second
-    client.close()
 
 
 async def test_killing_the_daemon_mid_request_gives_an_error_then_recovery(pattern_ckpt, sock,
@@ -162,23 +164,13 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     client.close()
 
 
-def test_ghost_text_requests_do_not_cancel_a_rewrite_of_the_same_document(sock, tmp_path):
-    model = slow_checkpoint(tmp_path)
-    spawn_daemon(sock, idle_timeout=60)
-    client = wait_for(sock)
-    client.call("load", {"model": {"checkpoint": str(model)}})
+def test_ghost_text_requests_do_not_cancel_a_rewrite_of_the_same_document(slow_daemon):
+    client, make = slow_daemon
     text = "x = 1\n" * 50
-    rewrite = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
-               "request": {"text": text, "start": 4, "end": 5, "action": "rewrite"},
-               "settings": {"lengths": [64], "schedule": "fixed", "steps": 64}}
-    complete = {"document": "file:///a.py", "model": {"checkpoint": str(model)},
-                "request": {"text": text, "start": 10}, "settings": {"lengths": [4]}}
-    client.sock.sendall((json.dumps({"id": 1, "method": "infill", "params": rewrite}) + "\n")
-                        .encode())
+    client.send("infill", make({"text": text, "start": 4, "end": 5, "action": "rewrite"},
+                               {"lengths": [64], "schedule": "fixed", "steps": 64}), mid=1)
     time.sleep(0.3)
-    client.sock.sendall((json.dumps({"id": 2, "method": "infill", "params": complete}) + "\n")
-                        .encode())
-    replies = {m["id"]: m for m in (json.loads(client.file.readline()) for _ in range(2))}
+    client.send("infill", make({"text": text, "start": 10}, {"lengths": [4]}), mid=2)
+    replies = {m["id"]: m for m in (client.read() for _ in range(2))}
     assert "result" in replies[1], replies[1]
     assert "result" in replies[2], replies[2]
-    client.close()
