@@ -103,27 +103,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = export(run, Path(args.export), card)
         print(f"exported {out}")
         return EXIT_OK
+    init = Path(args.init_from) if args.init_from else None
     if not (run / "tokens.npy").is_file():
         overrides = json.loads(args.config) if args.config else {}
-        try:
-            cfg = TrainConfig(**overrides)
-        except TypeError as exc:
-            raise UsageError(f"--config: {exc}") from None
-        init = Path(args.init_from) if args.init_from else None
-        if init is not None:
+        if init is not None:  # the shipped model's shape, unless --config says otherwise
             shipped = json.loads((init / "config.json").read_text())
             keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "num_key_value_heads")
             overrides = {**{k: shipped[k] for k in keys}, **overrides}
-            try:
-                cfg = TrainConfig(**overrides)
-            except TypeError as exc:
-                raise UsageError(f"--config: {exc}") from None
+        try:
+            cfg = TrainConfig(**overrides)
+        except TypeError as exc:
+            raise UsageError(f"--config: {exc}") from None
         prepare_run(run, cfg, tokenizer_from=init)
     if args.minutes is None and args.steps is None:
         raise UsageError("give --minutes or --steps (or --export DIR)")
     state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,
-                  init_from=Path(args.init_from) if args.init_from else None)
+                  init_from=init)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
                       "seconds": round(state.seconds, 1), "loss": last.get("loss")}))

@@ -23,8 +23,8 @@ from infill.text import PositionError, offset_at, position_of
 
 from . import protocol as P
 from .daemon_client import AsyncDaemonClient
-from .errors import (REQUEST_FAILED, BadInput, DaemonUnavailable, DiffillError,
-                     ModelUnavailable, RequestCancelled, UsageError)
+from .errors import (REQUEST_FAILED, BadInput, DiffillError, ModelUnavailable,
+                     RequestCancelled, UsageError)
 
 log = logging.getLogger("diffill.lsp")
 
@@ -113,10 +113,19 @@ class DiffillServer(LanguageServer):
         except RequestCancelled as exc:
             raise JsonRpcException(code=types.LSPErrorCodes.RequestCancelled,
                                    message=str(exc)) from None
-        except (ModelUnavailable, DaemonUnavailable, DiffillError) as exc:
+        except DiffillError as exc:  # model, daemon or internal trouble
             self.report_once(str(exc), show=isinstance(exc, ModelUnavailable))
             self.notify_status("error", str(exc))
             raise RequestFailed(str(exc)) from None
+
+    def apply_settings(self, raw: Any) -> P.Settings:
+        """Take the client's settings over the current ones; report each invalid entry once.
+        Returns the settings that were in force before."""
+        old = self.state.settings
+        self.state.settings, problems = P.parse_settings(raw, base=old)
+        for p in problems:
+            self.report_once(f"settings: {p}", show=True)
+        return old
 
     def slice_for(self, text: str, start: int, end: int) -> tuple[str, int]:
         """The text to send and its offset in the document."""
@@ -152,16 +161,13 @@ def create_server() -> DiffillServer:
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
-        settings, problems = P.parse_settings(params.initialization_options)
-        ls.state.settings = settings
+        ls.apply_settings(params.initialization_options)
         caps = params.capabilities
         td = caps.text_document if caps else None
         ls.state.inline_supported = bool(td and td.inline_completion is not None)
         ws = caps.workspace if caps else None
         ls.state.versioned_edits = bool(ws and ws.workspace_edit and
                                         ws.workspace_edit.document_changes)
-        for p in problems:
-            ls.report_once(f"settings: {p}", show=True)
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
@@ -170,11 +176,8 @@ def create_server() -> DiffillServer:
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(ls: DiffillServer,
                                  params: types.DidChangeConfigurationParams) -> None:
-        old = ls.state.settings
-        settings, problems = P.parse_settings(params.settings, base=old)
-        ls.state.settings = settings
-        for p in problems:
-            ls.report_once(f"settings: {p}", show=True)
+        old = ls.apply_settings(params.settings)
+        settings = ls.state.settings
         if settings.model_spec() != old.model_spec() or settings.socket != old.socket:
             ls.state.load_task = asyncio.ensure_future(load_model(ls))
 
