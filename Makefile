@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench vscode-e2e
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Opt-in: the extension in a real VS Code (code-server + headless Chromium; see
+# editors/vscode/e2e/setup.sh for why it is not part of `make test`).
+vscode-e2e: $(STAMP)
+	editors/vscode/e2e/setup.sh
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs tests/test_editors.py -k real_vscode
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/diffill bench

@@ -95,6 +95,10 @@ class Settings:
 CHOICES = {"schedule": ("threshold", "fixed", "blocks"), "cache": ("none", "dual"),
            "mode": ("auto", "line", "block"), "completionFallback": ("auto", "always", "never")}
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
+# Keys editor clients keep in the same "diffill" section for themselves (VS Code's executable
+# path and language list, vscode-languageclient's trace level). A client that synchronises
+# the whole section sends them; they are not the server's and not an error.
+CLIENT_SETTINGS = frozenset({"serverPath", "languages", "trace"})
 
 
 def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
@@ -115,6 +119,8 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
     problems: list[str] = []
     defaults = Settings()
     for key, value in raw.items():
+        if key in CLIENT_SETTINGS:
+            continue
         if key not in fields:
             problems.append(f"unknown setting {key!r}")
             continue

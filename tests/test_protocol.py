@@ -29,6 +29,16 @@ def test_settings_accept_a_wrapped_section_and_report_bad_values():
     assert len(problems) == 5 and any("bogus" in p for p in problems)
 
 
+def test_a_clients_own_keys_in_the_section_are_not_errors():
+    # VS Code synchronises the whole "diffill" section, its own keys included.
+    s, problems = P.parse_settings({"diffill": {"serverPath": "/x/diffill", "maxTokens": 8,
+                                                "languages": ["python"],
+                                                "trace": {"server": "verbose"}}})
+    assert problems == [] and s.maxTokens == 8
+    _, problems = P.parse_settings({"serverpath": "/x"})
+    assert problems == ["unknown setting 'serverpath'"]
+
+
 def test_changes_keep_earlier_values():
     first, _ = P.parse_settings({"maxTokens": 16})
     second, _ = P.parse_settings({"schedule": "blocks"}, base=first)
