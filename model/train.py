@@ -290,6 +290,18 @@ def prepare_run(run_dir: Path, cfg: TrainConfig, corpus: Corpus | None = None,
     (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
 
+def shape_of_checkpoint(folder: Path) -> dict:
+    """TrainConfig fields of an exported checkpoint's shape: sizes and the window it was
+    trained on (its RoPE positions), so a run continued from it keeps them."""
+    raw = json.loads((Path(folder) / "config.json").read_text())
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads")
+    shape = {k: raw[k] for k in keys}
+    if "seq_len" in raw.get("diffill", {}):
+        shape["seq_len"] = raw["diffill"]["seq_len"]
+    return shape
+
+
 def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
     path = run_dir / "train_config.json"
     values = json.loads(path.read_text()) if path.is_file() else {}

@@ -93,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from model.train import TrainConfig, export, prepare_run, train
+    from model.train import TrainConfig, export, prepare_run, shape_of_checkpoint, train
     logging.getLogger("diffill").setLevel(logging.INFO)
     run = Path(args.run_dir)
     if args.export:
@@ -107,10 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (run / "tokens.npy").is_file():
         overrides = json.loads(args.config) if args.config else {}
         if init is not None:  # the shipped model's shape, unless --config says otherwise
-            shipped = json.loads((init / "config.json").read_text())
-            keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                    "num_attention_heads", "num_key_value_heads")
-            overrides = {**{k: shipped[k] for k in keys}, **overrides}
+            overrides = {**shape_of_checkpoint(init), **overrides}
         try:
             cfg = TrainConfig(**overrides)
         except TypeError as exc:

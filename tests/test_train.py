@@ -11,8 +11,8 @@ import torch
 
 import helpers
 from model import load_model
-from model.train import (TrainConfig, _init_weights, export, mdlm_loss, prepare_run, train,
-                         train_tokenizer)
+from model.train import (TrainConfig, _init_weights, export, mdlm_loss, prepare_run,
+                         shape_of_checkpoint, train, train_tokenizer)
 from model.transformer import Transformer
 
 ROUND_TRIP = [
@@ -143,6 +143,8 @@ def test_a_new_run_can_start_from_a_shipped_checkpoint(run_dir, tmp_path):
         train(run_dir, steps=2, threads=1)
     ckpt = export(run_dir, tmp_path / "ckpt")
     steps_before = json.loads((ckpt / "config.json").read_text())["diffill"]["steps"]
+    shape = shape_of_checkpoint(ckpt)  # what `diffill train --init-from` carries over
+    assert shape["seq_len"] == TINY["seq_len"] and shape["hidden_size"] == TINY["hidden_size"]
     run2 = tmp_path / "run2"
     texts = [s * 4 for s in helpers.CODE_SNIPPETS] * 4
     prepare_run(run2, TrainConfig(**TINY), texts_override=texts, tokenizer_from=ckpt)

@@ -5,7 +5,7 @@
 //   node e2e/code-server.mjs scenario.json
 //
 // scenario.json: { "server": diffill executable, "model": checkpoint, "socket": daemon socket,
-//   "file": name, "content": text, "line": 1-based, "column": 1-based, "type": text to type,
+//   "file": name, "content": text (or "contentFile": a file to copy), "line": 1-based, "column": 1-based, "type": text to type,
 //   "screenshot": png path (optional), "expect": the accepted completion (optional),
 //   "settings": extra VS Code settings (optional) }
 // Prints one JSON line: { ghost, accepted, saved }. Exits 1 with a reason on failure.
@@ -54,6 +54,7 @@ async function waitForHttp(url, ms) {
 }
 
 const scenario = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+scenario.content ??= fs.readFileSync(scenario.contentFile, "utf8");
 for (const f of [codeServer, vsix, browserPath]) {
   if (!fs.existsSync(f)) {
     console.error(`code-server e2e: ${f} missing (run editors/vscode/e2e/setup.sh)`);
