@@ -76,6 +76,8 @@ fs.writeFileSync(path.join(userData, "User", "settings.json"), JSON.stringify({
   "diffill.socket": scenario.socket,
   "diffill.debounceMs": 0,
   "editor.inlineSuggest.enabled": true,
+  // VS Code for the web saves after a delay by default; the test saves itself (Ctrl+S).
+  "files.autoSave": "off",
   "editor.quickSuggestions": { other: false, comments: false, strings: false },
   "editor.minimap.enabled": false,
   "workbench.startupEditor": "none",
@@ -143,15 +145,16 @@ try {
   if (scenario.screenshot) await page.screenshot({ path: scenario.screenshot });
 
   await page.keyboard.press("Tab");
-  await page.waitForTimeout(500);
+  // Accepted: the ghost text is gone (it became buffer text). Then save, and wait for the
+  // editor to be clean, so the file on disk is what the editor holds.
+  await page.waitForSelector(ghostSel, { state: "detached", timeout: 15_000 })
+    .catch(() => fail("the ghost text stayed after Tab"));
+  await page.waitForSelector(".tab.active.dirty", { timeout: 15_000 })
+    .catch(() => fail("the editor never showed unsaved changes"));
   await page.keyboard.press("Control+S");
-  const before = scenario.content;
-  const until = Date.now() + 15_000;
-  let saved = fs.readFileSync(target, "utf8");
-  while (saved === before && Date.now() < until) {
-    await new Promise((r) => setTimeout(r, 200));
-    saved = fs.readFileSync(target, "utf8");
-  }
+  await page.waitForSelector(".tab.active.dirty", { state: "detached", timeout: 15_000 })
+    .catch(() => fail("the file was not saved"));
+  const saved = fs.readFileSync(target, "utf8");
   const lines = saved.split("\n");
   const accepted = lines[scenario.line - 1];
   // Any notification from the extension or the server (a settings error, a crash) is a failure.
