@@ -251,7 +251,7 @@ def prepare_run(run_dir: Path, cfg: TrainConfig, corpus: Corpus | None = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / "tokens.npy").is_file():
         return
-    from tokenizers import Tokenizer  # noqa: F401  (ensures the dependency is importable)
+    from tokenizers import Tokenizer
     if texts_override is not None:
         texts, record = texts_override, {"source": "given texts", "files": len(texts_override)}
         held: list[str] = []
@@ -265,17 +265,16 @@ def prepare_run(run_dir: Path, cfg: TrainConfig, corpus: Corpus | None = None,
                   "train_bytes": sum(len(t.encode()) for t in texts),
                   "held_out_files": len(held_files), "fingerprint": fingerprint(files)}
     log.info("corpus: %d texts, %.1f MB", len(texts), sum(map(len, texts)) / 1e6)
-    rng = random.Random(cfg.seed)
-    sample, size = [], 0
-    for t in rng.sample(texts, len(texts)):
-        if size > cfg.tokenizer_sample_bytes:
-            break
-        sample.append(t)
-        size += len(t)
     if tokenizer_from is not None:
-        from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(Path(tokenizer_from) / "tokenizer.json"))
     else:
+        rng = random.Random(cfg.seed)
+        sample, size = [], 0
+        for t in rng.sample(texts, len(texts)):
+            if size > cfg.tokenizer_sample_bytes:
+                break
+            sample.append(t)
+            size += len(t)
         tok = train_tokenizer(iter(sample), cfg.vocab_size)
     tok.save(str(run_dir / "tokenizer.json"))
     eot = tok.token_to_id("<|endoftext|>")

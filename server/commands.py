@@ -78,7 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("# the model proposed no completion: every candidate was empty after "
               "post-processing.")
         if Path(model["checkpoint"]).name == "diffill-small":
-            print("# The bundled diffill-small is undertrained (two CPU cores, half an hour); "
+            print("# The bundled diffill-small is undertrained (two CPU cores, 2.5 hours); "
                   "see model/checkpoints/diffill-small/README.md, or run any checkpoint of "
                   "the README's table with --model.")
         return EXIT_OK
