@@ -20,7 +20,10 @@ done
 
 work=$(mktemp -d)
 session="diffill-shot-$$"
-trap 'tmux kill-session -t "$session" 2>/dev/null || true; rm -rf "$work"' EXIT
+# Stop the daemon the editor started: its socket lives in $work, which goes away.
+trap 'tmux kill-session -t "$session" 2>/dev/null || true
+      "$server" serve --stop --socket "$work/d.sock" >/dev/null 2>&1 || true
+      rm -rf "$work"' EXIT
 cp "$file" "$work/"
 name=$(basename "$file")
 if [ -n "$model" ]; then model_lua="\"$model\""; else model_lua=nil; fi
@@ -40,27 +43,23 @@ EOF
 tmux new-session -d -s "$session" -x 92 -y 24 \
   "cd '$work' && HF_HUB_OFFLINE=1 '$nvim' -u init.lua --listen '$work/nvim.sock' '$name'"
 tmux set-option -t "$session" status off
-ghost() {
-  "$nvim" --server "$work/nvim.sock" --remote-expr \
-    'luaeval("#vim.api.nvim_buf_get_extmarks(0, vim.api.nvim_get_namespaces()[\"diffill\"] or -1, 0, -1, {})")' \
-    2>/dev/null || echo 0
+# wait_for LUA TENTHS WHAT: poll the running nvim every 0.1 s until the Lua expression is
+# nonzero (0 while nvim cannot answer yet); give up after TENTHS polls.
+wait_for() {
+  i=0
+  until [ "$("$nvim" --server "$work/nvim.sock" --remote-expr "luaeval('$1')" 2>/dev/null \
+           || echo 0)" != 0 ]; do
+    i=$((i + 1)); [ $i -lt "$2" ] || { echo "screenshot.sh: $3" >&2; exit 1; }
+    sleep 0.1
+  done
 }
-# Wait for the client to attach, then go to the position and type.
-i=0
-until [ "$("$nvim" --server "$work/nvim.sock" --remote-expr \
-  'luaeval("#vim.lsp.get_clients({bufnr = 0, name = \"diffill\"})")' 2>/dev/null || echo 0)" = 1 ]; do
-  i=$((i + 1)); [ $i -lt 600 ] || { echo "screenshot.sh: the client never attached" >&2; exit 1; }
-  sleep 0.1
-done
+wait_for '#vim.lsp.get_clients({bufnr = 0, name = "diffill"})' 600 "the client never attached"
 tmux send-keys -t "$session" ":call cursor($line, $col)" Enter
 tmux send-keys -t "$session" i
 sleep 0.3
 tmux send-keys -t "$session" -l "$text"
-i=0
-until [ "$(ghost)" != 0 ]; do
-  i=$((i + 1)); [ $i -lt 1800 ] || { echo "screenshot.sh: no ghost text within 180s" >&2; exit 1; }
-  sleep 0.1
-done
+wait_for '#vim.api.nvim_buf_get_extmarks(0, vim.api.nvim_get_namespaces()["diffill"] or -1, 0, -1, {})' \
+  1800 "no ghost text within 180s"
 sleep 0.5
 tmux capture-pane -t "$session" -e -p > "$work/pane.ansi"
 aha --black --title "diffill in Neovim" < "$work/pane.ansi" > "$work/pane.html"

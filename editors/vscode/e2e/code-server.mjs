@@ -5,10 +5,12 @@
 //   node e2e/code-server.mjs scenario.json
 //
 // scenario.json: { "server": diffill executable, "model": checkpoint, "socket": daemon socket,
-//   "file": name, "content": text (or "contentFile": a file to copy), "line": 1-based, "column": 1-based, "type": text to type,
+//   "file": name, "content": text (or "contentFile": a file to copy), "line": 1-based,
+//   "column": 1-based, "type": text to type,
 //   "screenshot": png path (optional), "expect": the accepted completion (optional),
 //   "settings": extra VS Code settings (optional) }
-// Prints one JSON line: { ghost, accepted, saved }. Exits 1 with a reason on failure.
+// Prints one JSON line: { ghost, accepted, saved, toasts }. Exits 1 with a reason on failure
+// (keeping its temporary folder, with a failure.png, for a look).
 // Needs `npm install` in e2e/ (code-server, playwright-core; see setup.sh), a packaged
 // ../diffill.vsix and a Chromium (CHROMIUM, default /usr/bin/chromium).
 import { spawn, spawnSync } from "node:child_process";
@@ -101,7 +103,8 @@ const server = spawn(codeServer, [...common, "--bind-addr", `127.0.0.1:${port}`,
                                   "--disable-telemetry", "--disable-update-check",
                                   "--disable-workspace-trust", "--disable-getting-started-override",
                                   workspace],
-                     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, HF_HUB_OFFLINE: "1" } });
+                     { stdio: ["ignore", "pipe", "pipe"], detached: true,  // own process group
+                       env: { ...process.env, HF_HUB_OFFLINE: "1" } });
 let serverLog = "";
 server.stdout.on("data", (d) => { serverLog += d; });
 server.stderr.on("data", (d) => { serverLog += d; });
@@ -177,5 +180,8 @@ try {
   process.exitCode = 1;
 } finally {
   if (browser) await browser.close();
-  server.kill();
+  process.kill(-server.pid);  // code-server and its helpers (file watcher, extension host)
+  // The daemon the extension started outlives code-server; stop it (none may be running).
+  spawnSync(scenario.server, ["serve", "--stop", "--socket", scenario.socket]);
+  if (process.exitCode !== 1) fs.rmSync(root, { recursive: true, force: true });
 }
