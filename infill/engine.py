@@ -19,8 +19,8 @@ from .sampler import Cancelled, Candidate, SamplerSettings, infill_many, refine
 from .text import InputError, PositionError, check_size
 
 ACTIONS = ("complete", "rewrite", "refine")
-LINE_LADDER = (8, 16, 32, 64)
-BLOCK_LADDER = (16, 32, 64, 128, 256)
+LINE_LADDER = (4, 8, 16, 32, 64)
+BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
 SYNTAX_CHECK_LIMIT = 1_000_000
 """Documents above this many characters are not re-parsed per candidate."""
 
@@ -30,7 +30,8 @@ class InfillSettings:
     sampler: SamplerSettings = SamplerSettings()
     budget: ContextBudget = ContextBudget()
     max_tokens: int = 64
-    """Most tokens a completion may take (the largest mask count tried)."""
+    """Most tokens a completion may take (the largest mask count tried); capped by the
+    checkpoint's ``max_fill`` when its profile has one."""
     mode: str = "auto"
     """``auto`` | ``line`` | ``block`` for completions."""
     ensemble: int = 2
@@ -196,10 +197,16 @@ class Engine:
         before, after = text[line_start:cur], text[cur:line_end]
         mode = s.mode if s.mode != "auto" else post.detect_mode(before, after)
         ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
-        lengths = list(s.lengths) or ladder_lengths(ladder, s.max_tokens, s.ensemble)
+        lengths = list(s.lengths) or ladder_lengths(ladder, self.max_fill(s), s.ensemble)
         window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
                               req.extra)
         return Job(req, mode, lengths, window, before, t0)
+
+    def max_fill(self, s: InfillSettings) -> int:
+        """``max_tokens``, capped by the longest fill the checkpoint is recorded to do well
+        (``max_fill`` in its profile; explicit ``lengths`` are never capped)."""
+        cap = self.model.profile.max_fill
+        return min(s.max_tokens, cap) if cap else s.max_tokens
 
     def budget(self, s: InfillSettings, lengths: Sequence[int] = ()) -> ContextBudget:
         """The context budget, clipped to the window the model was trained on (when its

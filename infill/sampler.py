@@ -29,6 +29,7 @@ from model import DiffusionModel, KVCache
 SCHEDULES = ("fixed", "threshold", "blocks")
 ORDERS = ("confidence", "margin", "entropy")
 CACHES = ("none", "dual")
+FILLER_ORDERS = ("auto", "left", "any")
 
 
 class Cancelled(Exception):
@@ -56,6 +57,10 @@ class SamplerSettings:
     min_tokens: int = 1
     """Filler is not allowed in the first ``min_tokens`` masks of a gap: an empty fill is
     never what an editor asks for."""
+    filler_order: str = "auto"
+    """Where a fill may end. ``left``: filler commits only right behind the written part of the
+    gap, and then closes the rest of it; ``any``: filler commits wherever it is surest, as any
+    other token (plain confidence order); ``auto``: what the checkpoint's profile says."""
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -64,6 +69,8 @@ class SamplerSettings:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}")
         if self.cache not in CACHES:
             raise ValueError(f"cache must be one of {', '.join(CACHES)}")
+        if self.filler_order not in FILLER_ORDERS:
+            raise ValueError(f"filler_order must be one of {', '.join(FILLER_ORDERS)}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError("threshold must be in (0, 1]")
         if self.steps < 0 or self.block_size < 1:
@@ -160,6 +167,36 @@ def choose_commits(scores: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) 
     return (ranks < k[:, None]) & masked
 
 
+def filler_allowed(gap_masked: torch.Tensor, tokens_are_filler: torch.Tensor, b0: int,
+                   b1: int) -> torch.Tensor:
+    """Positions ``b0..b1`` of the gap (B, N) where the drawn token may be committed, under the
+    ``left`` filler order: content anywhere, filler only where no mask is left before it.
+
+    Why: a model trained on pad-filled gaps is surest of the filler at the far end of the gap.
+    Committed first, that filler tells the model the answer is short, the next-surest position
+    is filler again, and the fill collapses to a token or two (LLaDA's failure on EOS-padded
+    data). Deciding the end last, right behind what is written, keeps the answer's length the
+    model's choice, not a side effect of the order. The first open position is always allowed,
+    so every step still commits something.
+    """
+    open_before = (gap_masked.cumsum(dim=-1) - gap_masked.long())[:, b0:b1] > 0
+    return ~(tokens_are_filler & open_before)
+
+
+def close_after_filler(gap: torch.Tensor, gap_conf: torch.Tensor, mask_id: int,
+                       filler: torch.Tensor) -> None:
+    """In place: every mask behind a committed filler becomes that filler. In ``truncate`` mode
+    the fill ends at its first filler, so what follows is decided; writing it out spares the
+    passes and shows the model the padded layout it was trained on."""
+    is_filler = torch.isin(gap, filler)
+    after = (is_filler.cumsum(dim=-1) > 0) & (gap == mask_id)
+    if not bool(after.any()):
+        return
+    first = is_filler.long().argmax(dim=-1, keepdim=True)  # (B, 1): first filler of each row
+    gap[after] = gap.gather(-1, first).expand_as(gap)[after]
+    gap_conf[after] = gap_conf.gather(-1, first).expand_as(gap_conf)[after]
+
+
 def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked: torch.Tensor,
                       tau: float) -> torch.Tensor:
     """Every masked position whose token has probability >= tau, plus each row's best one."""
@@ -206,6 +243,12 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     # Only a fresh gap (all masks) gets the no-empty-fill rule; refine keeps its own tokens.
     fresh = bool((ids[:, lo:lo + settings.min_tokens] == mask_id).all())
     no_filler = (lo, lo + settings.min_tokens) if settings.min_tokens and fresh else None
+    prof = model.profile
+    # Filler order applies to a fresh gap of a truncating family; refine and DreamOn's
+    # delete-filler mean "no token here", which may sit anywhere.
+    order = prof.filler_order if settings.filler_order == "auto" else settings.filler_order
+    in_order = order == "left" and fresh and prof.filler_mode == "truncate"
+    filler = torch.tensor(prof.filler_ids, dtype=torch.long, device=ids.device)
     for b0, b1 in _blocks(lo, hi, settings):
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
@@ -236,15 +279,21 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
             p_tok = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, N)
             scores = position_scores(probs, tokens, settings.order)
+            allowed = masked
+            if in_order:
+                allowed = masked & filler_allowed(ids[:, lo:hi] == mask_id,
+                                                  torch.isin(tokens, filler), b0 - lo, b1 - lo)
             if settings.schedule == "threshold":
-                commit = threshold_commits(p_tok, scores, masked, settings.threshold)
+                commit = threshold_commits(p_tok, scores, allowed, settings.threshold)
             else:
                 k = fixed_commit_counts(masked.sum(dim=1), masked0, min(step, block_steps - 1),
                                         block_steps)
-                commit = choose_commits(scores, masked, k)
+                commit = choose_commits(scores, allowed, k)
             span = ids[:, b0:b1]
             span[commit] = tokens[commit]
             conf[:, b0:b1][commit] = p_tok[commit].float()
+            if in_order:
+                close_after_filler(ids[:, lo:hi], conf[:, lo:hi], mask_id, filler)
             step += 1
     full_ids[alive] = ids
     full_conf[alive] = conf

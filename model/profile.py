@@ -31,6 +31,11 @@ class FamilyProfile:
     """Prepended to every window when the family was trained with it."""
     expand_id: int | None = None
     """DreamOn's ``<|expand|>``: one mask asks to become two."""
+    filler_order: str = "any"
+    """The sampler's ``filler_order`` when the settings leave it on ``auto``: ``left`` (filler
+    only right behind the written part of the gap) or ``any`` (filler wherever it is surest)."""
+    max_fill: int | None = None
+    """Most masks worth giving this checkpoint's fills, when known (caps ``max_tokens``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "FamilyProfile":
@@ -45,6 +50,8 @@ class FamilyProfile:
             values["filler_ids"] = tuple(int(i) for i in values["filler_ids"])
         if values.get("filler_mode", self.filler_mode) not in ("truncate", "delete"):
             raise ProfileError("filler_mode must be 'truncate' or 'delete'")
+        if values.get("filler_order", self.filler_order) not in ("left", "any"):
+            raise ProfileError("filler_order must be 'left' or 'any'")
         return replace(self, **values)
 
 
@@ -130,9 +137,14 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
         if mask is None or pad is None:
             raise ProfileError("a diffill checkpoint needs <|mask|> and <|pad|> in its tokenizer")
         extra = {"window": int(meta["seq_len"])} if meta.get("seq_len") else {}
+        # Trained with every surplus mask of a gap set to one pad token: the setting where
+        # confidence order commits the far-end pad first and shortens fills (measured on
+        # diffill-small, see its card), so filler goes left to right.
         profile = FamilyProfile(name="diffill", mask_id=mask, filler_ids=_ids(pad, eos),
                                 shift_logits=bool(meta.get("shift_logits", False)),
                                 bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None,
+                                filler_order=str(meta.get("filler_order", "left")),
+                                max_fill=int(meta["max_fill"]) if meta.get("max_fill") else None,
                                 extra=extra)
     else:
         raise ProfileError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")

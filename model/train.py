@@ -397,8 +397,13 @@ def _init_weights(model: Transformer, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def export(run_dir: Path, out_dir: Path, card: str | None = None) -> Path:
-    """Write the run's model as a checkpoint folder loadable by ``model.load_model``."""
+def export(run_dir: Path, out_dir: Path, card: str | None = None,
+           max_fill: int | None = None) -> Path:
+    """Write the run's model as a checkpoint folder loadable by ``model.load_model``.
+
+    ``max_fill`` records the most masks the model's fills do well with (the profile caps the
+    sampler's ``max_tokens`` there); it is measured on held-out code, so the caller gives it.
+    """
     cfg = load_train_config(run_dir)
     mc = cfg.model_config()
     saved = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)
@@ -418,6 +423,8 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None) -> Path:
         "diffill": {"shift_logits": False, "seq_len": cfg.seq_len, "steps": saved["run"]["step"],
                     "buckets": list(BUCKETS)},
     }
+    if max_fill:
+        config["diffill"]["max_fill"] = int(max_fill)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / "tokenizer.json").write_bytes((run_dir / "tokenizer.json").read_bytes())
     (out_dir / "tokenizer_config.json").write_text(json.dumps({

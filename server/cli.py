@@ -47,6 +47,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, help="commit probability for --schedule threshold")
     g.add_argument("--order", choices=("confidence", "margin", "entropy"))
     g.add_argument("--block-size", type=int)
+    g.add_argument("--filler-order", choices=("auto", "left", "any"),
+                   help="where a fill may end: left (filler only behind the written part), "
+                        "any (wherever the model is surest); auto asks the checkpoint")
     g.add_argument("--cache", choices=("none", "dual"))
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
@@ -73,6 +76,7 @@ def settings_from_args(args: argparse.Namespace):
             InfillSettings(), max_tokens=args.max_tokens, mode=args.mode, ensemble=args.ensemble,
             lengths=lengths, steps=args.steps, schedule=args.schedule, threshold=args.threshold,
             order=args.order, block_size=args.block_size, cache=args.cache,
+            filler_order=args.filler_order,
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget

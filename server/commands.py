@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, help="CPU threads (default: all)")
     t.add_argument("--export", metavar="DIR", help="write the run's model as a checkpoint folder")
     t.add_argument("--card", help="model card (markdown) to write beside an export")
+    t.add_argument("--max-fill", type=int, metavar="N",
+                   help="record in the export the most masks its fills do well with (caps "
+                        "max_tokens; measure it with diffill eval --lengths)")
     t.add_argument("--config", help="JSON of TrainConfig fields for a new run")
     t.add_argument("--init-from", metavar="CKPT",
                    help="start a new run from this checkpoint's weights and tokenizer "
@@ -100,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run / "state.pt").is_file():
             raise BadInput(f"{run}: no trained state.pt to export")
         card = Path(args.card).read_text(encoding="utf-8") if args.card else None
-        out = export(run, Path(args.export), card)
+        out = export(run, Path(args.export), card, max_fill=args.max_fill)
         print(f"exported {out}")
         return EXIT_OK
     init = Path(args.init_from) if args.init_from else None

@@ -46,3 +46,23 @@ def test_context_is_clipped_to_the_window_a_checkpoint_was_trained_on(tmp_path, 
     plain, _ = helpers.save_checkpoint(tmp_path / "p", "qwen2", tokenizer=bpe, tied=True,
                                        config_updates=helpers.diffill_config())
     assert Engine(load_model(plain)).budget(InfillSettings(), [32]) == InfillSettings().budget
+
+
+def test_fills_are_capped_at_the_checkpoints_max_fill_unless_lengths_are_explicit(tmp_path, bpe):
+    folder, _ = helpers.save_checkpoint(tmp_path / "m", "qwen2", tokenizer=bpe, tied=True,
+                                        config_updates=helpers.diffill_config(max_fill=16))
+    engine = Engine(load_model(folder))
+    text = "def f(x):\n    \n    return x\n"
+    block = engine.prepare(InfillRequest(text, 14), InfillSettings(max_tokens=64, ensemble=2))
+    line = engine.prepare(InfillRequest("y = f(1) + g(2)\n", 6),
+                          InfillSettings(max_tokens=64, ensemble=3))
+    assert (block.mode, block.lengths) == ("block", [8, 16])
+    assert (line.mode, line.lengths) == ("line", [4, 8, 16])
+    assert engine.prepare(InfillRequest(text, 14), InfillSettings(max_tokens=8)).lengths == [8]
+    assert engine.prepare(InfillRequest(text, 14),
+                          InfillSettings(lengths=(48,))).lengths == [48]
+    # Without a recorded max_fill the largest rungs under max_tokens are tried.
+    plain, _ = helpers.save_checkpoint(tmp_path / "p", "qwen2", tokenizer=bpe, tied=True,
+                                       config_updates=helpers.diffill_config())
+    assert Engine(load_model(plain)).prepare(
+        InfillRequest(text, 14), InfillSettings(max_tokens=64, ensemble=2)).lengths == [32, 64]

@@ -161,6 +161,18 @@ def test_each_family_profile_is_detected(config, vocab, family, mask, filler, sh
         assert prof.expand_id == 151667
 
 
+def test_the_filler_order_and_max_fill_come_from_the_checkpoint():
+    # Released families keep the plain confidence order; diffill's recipe pads every gap with
+    # one pad token, where filler goes left to right unless its checkpoint says otherwise.
+    dream = build_profile({"model_type": "Dream"}, {"<|endoftext|>": 1, "<|mask|>": 2})
+    assert (dream.filler_order, dream.max_fill) == ("any", None)
+    ours = build_profile({"model_type": "qwen2", "diffill": {}}, VOCAB)
+    assert (ours.filler_order, ours.max_fill) == ("left", None)
+    recorded = build_profile({"model_type": "qwen2",
+                              "diffill": {"filler_order": "any", "max_fill": 16}}, VOCAB)
+    assert (recorded.filler_order, recorded.max_fill) == ("any", 16)
+
+
 def test_profile_can_be_forced_and_overridden():
     cfg = {"model_type": "qwen2", "diffill": {}}
     prof = build_profile(cfg, VOCAB, overrides={"shift_logits": True, "filler_ids": [10]})
@@ -169,6 +181,8 @@ def test_profile_can_be_forced_and_overridden():
         build_profile(cfg, VOCAB, overrides={"nonsense": 1})
     with pytest.raises(ProfileError, match="cannot tell"):
         detect_family({"model_type": "qwen2"}, VOCAB)
+    with pytest.raises(ProfileError, match="filler_order"):
+        build_profile(cfg, VOCAB, overrides={"filler_order": "right"})
     forced = build_profile({"model_type": "qwen2"}, {"<|mask|>": 5, "<|endoftext|>": 6},
                            family="dream")
     assert forced.name == "dream" and forced.mask_id == 5 and forced.shift_logits

@@ -89,6 +89,9 @@ def test_export_loads_through_the_checkpoint_path(run_dir, tmp_path):
     from infill import Engine, InfillRequest
     result = Engine(model).run(InfillRequest("def f(x):\n    return \n", 20))
     assert result.forward_passes >= 1
+    assert model.profile.max_fill is None
+    capped = load_model(export(run_dir, tmp_path / "capped", max_fill=16))
+    assert capped.profile.max_fill == 16
 
 
 def test_held_out_packages_are_whole_and_never_trained_on():
