@@ -4,7 +4,8 @@ has not seen (whole held-out packages, see ``model/corpus.py``).
 Spans are cut the way an editor meets them:
 - ``line``: the cursor somewhere after a line's indentation, the rest of the line missing;
 - ``block``: the cursor after the indentation of a line, 1-4 whole lines missing.
-A fill matches when it equals the missing text up to trailing whitespace on each line.
+A fill matches when it equals the missing text up to trailing whitespace on each line; it
+parses when it is not empty and the file with it still parses.
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ def cut_spans(files: Iterable[Path], n: int, mode: str, seed: int = 0) -> list[S
     return spans
 
 
+def score(span: Span, fill: str) -> tuple[bool, bool, bool]:
+    """(exact, parses, empty) of one fill. An empty fill never counts as parsing: the file
+    without the span often parses, and an editor gains nothing from it."""
+    empty = not fill.strip()
+    exact = _norm(fill) == _norm(span.target)
+    ok = not empty and parses("python", span.text[:span.cursor] + fill + span.text[span.cursor:])
+    return exact, ok, empty
+
+
 def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
              progress: Callable[[int], None] | None = None) -> ModeReport:
     report = ModeReport(spans[0].mode if spans else "none")
@@ -111,14 +121,10 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
         report.seconds.append(time.perf_counter() - t0)
         report.passes.append(result.forward_passes)
         report.n += 1
-        best = result.best
-        fill = best.text if best else ""
-        if not fill.strip():
-            report.empty += 1
-        if _norm(fill) == _norm(sp.target):
-            report.exact += 1
-        if parses("python", sp.text[:sp.cursor] + fill + sp.text[sp.cursor:]):
-            report.parsed += 1
+        exact, parsed, empty = score(sp, result.best.text if result.best else "")
+        report.exact += exact
+        report.parsed += parsed
+        report.empty += empty
         if progress:
             progress(k + 1)
     return report

@@ -80,17 +80,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if result.best is None:
         print("# the model proposed no completion: every candidate was empty after "
               "post-processing.")
-        if Path(model["checkpoint"]).name == "diffill-small":
-            print("# The bundled diffill-small is undertrained (two CPU cores, 2.5 hours); "
-                  "see model/checkpoints/diffill-small/README.md, or run any checkpoint of "
-                  "the README's table with --model.")
+        _bundled_model_hint(model["checkpoint"])
         return EXIT_OK
     best = result.best
     print(f"# completion (parses: {best.parses}):")
     print(best.text)
+    if best.parses is False:
+        _bundled_model_hint(model["checkpoint"])
     print("# file with the completion:")
     sys.stdout.write(apply(clean, best))
     return EXIT_OK
+
+
+def _bundled_model_hint(checkpoint: str) -> None:
+    """What to read, or try, when the bundled model's demo answer is empty or broken."""
+    if Path(checkpoint).name == "diffill-small":
+        print("# The bundled diffill-small is undertrained (two CPU cores, 2.5 hours); "
+              "see model/checkpoints/diffill-small/README.md, or run any checkpoint of "
+              "the README's table with --model.")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -1,0 +1,72 @@
+"""The held-out eval: how spans are cut from code and how a fill is scored."""
+
+from __future__ import annotations
+
+import textwrap
+
+from infill.evaluate import cut_spans, score
+
+SOURCE = textwrap.dedent('''\
+    import os
+
+
+    def walk(root, pattern):
+        """Yield the paths under root whose names match pattern."""
+        for folder, _, names in os.walk(root):
+            for name in names:
+                if name.endswith(pattern):
+                    yield os.path.join(folder, name)
+
+
+    class Counter:
+        def __init__(self, start=0):
+            self.value = start
+
+        def bump(self, by=1):
+            self.value = self.value + by
+            return self.value
+    ''')
+
+
+def _files(tmp_path, n=3):
+    out = []
+    for i in range(n):
+        f = tmp_path / f"m{i}.py"
+        f.write_text(SOURCE.replace("walk", f"walk{i}"), encoding="utf-8")
+        out.append(f)
+    return out
+
+
+def test_spans_put_back_give_the_original_file(tmp_path):
+    files = _files(tmp_path)
+    originals = {str(f): f.read_text() for f in files}
+    for mode in ("line", "block"):
+        spans = cut_spans(files, 20, mode, seed=1)
+        assert len(spans) == 20
+        for sp in spans:
+            assert sp.mode == mode and sp.target.strip()
+            assert sp.text[:sp.cursor] + sp.target + sp.text[sp.cursor:] == originals[sp.path]
+            if mode == "line":
+                assert "\n" not in sp.target and sp.text[sp.cursor] == "\n"
+            else:
+                # The cursor sits after the indentation of the first missing line.
+                line_start = sp.text.rfind("\n", 0, sp.cursor) + 1
+                assert sp.text[line_start:sp.cursor].strip() == ""
+
+
+def test_spans_are_chosen_by_the_seed(tmp_path):
+    files = _files(tmp_path)
+    key = lambda spans: [(s.path, s.cursor, s.target) for s in spans]  # noqa: E731
+    assert key(cut_spans(files, 10, "line", seed=3)) == key(cut_spans(files, 10, "line", seed=3))
+    assert key(cut_spans(files, 10, "line", seed=3)) != key(cut_spans(files, 10, "line", seed=4))
+
+
+def test_a_fill_is_scored_on_exactness_parsing_and_emptiness(tmp_path):
+    (span,) = [s for s in cut_spans(_files(tmp_path, 1), 30, "line", seed=0)
+               if s.target.endswith(")")][:1]
+    assert score(span, span.target) == (True, True, False)
+    assert score(span, span.target + "   ") == (True, True, False)  # trailing blanks
+    assert score(span, span.target + " +") == (False, False, False)  # a broken file
+    # Empty never parses, even where the file without the span would.
+    assert score(span, "")[1:] == (False, True)
+    assert score(span, "  \t")[1:] == (False, True)
