@@ -1,7 +1,8 @@
 """``diffill bench``: sampler speed as ratios against a baseline run in the same process.
 
 The baseline is the plain masked-diffusion sampler (fixed steps, one token per forward pass,
-no cache). Every variant fills the same gap in the same window; the table gives time per fill,
+no cache, plain confidence order for the filler); the other variants use the checkpoint's
+filler order. Every variant fills the same gap in the same window; the table gives time per fill,
 masked tokens per second, forward passes, the speed-up over the baseline and how many output
 tokens agree with the baseline's (a speed trick that changes the answer must say so).
 """
@@ -104,7 +105,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UsageError("--span must be at least 4")
     prefix, suffix = window_ids(model, args.context)
     variants = [
-        ("baseline: fixed, 1 token/pass", SamplerSettings(schedule="fixed", steps=span), [span]),
+        ("baseline: fixed, 1 token/pass",
+         SamplerSettings(schedule="fixed", steps=span, filler_order="any"), [span]),
+        (f"fixed, 1 token/pass, filler order {model.profile.filler_order} (checkpoint's)",
+         SamplerSettings(schedule="fixed", steps=span), [span]),
         ("fixed, 2 tokens/pass", SamplerSettings(schedule="fixed", steps=span // 2), [span]),
         ("threshold 0.9", SamplerSettings(schedule="threshold"), [span]),
         ("threshold 0.9 + dual cache", SamplerSettings(schedule="threshold", cache="dual",

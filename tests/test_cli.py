@@ -123,3 +123,21 @@ def test_bad_input_gets_one_clear_line_and_no_traceback(tmp_path, src, diffill_c
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert r.stdout == b""
+
+
+def test_bench_writes_a_table_of_ratios_against_the_plain_sampler(tmp_path, diffill_ckpt):
+    out = tmp_path / "perf.md"
+    out.write_text("# Performance\n")
+    r = diffill("bench", "--context", "40", "--span", "8", "--repeats", "1", "--write", str(out),
+                model=diffill_ckpt)
+    assert r.returncode == 0, r.stderr.decode()
+    text = out.read_text()
+    assert text.startswith("# Performance\n") and "- command: `diffill bench" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
+    names = [c[0].strip() for c in rows[2:]]
+    assert names[0] == "baseline: fixed, 1 token/pass"
+    assert "filler order left (checkpoint's)" in names[1]
+    base = rows[2]
+    # The baseline runs one token per pass, and agrees with itself.
+    assert base[3].strip() == "8" and base[4].strip() == "1.00x" and base[5].strip() == "100%"
+    assert all(float(c[4].strip().rstrip("x")) > 0 for c in rows[2:])
