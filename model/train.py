@@ -309,40 +309,49 @@ def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConf
 
 
 def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = None,
-          threads: int | None = None, init_from: Path | None = None) -> RunState:
+          threads: int | None = None, init_from: Path | None = None,
+          device: str | None = None) -> RunState:
     """Train from the run folder's state for ``minutes`` or ``steps`` more, then save.
 
     A run without ``state.pt`` starts from random weights, or from the weights of the
     checkpoint folder ``init_from`` (a fresh optimizer; the step count goes on from the
-    checkpoint's recorded steps).
+    checkpoint's recorded steps). ``device`` defaults to CUDA when present; there the forward
+    pass runs in bf16 autocast (weights and optimizer stay fp32), and ``state.pt`` resumes on
+    either kind of device.
     """
     from tokenizers import Tokenizer
     cfg = load_train_config(run_dir)
     torch.set_num_threads(threads or os.cpu_count() or 1)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
     stream = np.load(run_dir / "tokens.npy")
     texts = json.loads((run_dir / "texts.json").read_text())["train"]
     model = Transformer(cfg.model_config())
     _init_weights(model, cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                            weight_decay=cfg.weight_decay)
     state = RunState()
     ckpt = run_dir / "state.pt"
+    saved = None
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
         state = RunState(**saved["run"])
-        log.info("resumed at step %d", state.step)
+        log.info("resumed at step %d on %s", state.step, dev)
     elif init_from is not None:
         from safetensors.torch import load_file
         weights = load_file(str(Path(init_from) / "model.safetensors"))
         model.load_state_dict(weights, strict=True)
         meta = json.loads((Path(init_from) / "config.json").read_text()).get("diffill", {})
         state = RunState(step=int(meta.get("steps", 0)))
-        log.info("initialised from %s (step %d)", init_from, state.step)
+        log.info("initialised from %s (step %d) on %s", init_from, state.step, dev)
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                            weight_decay=cfg.weight_decay)
+    if saved is not None:
+        opt.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
+        del saved
     batcher = Batcher(tok, stream, texts, cfg, seed=cfg.seed + state.step)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + state.step)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + state.step)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     mask_id = tok.token_to_id("<|mask|>")
     model.train()
     t_start = time.perf_counter()
@@ -357,8 +366,9 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(state.step, cfg)
-        ids, region, key_mask = batcher.batch()
-        loss = mdlm_loss(model, ids, region, key_mask, mask_id, gen)
+        ids, region, key_mask = (x.to(dev, non_blocking=True) for x in batcher.batch())
+        with autocast:
+            loss = mdlm_loss(model, ids, region, key_mask, mask_id, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

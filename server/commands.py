@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--minutes", type=float, help="train this long, save, stop")
     t.add_argument("--steps", type=int, help="train this many more steps, save, stop")
     t.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     t.add_argument("--export", metavar="DIR", help="write the run's model as a checkpoint folder")
     t.add_argument("--card", help="model card (markdown) to write beside an export")
     t.add_argument("--max-fill", type=int, metavar="N",
@@ -126,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.minutes is None and args.steps is None:
         raise UsageError("give --minutes or --steps (or --export DIR)")
     state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,
-                  init_from=init)
+                  init_from=init, device=args.device)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
                       "seconds": round(state.seconds, 1), "loss": last.get("loss")}))

@@ -4,6 +4,7 @@ and the shipped checkpoint itself."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,17 @@ def test_training_reduces_the_loss_and_resumes(run_dir):
     after = Transformer(cfg.model_config())
     after.load_state_dict(torch.load(run_dir / "state.pt", weights_only=False)["model"])
     assert _fixed_loss(after, run_dir) < _fixed_loss(before, run_dir) * 0.8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_trains_on_cuda_in_bf16_and_resumes_on_the_cpu(tmp_path):
+    run = tmp_path / "run"
+    texts = [s * 4 for s in helpers.CODE_SNIPPETS] * 4
+    prepare_run(run, TrainConfig(**TINY), texts_override=texts)
+    on_gpu = train(run, steps=20, threads=1, device="cuda")
+    assert on_gpu.step == 20 and math.isfinite(on_gpu.history[-1]["loss"])
+    on_cpu = train(run, steps=2, threads=1, device="cpu")
+    assert on_cpu.step == 22
 
 
 def test_export_loads_through_the_checkpoint_path(run_dir, tmp_path):
