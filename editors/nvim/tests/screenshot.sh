@@ -54,7 +54,9 @@ wait_for() {
   done
 }
 wait_for '#vim.lsp.get_clients({bufnr = 0, name = "diffill"})' 600 "the client never attached"
-tmux send-keys -t "$session" ":call cursor($line, $col)" Enter
+# virtualedit=onemore: COL may be one past the line's end (typing after its last character);
+# without it, normal mode clamps the cursor onto the last character and `i` types before it.
+tmux send-keys -t "$session" ":set virtualedit=onemore | call cursor($line, $col)" Enter
 tmux send-keys -t "$session" i
 sleep 0.3
 tmux send-keys -t "$session" -l "$text"
