@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .corpus import Corpus, build_corpus, fingerprint, read_source
+from .loader import parse_device
 from .transformer import Transformer
 from .weights import save_state_dict
 
@@ -320,9 +321,9 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     either kind of device.
     """
     from tokenizers import Tokenizer
+    dev = parse_device(device)  # before any work: a device that is not here is a clear error
     cfg = load_train_config(run_dir)
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
     stream = np.load(run_dir / "tokens.npy")
     texts = json.loads((run_dir / "texts.json").read_text())["train"]

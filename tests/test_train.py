@@ -79,6 +79,15 @@ def test_training_reduces_the_loss_and_resumes(run_dir):
     assert _fixed_loss(after, run_dir) < _fixed_loss(before, run_dir) * 0.8
 
 
+def test_a_device_that_is_not_here_is_a_clear_error(run_dir):
+    from model import CheckpointError
+    with pytest.raises(CheckpointError, match="unknown device"):
+        train(run_dir, steps=1, threads=1, device="no-such-device")
+    if not torch.cuda.is_available():
+        with pytest.raises(CheckpointError, match="CUDA is not available"):
+            train(run_dir, steps=1, threads=1, device="cuda")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_run_trains_on_cuda_in_bf16_and_resumes_on_the_cpu(tmp_path):
     run = tmp_path / "run"
