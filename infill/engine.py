@@ -40,6 +40,11 @@ class InfillSettings:
     """Explicit mask counts; overrides ``ensemble``."""
     refine_threshold: float = 0.3
     """Refine re-masks tokens whose probability in context is under this."""
+    min_confidence: float | None = None
+    """Completions scored below this are not shown (say nothing rather than something wrong);
+    None: the checkpoint's calibrated value, or 0 when it records none."""
+    check_names: bool = True
+    """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -48,6 +53,8 @@ class InfillSettings:
             raise ValueError(f"mode must be one of {', '.join(post.MODES)}")
         if self.ensemble < 1:
             raise ValueError("ensemble must be at least 1")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            raise ValueError("min_confidence must be between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class Completion:
     tokens: int = 0
     terminated: bool = True
     """The model ended the fill itself (wrote filler) rather than running out of masks."""
+    unknown: tuple[str, ...] = ()
+    """Names the text uses that are defined nowhere in the document (see ``post``)."""
 
 
 @dataclass
@@ -86,6 +95,8 @@ class InfillResult:
     seconds: float
     remasked: list[int] = field(default_factory=list)
     """Refine only: indices of the selection's tokens that were re-masked."""
+    withheld: int = 0
+    """Completions not shown because they scored under ``min_confidence``."""
 
     @property
     def best(self) -> Completion | None:
@@ -102,6 +113,7 @@ class Job:
     window: Window
     line_before: str
     started: float
+    settings: InfillSettings = InfillSettings()
 
     @property
     def sampler_job(self) -> tuple[list[int], list[int], list[int]]:
@@ -122,6 +134,7 @@ class Engine:
         self.model = model
         self.settings = settings
         self.tokenizer = model.tokenizer
+        self._known_names = post.python_names()
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False,
@@ -189,7 +202,7 @@ class Engine:
                 {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
             window = build_window(self.tokenizer, text, req.start, req.end,
                                   self.budget(s, lengths), req.extra)
-            return Job(req, "rewrite", lengths, window, "", t0)
+            return Job(req, "rewrite", lengths, window, "", t0, s)
         cur = req.start
         line_start = text.rfind("\n", 0, cur) + 1
         line_end = text.find("\n", cur)
@@ -200,7 +213,7 @@ class Engine:
         lengths = list(s.lengths) or ladder_lengths(ladder, self.max_fill(s), s.ensemble)
         window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
                               req.extra)
-        return Job(req, mode, lengths, window, before, t0)
+        return Job(req, mode, lengths, window, before, t0, s)
 
     def max_fill(self, s: InfillSettings) -> int:
         """``max_tokens``, capped by the longest fill the checkpoint is recorded to do well
@@ -249,8 +262,21 @@ class Engine:
                 seen.add(fill)
                 items.append(Completion(fill, req.start, req.start, c.score,
                                         tokens=len(c.tokens), terminated=c.terminated))
-        self._rank(items, req.text, language)
-        return InfillResult(items, job.mode, passes, time.perf_counter() - job.started)
+        self._rank(items, req.text, language, check_names=job.settings.check_names)
+        withheld = 0
+        if job.mode != "rewrite":
+            floor = self.min_confidence(job.settings)
+            shown = [it for it in items if it.score >= floor]
+            withheld, items = len(items) - len(shown), shown
+        return InfillResult(items, job.mode, passes, time.perf_counter() - job.started,
+                            withheld=withheld)
+
+    def min_confidence(self, s: InfillSettings) -> float:
+        """The score a completion needs to be shown: the setting, else the checkpoint's
+        calibrated value (``min_confidence`` in its profile), else 0."""
+        if s.min_confidence is not None:
+            return s.min_confidence
+        return self.model.profile.min_confidence or 0.0
 
     def _refine(self, req: InfillRequest, s: InfillSettings,
                 cancel: Callable[[], bool] | None) -> InfillResult:
@@ -273,13 +299,19 @@ class Engine:
 
     # ------------------------------------------------------------ ranking
 
-    def _rank(self, items: list[Completion], text: str, language: str | None) -> None:
-        """Best first: candidates that leave the document parseable, then ones the model ended
-        itself, then by model score."""
+    def _rank(self, items: list[Completion], text: str, language: str | None,
+              check_names: bool = True) -> None:
+        """Best first: candidates that leave the document parseable, then ones that use no
+        name defined nowhere in the document, then ones the model ended itself, then by
+        model score."""
+        if language == "python" and check_names:
+            for it in items:
+                it.unknown = tuple(post.unknown_names(it.text, text, self._known_names))
         if language is not None and len(text) <= SYNTAX_CHECK_LIMIT:
             for it in items:
                 it.parses = post.parses(language, text[:it.start] + it.text + text[it.end:])
-        items.sort(key=lambda it: (it.parses is not True, not it.terminated, -it.score))
+        items.sort(key=lambda it: (it.parses is not True, bool(it.unknown), not it.terminated,
+                                   -it.score))
 
 
 def with_overrides(settings: InfillSettings, **changes) -> InfillSettings:

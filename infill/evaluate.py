@@ -14,7 +14,7 @@ import ast
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -41,14 +41,42 @@ class ModeReport:
     empty: int = 0
     seconds: list[float] = field(default_factory=list)
     passes: list[int] = field(default_factory=list)
+    candidates: list[list[tuple[float, bool]]] = field(default_factory=list)
+    """Per span, every candidate's (score, exact) in ranked order, before ``min_confidence``."""
+    min_confidence: float = 0.0
+
+    def shown_at(self, floor: float) -> tuple[int, int]:
+        """(spans that would show a completion, how many of those are exact) at ``floor``:
+        each span shows its best-ranked candidate scored at least ``floor``."""
+        shown = exact = 0
+        for cands in self.candidates:
+            pick = next((ex for score, ex in cands if score >= floor), None)
+            if pick is not None:
+                shown += 1
+                exact += pick
+        return shown, exact
+
+    def calibration(self, floors=(0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> list[dict]:
+        n = max(self.n, 1)
+        rows = []
+        for f in floors:
+            shown, exact = self.shown_at(f)
+            rows.append({"min_confidence": f, "coverage": round(shown / n, 4),
+                         "precision": round(exact / shown, 4) if shown else None})
+        return rows
 
     def as_dict(self) -> dict:
         n = max(self.n, 1)
+        shown, exact = self.shown_at(self.min_confidence)
         return {"mode": self.mode, "spans": self.n, "exact_match": round(self.exact / n, 4),
                 "parses": round(self.parsed / n, 4), "empty": round(self.empty / n, 4),
                 "mean_ms": round(1000 * statistics.mean(self.seconds), 1) if self.seconds else 0,
+                "p50_ms": round(1000 * statistics.median(self.seconds), 1)
+                if self.seconds else 0,
                 "mean_forward_passes": round(statistics.mean(self.passes), 2)
-                if self.passes else 0}
+                if self.passes else 0,
+                "min_confidence": self.min_confidence, "coverage": round(shown / n, 4),
+                "precision": round(exact / shown, 4) if shown else None}
 
 
 def _norm(s: str) -> str:
@@ -111,16 +139,20 @@ def score(span: Span, fill: str) -> tuple[bool, bool, bool]:
 
 def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
              progress: Callable[[int], None] | None = None) -> ModeReport:
-    report = ModeReport(spans[0].mode if spans else "none")
+    """Exact match, parse rate and speed of the best candidate (as if every completion were
+    shown), and what ``min_confidence`` would show (coverage, precision)."""
+    report = ModeReport(spans[0].mode if spans else "none",
+                        min_confidence=engine.min_confidence(settings))
     for k, sp in enumerate(spans):
-        s = settings if settings.mode != "auto" else \
-            InfillSettings(**{**settings.__dict__, "mode": sp.mode})
+        s = replace(settings, min_confidence=0.0,
+                    mode=sp.mode if settings.mode == "auto" else settings.mode)
         t0 = time.perf_counter()
         result = engine.run(InfillRequest(sp.text, sp.cursor, language="python", path=sp.path),
                             s)
         report.seconds.append(time.perf_counter() - t0)
         report.passes.append(result.forward_passes)
         report.n += 1
+        report.candidates.append([(it.score, score(sp, it.text)[0]) for it in result.items])
         exact, parsed, empty = score(sp, result.best.text if result.best else "")
         report.exact += exact
         report.parsed += parsed

@@ -96,8 +96,13 @@ def clean(fill: str, *, mode: str, line_before: str, suffix: str) -> str:
     """The text to show for one raw fill."""
     fill = fill.replace("\r\n", "\n")
     if mode == "line":
-        fill = fill.split("\n", 1)[0] if not (not line_before.strip() and fill.startswith("\n")) \
-            else fill.lstrip("\n").split("\n", 1)[0]
+        at_line_start = not line_before.strip()
+        first, newline, _ = (fill.lstrip("\n") if at_line_start else fill).partition("\n")
+        fill = first
+        if at_line_start and newline and first.strip() and suffix.split("\n", 1)[0].strip():
+            # A whole line written in front of code (cursor at the start of a line that goes
+            # on): the line keeps its end, and the code after it keeps its indentation.
+            return first.rstrip() + "\n" + line_before
     else:
         if not line_before.strip() and line_before and fill.startswith(line_before):
             # The model re-typed the cursor line's indentation.
@@ -108,6 +113,62 @@ def clean(fill: str, *, mode: str, line_before: str, suffix: str) -> str:
             fill = fill.rstrip("\n")
     fill = strip_suffix_overlap(fill, suffix, mode)
     return fill.rstrip() if mode == "line" and not suffix.split("\n", 1)[0].strip() else fill
+
+
+# ---------------------------------------------------------------- names
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STRING_OR_COMMENT = re.compile(r"#[^\n]*|(?:[rbfuRBFU]{0,2})(?:'[^'\n]*'|\"[^\"\n]*\")")
+_BINDERS = re.compile(
+    r"\b(?:def|class|as|import|global|nonlocal)\s+([A-Za-z_]\w*)"
+    r"|\bfor\s+([\w\s,()]+?)\s+in\b"
+    r"|\blambda\s*([\w\s,*=]*):"
+    r"|^\s*([\w\s,*]+?)\s*(?:[-+*/%&|^@]|//|\*\*|>>|<<)?=(?!=)", re.M)
+
+
+def python_names() -> frozenset[str]:
+    """Keywords, soft keywords and builtins: names any Python file may use."""
+    import builtins
+    import keyword
+    return frozenset(keyword.kwlist) | frozenset(getattr(keyword, "softkwlist", ())) | \
+        frozenset(dir(builtins)) | {"self", "cls"}
+
+
+def unknown_names(fill: str, document: str, known: frozenset[str] | None = None) -> list[str]:
+    """Names the fill uses that are defined nowhere: not in the document (its definitions,
+    imports and every other use), not bound by the fill itself, not a keyword or builtin.
+
+    Attribute names (after a dot) and text in strings and comments are not checked: a
+    library's attributes rarely appear in the file, and what a string says is free.
+    A small model's commonest wrong guess is a plausible name from its training data; a
+    candidate that needs one is ranked below one that does not.
+    """
+    code = _STRING_OR_COMMENT.sub(" ", fill)
+    bound: set[str] = set()
+    for m in _BINDERS.finditer(code):
+        for group in m.groups():
+            if group:
+                bound.update(_IDENT.findall(group))
+    # Keyword arguments name parameters of the callee: ``f(key=1)``.
+    bound.update(re.findall(r"[(,]\s*([A-Za-z_]\w*)\s*=(?!=)", code))
+    # Parameters of a function the fill defines.
+    for params in re.findall(r"\bdef\s+\w+\s*\(([^)]*)", code):
+        bound.update(_IDENT.findall(params))
+    known = known if known is not None else python_names()
+    in_doc: set[str] | None = None
+    out: list[str] = []
+    for m in _IDENT.finditer(code):
+        name = m.group()
+        if name in known or name in bound or name in out:
+            continue
+        before = code[:m.start()].rstrip()
+        if before.endswith(".") or (m.start() > 0 and code[m.start() - 1].isdigit()):
+            continue
+        if in_doc is None:
+            in_doc = set(_IDENT.findall(document))
+        if name not in in_doc:
+            out.append(name)
+    return out
 
 
 # ---------------------------------------------------------------- syntax

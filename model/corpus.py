@@ -8,6 +8,7 @@ so held-out figures measure code the model has not seen.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import sysconfig
@@ -107,6 +108,69 @@ def site_packages() -> list[Package]:
     return list(pkgs.values())
 
 
+def unpack_wheels(wheel_dir: Path, out_dir: Path) -> list[dict]:
+    """Unpack the Python sources of every permissively licensed wheel in ``wheel_dir`` into
+    ``out_dir/<name>-<version>/`` and return what was taken (package, version, licence).
+
+    Wheels rather than installs: they carry their METADATA (licence, version) and need no
+    build, so ``pip download --only-binary=:all:`` of a package list makes the corpus.
+    """
+    import zipfile
+    from email.parser import HeaderParser
+    taken: list[dict] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for wheel in sorted(Path(wheel_dir).glob("*.whl")):
+        with zipfile.ZipFile(wheel) as zf:
+            meta_name = next((n for n in zf.namelist()
+                              if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
+            if meta_name is None:
+                continue
+            meta = HeaderParser().parsestr(zf.read(meta_name).decode("utf-8", "replace"))
+            classifiers = " ".join(c for c in meta.get_all("Classifier") or []
+                                   if c.startswith("License ::"))
+            lic = " ".join(filter(None, [meta.get("License-Expression"),
+                                         (meta.get("License") or "")[:200], classifiers]))
+            name, version = meta.get("Name", wheel.stem), meta.get("Version", "")
+            if not _is_permissive(lic):
+                taken.append({"package": name, "version": version, "license": lic.strip(),
+                              "skipped": "licence not permissive"})
+                continue
+            dest = out_dir / f"{name}-{version}"
+            for member in zf.namelist():
+                if member.endswith(".py") and ".dist-info/" not in member and \
+                        ".data/" not in member and not member.startswith("/") and \
+                        ".." not in member.split("/"):
+                    target = dest / member
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(zf.read(member))
+            short = meta.get("License-Expression") or classifiers.replace(
+                "License :: OSI Approved :: ", "").replace("License :: ", "") or lic
+            taken.append({"package": name, "version": version, "license": short.strip()[:80]})
+    (out_dir / "packages.json").write_text(json.dumps(taken, indent=1))
+    return taken
+
+
+def unpacked_packages(corpus_dir: Path) -> list[Package]:
+    """One Package per top-level import of each wheel unpacked by ``unpack_wheels``."""
+    record = json.loads((Path(corpus_dir) / "packages.json").read_text())
+    pkgs: list[Package] = []
+    for entry in record:
+        if entry.get("skipped"):
+            continue
+        dest = Path(corpus_dir) / f"{entry['package']}-{entry['version']}"
+        if not dest.is_dir():
+            continue
+        for top in sorted(dest.iterdir()):
+            if top.name.startswith((".", "_")) or (top.is_file() and top.suffix != ".py"):
+                continue
+            files = _python_files(top)
+            if files:
+                name = top.stem if top.is_file() else top.name
+                pkgs.append(Package(name, top, f"{entry['license']} ({entry['package']} "
+                                    f"{entry['version']})", files))
+    return pkgs
+
+
 @dataclass
 class Corpus:
     train: list[Package]
@@ -117,14 +181,22 @@ class Corpus:
         """Files of a split, each package capped (sampled by seed) so none dominates."""
         rng = random.Random(seed)
         out: list[Path] = []
+        # Exact duplicates (vendored copies, one module shipped by two packages) count once,
+        # and a training file identical to a held-out one is dropped.
+        seen = set() if split == "held-out" else {_digest(f) for p in self.held_out
+                                                   for f in p.files}
         for pkg in (self.train if split == "train" else self.held_out):
-            files = list(pkg.files)
+            files = sorted(pkg.files)
             rng.shuffle(files)
             total = 0
             for f in files:
                 size = f.stat().st_size
                 if total + size > max_bytes_per_package:
                     continue
+                digest = _digest(f)
+                if digest in seen:
+                    continue
+                seen.add(digest)
                 total += size
                 out.append(f)
         return sorted(out)
@@ -136,8 +208,16 @@ class Corpus:
                 for p in sorted(pkgs, key=lambda p: p.name)]
 
 
-def build_corpus(held_out: tuple[str, ...] = HELD_OUT) -> Corpus:
+def _digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def build_corpus(held_out: tuple[str, ...] = HELD_OUT, extra: Path | None = None) -> Corpus:
+    """Standard library, permissive site-packages and, given ``extra``, the wheels unpacked
+    there by ``unpack_wheels``; a name already taken keeps its first source."""
     packages = stdlib_packages() + site_packages()
+    if extra is not None:
+        packages += unpacked_packages(extra)
     seen: set[str] = set()
     unique = []
     for p in packages:

@@ -36,6 +36,8 @@ class FamilyProfile:
     only right behind the written part of the gap) or ``any`` (filler wherever it is surest)."""
     max_fill: int | None = None
     """Most masks worth giving this checkpoint's fills, when known (caps ``max_tokens``)."""
+    min_confidence: float | None = None
+    """Score under which a completion is not shown, calibrated on held-out code, when known."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "FamilyProfile":
@@ -140,11 +142,17 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
         # Trained with every surplus mask of a gap set to one pad token: the setting where
         # confidence order commits the far-end pad first and shortens fills (measured on
         # diffill-small, see its card), so filler goes left to right.
-        profile = FamilyProfile(name="diffill", mask_id=mask, filler_ids=_ids(pad, eos),
+        rainbow = [_id(vocab, f"<|pad_{k}|>") for k in range(1, int(meta.get("pad_tokens", 1)))]
+        if None in rainbow:
+            raise ProfileError("config.json names more pad tokens than the tokenizer has")
+        profile = FamilyProfile(name="diffill", mask_id=mask,
+                                filler_ids=_ids(pad, *rainbow, eos),
                                 shift_logits=bool(meta.get("shift_logits", False)),
                                 bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None,
                                 filler_order=str(meta.get("filler_order", "left")),
                                 max_fill=int(meta["max_fill"]) if meta.get("max_fill") else None,
+                                min_confidence=float(meta["min_confidence"])
+                                if meta.get("min_confidence") is not None else None,
                                 extra=extra)
     else:
         raise ProfileError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")

@@ -9,6 +9,17 @@ Half of every batch is *infill-shaped*: a prefix, a middle span of 1-128 tokens 
 will see them; only the middle region is masked. The pads teach the model to write filler into
 surplus masks, which is how the sampler infills without knowing the true length.
 
+Two other objectives can be chosen per run (``objective`` in the run's config):
+- ``ar``: autoregressive next-token training with fill-in-the-middle rows (prefix, suffix,
+  middle behind sentinel tokens) for the first ``ar_fraction`` of the schedule, then the
+  *conversion*: full attention, logits shifted by one (position i is predicted from hidden state
+  i-1, as in Dream and DiffuCoder, which were converted from autoregressive checkpoints) and the
+  MDLM loss for the rest. Autoregressive training puts a loss on every token, so it learns more
+  per FLOP while compute is the limit.
+- ``infill_fraction = 1`` gives span-infill-only masking.
+``pad_tokens > 1`` fills surplus masks with a cycle of distinct pad tokens (rainbow padding,
+arXiv 2510.03680) instead of one repeated ``<|pad|>``.
+
 Runs are short and resumable: ``diffill train --minutes 9`` trains, saves ``state.pt`` in the
 run folder and stops; the same command continues from it. ``--export DIR`` writes a checkpoint
 folder (config.json + model.safetensors + tokenizer.json + model card) that loads like any other.
@@ -38,7 +49,10 @@ from .weights import save_state_dict
 
 log = logging.getLogger("diffill.train")
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|mask|>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|mask|>",
+                  "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"] + \
+    [f"<|pad_{k}|>" for k in range(1, 8)]
+OBJECTIVES = ("mdlm", "ar")
 BUCKETS = (8, 16, 32, 64, 128)
 MAX_SPAN = 128
 
@@ -67,6 +81,31 @@ class TrainConfig:
     tokenizer_sample_bytes: int = 30_000_000
     eval_every: int = 200
     rope_theta: float = 10000.0
+    objective: str = "mdlm"
+    """``mdlm`` from scratch, or ``ar``: autoregressive + FIM, then converted to MDLM."""
+    ar_fraction: float = 0.75
+    """``ar`` runs: share of ``total_steps`` trained autoregressively before the conversion."""
+    fim_rate: float = 0.5
+    """``ar`` runs: share of rows in prefix-suffix-middle order."""
+    pad_tokens: int = 1
+    """Distinct filler tokens cycled through surplus masks (1: one ``<|pad|>``; more: rainbow)."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        if not 1 <= self.pad_tokens <= 8:
+            raise ValueError("pad_tokens must be between 1 and 8")
+
+    @property
+    def shift_logits(self) -> bool:
+        """Runs that start autoregressive keep its next-token alignment after conversion."""
+        return self.objective == "ar"
+
+    def phase(self, step: int) -> str:
+        """``ar`` or ``mdlm``: which loss the step trains."""
+        if self.objective == "ar" and step < self.ar_fraction * self.total_steps:
+            return "ar"
+        return "mdlm"
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -97,12 +136,13 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int):
 # ---------------------------------------------------------------- objective
 
 def mdlm_loss(model: Transformer, ids: torch.Tensor, region: torch.Tensor, key_mask: torch.Tensor,
-              mask_id: int, gen: torch.Generator) -> torch.Tensor:
+              mask_id: int, gen: torch.Generator, shift: bool = False) -> torch.Tensor:
     """MDLM loss on ``ids`` (B, T): mask a ratio t of each row's ``region`` and weight by 1/t.
 
     ``region`` (B, T) marks the positions that may be masked (all real tokens for plain
     windows, the middle for infill examples). The loss is normalised by the region size, so
-    rows of different kinds weigh the same.
+    rows of different kinds weigh the same. ``shift``: a masked token at position i is
+    predicted from hidden state i-1 (position 0 from itself), the sampler's ``shift_logits``.
     """
     B, T = ids.shape
     # Stratified t: one uniform draw spread over the batch (same expectation, much less
@@ -120,14 +160,39 @@ def mdlm_loss(model: Transformer, ids: torch.Tensor, region: torch.Tensor, key_m
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     hidden = model.hidden(noisy, key_mask=key_mask)  # (B, T, d)
     rows, cols = masked.nonzero(as_tuple=True)
-    logits = model.logits(hidden[rows, cols])  # (N, V)
+    src = (cols - 1).clamp(min=0) if shift else cols
+    logits = model.logits(hidden[rows, src])  # (N, V)
     ce = F.cross_entropy(logits, ids[rows, cols], reduction="none")  # (N,)
     weight = 1.0 / t[rows, 0]
     per_row = torch.zeros(B, device=ids.device).index_add_(0, rows, ce * weight)
     return (per_row / region.sum(dim=1).clamp(min=1)).mean()
 
 
+def ar_loss(model: Transformer, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy with causal attention: hidden state i predicts token i+1.
+
+    ``weight`` (B, T) is 1 where token i is a target worth learning (0 for the first token of
+    a row and for padding), so packed rows need no attention mask.
+    """
+    hidden = model.hidden(ids, causal=True)  # (B, T, d)
+    logits = model.logits(hidden[:, :-1])  # (B, T-1, V)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                         reduction="none")  # (B*(T-1),)
+    w = weight[:, 1:].reshape(-1).float()
+    return (ce * w).sum() / w.sum().clamp(min=1)
+
+
 # ---------------------------------------------------------------- data
+
+def filler_tokens(tokenizer, n: int) -> list[int]:
+    """Ids of the ``n`` filler tokens: ``<|pad|>``, then ``<|pad_1|>`` ... (rainbow padding)."""
+    names = ["<|pad|>"] + [f"<|pad_{k}|>" for k in range(1, n)]
+    ids = [tokenizer.token_to_id(t) for t in names]
+    if None in ids:
+        raise ValueError(f"the tokenizer has no {names[ids.index(None)]} (pad_tokens={n}); "
+                         "train a new tokenizer for this run")
+    return ids
+
 
 class Batcher:
     """Plain windows from a token stream plus infill-shaped examples cut from raw text."""
@@ -140,6 +205,10 @@ class Batcher:
         self.cfg = cfg
         self.rng = random.Random(seed)
         self.pad = tokenizer.token_to_id("<|pad|>")
+        self.fillers = filler_tokens(tokenizer, cfg.pad_tokens)
+        self.eot = tokenizer.token_to_id("<|endoftext|>")
+        self.fim = [tokenizer.token_to_id(t) for t in
+                    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")]
 
     def plain(self) -> tuple[list[int], int, int]:
         L = self.cfg.seq_len
@@ -199,8 +268,48 @@ class Batcher:
         n_suf = min(len(suf), max(room - len(pre), rng.randint(room // 4, room // 2)))
         n_pre = min(len(pre), room - n_suf)
         n_suf = min(len(suf), room - n_pre)
-        ids = pre[len(pre) - n_pre:] + mid + [self.pad] * (bucket - len(mid)) + suf[:n_suf]
+        surplus = bucket - len(mid)
+        filler = [self.fillers[k % len(self.fillers)] for k in range(surplus)]
+        ids = pre[len(pre) - n_pre:] + mid + filler + suf[:n_suf]
         return ids, n_pre, n_pre + bucket
+
+    def ar_row(self) -> tuple[list[int], list[int]]:
+        """One causal-LM row of ``seq_len`` tokens and its target weights.
+
+        With probability ``fim_rate`` the row starts with a fill-in-the-middle example in
+        prefix-suffix-middle order (the middle cut the way an editor meets it), the rest of the
+        row packed from the token stream behind an end-of-text; otherwise a plain window.
+        """
+        cfg, rng, T = self.cfg, self.rng, self.cfg.seq_len
+        ids, weight = [], []
+        if rng.random() < cfg.fim_rate:
+            text = rng.choice(self.texts)
+            if len(text) >= 40:
+                at = rng.randrange(0, len(text))
+                prefix, middle, suffix = self._split(text[max(0, at - 3000):at + 3000])
+                mid = self.tok.encode(middle).ids[:T // 2]
+                room = T - len(mid) - 4
+                pre = self.tok.encode(prefix[-4 * room:]).ids
+                suf = self.tok.encode(suffix[:4 * room]).ids
+                n_suf = min(len(suf), max(room - len(pre), rng.randint(room // 4, room // 2)))
+                n_pre = min(len(pre), room - n_suf)
+                n_suf = min(len(suf), room - n_pre)
+                p_, s_, m_ = self.fim
+                ids = ([p_] + pre[len(pre) - n_pre:] + [s_] + suf[:n_suf] + [m_] + mid +
+                       [self.eot])
+                weight = [1] * len(ids)
+        need = T - len(ids)
+        if need > 0:
+            start = rng.randrange(0, len(self.stream) - need)
+            ids += self.stream[start:start + need].tolist()
+            weight += [0] + [1] * (need - 1)  # no target across the packing seam
+        weight[0] = 0
+        return ids[:T], weight[:T]
+
+    def ar_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.ar_row() for _ in range(self.cfg.batch_size)]
+        return (torch.tensor([r[0] for r in rows], dtype=torch.long),
+                torch.tensor([r[1] for r in rows], dtype=torch.bool))
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -291,12 +400,17 @@ def prepare_run(run_dir: Path, cfg: TrainConfig, corpus: Corpus | None = None,
 
 
 def shape_of_checkpoint(folder: Path) -> dict:
-    """TrainConfig fields of an exported checkpoint's shape: sizes and the window it was
-    trained on (its RoPE positions), so a run continued from it keeps them."""
+    """TrainConfig fields of an exported checkpoint: sizes and the window it was trained on
+    (its RoPE positions), and its whole training config when recorded, so a run continued
+    from it keeps them."""
     raw = json.loads((Path(folder) / "config.json").read_text())
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads")
-    shape = {k: raw[k] for k in keys}
+    # Exports since the objective comparison record their whole training config: a run
+    # continued from one keeps its objective and schedule position too.
+    known = set(TrainConfig.__dataclass_fields__)  # type: ignore[attr-defined]
+    shape = {k: v for k, v in raw.get("diffill", {}).get("train", {}).items() if k in known}
+    shape.update({k: raw[k] for k in keys})
     if "seq_len" in raw.get("diffill", {}):
         shape["seq_len"] = raw["diffill"]["seq_len"]
     return shape
@@ -309,24 +423,88 @@ def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConf
     return TrainConfig(**values)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): there bf16 autocast
+    doubles training throughput; elsewhere it is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def use_bf16(dev: torch.device, precision: str = "auto") -> bool:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError("precision must be auto, bf16 or fp32")
+    if precision != "auto":
+        return precision == "bf16"
+    return dev.type == "cuda" or (dev.type == "cpu" and cpu_has_bf16())
+
+
+def heldout_batches(tok, texts: list[str], cfg: TrainConfig, n: int = 2):
+    """Fixed held-out batches (same seed every time): infill rows for the MDLM loss and
+    causal rows for the autoregressive one."""
+    if not texts:
+        return None
+    stream = []
+    for enc in tok.encode_batch(texts[:400]):
+        stream.extend(enc.ids)
+    if len(stream) <= cfg.seq_len + 1:
+        return None
+    # Infill rows only, whatever the run's mix: the loss that decides fills, comparable
+    # between objectives.
+    fixed = TrainConfig(**{**asdict(cfg), "infill_fraction": 1.0})
+    b = Batcher(tok, np.asarray(stream, dtype=np.uint16), texts, fixed, seed=12345)
+    return [b.batch() for _ in range(n)], [b.ar_batch() for _ in range(n)]
+
+
+@torch.no_grad()
+def heldout_loss(model: Transformer, batches, phase: str, mask_id: int, shift: bool,
+                 autocast) -> float:
+    """Mean held-out loss of the phase's objective (seeded masking, so runs compare)."""
+    model.eval()
+    gen = torch.Generator(device=model.output_weight().device).manual_seed(0)
+    dev = model.output_weight().device
+    total = []
+    with autocast:
+        if phase == "ar":
+            for ids, w in batches[1]:
+                total.append(ar_loss(model, ids.to(dev), w.to(dev)).item())
+        else:
+            for ids, region, key_mask in batches[0]:
+                total.append(mdlm_loss(model, ids.to(dev), region.to(dev), key_mask.to(dev),
+                                       mask_id, gen, shift=shift).item())
+    model.train()
+    return sum(total) / len(total)
+
+
 def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = None,
           threads: int | None = None, init_from: Path | None = None,
-          device: str | None = None) -> RunState:
+          device: str | None = None, compile_model: bool = False,
+          precision: str = "auto", save_every_minutes: float | None = None) -> RunState:
     """Train from the run folder's state for ``minutes`` or ``steps`` more, then save.
 
     A run without ``state.pt`` starts from random weights, or from the weights of the
     checkpoint folder ``init_from`` (a fresh optimizer; the step count goes on from the
-    checkpoint's recorded steps). ``device`` defaults to CUDA when present; there the forward
-    pass runs in bf16 autocast (weights and optimizer stay fp32), and ``state.pt`` resumes on
-    either kind of device.
+    checkpoint's recorded steps). ``device`` defaults to CUDA when present. The forward pass
+    runs in bf16 autocast where that pays (CUDA, and CPUs with native bf16; ``precision``
+    forces it); weights and optimizer stay fp32, and ``state.pt`` resumes on either kind of
+    device. ``compile_model`` runs the transformer through ``torch.compile`` (a minute of
+    compiling, then about 1.3x on a CPU). ``save_every_minutes`` writes ``state.pt`` during the
+    run too, so a run cut off loses at most that much.
     """
     from tokenizers import Tokenizer
     dev = parse_device(device)  # before any work: a device that is not here is a clear error
     cfg = load_train_config(run_dir)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     tok = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
+    if cfg.objective == "ar" and any(tok.token_to_id(t) is None for t in
+                                     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")):
+        raise ValueError("objective 'ar' needs the FIM tokens in the tokenizer; this run's "
+                         "tokenizer predates them (start a run with a new tokenizer)")
     stream = np.load(run_dir / "tokens.npy")
-    texts = json.loads((run_dir / "texts.json").read_text())["train"]
+    corpus_texts = json.loads((run_dir / "texts.json").read_text())
+    texts, held = corpus_texts["train"], corpus_texts.get("held_out") or []
     model = Transformer(cfg.model_config())
     _init_weights(model, cfg.seed)
     state = RunState()
@@ -340,58 +518,97 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     elif init_from is not None:
         from safetensors.torch import load_file
         weights = load_file(str(Path(init_from) / "model.safetensors"))
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
         meta = json.loads((Path(init_from) / "config.json").read_text()).get("diffill", {})
-        state = RunState(step=int(meta.get("steps", 0)))
+        state = RunState(step=int(meta.get("steps", 0)),
+                         tokens_seen=int(meta.get("tokens_seen", 0)))
         log.info("initialised from %s (step %d) on %s", init_from, state.step, dev)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, foreach=True)
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
         del saved
     batcher = Batcher(tok, stream, texts, cfg, seed=cfg.seed + state.step)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed * 7919 + state.step)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    bf16 = use_bf16(dev, precision)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    if compile_model:
+        model.hidden = torch.compile(model.hidden)  # the instance attribute; weights unchanged
     mask_id = tok.token_to_id("<|mask|>")
+    held_batches = heldout_batches(tok, held, cfg)
+    log.info("%s, %.2fM parameters, objective %s, %s, %d threads%s", dev,
+             sum(p.numel() for p in model.parameters()) / 1e6, cfg.objective,
+             "bf16 autocast" if bf16 else "fp32", torch.get_num_threads(),
+             ", compiled" if compile_model else "")
     model.train()
     t_start = time.perf_counter()
     target = state.step + steps if steps is not None else None
     losses: list[float] = []
-    t_window = t_start
+    t_window, tokens_window, t_saved = t_start, 0, t_start
+
+    def save() -> None:
+        state.seconds += time.perf_counter() - t_mark[0]
+        t_mark[0] = time.perf_counter()
+        tmp = run_dir / "state.pt.tmp"
+        torch.save({"model": _plain_state(model), "optimizer": opt.state_dict(),
+                    "run": asdict(state)}, tmp)
+        os.replace(tmp, ckpt)
+
+    t_mark = [t_start]
     while True:
         elapsed = time.perf_counter() - t_start
         if target is not None and state.step >= target:
             break
         if minutes is not None and elapsed > minutes * 60:
             break
+        phase = cfg.phase(state.step)
         for group in opt.param_groups:
             group["lr"] = lr_at(state.step, cfg)
-        ids, region, key_mask = (x.to(dev, non_blocking=True) for x in batcher.batch())
         with autocast:
-            loss = mdlm_loss(model, ids, region, key_mask, mask_id, gen)
+            if phase == "ar":
+                ids, weight = (x.to(dev, non_blocking=True) for x in batcher.ar_batch())
+                loss = ar_loss(model, ids, weight)
+                n_tokens = ids.numel()
+            else:
+                ids, region, key_mask = (x.to(dev, non_blocking=True) for x in batcher.batch())
+                loss = mdlm_loss(model, ids, region, key_mask, mask_id, gen,
+                                 shift=cfg.shift_logits)
+                n_tokens = int(key_mask.sum())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         losses.append(loss.item())
         state.step += 1
-        state.tokens_seen += int(key_mask.sum())
+        state.tokens_seen += n_tokens
+        tokens_window += n_tokens
         if state.step % 20 == 0:
             mean = sum(losses) / len(losses)
-            state.history.append({"step": state.step, "loss": round(mean, 4),
-                                  "lr": lr_at(state.step, cfg),
-                                  "seconds": round(state.seconds + elapsed, 1)})
-            log.info("step %d loss %.4f lr %.2e %.2fs/step", state.step, mean,
-                     lr_at(state.step, cfg), (time.perf_counter() - t_window) / len(losses))
-            losses = []
+            now = time.perf_counter()
+            entry = {"step": state.step, "loss": round(mean, 4), "phase": phase,
+                     "lr": lr_at(state.step, cfg), "seconds": round(state.seconds + now -
+                                                                     t_mark[0], 1),
+                     "tokens_per_s": round(tokens_window / (now - t_window))}
+            if held_batches is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                entry["heldout_loss"] = round(heldout_loss(model, held_batches, phase, mask_id,
+                                                           cfg.shift_logits, autocast), 4)
+            state.history.append(entry)
+            log.info("step %d %s loss %.4f%s lr %.2e %.0f tok/s", state.step, phase, mean,
+                     f" held-out {entry['heldout_loss']:.4f}" if "heldout_loss" in entry else "",
+                     entry["lr"], entry["tokens_per_s"])
+            losses, tokens_window = [], 0
             t_window = time.perf_counter()
-    state.seconds += time.perf_counter() - t_start
-    tmp = run_dir / "state.pt.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "run": asdict(state)}, tmp)
-    os.replace(tmp, ckpt)
+        if save_every_minutes and time.perf_counter() - t_saved > save_every_minutes * 60:
+            save()
+            t_saved = time.perf_counter()
+    save()
     return state
+
+
+def _plain_state(model: Transformer) -> dict:
+    """The state dict without ``torch.compile``'s wrapper names."""
+    return {k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}
 
 
 def _init_weights(model: Transformer, seed: int) -> None:
@@ -409,7 +626,9 @@ def _init_weights(model: Transformer, seed: int) -> None:
 
 
 def export(run_dir: Path, out_dir: Path, card: str | None = None,
-           max_fill: int | None = None) -> Path:
+           max_fill: int | None = None, filler_order: str | None = None,
+           min_confidence: float | None = None,
+           dtype: torch.dtype = torch.float32) -> Path:
     """Write the run's model as a checkpoint folder loadable by ``model.load_model``.
 
     ``max_fill`` records the most masks the model's fills do well with (the profile caps the
@@ -421,7 +640,7 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
     model = Transformer(mc)
     model.load_state_dict(saved["model"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_state_dict(model, out_dir)
+    save_state_dict(model.to(dtype), out_dir)
     config = {
         "architectures": ["DiffillModel"], "model_type": "qwen2",
         "vocab_size": mc.vocab_size, "hidden_size": mc.hidden_size,
@@ -431,11 +650,17 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
         "hidden_act": "silu", "rms_norm_eps": mc.rms_norm_eps, "rope_theta": mc.rope_theta,
         "max_position_embeddings": mc.max_position_embeddings,
         "tie_word_embeddings": mc.tie_word_embeddings,
-        "diffill": {"shift_logits": False, "seq_len": cfg.seq_len, "steps": saved["run"]["step"],
-                    "buckets": list(BUCKETS)},
+        "diffill": {"shift_logits": cfg.shift_logits, "seq_len": cfg.seq_len,
+                    "steps": saved["run"]["step"], "tokens_seen": saved["run"]["tokens_seen"],
+                    "buckets": list(BUCKETS), "pad_tokens": cfg.pad_tokens,
+                    "train": asdict(cfg)},
     }
     if max_fill:
         config["diffill"]["max_fill"] = int(max_fill)
+    if filler_order:
+        config["diffill"]["filler_order"] = filler_order
+    if min_confidence is not None:
+        config["diffill"]["min_confidence"] = float(min_confidence)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / "tokenizer.json").write_bytes((run_dir / "tokenizer.json").read_bytes())
     (out_dir / "tokenizer_config.json").write_text(json.dumps({

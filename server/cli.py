@@ -59,6 +59,11 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lengths", help="explicit mask counts, comma-separated")
     g.add_argument("--prefix-tokens", type=int, help="context budget before the cursor")
     g.add_argument("--suffix-tokens", type=int, help="context budget after the cursor")
+    g.add_argument("--min-confidence", type=float, metavar="P",
+                   help="show no completion scored below P (0-1; default: the model's "
+                        "calibrated value)")
+    g.add_argument("--no-name-check", dest="check_names", action="store_false", default=None,
+                   help="do not rank down candidates that use names defined nowhere")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -76,7 +81,8 @@ def settings_from_args(args: argparse.Namespace):
             InfillSettings(), max_tokens=args.max_tokens, mode=args.mode, ensemble=args.ensemble,
             lengths=lengths, steps=args.steps, schedule=args.schedule, threshold=args.threshold,
             order=args.order, block_size=args.block_size, cache=args.cache,
-            filler_order=args.filler_order,
+            filler_order=args.filler_order, min_confidence=args.min_confidence,
+            check_names=args.check_names,
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget
@@ -164,6 +170,7 @@ def result_json(result, text: str, request_id: Any = None, candidates: int = 3) 
                        for c in result.items[:candidates]],
         "forward_passes": result.forward_passes,
         "seconds": round(result.seconds, 4),
+        "withheld": result.withheld,
     })
     if result.mode == "refine":
         out["remasked"] = result.remasked
@@ -193,7 +200,9 @@ def cmd_infill(args: argparse.Namespace) -> int:
         return EXIT_OK
     best = result.best
     if best is None:
-        print("diffill: the model proposed no completion", file=sys.stderr)
+        why = f" it was sure enough of ({result.withheld} under --min-confidence)" \
+            if result.withheld else ""
+        print(f"diffill: the model proposed no completion{why}", file=sys.stderr)
         return 1
     if args.full:
         sys.stdout.write(apply(clean, best))

@@ -34,17 +34,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-fill", type=int, metavar="N",
                    help="record in the export the most masks its fills do well with (caps "
                         "max_tokens; measure it with diffill eval --lengths)")
+    t.add_argument("--min-confidence", type=float, metavar="P",
+                   help="record in the export the calibrated score under which completions "
+                        "are not shown (diffill eval --calibrate)")
+    t.add_argument("--filler-order", choices=("left", "any"),
+                   help="record in the export the filler order its fills do best with")
+    t.add_argument("--bf16-weights", action="store_true",
+                   help="export the weights in bf16 (half the size; loads as any dtype)")
+    t.add_argument("--compile", action="store_true",
+                   help="run the transformer through torch.compile (about a minute to "
+                        "compile, then faster steps)")
+    t.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="bf16 autocast: auto uses it on CUDA and on CPUs with native bf16")
+    t.add_argument("--save-every", type=float, metavar="MIN",
+                   help="also write state.pt every MIN minutes of a run")
+    t.add_argument("--corpus", metavar="DIR",
+                   help="for a new run: also train on the wheels unpacked in DIR "
+                        "(see diffill corpus)")
     t.add_argument("--config", help="JSON of TrainConfig fields for a new run")
     t.add_argument("--init-from", metavar="CKPT",
                    help="start a new run from this checkpoint's weights and tokenizer "
                         "(e.g. model/checkpoints/diffill-small) instead of from scratch")
     t.set_defaults(func=cmd_train)
 
+    c = sub.add_parser("corpus", help="unpack permissively licensed wheels into a corpus "
+                                      "folder for diffill train --corpus")
+    c.add_argument("wheels", help="folder of .whl files (pip download --no-deps "
+                                  "--only-binary=:all: -d WHEELS -r model/corpus-packages.txt)")
+    c.add_argument("out", help="corpus folder to write")
+    c.set_defaults(func=cmd_corpus)
+
     e = sub.add_parser("eval", help="held-out infill exact match and parse rate")
     e.add_argument("--n", type=int, default=200, help="spans per mode")
     e.add_argument("--sample-seed", type=int, default=0, help="seed for choosing spans")
     e.add_argument("--modes", default="line,block", help="comma-separated: line, block")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--calibrate", action="store_true",
+                   help="also print coverage and precision over a range of min-confidence "
+                        "values (what --min-confidence to record in an export)")
     e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
                                               "packages")
     add_model_options(e)
@@ -111,26 +138,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (run / "state.pt").is_file():
             raise BadInput(f"{run}: no trained state.pt to export")
         card = Path(args.card).read_text(encoding="utf-8") if args.card else None
-        out = export(run, Path(args.export), card, max_fill=args.max_fill)
+        import torch
+        out = export(run, Path(args.export), card, max_fill=args.max_fill,
+                     filler_order=args.filler_order, min_confidence=args.min_confidence,
+                     dtype=torch.bfloat16 if args.bf16_weights else torch.float32)
         print(f"exported {out}")
         return EXIT_OK
     init = Path(args.init_from) if args.init_from else None
     if not (run / "tokens.npy").is_file():
         overrides = json.loads(args.config) if args.config else {}
-        if init is not None:  # the shipped model's shape, unless --config says otherwise
+        if init is not None:  # the checkpoint's shape and schedule, unless --config says otherwise
             overrides = {**shape_of_checkpoint(init), **overrides}
         try:
             cfg = TrainConfig(**overrides)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise UsageError(f"--config: {exc}") from None
-        prepare_run(run, cfg, tokenizer_from=init)
+        corpus = None
+        if args.corpus:
+            from model.corpus import build_corpus
+            if not (Path(args.corpus) / "packages.json").is_file():
+                raise BadInput(f"{args.corpus}: not a corpus folder (run diffill corpus)")
+            corpus = build_corpus(extra=Path(args.corpus))
+        prepare_run(run, cfg, corpus=corpus, tokenizer_from=init)
     if args.minutes is None and args.steps is None:
         raise UsageError("give --minutes or --steps (or --export DIR)")
     state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,
-                  init_from=init, device=args.device)
+                  init_from=init, device=args.device, compile_model=args.compile,
+                  precision=args.precision, save_every_minutes=args.save_every)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
                       "seconds": round(state.seconds, 1), "loss": last.get("loss")}))
+    return EXIT_OK
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from model.corpus import unpack_wheels
+    if not Path(args.wheels).is_dir():
+        raise BadInput(f"{args.wheels}: no such folder")
+    taken = unpack_wheels(Path(args.wheels), Path(args.out))
+    kept = [t for t in taken if not t.get("skipped")]
+    print(f"{len(kept)} packages unpacked into {args.out}, {len(taken) - len(kept)} skipped "
+          f"(licence); record: {Path(args.out) / 'packages.json'}")
     return EXIT_OK
 
 

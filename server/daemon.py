@@ -134,6 +134,7 @@ def settings_to_wire(settings) -> dict[str, Any]:
     return {"max_tokens": settings.max_tokens, "mode": settings.mode,
             "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
             "refine_threshold": settings.refine_threshold,
+            "min_confidence": settings.min_confidence, "check_names": settings.check_names,
             "prefix_tokens": settings.budget.prefix_tokens,
             "suffix_tokens": settings.budget.suffix_tokens,
             "extra_tokens": settings.budget.extra_tokens,
@@ -160,19 +161,21 @@ def request_from_wire(raw: dict[str, Any]):
 
 def result_to_wire(result) -> dict[str, Any]:
     return {"items": [{"text": c.text, "start": c.start, "end": c.end, "score": c.score,
-                       "parses": c.parses, "tokens": c.tokens, "terminated": c.terminated}
+                       "parses": c.parses, "tokens": c.tokens, "terminated": c.terminated,
+                       "unknown": list(c.unknown)}
                       for c in result.items],
             "mode": result.mode, "forward_passes": result.forward_passes,
-            "seconds": result.seconds, "remasked": result.remasked}
+            "seconds": result.seconds, "remasked": result.remasked,
+            "withheld": result.withheld}
 
 
 def result_from_wire(raw: dict[str, Any]):
     """The inverse of :func:`result_to_wire`."""
     from infill import Completion, InfillResult
     items = [Completion(i["text"], i["start"], i["end"], i["score"], i["parses"], i["tokens"],
-                        i["terminated"]) for i in raw["items"]]
+                        i["terminated"], tuple(i.get("unknown", ()))) for i in raw["items"]]
     return InfillResult(items, raw["mode"], raw["forward_passes"], raw["seconds"],
-                        raw["remasked"])
+                        raw["remasked"], raw.get("withheld", 0))
 
 
 class Daemon:

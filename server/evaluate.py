@@ -42,7 +42,7 @@ def run_eval(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(spans), desc=f"eval {mode}", file=sys.stderr, leave=False)
         rep = evaluate(engine, spans, settings, progress=lambda k: bar.update(1))
         bar.close()
-        reports.append(rep.as_dict())
+        reports.append({**rep.as_dict(), "calibration": rep.calibration()})
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
             "python": platform.python_version(), "seed": args.sample_seed,
             "autoregressive_baseline": None}
@@ -52,9 +52,18 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"held-out packages: {', '.join(packages)} ({len(files)} files, Python "
           f"{meta['python']}); model {Path(meta['model']['checkpoint']).name}")
     print(f"{'mode':<6} {'spans':>5} {'exact':>7} {'parses':>7} {'empty':>6} {'ms':>7} "
-          f"{'passes':>6}")
+          f"{'p50 ms':>7} {'passes':>6} | {'min conf':>8} {'coverage':>8} {'precision':>9}")
     for r in reports:
+        prec = f"{r['precision']:>9.1%}" if r["precision"] is not None else f"{'-':>9}"
         print(f"{r['mode']:<6} {r['spans']:>5} {r['exact_match']:>7.1%} {r['parses']:>7.1%} "
-              f"{r['empty']:>6.1%} {r['mean_ms']:>7.1f} {r['mean_forward_passes']:>6.2f}")
+              f"{r['empty']:>6.1%} {r['mean_ms']:>7.1f} {r['p50_ms']:>7.1f} "
+              f"{r['mean_forward_passes']:>6.2f} | {r['min_confidence']:>8.2f} "
+              f"{r['coverage']:>8.1%} {prec}")
+    if args.calibrate:
+        for r in reports:
+            print(f"calibration, {r['mode']}: " + "  ".join(
+                f"{c['min_confidence']:.1f}: {c['coverage']:.0%} shown"
+                + (f", {c['precision']:.0%} exact" if c["precision"] is not None else "")
+                for c in r["calibration"]))
     print("autoregressive baseline: none of the same size is available offline")
     return 0

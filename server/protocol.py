@@ -57,6 +57,8 @@ class Settings:
     """``none`` | ``dual`` (reuse context keys/values within a block)."""
     ensemble: int = 2
     """Mask counts tried at once; each gives a candidate."""
+    minConfidence: float | None = None
+    """Completions scored below this (0-1) are not shown; null: the model's calibrated value."""
     mode: str = "auto"
     """``auto`` | ``line`` | ``block``."""
     prefixTokens: int = 1536
@@ -89,7 +91,7 @@ class Settings:
         return {"max_tokens": self.maxTokens, "mode": self.mode, "ensemble": self.ensemble,
                 "steps": self.steps, "schedule": self.schedule, "threshold": self.threshold,
                 "cache": self.cache, "prefix_tokens": self.prefixTokens,
-                "suffix_tokens": self.suffixTokens}
+                "suffix_tokens": self.suffixTokens, "min_confidence": self.minConfidence}
 
 
 CHOICES = {"schedule": ("threshold", "fixed", "blocks"), "cache": ("none", "dual"),
@@ -133,6 +135,9 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
             value = dict(value) if ok else value
         elif key == "threshold":
             ok = isinstance(value, (int, float)) and 0 < value <= 1
+        elif key == "minConfidence":
+            ok = value is None or (isinstance(value, (int, float)) and
+                                   not isinstance(value, bool) and 0 <= value <= 1)
         elif isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, int):

@@ -141,3 +141,22 @@ def test_bench_writes_a_table_of_ratios_against_the_plain_sampler(tmp_path, diff
     # The baseline runs one token per pass, and agrees with itself.
     assert base[3].strip() == "8" and base[4].strip() == "1.00x" and base[5].strip() == "100%"
     assert all(float(c[4].strip().rstrip("x")) > 0 for c in rows[2:])
+
+
+def test_min_confidence_hides_a_completion_the_model_is_unsure_of(pattern_ckpt):
+    doc = b"c0 c1 c2 c3 c4 <|fill|> c8 c9 c10\n"
+    args = ("infill", "-", "--max-tokens", "8", "--ensemble", "1", "--json")
+    shown = diffill(*args, "--min-confidence", "0", stdin=doc, model=pattern_ckpt)
+    assert shown.returncode == 0, shown.stderr.decode()
+    out = json.loads(shown.stdout)
+    assert out["text"] == "c5 c6 c7" and out["withheld"] == 0
+    score = out["candidates"][0]["score"]
+    floor = str(round((score + 1) / 2, 4))
+    hidden = diffill(*args, "--min-confidence", floor, stdin=doc, model=pattern_ckpt)
+    out = json.loads(hidden.stdout)
+    assert out["text"] is None and out["withheld"] == 1
+    plain = diffill("infill", "-", "--max-tokens", "8", "--ensemble", "1", "--min-confidence",
+                    floor, stdin=doc, model=pattern_ckpt)
+    assert plain.returncode == 1 and b"min-confidence" in plain.stderr
+    bad = diffill("infill", "-", "--min-confidence", "1.5", stdin=doc, model=pattern_ckpt)
+    assert bad.returncode != 0 and b"min_confidence" in bad.stderr

@@ -66,3 +66,58 @@ def test_fills_are_capped_at_the_checkpoints_max_fill_unless_lengths_are_explici
                                        config_updates=helpers.diffill_config())
     assert Engine(load_model(plain)).prepare(
         InfillRequest(text, 14), InfillSettings(max_tokens=64, ensemble=2)).lengths == [32, 64]
+
+
+def test_min_confidence_withholds_what_the_model_is_unsure_of(pattern_model):
+    engine = Engine(pattern_model)
+    shown = engine.run(InfillRequest(LINES[0], CURSORS[0]), SETTINGS)
+    score = shown.best.score
+    assert shown.best.text == "c5 c6 c7" and 0 < score < 1 and shown.withheld == 0
+    above = engine.run(InfillRequest(LINES[0], CURSORS[0]),
+                       InfillSettings(max_tokens=8, ensemble=1, min_confidence=(score + 1) / 2))
+    assert above.best is None and above.withheld == 1
+    at = engine.run(InfillRequest(LINES[0], CURSORS[0]),
+                    InfillSettings(max_tokens=8, ensemble=1, min_confidence=score))
+    assert at.best is not None and at.best.text == "c5 c6 c7"
+
+
+def test_a_checkpoints_calibrated_min_confidence_is_the_default(tmp_path):
+    import json
+    folder = helpers.train_pattern_model(tmp_path / "p", steps=300)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["diffill"]["min_confidence"] = 0.999
+    (folder / "config.json").write_text(json.dumps(cfg))
+    engine = Engine(load_model(folder))
+    assert engine.run(InfillRequest(LINES[0], CURSORS[0]), SETTINGS).best is None
+    explicit = InfillSettings(max_tokens=8, ensemble=1, min_confidence=0.0)
+    assert engine.run(InfillRequest(LINES[0], CURSORS[0]), explicit).best is not None
+
+
+def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
+    from infill import Completion
+    doc = "import os\n\ndef size(path):\n    \n"
+    good = Completion("return os.path.getsize(path)", 30, 30, score=0.4, parses=None)
+    bad = Completion("return osutil.size(filename)", 30, 30, score=0.9, parses=None)
+    items = [bad, good]
+    Engine(pattern_model)._rank(items, doc, "python")
+    assert items[0] is good  # both parse; the surer one needs two names that exist nowhere
+    from infill.post import unknown_names
+    assert unknown_names(bad.text, doc) == ["osutil", "filename"]
+    assert unknown_names(good.text, doc) == []
+    # Names the fill binds itself, keywords, builtins and attributes are never unknown.
+    assert unknown_names("for p in paths:\n    total += len(p.name)", "total = 0\npaths = []") == []
+
+
+def test_a_whole_line_fill_in_front_of_code_keeps_its_newline():
+    from infill import post
+    # Cursor at column 0 (or after the indentation) of a line that goes on: the model wrote a
+    # whole line, which must end before the code that follows.
+    assert post.clean("x = 1\n\n", mode="line", line_before="", suffix="y = 2\n") == "x = 1\n"
+    assert post.clean("x = 1\ny", mode="line", line_before="    ",
+                      suffix="return y\n") == "x = 1\n    "
+    doc = "def f():\n    return y\n"
+    cursor = doc.index("return")
+    fill = post.clean("y = 2\n", mode="line", line_before="    ", suffix=doc[cursor:])
+    assert doc[:cursor] + fill + doc[cursor:] == "def f():\n    y = 2\n    return y\n"
+    # Mid-line, the fill still stops at the newline.
+    assert post.clean("(1)\nfoo", mode="line", line_before="x = f", suffix=" + 1\n") == "(1)"

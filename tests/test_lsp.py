@@ -251,3 +251,15 @@ async def test_completion_fallback_for_clients_without_inline_completion(pattern
         (item,) = result.items
         assert item.text_edit.new_text == "c5 c6 c7"
         assert item.text_edit.range.start == types.Position(0, 15)
+
+
+async def test_min_confidence_hides_unsure_ghosts_and_follows_configuration(pattern_ckpt, sock):
+    # The counting model fills this gap with c5 c6 c7 at a score of about 0.92.
+    async with session(options(pattern_ckpt, sock, minConfidence=0.99)) as client:
+        open_doc(client)
+        result = await inline(client, 0, 15)
+        assert result is None or not result.items
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"minConfidence": 0}}))
+        result = await inline(client, 0, 15)  # handled after the notification, in order
+        assert result.items[0].insert_text == "c5 c6 c7"

@@ -1,0 +1,176 @@
+"""The bundled model's training choices: the autoregressive-then-converted objective, rainbow
+padding, the wheel corpus, bf16 detection and runs that resume from an exported checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import helpers
+from model import load_model
+from model.train import (TrainConfig, ar_loss, export, mdlm_loss, prepare_run,
+                         shape_of_checkpoint, train, use_bf16)
+from model.transformer import Transformer
+
+TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, seq_len=64, batch_size=8,
+            warmup_steps=5, total_steps=40, lr=3e-3, tokenizer_sample_bytes=10**6,
+            eval_every=20)
+TEXTS = [s * 4 for s in helpers.CODE_SNIPPETS] * 4
+
+
+def new_run(path: Path, **cfg) -> Path:
+    prepare_run(path, TrainConfig(**{**TINY, **cfg}), texts_override=TEXTS)
+    return path
+
+
+def test_an_ar_run_trains_causally_then_converts_to_shifted_diffusion(tmp_path):
+    run = new_run(tmp_path / "ar", objective="ar", ar_fraction=0.5)
+    state = train(run, steps=40, threads=1)
+    phases = [h["phase"] for h in state.history]
+    assert phases == ["ar", "mdlm"]  # logged every 20 steps: 20 causal, then 20 converted
+    ckpt = export(run, tmp_path / "ckpt")
+    meta = json.loads((ckpt / "config.json").read_text())["diffill"]
+    assert meta["shift_logits"] is True and meta["train"]["objective"] == "ar"
+    model = load_model(ckpt)
+    assert model.profile.shift_logits is True
+    from infill import Engine, InfillRequest, InfillSettings
+    result = Engine(model).run(InfillRequest("def f(x):\n    return \n", 20),
+                               InfillSettings(max_tokens=4, ensemble=1))
+    assert result.forward_passes >= 1
+
+
+def test_the_ar_loss_only_sees_the_past():
+    """Changing a later token never changes the loss on earlier targets (causal attention)."""
+    cfg = TrainConfig(**TINY)
+    model = Transformer(cfg.model_config()).eval()
+    ids = torch.randint(5, 300, (1, 16))
+    weight = torch.zeros(1, 16, dtype=torch.bool)
+    weight[0, 1:8] = True  # targets 1..7, predicted from positions 0..6
+    other = ids.clone()
+    other[0, 10:] = torch.randint(5, 300, (6,))
+    with torch.no_grad():
+        assert torch.allclose(ar_loss(model, ids, weight), ar_loss(model, other, weight))
+        weight[0, 12] = True
+        assert not torch.allclose(ar_loss(model, ids, weight), ar_loss(model, other, weight))
+
+
+def test_the_shifted_mdlm_loss_predicts_each_token_from_the_position_before():
+    cfg = TrainConfig(**TINY)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model_config()).eval()
+    ids = torch.randint(5, 300, (1, 12))
+    region = torch.zeros(1, 12, dtype=torch.bool)
+    region[0, 6] = True  # exactly one masked position
+    keys = torch.ones(1, 12, dtype=torch.bool)
+    with torch.no_grad():
+        shifted = mdlm_loss(model, ids, region, keys, 2, torch.Generator().manual_seed(0),
+                            shift=True)
+        noisy = ids.clone()
+        noisy[0, 6] = 2
+        logits = model(noisy)[0, 5]  # hidden state of position 5 predicts token 6
+        expected = torch.nn.functional.cross_entropy(logits[None], ids[0, 6:7])
+    # weight 1/t over a region of one position, t drawn in (0, 1]: the loss is ce / t >= ce
+    assert shifted.item() >= expected.item() - 1e-4
+    t = expected.item() / shifted.item()
+    assert 0 < t <= 1
+
+
+def test_rainbow_padding_fills_surplus_with_distinct_pads_and_the_profile_knows_them(tmp_path):
+    run = new_run(tmp_path / "rb", pad_tokens=4)
+    from tokenizers import Tokenizer
+
+    from model.train import Batcher
+    import numpy as np
+    tok = Tokenizer.from_file(str(run / "tokenizer.json"))
+    cfg = TrainConfig(**{**TINY, "pad_tokens": 4, "infill_fraction": 1.0})
+    b = Batcher(tok, np.load(run / "tokens.npy"), TEXTS, cfg, seed=0)
+    pads = [tok.token_to_id(t) for t in ("<|pad|>", "<|pad_1|>", "<|pad_2|>", "<|pad_3|>")]
+    ids, region, _ = b.batch()
+    seen = set()
+    for row, reg in zip(ids.tolist(), region.tolist()):
+        gap = [t for t, r in zip(row, reg) if r]
+        tail = [t for t in gap if t in pads]
+        if len(tail) >= 4:
+            assert tail[:4] == pads  # the cycle starts at <|pad|>
+        seen.update(tail)
+    assert len(seen) > 1
+    train(run, steps=2, threads=1)
+    model = load_model(export(run, tmp_path / "ckpt"))
+    assert set(pads) <= set(model.profile.filler_ids)
+
+
+def test_a_run_resumes_from_its_exported_checkpoint_when_its_folder_is_gone(tmp_path):
+    run = new_run(tmp_path / "run", objective="ar", ar_fraction=0.5, total_steps=60)
+    first = train(run, steps=25, threads=1)
+    ckpt = export(run, tmp_path / "ckpt", dtype=torch.bfloat16)
+    shutil.rmtree(run)
+    cfg = shape_of_checkpoint(ckpt)  # what `diffill train --init-from` carries over
+    assert cfg["objective"] == "ar" and cfg["total_steps"] == 60 and cfg["ar_fraction"] == 0.5
+    run2 = tmp_path / "run2"
+    prepare_run(run2, TrainConfig(**cfg), texts_override=TEXTS, tokenizer_from=ckpt)
+    second = train(run2, steps=15, threads=1, init_from=ckpt)
+    assert second.step == first.step + 15  # the schedule goes on where it stopped
+    assert second.tokens_seen > first.tokens_seen
+    assert second.history[-1]["phase"] == "mdlm"  # step 40 of 60 is past the conversion
+
+
+def test_the_cli_continues_an_exported_run_with_its_recorded_schedule(tmp_path):
+    from server.cli import main
+    run = new_run(tmp_path / "run", total_steps=77)
+    train(run, steps=3, threads=1)
+    ckpt = export(run, tmp_path / "ckpt")
+    assert main(["train", str(tmp_path / "next"), "--init-from", str(ckpt), "--steps", "2",
+                 "--threads", "1"]) == 0
+    saved = json.loads((tmp_path / "next" / "train_config.json").read_text())
+    assert saved["total_steps"] == 77 and saved["seq_len"] == TINY["seq_len"]
+
+
+def test_bf16_autocast_is_chosen_by_device_and_cpu_features(monkeypatch):
+    import model.train as T
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: False)
+    assert use_bf16(cpu) is False and use_bf16(cpu, "bf16") is True
+    monkeypatch.setattr(T, "cpu_has_bf16", lambda: True)
+    assert use_bf16(cpu) is True and use_bf16(cpu, "fp32") is False
+    assert use_bf16(torch.device("cuda")) is True
+    with pytest.raises(ValueError):
+        use_bf16(cpu, "fp8")
+
+
+def _wheel(folder: Path, name: str, license_line: str, files: dict[str, str]) -> None:
+    with zipfile.ZipFile(folder / f"{name}-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr(f"{name}-1.0.dist-info/METADATA",
+                    f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{license_line}\n")
+        for path, text in files.items():
+            zf.writestr(path, text)
+
+
+def test_the_corpus_takes_permissive_wheels_whole_and_counts_duplicates_once(tmp_path):
+    from model.corpus import build_corpus, unpack_wheels
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    shared = "def shared():\n    return 1\n"
+    _wheel(wheels, "okpkg", "License-Expression: MIT",
+           {"okpkg/__init__.py": "x = 1\n", "okpkg/util.py": shared,
+            "okpkg/tests/test_x.py": "assert True\n"})
+    _wheel(wheels, "twin", "Classifier: License :: OSI Approved :: BSD License",
+           {"twin/copy.py": shared})
+    _wheel(wheels, "gplpkg", "License: GPL-3.0-or-later", {"gplpkg/a.py": "y = 2\n"})
+    taken = unpack_wheels(wheels, tmp_path / "corpus")
+    by_name = {t["package"]: t for t in taken}
+    assert by_name["gplpkg"].get("skipped") and not by_name["okpkg"].get("skipped")
+    assert by_name["okpkg"]["version"] == "1.0" and "MIT" in by_name["okpkg"]["license"]
+    assert not (tmp_path / "corpus" / "gplpkg-1.0").exists()
+    corpus = build_corpus(extra=tmp_path / "corpus")
+    names = {p.name for p in corpus.train}
+    assert {"okpkg", "twin"} <= names and "gplpkg" not in names
+    files = [f for f in corpus.files("train") if "okpkg" in str(f) or "twin" in str(f)]
+    texts = [f.read_text() for f in files]
+    assert texts.count(shared) == 1  # the duplicate file counts once
+    assert not any("tests" in f.parts for f in files)
