@@ -11,6 +11,7 @@ parses when it is not empty and the file with it still parses.
 from __future__ import annotations
 
 import ast
+import difflib
 import random
 import statistics
 import time
@@ -41,6 +42,7 @@ class ModeReport:
     empty: int = 0
     seconds: list[float] = field(default_factory=list)
     passes: list[int] = field(default_factory=list)
+    similarity: list[float] = field(default_factory=list)
     candidates: list[list[tuple[float, bool]]] = field(default_factory=list)
     """Per span, every candidate's (score, exact) in ranked order, before ``min_confidence``."""
     min_confidence: float = 0.0
@@ -70,6 +72,8 @@ class ModeReport:
         shown, exact = self.shown_at(self.min_confidence)
         return {"mode": self.mode, "spans": self.n, "exact_match": round(self.exact / n, 4),
                 "parses": round(self.parsed / n, 4), "empty": round(self.empty / n, 4),
+                "edit_similarity": round(statistics.mean(self.similarity), 4)
+                if self.similarity else 0,
                 "mean_ms": round(1000 * statistics.mean(self.seconds), 1) if self.seconds else 0,
                 "p50_ms": round(1000 * statistics.median(self.seconds), 1)
                 if self.seconds else 0,
@@ -128,6 +132,12 @@ def cut_spans(files: Iterable[Path], n: int, mode: str, seed: int = 0) -> list[S
     return spans
 
 
+def similarity(span: Span, fill: str) -> float:
+    """Edit similarity of the fill to the removed text (difflib's ratio, 0-1): partial credit
+    that moves before exact match does, as code-completion evals report beside it."""
+    return difflib.SequenceMatcher(None, _norm(fill), _norm(span.target), autojunk=False).ratio()
+
+
 def score(span: Span, fill: str) -> tuple[bool, bool, bool]:
     """(exact, parses, empty) of one fill. An empty fill never counts as parsing: the file
     without the span often parses, and an editor gains nothing from it."""
@@ -154,6 +164,7 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
         report.n += 1
         report.candidates.append([(it.score, score(sp, it.text)[0]) for it in result.items])
         exact, parsed, empty = score(sp, result.best.text if result.best else "")
+        report.similarity.append(similarity(sp, result.best.text if result.best else ""))
         report.exact += exact
         report.parsed += parsed
         report.empty += empty

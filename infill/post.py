@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import re
 import warnings
-from dataclasses import dataclass
 
 MODES = ("auto", "line", "block")
 BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", "do", "then")
@@ -59,8 +58,6 @@ def limit_scope(fill: str, line_before: str) -> str:
         elif ind < first_indent:
             break
         out.append(line)
-    if first_indent is None and lines[0].strip():
-        first_indent = _indent(line_before + lines[0])
     return "\n".join(out)
 
 
@@ -182,12 +179,6 @@ def language_of(language_id: str | None, path: str | None = None) -> str | None:
     if path and path.endswith((".py", ".pyi")):
         return "python"
     return None
-
-
-@dataclass
-class SyntaxVerdict:
-    parses: bool | None
-    """True / False; None when no checker exists for the language."""
 
 
 def parses(language: str | None, document: str) -> bool | None:

@@ -100,7 +100,6 @@ class Candidate:
     """Mean commit probability over its content tokens and the filler that ended it."""
     terminated: bool = True
     """The model wrote filler: the fill ended by itself instead of running out of masks."""
-    confidences: list[float] = field(default_factory=list)
 
     @property
     def rank_key(self) -> tuple[bool, float]:
@@ -430,8 +429,7 @@ def infill_many(model: DiffusionModel,
         confs = out.confidence[r, lo:lo + n].tolist()
         kept, score = trim_filler(toks, confs, prof.filler_ids, prof.filler_mode)
         ended = any(t in prof.filler_ids for t in toks)
-        results[j].append(Candidate(tokens=kept, length=n, score=score, terminated=ended,
-                                    confidences=confs))
+        results[j].append(Candidate(tokens=kept, length=n, score=score, terminated=ended))
     for cands in results:
         if cands is not None:
             cands.sort(key=lambda c: c.rank_key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 MAX_DOCUMENT_CHARS = 8_000_000
 """Larger documents are refused: the window only ever reads a few thousand characters around
@@ -113,16 +112,7 @@ def position_of(text: str, offset: int, *, encoding: str = "utf-32",
     return line, len(part)
 
 
-@dataclass(frozen=True)
-class Span:
-    """A character range [start, end) of a document."""
 
-    start: int
-    end: int
-
-    def __post_init__(self) -> None:
-        if self.start > self.end:
-            raise PositionError("a range must not end before it starts")
 
 
 def parse_position(spec: str) -> tuple[int, int]:

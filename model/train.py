@@ -627,7 +627,7 @@ def _init_weights(model: Transformer, seed: int) -> None:
 
 def export(run_dir: Path, out_dir: Path, card: str | None = None,
            max_fill: int | None = None, filler_order: str | None = None,
-           min_confidence: float | None = None,
+           min_confidence: float | None = None, max_shard_bytes: int | None = None,
            dtype: torch.dtype = torch.float32) -> Path:
     """Write the run's model as a checkpoint folder loadable by ``model.load_model``.
 
@@ -640,7 +640,9 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
     model = Transformer(mc)
     model.load_state_dict(saved["model"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_state_dict(model.to(dtype), out_dir)
+    for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob("*.index.json")):
+        old.unlink()  # a re-export may change between one file and shards
+    save_state_dict(model.to(dtype), out_dir, max_shard_bytes)
     config = {
         "architectures": ["DiffillModel"], "model_type": "qwen2",
         "vocab_size": mc.vocab_size, "hidden_size": mc.hidden_size,

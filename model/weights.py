@@ -96,9 +96,34 @@ def read_state_dict(folder: Path, cfg: ModelConfig, device: torch.device,
     return state
 
 
-def save_state_dict(model: torch.nn.Module, folder: Path) -> Path:
-    """Write a model's tensors as ``model.safetensors`` under their Hugging Face names."""
+def save_state_dict(model: torch.nn.Module, folder: Path,
+                    max_shard_bytes: int | None = None) -> Path:
+    """Write a model's tensors under their Hugging Face names: ``model.safetensors``, or shards
+    of at most ``max_shard_bytes`` each with a ``model.safetensors.index.json`` (the layout
+    ``save_pretrained`` uses), for transports that limit a file's size."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = folder / SINGLE_FILE
-    save_file(state, str(path), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        path = folder / SINGLE_FILE
+        save_file(state, str(path), metadata={"format": "pt"})
+        return path
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        n = t.numel() * t.element_size()
+        if n > max_shard_bytes:
+            raise WeightsError(f"tensor {name} ({n} bytes) is larger than a shard")
+        if size + n > max_shard_bytes and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    path = folder / INDEX_FILE
+    path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                               indent=1))
     return path

@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="record in the export the filler order its fills do best with")
     t.add_argument("--bf16-weights", action="store_true",
                    help="export the weights in bf16 (half the size; loads as any dtype)")
+    t.add_argument("--shard-mb", type=float, metavar="MB",
+                   help="export the weights in shards of at most MB megabytes each")
     t.add_argument("--compile", action="store_true",
                    help="run the transformer through torch.compile (about a minute to "
                         "compile, then faster steps)")
@@ -141,6 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
         out = export(run, Path(args.export), card, max_fill=args.max_fill,
                      filler_order=args.filler_order, min_confidence=args.min_confidence,
+                     max_shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
                      dtype=torch.bfloat16 if args.bf16_weights else torch.float32)
         print(f"exported {out}")
         return EXIT_OK

@@ -73,8 +73,6 @@ class AsyncDaemonClient:
         self.ids = itertools.count(1)
         self.reader_task: asyncio.Task | None = None
         self.connect_lock = asyncio.Lock()
-        self.daemon_pid: int | None = None
-        self.restarts = 0
 
     @property
     def connected(self) -> bool:
@@ -109,10 +107,8 @@ class AsyncDaemonClient:
                         raise DaemonUnavailable(f"the diffill daemon did not listen on "
                                                 f"{self.path} within {START_TIMEOUT:.0f}s")
                     await asyncio.sleep(0.1)
-                self.restarts += 1
             self.reader_task = asyncio.create_task(self._read_loop())
-            hello = await self._call("hello", {"name": self.name})
-            self.daemon_pid = hello.get("pid")
+            await self._call("hello", {"name": self.name})
 
     async def _read_loop(self) -> None:
         assert self.reader is not None

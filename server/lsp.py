@@ -49,6 +49,7 @@ class State:
     last_latency_ms: float | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
     load_task: asyncio.Task | None = None
+    """Held only so the event loop's weak reference is not the task's last one."""
 
 
 class DiffillServer(LanguageServer):

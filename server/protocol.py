@@ -27,8 +27,6 @@ NOTIFY_STATUS = "$/diffill/status"
 """Server -> client after a model load and after each request: ``{model, device, dtype,
 state, lastLatencyMs, error?}``, for status bars. Clients may ignore it."""
 
-ACTION_KIND = "refactor.rewrite"
-
 # ---------------------------------------------------------------- settings
 
 
@@ -177,5 +175,4 @@ def socket_path(setting: str | None) -> Path:
 #   request       {"id": int, "method": str, "params": {...}}
 #   response      {"id": int, "result": ...} | {"id": int, "error": {"kind": str, "message": str}}
 #   notification  {"method": "cancel", "params": {"id": int}}
-# Methods: hello, status, load, infill, shutdown.
-DAEMON_METHODS = ("hello", "status", "load", "infill", "shutdown", "cancel")
+# Methods: hello, status, load, infill, shutdown; notification: cancel.
