@@ -113,7 +113,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _bundled_model_hint(model["checkpoint"])
         return EXIT_OK
     best = result.best
-    print(f"# completion (parses: {best.parses}):")
+    expected = Path(f"{name}.expected")
+    same = ""
+    if expected.is_file():  # the sample's removed text, to say whether the model found it
+        want = expected.read_text(encoding="utf-8").strip()
+        same = f", equals the removed text: {best.text.strip() == want}"
+    print(f"# completion (parses: {best.parses}{same}):")
     print(best.text)
     if best.parses is False:
         _bundled_model_hint(model["checkpoint"])

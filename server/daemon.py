@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RequestCancelled, UsageError, describe
+from .errors import RequestCancelled, UnsafeSocket, UsageError, describe
 from .protocol import VERSION
+from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.daemon")
 
@@ -220,6 +221,12 @@ class Daemon:
     # ------------------------------------------------------------ connections
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            check_peer(writer.get_extra_info("socket"), "client")
+        except UnsafeSocket as exc:
+            log.warning("%s", exc)
+            writer.close()
+            return
         client = Client(writer, "client")
         self.clients.append(client)
         self.counters["connections"] += 1
@@ -508,11 +515,8 @@ def prepare_socket(path: Path):
     Returns the open lock file, held for the daemon's lifetime; raises AlreadyRunning when
     another daemon holds it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.chmod(path.parent, 0o700)
-    except PermissionError:
-        pass
+    private_folder(path.parent)
+    own_paths(path)
     lock = open(str(path) + ".lock", "a+")
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import DaemonUnavailable, RequestCancelled, from_kind
+from .errors import DaemonUnavailable, RequestCancelled, UnsafeSocket, from_kind
+from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.client")
 
@@ -26,8 +27,8 @@ START_TIMEOUT = 60.0
 def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None = None
                  ) -> subprocess.Popen:
     """Start ``diffill serve`` detached from this process (its own session, its own log)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    private_folder(path.parent)
+    own_paths(path)
     log_path = path.parent / (path.name + ".log")
     cmd = [sys.executable, "-m", "server.cli", "-v", "serve", "--socket", str(path),
            "--idle-timeout", str(int(idle_timeout))]
@@ -79,12 +80,23 @@ class AsyncDaemonClient:
         return self.writer is not None and not self.writer.is_closing()
 
     async def _open(self) -> bool:
+        """Connect when a daemon of this user listens; raises UnsafeSocket for a folder or a
+        peer that is not this user's (nothing is sent there)."""
+        if not os.path.lexists(self.path.parent):
+            return False
+        private_folder(self.path.parent)
         try:
             self.reader, self.writer = await asyncio.open_unix_connection(
                 str(self.path), limit=64 * 1024 * 1024)
-            return True
         except (FileNotFoundError, ConnectionRefusedError, OSError):
             return False
+        try:
+            check_peer(self.writer.get_extra_info("socket"), "daemon")
+        except UnsafeSocket:
+            self.writer.close()
+            self.reader = self.writer = None
+            raise
+        return True
 
     async def ensure(self) -> None:
         """Connect, starting the daemon if nobody listens on the socket."""
@@ -190,7 +202,13 @@ class DaemonClient:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
+            if os.path.lexists(path.parent):
+                private_folder(path.parent)
             self.sock.connect(str(path))
+            check_peer(self.sock, "daemon")
+        except UnsafeSocket:
+            self.sock.close()
+            raise
         except (FileNotFoundError, ConnectionRefusedError, OSError) as exc:
             self.sock.close()
             raise DaemonUnavailable(f"no diffill daemon listens on {path}") from exc

@@ -62,6 +62,10 @@ class DaemonUnavailable(DiffillError):
     lsp_code = REQUEST_FAILED
 
 
+class UnsafeSocket(DaemonUnavailable):
+    """The daemon's socket folder, path or peer is not this user's own (never repaired)."""
+
+
 @dataclass
 class ErrorInfo:
     kind: str
@@ -100,7 +104,7 @@ def describe(exc: BaseException) -> ErrorInfo:
 
 KINDS: dict[str, type[DiffillError]] = {
     cls.__name__: cls for cls in (DiffillError, UsageError, BadInput, ModelUnavailable,
-                                  RequestCancelled, DaemonUnavailable)
+                                  RequestCancelled, DaemonUnavailable, UnsafeSocket)
 }
 
 
