@@ -19,6 +19,13 @@ from .sampler import Cancelled, Candidate, SamplerSettings, infill_many, refine
 from .text import InputError, PositionError, check_size
 
 ACTIONS = ("complete", "rewrite", "refine")
+MAX_MASKS = 512
+"""Most masks one fill may have (``max_tokens``, each of ``lengths``, a rewrite's span): the
+work of a request grows with them, and one huge request must not hold the worker for minutes."""
+MAX_LENGTHS = 8
+"""Most fills of one request (``ensemble``, ``lengths``): each is a row of every pass."""
+MAX_CONTEXT = 16384
+"""Most context tokens a request may ask for on each side."""
 LINE_LADDER = (4, 8, 16, 32, 64)
 BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
 SYNTAX_CHECK_LIMIT = 1_000_000
@@ -49,6 +56,16 @@ class InfillSettings:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
+        if self.max_tokens > MAX_MASKS:
+            raise ValueError(f"max_tokens {self.max_tokens} is over the cap of {MAX_MASKS}")
+        if any(n < 1 or n > MAX_MASKS for n in self.lengths):
+            raise ValueError(f"lengths must be between 1 and {MAX_MASKS} masks")
+        if len(self.lengths) > MAX_LENGTHS or self.ensemble > MAX_LENGTHS:
+            raise ValueError(f"at most {MAX_LENGTHS} lengths (ensemble) per request")
+        b = self.budget
+        if max(b.prefix_tokens, b.suffix_tokens, b.extra_tokens) > MAX_CONTEXT or \
+                min(b.prefix_tokens, b.suffix_tokens, b.extra_tokens) < 0:
+            raise ValueError(f"context budgets must be between 0 and {MAX_CONTEXT} tokens")
         if self.mode not in post.MODES:
             raise ValueError(f"mode must be one of {', '.join(post.MODES)}")
         if self.ensemble < 1:
@@ -197,6 +214,9 @@ class Engine:
             assert req.end is not None
             original = text[req.start:req.end]
             n = max(1, len(encode(self.tokenizer, original)))
+            if n > MAX_MASKS:
+                raise InputError(f"the selection is {n} tokens; a rewrite takes at most "
+                                 f"{MAX_MASKS} (select less)")
             cap = max(s.max_tokens, n)
             lengths = list(s.lengths) or sorted(
                 {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
@@ -285,6 +305,9 @@ class Engine:
         assert req.end is not None
         original = req.text[req.start:req.end]
         sel = encode(self.tokenizer, original)
+        if len(sel) > MAX_MASKS:
+            raise InputError(f"the selection is {len(sel)} tokens; refine takes at most "
+                             f"{MAX_MASKS} (select less)")
         window = build_window(self.tokenizer, req.text, req.start, req.end,
                               self.budget(s, [len(sel)]), req.extra)
         out = refine(self.model, window.context_ids, sel, window.suffix_ids,

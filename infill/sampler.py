@@ -75,6 +75,8 @@ class SamplerSettings:
             raise ValueError("threshold must be in (0, 1]")
         if self.steps < 0 or self.block_size < 1:
             raise ValueError("steps must be >= 0 and block_size >= 1")
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"steps {self.steps} is over the cap of {MAX_STEPS} forward passes")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
 
@@ -205,6 +207,9 @@ def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked
 
 
 # ---------------------------------------------------------------- the loop
+
+MAX_STEPS = 1024
+"""Forward passes one request may ask for (caps the fixed/blocks schedules)."""
 
 def _blocks(lo: int, hi: int, settings: SamplerSettings) -> list[tuple[int, int]]:
     if settings.schedule != "blocks" and settings.cache == "none":

@@ -95,6 +95,10 @@ class Settings:
 CHOICES = {"schedule": ("threshold", "fixed", "blocks"), "cache": ("none", "dual"),
            "mode": ("auto", "line", "block"), "completionFallback": ("auto", "always", "never")}
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
+UPPER = {"maxTokens": 512, "ensemble": 8, "steps": 1024, "prefixTokens": 16384,
+         "suffixTokens": 16384, "debounceMs": 2000, "idleTimeout": 7 * 24 * 3600}
+"""Largest accepted value of each numeric setting: the engine's caps, and waits a person
+would still call a delay (a debounce of 11 days was accepted before)."""
 # Keys editor clients keep in the same "diffill" section for themselves (VS Code's executable
 # path and language list, vscode-languageclient's trace level). A client that synchronises
 # the whole section sends them; they are not the server's and not an error.
@@ -140,13 +144,14 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
             ok = isinstance(value, bool)
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 and \
-                (key not in POSITIVE or value > 0)
+                (key not in POSITIVE or value > 0) and value <= UPPER.get(key, value)
         else:  # optional strings
             ok = value is None or isinstance(value, str)
         if ok:
             values[key] = value
         else:
-            problems.append(f"invalid value for {key!r}: {value!r} (keeping "
+            bound = f"; at most {UPPER[key]}" if key in UPPER else ""
+            problems.append(f"invalid value for {key!r}: {value!r}{bound} (keeping "
                             f"{getattr(base, key)!r})")
     return dataclasses.replace(base, **values), problems
 

@@ -121,3 +121,22 @@ def test_a_whole_line_fill_in_front_of_code_keeps_its_newline():
     assert doc[:cursor] + fill + doc[cursor:] == "def f():\n    y = 2\n    return y\n"
     # Mid-line, the fill still stops at the newline.
     assert post.clean("(1)\nfoo", mode="line", line_before="x = f", suffix=" + 1\n") == "(1)"
+
+
+def test_every_request_is_bounded_and_an_oversized_one_names_its_cap(pattern_model):
+    import pytest
+
+    from infill.engine import MAX_MASKS
+    from infill.text import InputError
+    for bad in (dict(lengths=(100000,)), dict(max_tokens=10**6), dict(ensemble=50),
+                dict(lengths=tuple(range(1, 20)))):
+        with pytest.raises(ValueError, match="cap|at most|between"):
+            InfillSettings(**bad)
+    from infill.context import ContextBudget
+    with pytest.raises(ValueError, match="context budgets"):
+        InfillSettings(budget=ContextBudget(prefix_tokens=10**7))
+    engine = Engine(pattern_model)
+    big = " ".join(f"c{i % 12}" for i in range(MAX_MASKS + 50))
+    for action in ("rewrite", "refine"):
+        with pytest.raises(InputError, match=f"at most {MAX_MASKS}"):
+            engine.run(InfillRequest(big, 0, len(big), action=action), SETTINGS)

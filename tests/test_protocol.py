@@ -66,3 +66,12 @@ def test_daemon_wire_format_round_trips_settings_requests_and_results():
     assert D.request_from_wire(D.request_to_wire(r)) == r
     res = InfillResult([Completion("x", 1, 2, 0.5, True, 3, False)], "rewrite", 4, 0.1, [1])
     assert D.result_from_wire(D.result_to_wire(res)) == res
+
+
+def test_numeric_settings_have_upper_bounds_reported_with_the_bound():
+    from server.protocol import UPPER, Settings, parse_settings
+    s, problems = parse_settings({"debounceMs": 10**9, "maxTokens": 100000, "ensemble": 3})
+    assert s.debounceMs == Settings().debounceMs and s.maxTokens == Settings().maxTokens
+    assert s.ensemble == 3
+    assert any("debounceMs" in p and f"at most {UPPER['debounceMs']}" in p for p in problems)
+    assert any("maxTokens" in p for p in problems) and len(problems) == 2
