@@ -173,6 +173,31 @@ class DiffusionModel:
                 "parameters": self.config.n_params, "load_seconds": round(self.load_seconds, 3)}
 
 
+def check_checkpoint(checkpoint: str | os.PathLike[str] | None) -> Path:
+    """Everything about a checkpoint that can be checked without loading its weights: the
+    folder, config.json, the tokenizer and every weight file's header (a deleted, truncated
+    or half-written checkpoint fails here). The daemon calls it before it unloads the model
+    that is serving, so a bad request never leaves it with none."""
+    from safetensors import safe_open
+
+    from .weights import weight_files
+    folder = resolve_checkpoint(checkpoint)
+    try:
+        from_hf_config(read_config(folder))
+    except ConfigError as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
+    load_tokenizer(folder)
+    try:
+        for f in weight_files(folder):
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from exc
+    except Exception as exc:  # safetensors' own errors: truncated or not safetensors at all
+        raise CheckpointError(f"{folder}: unreadable weights ({exc})") from exc
+    return folder
+
+
 def load_model(checkpoint: str | os.PathLike[str] | None = None, *,
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                family: str | None = None,

@@ -89,12 +89,27 @@ class Registry:
             return self.engines[key]
         from infill import Engine
         from model import load_model
+        from model.loader import check_checkpoint
+        check_checkpoint(key[0])  # a bad checkpoint fails here, before anything is unloaded
+        evicted = []
         while len(self.engines) >= self.keep:
-            _, old = self.engines.popitem(last=False)
+            old_key, old = self.engines.popitem(last=False)
+            evicted.append(old_key)
             del old
             _free_device_memory()
         t0 = time.perf_counter()
-        model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
+        try:
+            model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
+        except Exception:
+            if evicted:  # failed late (memory, mismatched weights): serve the last one again
+                try:
+                    self.engines[evicted[-1]] = Engine(load_model(
+                        evicted[-1][0], device=evicted[-1][1], dtype=evicted[-1][2],
+                        family=evicted[-1][3]))
+                    self.loads += 1
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    log.exception("could not load the previous model back")
+            raise
         self.load_seconds += time.perf_counter() - t0
         self.loads += 1
         info = model.describe()

@@ -174,3 +174,31 @@ def test_ghost_text_requests_do_not_cancel_a_rewrite_of_the_same_document(slow_d
     replies = {m["id"]: m for m in (client.read() for _ in range(2))}
     assert "result" in replies[1], replies[1]
     assert "result" in replies[2], replies[2]
+
+
+def test_a_failed_load_keeps_the_working_model_serving(pattern_ckpt, sock, tmp_path):
+    import shutil
+
+    from server.errors import ModelUnavailable
+    spawn_daemon(sock, idle_timeout=120)
+    client = wait_for(sock)
+    client.call("load", {"model": {"checkpoint": str(pattern_ckpt)}})
+    bad_json = tmp_path / "bad-json"
+    shutil.copytree(pattern_ckpt, bad_json)
+    (bad_json / "config.json").write_text("{ not json")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(pattern_ckpt, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    for bad in (tmp_path / "deleted", bad_json, truncated):
+        with pytest.raises(ModelUnavailable):
+            client.call("load", {"model": {"checkpoint": str(bad)}})
+    st = client.call("status")
+    assert st["loads"] == 1 and st["models"][0]["checkpoint"] == str(pattern_ckpt)
+    result = client.call("infill", {"document": "file:///c.txt",
+                                    "model": {"checkpoint": str(pattern_ckpt)},
+                                    "request": {"text": "c0 c1 c2 c3 c4  c8 c9 c10", "start": 15},
+                                    "settings": {"max_tokens": 8, "ensemble": 1}})
+    assert result["items"][0]["text"] == "c5 c6 c7"
+    assert client.call("status")["loads"] == 1
+    client.close()
