@@ -19,166 +19,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from .errors import EXIT_OK, BadInput, DiffillError, UsageError, classify
+from .options import (add_model_options, add_sampler_options, apply,
+                      build_request, load_engine, read_input, result_json,
+                      settings_from_args)
 
-MARKER = "<|fill|>"
 log = logging.getLogger("diffill")
 
 
-# ---------------------------------------------------------------- shared options
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help="checkpoint folder, bundled name or hub id "
-                                   "(default: the bundled diffill-small)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    g.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: bf16 on cuda)")
-    g.add_argument("--family", help="force the checkpoint family (dream, llada, diffill ...)")
-
-
-def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampler")
-    g.add_argument("--steps", type=int, help="forward passes for fixed/blocks schedules")
-    g.add_argument("--max-tokens", type=int, help="most tokens a completion may take")
-    g.add_argument("--schedule", choices=("fixed", "threshold", "blocks"))
-    g.add_argument("--threshold", type=float, help="commit probability for --schedule threshold")
-    g.add_argument("--order", choices=("confidence", "margin", "entropy"))
-    g.add_argument("--block-size", type=int)
-    g.add_argument("--filler-order", choices=("auto", "left", "any"),
-                   help="where a fill may end: left (filler only behind the written part), "
-                        "any (wherever the model is surest); auto asks the checkpoint")
-    g.add_argument("--cache", choices=("none", "dual"))
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--mode", choices=("auto", "line", "block"))
-    g.add_argument("--ensemble", type=int, help="mask counts tried at once (length ensemble)")
-    g.add_argument("--lengths", help="explicit mask counts, comma-separated")
-    g.add_argument("--prefix-tokens", type=int, help="context budget before the cursor")
-    g.add_argument("--suffix-tokens", type=int, help="context budget after the cursor")
-    g.add_argument("--min-confidence", type=float, metavar="P",
-                   help="show no completion scored below P (0-1; default: the model's "
-                        "calibrated value)")
-    g.add_argument("--no-name-check", dest="check_names", action="store_false", default=None,
-                   help="do not rank down candidates that use names defined nowhere")
-
-
-def settings_from_args(args: argparse.Namespace):
-    from dataclasses import replace
-
-    from infill import ContextBudget, InfillSettings, with_overrides
-    lengths = None
-    if getattr(args, "lengths", None):
-        try:
-            lengths = tuple(int(x) for x in args.lengths.split(","))
-        except ValueError:
-            raise UsageError(f"--lengths {args.lengths!r} is not a comma-separated list") from None
-    try:
-        s = with_overrides(
-            InfillSettings(), max_tokens=args.max_tokens, mode=args.mode, ensemble=args.ensemble,
-            lengths=lengths, steps=args.steps, schedule=args.schedule, threshold=args.threshold,
-            order=args.order, block_size=args.block_size, cache=args.cache,
-            filler_order=args.filler_order, min_confidence=args.min_confidence,
-            check_names=args.check_names,
-            temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-        if args.prefix_tokens is not None or args.suffix_tokens is not None:
-            b = s.budget
-            s = replace(s, budget=ContextBudget(
-                args.prefix_tokens if args.prefix_tokens is not None else b.prefix_tokens,
-                args.suffix_tokens if args.suffix_tokens is not None else b.suffix_tokens,
-                b.extra_tokens))
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
-    return s
-
-
-def load_engine(args: argparse.Namespace):
-    from infill import Engine
-    from model import load_model
-    model = load_model(args.model, device=args.device, dtype=args.dtype, family=args.family)
-    log.info("model %s", json.dumps(model.describe()))
-    return Engine(model)
-
-
 # ---------------------------------------------------------------- infill
-
-def read_input(path: str | None, stdin=None) -> tuple[str, str]:
-    """(text, name) of a file or of stdin ('-' or no path)."""
-    from infill.text import decode_source
-    if path in (None, "-"):
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        return decode_source(stream.read(), "stdin"), "stdin"
-    p = Path(path)
-    if not p.exists():
-        raise BadInput(f"{path}: no such file")
-    if p.is_dir():
-        raise BadInput(f"{path}: is a directory")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
-    return decode_source(data, path), path
-
-
-def build_request(text: str, name: str, *, at: str | None = None, select: str | None = None,
-                  action: str | None = None, language: str | None = None):
-    """An :class:`InfillRequest` from CLI-style specs (1-based positions) or the marker."""
-    from infill import InfillRequest
-    from infill.text import offset_at, parse_position, parse_range
-    path = None if name == "stdin" else name
-    if at and select:
-        raise UsageError("give --at or --select, not both")
-    if at:
-        line, col = parse_position(at)
-        return InfillRequest(text, offset_at(text, line, col), action="complete",
-                             language=language, path=path), text
-    if select:
-        (l0, c0), (l1, c1) = parse_range(select)
-        start, end = offset_at(text, l0, c0), offset_at(text, l1, c1)
-        if end <= start:
-            raise BadInput(f"selection {select} is empty or reversed")
-        return InfillRequest(text, start, end, action=action or "rewrite", language=language,
-                             path=path), text
-    count = text.count(MARKER)
-    if count != 1:
-        raise BadInput(f"{name}: expected exactly one {MARKER} marker, found {count} "
-                       "(or give --at LINE:COL)")
-    cursor = text.index(MARKER)
-    clean = text[:cursor] + text[cursor + len(MARKER):]
-    return InfillRequest(clean, cursor, action="complete", language=language, path=path), clean
-
-
-def result_json(result, text: str, request_id: Any = None, candidates: int = 3) -> dict:
-    from infill.text import position_of
-
-    def pos(offset: int) -> dict:
-        line, col = position_of(text, offset)
-        return {"line": line + 1, "column": col + 1}
-
-    best = result.best
-    out: dict[str, Any] = {}
-    if request_id is not None:
-        out["id"] = request_id
-    out.update({
-        "text": best.text if best else None,
-        "range": {"start": pos(best.start), "end": pos(best.end)} if best else None,
-        "mode": result.mode,
-        "candidates": [{"text": c.text, "score": round(c.score, 4), "parses": c.parses}
-                       for c in result.items[:candidates]],
-        "forward_passes": result.forward_passes,
-        "seconds": round(result.seconds, 4),
-        "withheld": result.withheld,
-    })
-    if result.mode == "refine":
-        out["remasked"] = result.remasked
-    return out
-
-
-def apply(text: str, completion) -> str:
-    return text[:completion.start] + completion.text + text[completion.end:]
-
 
 def cmd_infill(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)

@@ -15,7 +15,7 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_options, add_sampler_options
+    from .options import add_model_options, add_sampler_options
 
     d = sub.add_parser("demo", help="infill a sample file with the bundled model")
     d.add_argument("file", nargs="?", default=str(SAMPLES / "demo.py"))
@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .cli import apply, build_request, load_engine, read_input, settings_from_args
+    from .options import apply, build_request, load_engine, read_input, settings_from_args
     text, name = read_input(args.file)
     req, clean = build_request(text, name, language="python")
     t0 = time.perf_counter()

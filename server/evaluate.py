@@ -23,7 +23,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from infill.evaluate import cut_spans, evaluate
 
-    from .cli import load_engine, settings_from_args
+    from .options import load_engine, settings_from_args
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("line", "block") for m in modes):
         raise UsageError("--modes takes line and/or block")

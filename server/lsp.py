@@ -35,8 +35,31 @@ SLICE_CHARS = 64_000
 CONVERTER = get_converter()
 
 
+TYPE_AHEAD_CHARS = 50
+"""Typed characters that may be matched against a shown suggestion (Tabby forwards 50)."""
+
+
 class RequestFailed(JsonRpcException):
     CODE = REQUEST_FAILED
+
+
+@dataclass
+class Shown:
+    """The suggestions last shown for a document and the text around the cursor then."""
+
+    before: str
+    after: str
+    texts: list[str]
+
+    def forward(self, text: str, cursor: int) -> list[str] | None:
+        """The rest of each suggestion when the user has since typed its beginning (or
+        nothing: the same request again) and changed nothing else; None otherwise."""
+        typed = text[len(self.before):cursor]
+        if cursor < len(self.before) or len(typed) > TYPE_AHEAD_CHARS or \
+                text[cursor:] != self.after or not text.startswith(self.before):
+            return None
+        rest = [t[len(typed):] for t in self.texts if t.startswith(typed) and len(t) > len(typed)]
+        return rest or None
 
 
 @dataclass
@@ -50,6 +73,10 @@ class State:
     model_info: dict[str, Any] = field(default_factory=dict)
     load_task: asyncio.Task | None = None
     """Held only so the event loop's weak reference is not the task's last one."""
+    shown: dict[str, Shown] = field(default_factory=dict)
+    """Per document: what was last suggested, for typed-ahead reuse."""
+    typed_ahead: int = 0
+    """Requests answered from a shown suggestion, with no model call."""
 
 
 class DiffillServer(LanguageServer):
@@ -195,13 +222,28 @@ def create_server() -> DiffillServer:
                 return None  # the user kept typing; a newer request follows
         text = doc.source
         cursor = ls.offset(text, params.position)
+        pos = ls.position(text, cursor)
+        shown = ls.state.shown.get(doc.uri)
+        rest = shown.forward(text, cursor) if shown is not None else None
+        if rest is not None:
+            # The user typed what the suggestion says: offer the rest, no model call.
+            ls.state.typed_ahead += 1
+            return types.InlineCompletionList(items=[
+                types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
+                for t in rest])
         result = await ls.run_infill(doc.uri, cursor, None, "complete")
         if ls.document(doc.uri).version != version:
             return None  # the buffer changed while the model worked: this fill is stale
-        pos = ls.position(text, cursor)
-        items = [types.InlineCompletionItem(insert_text=it["text"],
-                                            range=types.Range(start=pos, end=pos))
-                 for it in result["items"]]
+        texts = [it["text"] for it in result["items"]]
+        if texts:
+            ls.state.shown.pop(doc.uri, None)
+            ls.state.shown[doc.uri] = Shown(text[:cursor], text[cursor:], texts)
+            while len(ls.state.shown) > 64:  # closed documents age out
+                ls.state.shown.pop(next(iter(ls.state.shown)))
+        else:
+            ls.state.shown.pop(doc.uri, None)
+        items = [types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
+                 for t in texts]
         return types.InlineCompletionList(items=items)
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
@@ -290,6 +332,7 @@ def create_server() -> DiffillServer:
     async def status(ls: DiffillServer, *args: Any) -> dict[str, Any]:
         st = await ls.ask("status", {})
         st["lastLatencyMs"] = ls.state.last_latency_ms
+        st["typedAhead"] = ls.state.typed_ahead
         return st
 
     @server.feature(types.SHUTDOWN)

@@ -10,7 +10,7 @@ from .errors import EXIT_DAEMON, EXIT_OK, DaemonUnavailable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_options
+    from .options import add_model_options
 
     p = sub.add_parser("lsp", help="language server over stdio (editors start this)")
     p.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (debugging)")

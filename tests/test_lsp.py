@@ -263,3 +263,31 @@ async def test_min_confidence_hides_unsure_ghosts_and_follows_configuration(patt
             settings={"diffill": {"minConfidence": 0}}))
         result = await inline(client, 0, 15)  # handled after the notification, in order
         assert result.items[0].insert_text == "c5 c6 c7"
+
+
+async def test_typing_what_the_ghost_says_reuses_it_without_a_model_call(pattern_ckpt, sock):
+    async with session(options(pattern_ckpt, sock)) as client:
+        open_doc(client)
+        first = await inline(client, 0, 15)
+        assert first.items[0].insert_text == "c5 c6 c7"
+        requests = (await status(client))["counters"]["requests"]
+        for version, typed, col, rest in ((2, "c", 16, "5 c6 c7"), (3, "5 c", 19, "6 c7")):
+            client.text_document_did_change(types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+                content_changes=[types.TextDocumentContentChangePartial(
+                    range=types.Range(start=types.Position(0, col - len(typed)),
+                                      end=types.Position(0, col - len(typed))),
+                    text=typed)]))
+            result = await inline(client, 0, col)
+            assert result.items[0].insert_text == rest
+        st = await status(client)
+        assert st["typedAhead"] == 2 and st["counters"]["requests"] == requests
+        # Typing something else asks the model again.
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=4),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(start=types.Position(0, 19), end=types.Position(0, 19)),
+                text="c9 ")]))
+        await inline(client, 0, 22)
+        st = await status(client)
+        assert st["typedAhead"] == 2 and st["counters"]["requests"] == requests + 1

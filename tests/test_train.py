@@ -147,7 +147,7 @@ def test_the_shipped_checkpoint_loads_by_name_and_runs_the_demo_request():
     ``make demo`` prints parses (greedy decoding, so it is the same on every CPU run)."""
     from infill import Engine
     from infill.sampler import infill
-    from server.cli import build_request, read_input
+    from server.options import build_request, read_input
     from server.commands import SAMPLES
     model = load_model("diffill-small")
     assert model.profile.name == "diffill" and model.profile.extra["window"] == 192
