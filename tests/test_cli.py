@@ -32,45 +32,48 @@ def src(tmp_path) -> Path:
     return p
 
 
-def test_infill_at_a_position_prints_text_and_json(src, diffill_ckpt):
-    r = diffill("infill", str(src), "--at", "2:12", "--json", "--max-tokens", "8",
-                model=diffill_ckpt)
+COUNT = "c0 c1 c2 c3 c4  c8 c9 c10\nc3 c4 c5 c6 c7 c8  c11 c0 c1\n"
+"""Counting rows: the counting model fills line 1, column 16 with c5 c6 c7."""
+
+
+@pytest.fixture()
+def count_file(tmp_path) -> Path:
+    p = tmp_path / "count.txt"
+    p.write_text(COUNT)
+    return p
+
+
+def test_infill_at_a_position_prints_text_and_json(count_file, pattern_ckpt):
+    args = ("infill", str(count_file), "--at", "1:16", "--max-tokens", "8", "--ensemble", "1")
+    r = diffill(*args, "--json", model=pattern_ckpt)
     assert r.returncode == 0, r.stderr.decode()
     out = json.loads(r.stdout)
-    assert out["mode"] == "line"
-    assert out["forward_passes"] >= 1
-    if out["text"] is not None:
-        assert out["range"] == {"start": {"line": 2, "column": 12},
-                                "end": {"line": 2, "column": 12}}
-        assert "\n" not in out["text"]
+    assert out["mode"] == "line" and out["forward_passes"] >= 1
+    assert out["text"] == "c5 c6 c7"
+    assert out["range"] == {"start": {"line": 1, "column": 16}, "end": {"line": 1, "column": 16}}
+    plain = diffill(*args, model=pattern_ckpt)
+    assert plain.returncode == 0 and plain.stdout.decode() == "c5 c6 c7\n"
 
 
-def test_marker_on_stdin_and_full_output(diffill_ckpt):
-    doc = "x = 1\n<|fill|>\nprint(x)\n"
-    r = diffill("infill", "-", "--full", "--lengths", "4", "--seed", "1", stdin=doc.encode(),
-                model=diffill_ckpt)
-    # A random model may propose nothing (exit 1); whatever it proposes lands at the marker.
-    assert r.returncode in (0, 1), r.stderr.decode()
-    if r.returncode == 0:
-        full = r.stdout.decode()
-        assert full.startswith("x = 1\n") and full.endswith("\nprint(x)\n")
-        assert "<|fill|>" not in full
-    else:
-        assert b"no completion" in r.stderr
+def test_marker_on_stdin_and_full_output(pattern_ckpt):
+    doc = "c9 c10 c11 <|fill|> c3 c4 c5\nc1 c2\n"
+    r = diffill("infill", "-", "--full", "--max-tokens", "8", "--ensemble", "1",
+                stdin=doc.encode(), model=pattern_ckpt)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode() == "c9 c10 c11 c0 c1 c2 c3 c4 c5\nc1 c2\n"
 
 
-def test_rewrite_and_refine_a_selection(src, diffill_ckpt):
+def test_rewrite_and_refine_a_selection(count_file, pattern_ckpt):
     for flag in ("--rewrite", "--refine"):
-        r = diffill("infill", str(src), "--select", "2:5-2:17", flag, "--json",
-                    model=diffill_ckpt)
+        r = diffill("infill", str(count_file), "--select", "1:4-1:9", flag, "--json",
+                    "--ensemble", "1", model=pattern_ckpt)
         assert r.returncode == 0, r.stderr.decode()
         out = json.loads(r.stdout)
-        assert out["range"] == {"start": {"line": 2, "column": 5},
-                                "end": {"line": 2, "column": 17}}
+        assert out["range"] == {"start": {"line": 1, "column": 4},
+                                "end": {"line": 1, "column": 9}}
+        assert out["text"] == "c1 c2"  # the selection is already what the row needs
         if flag == "--refine":
-            assert out["mode"] == "refine" and isinstance(out["remasked"], list)
-            if not out["remasked"]:
-                assert out["text"] == "return a + b"
+            assert out["mode"] == "refine" and out["remasked"] == []
 
 
 def test_jsonl_batch_keeps_order_and_reports_bad_lines(tmp_path, src, diffill_ckpt):

@@ -51,6 +51,24 @@ def test_vscode_extension_builds_and_passes_its_tests(pattern_ckpt, sock):
     assert re.search(r"# fail 0", out) and re.search(r"# skipped 0", out), out
 
 
+def test_vscode_extension_packages_from_a_fresh_checkout_as_one_bundle(tmp_path):
+    """What the README's step 2 does on a fresh clone: npm ci, npm run package."""
+    import zipfile
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("Node.js/npm not installed: packaging the VS Code extension needs them")
+    fresh = tmp_path / "vscode"
+    shutil.copytree(VSCODE, fresh, ignore=shutil.ignore_patterns(
+        "node_modules", "out", "*.vsix", "e2e"))
+    for step in (["ci", "--no-audit", "--no-fund"], ["run", "package"]):
+        r = subprocess.run([npm, *step], cwd=fresh, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+    names = zipfile.ZipFile(fresh / "diffill.vsix").namelist()
+    assert "extension/out/extension.js" in names
+    assert not any("node_modules" in n or n.endswith(".ts") for n in names), names
+    assert len(names) <= 8, names  # one bundle, the manifest and package.json
+
+
 CODE_SERVER = VSCODE / "e2e" / "node_modules" / ".bin" / "code-server"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
