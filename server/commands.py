@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import EXIT_OK, BadInput, UsageError
@@ -101,7 +102,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     engine = load_engine(args)
     t_load = time.perf_counter() - t0
-    result = engine.run(req, settings_from_args(args))
+    settings = settings_from_args(args)
+    floor = engine.min_confidence(settings)
+    # The demo shows the model's answer even when an editor would withhold it, and says so.
+    result = engine.run(req, replace(settings, min_confidence=0.0))
     model = engine.model.describe()
     print(f"# diffill demo: {Path(name).name} with {Path(model['checkpoint']).name} "
           f"({model['parameters'] / 1e6:.1f}M parameters) on {model['device']}")
@@ -118,7 +122,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if expected.is_file():  # the sample's removed text, to say whether the model found it
         want = expected.read_text(encoding="utf-8").strip()
         same = f", equals the removed text: {best.text.strip() == want}"
-    print(f"# completion (parses: {best.parses}{same}):")
+    shown = "an editor shows it" if best.score >= floor else \
+        f"an editor would not show it: under minConfidence {floor:.2f}"
+    print(f"# completion (parses: {best.parses}{same}; score {best.score:.2f}, {shown}):")
     print(best.text)
     if best.parses is False:
         _bundled_model_hint(model["checkpoint"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,9 @@ def src(tmp_path) -> Path:
     return p
 
 
-COUNT = "c0 c1 c2 c3 c4  c8 c9 c10\nc3 c4 c5 c6 c7 c8  c11 c0 c1\n"
-"""Counting rows: the counting model fills line 1, column 16 with c5 c6 c7."""
+COUNT = "c0 c1 c2 c3 c4  c8 c9 c10\n"
+"""A counting row (the rows the counting model was trained on are one line each): it fills
+column 16 with c5 c6 c7."""
 
 
 @pytest.fixture()
@@ -63,17 +65,22 @@ def test_marker_on_stdin_and_full_output(pattern_ckpt):
     assert r.stdout.decode() == "c9 c10 c11 c0 c1 c2 c3 c4 c5\nc1 c2\n"
 
 
-def test_rewrite_and_refine_a_selection(count_file, pattern_ckpt):
+def test_rewrite_and_refine_a_selection(tmp_path, pattern_ckpt):
+    src = tmp_path / "wrong.txt"
+    src.write_text("c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10\n")  # c9 at the 7th slot is wrong
     for flag in ("--rewrite", "--refine"):
-        r = diffill("infill", str(count_file), "--select", "1:4-1:9", flag, "--json",
-                    "--ensemble", "1", model=pattern_ckpt)
+        # Eight masks: the counting model was trained on gaps of eight slots.
+        r = diffill("infill", str(src), "--select", "1:16-1:24", flag, "--json",
+                    "--lengths", "8", model=pattern_ckpt)
         assert r.returncode == 0, r.stderr.decode()
         out = json.loads(r.stdout)
-        assert out["range"] == {"start": {"line": 1, "column": 4},
-                                "end": {"line": 1, "column": 9}}
-        assert out["text"] == "c1 c2"  # the selection is already what the row needs
-        if flag == "--refine":
-            assert out["mode"] == "refine" and out["remasked"] == []
+        assert out["range"] == {"start": {"line": 1, "column": 16},
+                                "end": {"line": 1, "column": 24}}
+        if flag == "--rewrite":  # regenerated: counting tokens
+            assert out["mode"] == "rewrite" and re.fullmatch(r"c\d+( c\d+)*", out["text"])
+        else:  # refine re-masks the wrong token and puts the right one back
+            assert out["mode"] == "refine" and out["remasked"]
+            assert out["text"] == "c5 c6 c7"
 
 
 def test_jsonl_batch_keeps_order_and_reports_bad_lines(tmp_path, src, diffill_ckpt):

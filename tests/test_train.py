@@ -145,21 +145,26 @@ def test_the_shipped_checkpoint_is_complete_and_small():
 def test_the_shipped_checkpoint_loads_by_name_and_runs_the_demo_request():
     """Loads through the bundled name and runs the demo end to end: the completion that
     ``make demo`` prints parses (greedy decoding, so it is the same on every CPU run)."""
-    from infill import Engine
+    from infill import Engine, InfillSettings
     from infill.sampler import infill
     from server.options import build_request, read_input
     from server.commands import SAMPLES
     model = load_model("diffill-small")
-    assert model.profile.name == "diffill" and model.profile.extra["window"] == 192
+    meta = json.loads((BUNDLED / "config.json").read_text())["diffill"]
+    assert model.profile.name == "diffill" and model.profile.extra["window"] == meta["seq_len"]
+    assert meta["seq_len"] >= 512  # identifiers defined 30 lines up are visible
+    assert model.profile.shift_logits is meta["shift_logits"]
     text, name = read_input(str(SAMPLES / "demo.py"))
     req, _ = build_request(text, name, language="python")
     engine = Engine(model)
-    result = engine.run(req)
+    result = engine.run(req, InfillSettings(min_confidence=0.0))  # what `make demo` shows
     assert result.mode == "block" and result.forward_passes >= 1
     assert result.best is not None and result.best.text.strip()
     assert result.best.parses is True
-    # The checkpoint's recorded decoding: fills of at most 16 masks, filler left to right.
-    assert model.profile.max_fill == 16 and model.profile.filler_order == "left"
+    # The checkpoint's recorded decoding values reach the profile.
+    assert model.profile.max_fill == meta.get("max_fill")
+    assert model.profile.filler_order == meta.get("filler_order", "left")
+    assert model.profile.min_confidence == meta.get("min_confidence")
     job = engine.prepare(req, engine.settings)
     cands, _ = infill(model, job.window.context_ids, job.window.suffix_ids, job.lengths)
     assert all(c.tokens for c in cands)  # min_tokens: never an empty raw fill
