@@ -28,7 +28,7 @@ from model import DiffusionModel, KVCache
 
 SCHEDULES = ("fixed", "threshold", "blocks")
 ORDERS = ("confidence", "margin", "entropy")
-CACHES = ("none", "dual")
+CACHES = ("auto", "none", "dual")
 FILLER_ORDERS = ("auto", "left", "any")
 
 
@@ -52,8 +52,10 @@ class SamplerSettings:
     """0 is greedy, as editors want; above 0 samples."""
     top_p: float = 1.0
     seed: int | None = None
-    cache: str = "none"
-    """``none`` recomputes the window each step; ``dual`` caches context K/V per block."""
+    cache: str = "auto"
+    """``none`` recomputes the window each step; ``dual`` caches context K/V per block;
+    ``auto`` asks the checkpoint's profile (``dual`` where it was measured to keep the
+    answers, ``none`` otherwise)."""
     min_tokens: int = 1
     """Filler is not allowed in the first ``min_tokens`` masks of a gap: an empty fill is
     never what an editor asks for."""
@@ -211,8 +213,13 @@ def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked
 MAX_STEPS = 1024
 """Forward passes one request may ask for (caps the fixed/blocks schedules)."""
 
-def _blocks(lo: int, hi: int, settings: SamplerSettings) -> list[tuple[int, int]]:
-    if settings.schedule != "blocks" and settings.cache == "none":
+def cache_mode(settings: SamplerSettings, model: DiffusionModel) -> str:
+    """``none`` or ``dual``: the setting, or the checkpoint's when the setting is ``auto``."""
+    return model.profile.cache if settings.cache == "auto" else settings.cache
+
+
+def _blocks(lo: int, hi: int, settings: SamplerSettings, cache: str) -> list[tuple[int, int]]:
+    if settings.schedule != "blocks" and cache == "none":
         return [(lo, hi)]
     size = settings.block_size
     return [(b, min(b + size, hi)) for b in range(lo, hi, size)]
@@ -253,13 +260,14 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     order = prof.filler_order if settings.filler_order == "auto" else settings.filler_order
     in_order = order == "left" and fresh and prof.filler_mode == "truncate"
     filler = torch.tensor(prof.filler_ids, dtype=torch.long, device=ids.device)
-    for b0, b1 in _blocks(lo, hi, settings):
+    use_cache = cache_mode(settings, model)
+    for b0, b1 in _blocks(lo, hi, settings, use_cache):
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
             continue
         # Steps for this block: its share of the budget, at least one.
         block_steps = max(1, round(budget * int(masked0.max()) / max(1, total_masked)))
-        cache = KVCache([], []) if settings.cache == "dual" else None
+        cache = KVCache([], []) if use_cache == "dual" else None
         step = 0
         while True:
             masked = ids[:, b0:b1] == mask_id  # (B, N)

@@ -38,6 +38,9 @@ class FamilyProfile:
     """Most masks worth giving this checkpoint's fills, when known (caps ``max_tokens``)."""
     min_confidence: float | None = None
     """Score under which a completion is not shown, calibrated on held-out code, when known."""
+    cache: str = "none"
+    """The sampler's ``cache`` when the settings leave it on ``auto``: ``dual`` only where the
+    held-out eval showed the cached context keeps the answers."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "FamilyProfile":
@@ -54,6 +57,8 @@ class FamilyProfile:
             raise ProfileError("filler_mode must be 'truncate' or 'delete'")
         if values.get("filler_order", self.filler_order) not in ("left", "any"):
             raise ProfileError("filler_order must be 'left' or 'any'")
+        if values.get("cache", self.cache) not in ("none", "dual"):
+            raise ProfileError("cache must be 'none' or 'dual'")
         return replace(self, **values)
 
 
@@ -153,6 +158,7 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
                                 max_fill=int(meta["max_fill"]) if meta.get("max_fill") else None,
                                 min_confidence=float(meta["min_confidence"])
                                 if meta.get("min_confidence") is not None else None,
+                                cache=str(meta.get("cache", "none")),
                                 extra=extra)
     else:
         raise ProfileError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")

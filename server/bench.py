@@ -106,16 +106,18 @@ def run_bench(args: argparse.Namespace) -> int:
     prefix, suffix = window_ids(model, args.context)
     variants = [
         ("baseline: fixed, 1 token/pass",
-         SamplerSettings(schedule="fixed", steps=span, filler_order="any"), [span]),
+         SamplerSettings(schedule="fixed", steps=span, filler_order="any",
+                         cache="none"), [span]),
         (f"fixed, 1 token/pass, filler order {model.profile.filler_order} (checkpoint's)",
-         SamplerSettings(schedule="fixed", steps=span), [span]),
-        ("fixed, 2 tokens/pass", SamplerSettings(schedule="fixed", steps=span // 2), [span]),
-        ("threshold 0.9", SamplerSettings(schedule="threshold"), [span]),
+         SamplerSettings(schedule="fixed", steps=span, cache="none"), [span]),
+        ("fixed, 2 tokens/pass",
+         SamplerSettings(schedule="fixed", steps=span // 2, cache="none"), [span]),
+        ("threshold 0.9", SamplerSettings(schedule="threshold", cache="none"), [span]),
         ("threshold 0.9 + dual cache", SamplerSettings(schedule="threshold", cache="dual",
                                                        block_size=span), [span]),
         ("blocks of 8, 2 tokens/pass, dual cache",
          SamplerSettings(schedule="blocks", steps=span // 2, block_size=8, cache="dual"), [span]),
-        ("length ensemble x2, threshold", SamplerSettings(schedule="threshold"),
+        ("length ensemble x2, threshold", SamplerSettings(schedule="threshold", cache="none"),
          [span // 2, span]),
     ]
     rows = []

@@ -40,7 +40,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--filler-order", choices=("auto", "left", "any"),
                    help="where a fill may end: left (filler only behind the written part), "
                         "any (wherever the model is surest); auto asks the checkpoint")
-    g.add_argument("--cache", choices=("none", "dual"))
+    g.add_argument("--cache", choices=("auto", "none", "dual"),
+                   help="dual: reuse the context's keys/values between passes; auto (the "
+                        "default): what the checkpoint records")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)

@@ -51,8 +51,9 @@ class Settings:
     """``threshold`` | ``fixed`` | ``blocks``."""
     threshold: float = 0.9
     """Commit probability of the threshold schedule."""
-    cache: str = "none"
-    """``none`` | ``dual`` (reuse context keys/values within a block)."""
+    cache: str = "auto"
+    """``auto`` (the checkpoint's) | ``none`` | ``dual`` (reuse context keys/values within a
+    block)."""
     ensemble: int = 2
     """Mask counts tried at once; each gives a candidate."""
     minConfidence: float | None = None
@@ -92,7 +93,7 @@ class Settings:
                 "suffix_tokens": self.suffixTokens, "min_confidence": self.minConfidence}
 
 
-CHOICES = {"schedule": ("threshold", "fixed", "blocks"), "cache": ("none", "dual"),
+CHOICES = {"schedule": ("threshold", "fixed", "blocks"), "cache": ("auto", "none", "dual"),
            "mode": ("auto", "line", "block"), "completionFallback": ("auto", "always", "never")}
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
 UPPER = {"maxTokens": 512, "ensemble": 8, "steps": 1024, "prefixTokens": 16384,
