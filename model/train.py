@@ -628,6 +628,7 @@ def _init_weights(model: Transformer, seed: int) -> None:
 def export(run_dir: Path, out_dir: Path, card: str | None = None,
            max_fill: int | None = None, filler_order: str | None = None,
            min_confidence: float | None = None, max_shard_bytes: int | None = None,
+           cache: str | None = None,
            dtype: torch.dtype = torch.float32) -> Path:
     """Write the run's model as a checkpoint folder loadable by ``model.load_model``.
 
@@ -663,6 +664,8 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
         config["diffill"]["filler_order"] = filler_order
     if min_confidence is not None:
         config["diffill"]["min_confidence"] = float(min_confidence)
+    if cache:
+        config["diffill"]["cache"] = cache
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / "tokenizer.json").write_bytes((run_dir / "tokenizer.json").read_bytes())
     (out_dir / "tokenizer_config.json").write_text(json.dumps({

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--min-confidence", type=float, metavar="P",
                    help="record in the export the calibrated score under which completions "
                         "are not shown (diffill eval --calibrate)")
+    t.add_argument("--cache", choices=("none", "dual"),
+                   help="record in the export the cache its held-out eval was measured with "
+                        "(what cache: auto uses)")
     t.add_argument("--filler-order", choices=("left", "any"),
                    help="record in the export the filler order its fills do best with")
     t.add_argument("--bf16-weights", action="store_true",
@@ -154,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
         out = export(run, Path(args.export), card, max_fill=args.max_fill,
                      filler_order=args.filler_order, min_confidence=args.min_confidence,
+                     cache=args.cache,
                      max_shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
                      dtype=torch.bfloat16 if args.bf16_weights else torch.float32)
         print(f"exported {out}")
