@@ -89,18 +89,32 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA, fp32 on CPU (CPU bf16 matmuls are slow on most chips)."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype:
+    """bf16 on CUDA; on a CPU fp32, or bf16 where the chip has native bf16 and the checkpoint
+    records that its answers hold in bf16 (``cpu_bf16``)."""
+    if device.type == "cuda" or (cpu_bf16 and device.type == "cpu" and cpu_has_bf16()):
+        return torch.bfloat16
+    return torch.float32
 
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-def parse_dtype(value: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def parse_dtype(value: str | torch.dtype | None, device: torch.device,
+                cpu_bf16: bool = False) -> torch.dtype:
     if value is None or value == "auto":
-        return default_dtype(device)
+        return default_dtype(device, cpu_bf16)
     if isinstance(value, torch.dtype):
         return value
     try:
@@ -220,7 +234,7 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, *,
     except ProfileError as exc:
         raise CheckpointError(f"{folder}: {exc}") from exc
     dev = parse_device(device)
-    dt = parse_dtype(dtype, dev)
+    dt = parse_dtype(dtype, dev, cpu_bf16=bool((raw.get("diffill") or {}).get("cpu_bf16")))
     with torch.device("meta"):
         transformer = Transformer(cfg)
     try:

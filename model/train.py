@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .corpus import Corpus, build_corpus, fingerprint, read_source
-from .loader import parse_device
+from .loader import cpu_has_bf16, parse_device
 from .transformer import Transformer
 from .weights import save_state_dict
 
@@ -423,16 +423,6 @@ def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConf
     return TrainConfig(**values)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): there bf16 autocast
-    doubles training throughput; elsewhere it is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
 def use_bf16(dev: torch.device, precision: str = "auto") -> bool:
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError("precision must be auto, bf16 or fp32")
@@ -628,7 +618,7 @@ def _init_weights(model: Transformer, seed: int) -> None:
 def export(run_dir: Path, out_dir: Path, card: str | None = None,
            max_fill: int | None = None, filler_order: str | None = None,
            min_confidence: float | None = None, max_shard_bytes: int | None = None,
-           cache: str | None = None,
+           cache: str | None = None, cpu_bf16: bool = False,
            dtype: torch.dtype = torch.float32) -> Path:
     """Write the run's model as a checkpoint folder loadable by ``model.load_model``.
 
@@ -666,6 +656,8 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
         config["diffill"]["min_confidence"] = float(min_confidence)
     if cache:
         config["diffill"]["cache"] = cache
+    if cpu_bf16:
+        config["diffill"]["cpu_bf16"] = True
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / "tokenizer.json").write_bytes((run_dir / "tokenizer.json").read_bytes())
     (out_dir / "tokenizer_config.json").write_text(json.dumps({

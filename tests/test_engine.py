@@ -140,3 +140,35 @@ def test_every_request_is_bounded_and_an_oversized_one_names_its_cap(pattern_mod
     for action in ("rewrite", "refine"):
         with pytest.raises(InputError, match=f"at most {MAX_MASKS}"):
             engine.run(InfillRequest(big, 0, len(big), action=action), SETTINGS)
+
+
+def test_the_cache_default_is_the_checkpoints_recorded_choice(tmp_path, bpe):
+    from infill.sampler import SamplerSettings, cache_mode
+    folder, _ = helpers.save_checkpoint(tmp_path / "c", "qwen2", tokenizer=bpe, tied=True,
+                                        config_updates=helpers.diffill_config(cache="dual"))
+    model = load_model(folder)
+    assert model.profile.cache == "dual"
+    assert cache_mode(SamplerSettings(), model) == "dual"
+    assert cache_mode(SamplerSettings(cache="none"), model) == "none"
+    plain, _ = helpers.save_checkpoint(tmp_path / "p", "qwen2", tokenizer=bpe, tied=True,
+                                       config_updates=helpers.diffill_config())
+    assert cache_mode(SamplerSettings(), load_model(plain)) == "none"
+    result = Engine(model).run(InfillRequest("def f(x):\n    return \n", 20),
+                               InfillSettings(max_tokens=8, ensemble=1))
+    assert result.forward_passes >= 1
+
+
+def test_a_checkpoint_may_run_in_bf16_on_cpus_with_native_bf16(tmp_path, bpe, monkeypatch):
+    import torch
+
+    import model.loader as L
+    folder, _ = helpers.save_checkpoint(tmp_path / "b", "qwen2", tokenizer=bpe, tied=True,
+                                        config_updates=helpers.diffill_config(cpu_bf16=True))
+    plain, _ = helpers.save_checkpoint(tmp_path / "p", "qwen2", tokenizer=bpe, tied=True,
+                                       config_updates=helpers.diffill_config())
+    monkeypatch.setattr(L, "cpu_has_bf16", lambda: True)
+    assert load_model(folder, device="cpu").dtype == torch.bfloat16
+    assert load_model(plain, device="cpu").dtype == torch.float32
+    assert load_model(folder, device="cpu", dtype="float32").dtype == torch.float32
+    monkeypatch.setattr(L, "cpu_has_bf16", lambda: False)
+    assert load_model(folder, device="cpu").dtype == torch.float32

@@ -132,7 +132,7 @@ def test_the_cli_continues_an_exported_run_with_its_recorded_schedule(tmp_path):
 
 
 def test_bf16_autocast_is_chosen_by_device_and_cpu_features(monkeypatch):
-    import model.train as T
+    import model.train as T  # use_bf16 reads cpu_has_bf16 from there
     cpu = torch.device("cpu")
     monkeypatch.setattr(T, "cpu_has_bf16", lambda: False)
     assert use_bf16(cpu) is False and use_bf16(cpu, "bf16") is True
