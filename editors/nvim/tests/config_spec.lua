@@ -19,7 +19,19 @@ return {
       assert(vim.fn.exists(":" .. name) == 2, name .. " is missing")
     end
   end,
-  ["health check runs"] = function()
-    require("diffill.health").check()
+  ["health check reports the version and a missing server"] = function()
+    local seen = {}
+    local real = vim.health
+    local function record(kind) return function(msg) table.insert(seen, kind .. ": " .. msg) end end
+    vim.health = { start = record("start"), ok = record("ok"), info = record("info"),
+                   warn = record("warn"), error = record("error") }
+    require("diffill").setup({ cmd = { "diffill-no-such-binary", "lsp" } })
+    local ok, err = pcall(require("diffill.health").check)
+    vim.health = real
+    require("diffill").setup({})
+    assert(ok, err)
+    local text = table.concat(seen, "\n")
+    assert(text:find("ok: Neovim ", 1, true), text)
+    assert(text:find("error: `diffill-no-such-binary` not found", 1, true), text)
   end,
 }
