@@ -202,3 +202,45 @@ def test_a_failed_load_keeps_the_working_model_serving(pattern_ckpt, sock, tmp_p
     assert result["items"][0]["text"] == "c5 c6 c7"
     assert client.call("status")["loads"] == 1
     client.close()
+
+
+def _poll_status(path: Path, done, limit: int = 6000) -> dict:
+    """Status until ``done(status)`` holds (an event the daemon reports, not a clock)."""
+    probe = DaemonClient(path, timeout=60)
+    try:
+        for _ in range(limit):
+            st = probe.call("status")
+            if done(st):
+                return st
+            time.sleep(0.01)
+        raise AssertionError(f"the daemon never reached the state: {st}")
+    finally:
+        probe.close()
+
+
+def test_compatible_requests_of_different_clients_run_as_one_batch(slow_daemon, sock):
+    client, make = slow_daemon
+    # Hold the worker with a request far longer than the test needs (it is cancelled).
+    client.send("infill", make({"text": "x = 1\n" * 20, "start": 4},
+                               {"lengths": [512], "schedule": "fixed", "steps": 1024}), mid=1)
+    _poll_status(sock, lambda st: st["counters"].get("requests") == 1 and st["queued"] == 0)
+    others = [DaemonClient(sock, timeout=120) for _ in range(2)]
+    for i, other in enumerate(others):
+        other.send("infill", make({"text": f"y = {i}\n" * 5, "start": 4}, {"lengths": [4]}),
+                   mid=10 + i)
+    _poll_status(sock, lambda st: st["queued"] == 2)
+    client.send("cancel", {"id": 1})
+    assert client.read()["error"]["kind"] == "RequestCancelled"
+    for other in others:
+        reply = other.read()
+        assert "result" in reply, reply
+        other.close()
+    counters = client.call("status")["counters"]
+    assert counters["batches"] >= 1 and counters["batched_requests"] >= 2, counters
+
+
+def test_an_idle_daemon_exits_and_removes_its_socket(sock):
+    proc = spawn_daemon(sock, idle_timeout=1)
+    wait_for(sock).close()
+    assert proc.wait(120) == 0
+    assert not sock.exists()
