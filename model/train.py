@@ -45,12 +45,12 @@ from .config import ModelConfig
 from .corpus import Corpus, build_corpus, fingerprint, read_source
 from .loader import cpu_has_bf16, parse_device
 from .transformer import Transformer
-from .weights import save_state_dict
+from .weights import save_state_dict, weight_files
 
 log = logging.getLogger("diffill.train")
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|mask|>",
-                  "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"] + \
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|mask|>", *FIM_TOKENS] + \
     [f"<|pad_{k}|>" for k in range(1, 8)]
 OBJECTIVES = ("mdlm", "ar")
 BUCKETS = (8, 16, 32, 64, 128)
@@ -207,8 +207,7 @@ class Batcher:
         self.pad = tokenizer.token_to_id("<|pad|>")
         self.fillers = filler_tokens(tokenizer, cfg.pad_tokens)
         self.eot = tokenizer.token_to_id("<|endoftext|>")
-        self.fim = [tokenizer.token_to_id(t) for t in
-                    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")]
+        self.fim = [tokenizer.token_to_id(t) for t in FIM_TOKENS]
 
     def plain(self) -> tuple[list[int], int, int]:
         L = self.cfg.seq_len
@@ -247,14 +246,32 @@ class Batcher:
         length = rng.randint(1, 300)
         return text[:anchor], text[anchor:anchor + length], text[anchor + length:]
 
-    def infill(self) -> tuple[list[int], int, int] | None:
-        cfg, rng = self.cfg, self.rng
-        text = rng.choice(self.texts)
+    def _editor_gap(self) -> tuple[str, str, str] | None:
+        """(prefix, middle, suffix) of a random file, cut around a random place by
+        ``_split``; None for a file too short to cut."""
+        text = self.rng.choice(self.texts)
         if len(text) < 40:
             return None
-        at = rng.randrange(0, len(text))
-        window = text[max(0, at - 3000):at + 3000]
-        prefix, middle, suffix = self._split(window)
+        at = self.rng.randrange(0, len(text))
+        return self._split(text[max(0, at - 3000):at + 3000])
+
+    def _context(self, prefix: str, suffix: str, room: int) -> tuple[list[int], list[int]]:
+        """Token ids of the end of ``prefix`` and the start of ``suffix`` that share ``room``
+        tokens: the suffix gets a random quarter to half, the prefix the rest, and either
+        side takes what the other leaves unused."""
+        pre = self.tok.encode(prefix[-4 * room:]).ids
+        suf = self.tok.encode(suffix[:4 * room]).ids
+        n_suf = min(len(suf), max(room - len(pre), self.rng.randint(room // 4, room // 2)))
+        n_pre = min(len(pre), room - n_suf)
+        n_suf = min(len(suf), room - n_pre)
+        return pre[len(pre) - n_pre:], suf[:n_suf]
+
+    def infill(self) -> tuple[list[int], int, int] | None:
+        cfg, rng = self.cfg, self.rng
+        gap = self._editor_gap()
+        if gap is None:
+            return None
+        prefix, middle, suffix = gap
         mid = self.tok.encode(middle).ids
         # Buckets leave at least half the window to context.
         usable = [b for b in BUCKETS if b <= cfg.seq_len // 2] or [cfg.seq_len // 2]
@@ -262,16 +279,9 @@ class Batcher:
             return None
         fits = [b for b in usable if b >= max(len(mid), 1)]
         bucket = fits[0] if rng.random() < 0.6 else rng.choice(fits)
-        room = cfg.seq_len - bucket
-        pre = self.tok.encode(prefix[-4 * room:]).ids
-        suf = self.tok.encode(suffix[:4 * room]).ids
-        n_suf = min(len(suf), max(room - len(pre), rng.randint(room // 4, room // 2)))
-        n_pre = min(len(pre), room - n_suf)
-        n_suf = min(len(suf), room - n_pre)
-        surplus = bucket - len(mid)
-        filler = [self.fillers[k % len(self.fillers)] for k in range(surplus)]
-        ids = pre[len(pre) - n_pre:] + mid + filler + suf[:n_suf]
-        return ids, n_pre, n_pre + bucket
+        pre, suf = self._context(prefix, suffix, cfg.seq_len - bucket)
+        filler = [self.fillers[k % len(self.fillers)] for k in range(bucket - len(mid))]
+        return pre + mid + filler + suf, len(pre), len(pre) + bucket
 
     def ar_row(self) -> tuple[list[int], list[int]]:
         """One causal-LM row of ``seq_len`` tokens and its target weights.
@@ -282,22 +292,14 @@ class Batcher:
         """
         cfg, rng, T = self.cfg, self.rng, self.cfg.seq_len
         ids, weight = [], []
-        if rng.random() < cfg.fim_rate:
-            text = rng.choice(self.texts)
-            if len(text) >= 40:
-                at = rng.randrange(0, len(text))
-                prefix, middle, suffix = self._split(text[max(0, at - 3000):at + 3000])
-                mid = self.tok.encode(middle).ids[:T // 2]
-                room = T - len(mid) - 4
-                pre = self.tok.encode(prefix[-4 * room:]).ids
-                suf = self.tok.encode(suffix[:4 * room]).ids
-                n_suf = min(len(suf), max(room - len(pre), rng.randint(room // 4, room // 2)))
-                n_pre = min(len(pre), room - n_suf)
-                n_suf = min(len(suf), room - n_pre)
-                p_, s_, m_ = self.fim
-                ids = ([p_] + pre[len(pre) - n_pre:] + [s_] + suf[:n_suf] + [m_] + mid +
-                       [self.eot])
-                weight = [1] * len(ids)
+        gap = self._editor_gap() if rng.random() < cfg.fim_rate else None
+        if gap is not None:
+            prefix, middle, suffix = gap
+            mid = self.tok.encode(middle).ids[:T // 2]
+            pre, suf = self._context(prefix, suffix, T - len(mid) - 4)
+            p_, s_, m_ = self.fim
+            ids = [p_] + pre + [s_] + suf + [m_] + mid + [self.eot]
+            weight = [1] * len(ids)
         need = T - len(ids)
         if need > 0:
             start = rng.randrange(0, len(self.stream) - need)
@@ -453,8 +455,8 @@ def heldout_loss(model: Transformer, batches, phase: str, mask_id: int, shift: b
                  autocast) -> float:
     """Mean held-out loss of the phase's objective (seeded masking, so runs compare)."""
     model.eval()
-    gen = torch.Generator(device=model.output_weight().device).manual_seed(0)
     dev = model.output_weight().device
+    gen = torch.Generator(device=dev).manual_seed(0)
     total = []
     with autocast:
         if phase == "ar":
@@ -488,8 +490,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     cfg = load_train_config(run_dir)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     tok = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
-    if cfg.objective == "ar" and any(tok.token_to_id(t) is None for t in
-                                     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")):
+    if cfg.objective == "ar" and any(tok.token_to_id(t) is None for t in FIM_TOKENS):
         raise ValueError("objective 'ar' needs the FIM tokens in the tokenizer; this run's "
                          "tokenizer predates them (start a run with a new tokenizer)")
     stream = np.load(run_dir / "tokens.npy")
@@ -507,7 +508,9 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
         log.info("resumed at step %d on %s", state.step, dev)
     elif init_from is not None:
         from safetensors.torch import load_file
-        weights = load_file(str(Path(init_from) / "model.safetensors"))
+        weights = {}
+        for f in weight_files(Path(init_from)):  # one file or the shards of an index
+            weights.update(load_file(str(f)))
         model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
         meta = json.loads((Path(init_from) / "config.json").read_text()).get("diffill", {})
         state = RunState(step=int(meta.get("steps", 0)),
@@ -524,7 +527,8 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     bf16 = use_bf16(dev, precision)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
     if compile_model:
-        model.hidden = torch.compile(model.hidden)  # the instance attribute; weights unchanged
+        # The bound method is compiled, not the module: state_dict keeps its names.
+        model.hidden = torch.compile(model.hidden)
     mask_id = tok.token_to_id("<|mask|>")
     held_batches = heldout_batches(tok, held, cfg)
     log.info("%s, %.2fM parameters, objective %s, %s, %d threads%s", dev,
@@ -536,16 +540,15 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     target = state.step + steps if steps is not None else None
     losses: list[float] = []
     t_window, tokens_window, t_saved = t_start, 0, t_start
+    seconds_before = state.seconds  # of earlier calls; this call's time is added on save
 
     def save() -> None:
-        state.seconds += time.perf_counter() - t_mark[0]
-        t_mark[0] = time.perf_counter()
+        state.seconds = seconds_before + time.perf_counter() - t_start
         tmp = run_dir / "state.pt.tmp"
-        torch.save({"model": _plain_state(model), "optimizer": opt.state_dict(),
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "run": asdict(state)}, tmp)
         os.replace(tmp, ckpt)
 
-    t_mark = [t_start]
     while True:
         elapsed = time.perf_counter() - t_start
         if target is not None and state.step >= target:
@@ -577,8 +580,8 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
             mean = sum(losses) / len(losses)
             now = time.perf_counter()
             entry = {"step": state.step, "loss": round(mean, 4), "phase": phase,
-                     "lr": lr_at(state.step, cfg), "seconds": round(state.seconds + now -
-                                                                     t_mark[0], 1),
+                     "lr": lr_at(state.step, cfg),
+                     "seconds": round(seconds_before + now - t_start, 1),
                      "tokens_per_s": round(tokens_window / (now - t_window))}
             if held_batches is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
                 entry["heldout_loss"] = round(heldout_loss(model, held_batches, phase, mask_id,
@@ -594,11 +597,6 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
             t_saved = time.perf_counter()
     save()
     return state
-
-
-def _plain_state(model: Transformer) -> dict:
-    """The state dict without ``torch.compile``'s wrapper names."""
-    return {k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}
 
 
 def _init_weights(model: Transformer, seed: int) -> None:

@@ -174,3 +174,19 @@ def test_the_corpus_takes_permissive_wheels_whole_and_counts_duplicates_once(tmp
     texts = [f.read_text() for f in files]
     assert texts.count(shared) == 1  # the duplicate file counts once
     assert not any("tests" in f.parts for f in files)
+
+
+def test_a_sharded_export_loads_and_a_run_goes_on_from_it(tmp_path):
+    run = new_run(tmp_path / "run")
+    first = train(run, steps=3, threads=1)
+    ckpt = export(run, tmp_path / "ckpt", max_shard_bytes=100 * 1024)
+    shards = sorted(p.name for p in ckpt.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (ckpt / "model.safetensors.index.json").is_file()
+    assert not (ckpt / "model.safetensors").exists()
+    assert all((ckpt / s).stat().st_size <= 100 * 1024 + 4096 for s in shards)  # + header
+    model = load_model(ckpt)
+    assert model.profile.name == "diffill"
+    run2 = tmp_path / "run2"
+    prepare_run(run2, TrainConfig(**shape_of_checkpoint(ckpt)), texts_override=TEXTS,
+                tokenizer_from=ckpt)
+    assert train(run2, steps=1, threads=1, init_from=ckpt).step == first.step + 1
