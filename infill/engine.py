@@ -328,8 +328,12 @@ class Engine:
         name defined nowhere in the document, then ones the model ended itself, then by
         model score."""
         if language == "python" and check_names:
+            defined: set[str] | None = None  # the document's names, read once if needed
             for it in items:
-                it.unknown = tuple(post.unknown_names(it.text, text, self._known_names))
+                free = post.free_names(it.text, self._known_names)
+                if free and defined is None:
+                    defined = post.identifiers(text)
+                it.unknown = tuple(n for n in free if n not in defined) if free else ()
         if language is not None and len(text) <= SYNTAX_CHECK_LIMIT:
             for it in items:
                 it.parses = post.parses(language, text[:it.start] + it.text + text[it.end:])

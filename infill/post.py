@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import re
 import warnings
+from collections.abc import Set as AbstractSet
 
 MODES = ("auto", "line", "block")
 BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", "do", "then")
@@ -115,6 +116,9 @@ def clean(fill: str, *, mode: str, line_before: str, suffix: str) -> str:
 # ---------------------------------------------------------------- names
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FREE_IDENT = re.compile(r"(?<![\w.])[A-Za-z_][A-Za-z0-9_]*")
+"""An identifier that is not an attribute (after a dot) nor the tail of a number (``1e5``)."""
+_DOT_SPACE = re.compile(r"\.\s+")
 _STRING_OR_COMMENT = re.compile(r"#[^\n]*|(?:[rbfuRBFU]{0,2})(?:'[^'\n]*'|\"[^\"\n]*\")")
 _BINDERS = re.compile(
     r"\b(?:def|class|as|import|global|nonlocal)\s+([A-Za-z_]\w*)"
@@ -131,15 +135,16 @@ def python_names() -> frozenset[str]:
         frozenset(dir(builtins)) | {"self", "cls"}
 
 
-def unknown_names(fill: str, document: str, known: frozenset[str] | None = None) -> list[str]:
-    """Names the fill uses that are defined nowhere: not in the document (its definitions,
-    imports and every other use), not bound by the fill itself, not a keyword or builtin.
+def identifiers(text: str) -> set[str]:
+    """Every identifier-shaped word of a text (its definitions, imports and uses alike)."""
+    return set(_IDENT.findall(text))
 
-    Attribute names (after a dot) and text in strings and comments are not checked: a
-    library's attributes rarely appear in the file, and what a string says is free.
-    A small model's commonest wrong guess is a plausible name from its training data; a
-    candidate that needs one is ranked below one that does not.
-    """
+
+def free_names(fill: str, known: AbstractSet[str] | None = None) -> list[str]:
+    """Names the fill uses without defining them, in order, once each: not attributes (after
+    a dot), not in strings or comments, not bound by the fill itself (assignment and ``for``
+    targets, ``def``/``class``/``as``/``import``, parameters, keyword arguments), not in
+    ``known`` (keywords and builtins by default)."""
     code = _STRING_OR_COMMENT.sub(" ", fill)
     bound: set[str] = set()
     for m in _BINDERS.finditer(code):
@@ -152,20 +157,27 @@ def unknown_names(fill: str, document: str, known: frozenset[str] | None = None)
     for params in re.findall(r"\bdef\s+\w+\s*\(([^)]*)", code):
         bound.update(_IDENT.findall(params))
     known = known if known is not None else python_names()
-    in_doc: set[str] | None = None
     out: list[str] = []
-    for m in _IDENT.finditer(code):
-        name = m.group()
-        if name in known or name in bound or name in out:
-            continue
-        before = code[:m.start()].rstrip()
-        if before.endswith(".") or (m.start() > 0 and code[m.start() - 1].isdigit()):
-            continue
-        if in_doc is None:
-            in_doc = set(_IDENT.findall(document))
-        if name not in in_doc:
+    for name in _FREE_IDENT.findall(_DOT_SPACE.sub(".", code)):
+        if name not in known and name not in bound and name not in out:
             out.append(name)
     return out
+
+
+def unknown_names(fill: str, document: str | AbstractSet[str],
+                  known: AbstractSet[str] | None = None) -> list[str]:
+    """Names the fill uses that are defined nowhere: its free names that appear nowhere in
+    the document (given as text, or as its ``identifiers`` when a caller checks several
+    fills against one document).
+
+    A small model's commonest wrong guess is a plausible name from its training data; a
+    candidate that needs one is ranked below one that does not.
+    """
+    free = free_names(fill, known)
+    if not free:
+        return []
+    defined = identifiers(document) if isinstance(document, str) else document
+    return [n for n in free if n not in defined]
 
 
 # ---------------------------------------------------------------- syntax
