@@ -138,11 +138,16 @@ def similarity(span: Span, fill: str) -> float:
     return difflib.SequenceMatcher(None, _norm(fill), _norm(span.target), autojunk=False).ratio()
 
 
+def is_exact(span: Span, fill: str) -> bool:
+    """The fill is the removed text, up to trailing whitespace on each line."""
+    return _norm(fill) == _norm(span.target)
+
+
 def score(span: Span, fill: str) -> tuple[bool, bool, bool]:
     """(exact, parses, empty) of one fill. An empty fill never counts as parsing: the file
     without the span often parses, and an editor gains nothing from it."""
     empty = not fill.strip()
-    exact = _norm(fill) == _norm(span.target)
+    exact = is_exact(span, fill)
     ok = not empty and parses("python", span.text[:span.cursor] + fill + span.text[span.cursor:])
     return exact, ok, empty
 
@@ -162,7 +167,8 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
         report.seconds.append(time.perf_counter() - t0)
         report.passes.append(result.forward_passes)
         report.n += 1
-        report.candidates.append([(it.score, score(sp, it.text)[0]) for it in result.items])
+        # Only exactness per candidate: parsing the whole file again for each is not needed.
+        report.candidates.append([(it.score, is_exact(sp, it.text)) for it in result.items])
         exact, parsed, empty = score(sp, result.best.text if result.best else "")
         report.similarity.append(similarity(sp, result.best.text if result.best else ""))
         report.exact += exact
