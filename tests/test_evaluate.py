@@ -70,3 +70,22 @@ def test_a_fill_is_scored_on_exactness_parsing_and_emptiness(tmp_path):
     # Empty never parses, even where the file without the span would.
     assert score(span, "")[1:] == (False, True)
     assert score(span, "  \t")[1:] == (False, True)
+
+
+def test_coverage_and_precision_follow_the_best_candidate_over_the_floor():
+    from infill.evaluate import ModeReport
+    rep = ModeReport("line", n=4, min_confidence=0.5)
+    rep.candidates = [
+        [(0.9, True)],                # sure and right: shown at every floor up to 0.9
+        [(0.4, False), (0.6, True)],  # the top-ranked one is unsure: 0.5 shows the second
+        [(0.3, False)],               # unsure and wrong: hidden from 0.4 up
+        [],                           # nothing proposed
+    ]
+    assert rep.shown_at(0.0) == (3, 1)  # the ranked first of each span
+    assert rep.shown_at(0.5) == (2, 2)
+    assert rep.shown_at(0.95) == (0, 0)
+    d = rep.as_dict()
+    assert d["coverage"] == 0.5 and d["precision"] == 1.0 and d["min_confidence"] == 0.5
+    rows = {r["min_confidence"]: r for r in rep.calibration()}
+    assert rows[0.0]["coverage"] == 0.75 and abs(rows[0.0]["precision"] - 1 / 3) < 1e-3
+    assert rows[0.9]["precision"] == 1.0 and rows[0.9]["coverage"] == 0.25
