@@ -87,8 +87,6 @@ class Registry:
         if key in self.engines:
             self.engines.move_to_end(key)
             return self.engines[key]
-        from infill import Engine
-        from model import load_model
         from model.loader import check_checkpoint
         check_checkpoint(key[0])  # a bad checkpoint fails here, before anything is unloaded
         evicted = []
@@ -97,26 +95,28 @@ class Registry:
             evicted.append(old_key)
             del old
             _free_device_memory()
-        t0 = time.perf_counter()
         try:
-            model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
+            return self._load(key)
         except Exception:
             if evicted:  # failed late (memory, mismatched weights): serve the last one again
                 try:
-                    self.engines[evicted[-1]] = Engine(load_model(
-                        evicted[-1][0], device=evicted[-1][1], dtype=evicted[-1][2],
-                        family=evicted[-1][3]))
-                    self.loads += 1
+                    self._load(evicted[-1])
                 except Exception:  # noqa: BLE001 - the original error is the one to report
                     log.exception("could not load the previous model back")
             raise
+
+    def _load(self, key: tuple):
+        """Load the model of ``key``, count it and keep its engine."""
+        from infill import Engine
+        from model import load_model
+        t0 = time.perf_counter()
+        model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
         self.load_seconds += time.perf_counter() - t0
         self.loads += 1
         info = model.describe()
         log.info("model loaded: %s on %s as %s in %.2fs", info["checkpoint"], info["device"],
                  info["dtype"], info["load_seconds"])
-        engine = Engine(model)
-        self.engines[key] = engine
+        engine = self.engines[key] = Engine(model)
         return engine
 
 
