@@ -213,6 +213,7 @@ def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked
 MAX_STEPS = 1024
 """Forward passes one request may ask for (caps the fixed/blocks schedules)."""
 
+
 def cache_mode(settings: SamplerSettings, model: DiffusionModel) -> str:
     """``none`` or ``dual``: the setting, or the checkpoint's when the setting is ``auto``."""
     return model.profile.cache if settings.cache == "auto" else settings.cache
