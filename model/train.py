@@ -418,6 +418,20 @@ def shape_of_checkpoint(folder: Path) -> dict:
     return shape
 
 
+def continued_config(folder: Path, overrides: dict | None = None) -> dict:
+    """TrainConfig fields for a run continued from the checkpoint ``folder``: its shape and
+    schedule, then ``overrides``. A stretched schedule (a new ``total_steps`` without a new
+    ``ar_fraction``) keeps the step at which the run converted from autoregressive to
+    diffusion, so a converted model is never sent back to causal training."""
+    base = shape_of_checkpoint(folder)
+    overrides = dict(overrides or {})
+    if base.get("objective") == "ar" and "total_steps" in overrides \
+            and "ar_fraction" not in overrides and base.get("total_steps"):
+        convert_at = base.get("ar_fraction", 0.75) * base["total_steps"]
+        overrides["ar_fraction"] = min(1.0, convert_at / max(1, int(overrides["total_steps"])))
+    return {**base, **overrides}
+
+
 def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
     path = run_dir / "train_config.json"
     values = json.loads(path.read_text()) if path.is_file() else {}

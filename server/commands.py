@@ -150,7 +150,7 @@ def _bundled_model_hint(checkpoint: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from model.train import TrainConfig, export, prepare_run, shape_of_checkpoint, train
+    from model.train import TrainConfig, export, prepare_run, continued_config, train
     logging.getLogger("diffill").setLevel(logging.INFO)
     run = Path(args.run_dir)
     if args.export:
@@ -169,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not (run / "tokens.npy").is_file():
         overrides = json.loads(args.config) if args.config else {}
         if init is not None:  # the checkpoint's shape and schedule, unless --config says otherwise
-            overrides = {**shape_of_checkpoint(init), **overrides}
+            overrides = continued_config(init, overrides)
         try:
             cfg = TrainConfig(**overrides)
         except (TypeError, ValueError) as exc:

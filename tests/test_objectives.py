@@ -13,8 +13,8 @@ import torch
 
 import helpers
 from model import load_model
-from model.train import (TrainConfig, ar_loss, export, mdlm_loss, prepare_run,
-                         shape_of_checkpoint, train, use_bf16)
+from model.train import (TrainConfig, ar_loss, continued_config, export, mdlm_loss,
+                         prepare_run, shape_of_checkpoint, train, use_bf16)
 from model.transformer import Transformer
 
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -118,6 +118,17 @@ def test_a_run_resumes_from_its_exported_checkpoint_when_its_folder_is_gone(tmp_
     assert second.step == first.step + 15  # the schedule goes on where it stopped
     assert second.tokens_seen > first.tokens_seen
     assert second.history[-1]["phase"] == "mdlm"  # step 40 of 60 is past the conversion
+
+
+def test_a_stretched_schedule_keeps_a_converted_run_converted(tmp_path):
+    run = new_run(tmp_path / "run", objective="ar", ar_fraction=0.5, total_steps=40)
+    train(run, steps=25, threads=1)  # past the conversion at step 20
+    ckpt = export(run, tmp_path / "ckpt")
+    cfg = TrainConfig(**continued_config(ckpt, {"total_steps": 400}))
+    assert cfg.total_steps == 400
+    assert cfg.phase(25) == "mdlm" and cfg.phase(19) == "ar"  # converts at step 20 still
+    kept = TrainConfig(**continued_config(ckpt, {"total_steps": 400, "ar_fraction": 0.5}))
+    assert kept.phase(25) == "ar"  # an explicit ar_fraction is the user's choice
 
 
 def test_the_cli_continues_an_exported_run_with_its_recorded_schedule(tmp_path):
