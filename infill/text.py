@@ -36,6 +36,12 @@ def check_size(text: str, name: str = "input") -> None:
                          "character limit")
     if "\x00" in text[:8192]:
         raise InputError(f"{name}: looks like a binary file (NUL bytes)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud800" decodes to a lone surrogate
+        line = text.count("\n", 0, exc.start) + 1
+        raise InputError(f"{name}: a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) on "
+                         f"line {line} is not text") from None
 
 
 def line_starts(text: str) -> list[int]:

@@ -30,6 +30,11 @@ from .sockets import check_peer, own_paths, private_folder
 log = logging.getLogger("diffill.daemon")
 
 MAX_BATCH = 4
+WATCH_SECONDS = 2.0
+"""How often the daemon checks that its socket file is still its own."""
+LOCK_WAIT_SECONDS = 3 * WATCH_SECONDS
+"""How long a new daemon waits for the lock of one whose socket is gone (it notices within
+WATCH_SECONDS and exits)."""
 MAX_LINE = 64 * 1024 * 1024
 
 
@@ -44,6 +49,15 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     why: str = "cancelled"
     queued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def action(self) -> str:
+        return str((self.params.get("request") or {}).get("action", "complete"))
+
+    @property
+    def interactive(self) -> bool:
+        """A completion (ghost text): short, and someone is waiting on every keystroke."""
+        return self.params["method"] == "infill" and self.action == "complete"
 
 
 class Client:
@@ -215,6 +229,9 @@ class Daemon:
         self.counters = collections.Counter()
         self.last_error: str | None = None
         self.state = "idle"
+        self.worker_thread: threading.Thread | None = None
+        self.socket_id: tuple[int, int] | None = None
+        self.yielding = False
 
     # ------------------------------------------------------------ status
 
@@ -258,7 +275,12 @@ class Daemon:
                     client.send({"id": None, "error": {"kind": "UsageError",
                                                        "message": f"bad message: {exc}"}})
                     continue
-                self.dispatch(client, msg)
+                try:
+                    self.dispatch(client, msg)
+                except BadMessage as exc:
+                    mid = msg.get("id")
+                    client.send({"id": mid if isinstance(mid, (int, str)) else None,
+                                 "error": {"kind": "UsageError", "message": str(exc)}})
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -275,6 +297,19 @@ class Daemon:
 
     def dispatch(self, client: Client, msg: dict[str, Any]) -> None:
         mid, method, params = msg.get("id"), msg.get("method"), msg.get("params") or {}
+        if mid is not None and (isinstance(mid, bool) or not isinstance(mid, (int, str))):
+            raise BadMessage("a message id is a number or a string")
+        if not isinstance(method, str):
+            raise BadMessage("a message names its method as a string")
+        if not isinstance(params, dict):
+            raise BadMessage(f"{method}: params are a JSON object")
+        if method in ("infill", "load") and mid is None:
+            raise BadMessage(f"{method} is a request: give it an id")
+        if method == "infill" and not isinstance(params.get("request"), dict):
+            raise BadMessage("infill: params.request is a JSON object")
+        if not isinstance(params.get("model") or {}, dict) or \
+                not isinstance(params.get("settings") or {}, dict):
+            raise BadMessage(f"{method}: params.model and params.settings are JSON objects")
         if method == "cancel":
             job = client.jobs.get(params.get("id"))
             if job is not None:
@@ -344,19 +379,59 @@ class Daemon:
         self.queues.move_to_end(cid)  # round robin
         first = self.queues[cid].popleft()
         batch = [first]
-        if first.params["method"] == "infill" and first.params.get("request", {}).get(
-                "action") != "refine":
+        if first.params["method"] == "infill" and first.action != "refine":
             for other in list(self.queues):
                 if len(batch) >= MAX_BATCH:
                     break
                 q = self.queues[other]
                 if q and q[0].model_key == first.model_key and \
                         q[0].settings_key == first.settings_key and \
-                        q[0].params["method"] == "infill" and not q[0].cancelled.is_set():
+                        q[0].params["method"] == "infill" and \
+                        q[0].interactive == first.interactive and not q[0].cancelled.is_set():
                     batch.append(q.popleft())
         for cid in [c for c, q in self.queues.items() if not q]:
             del self.queues[cid]
         return batch
+
+    def _take_interactive(self, model_key: tuple) -> list[Job]:
+        """Queued completions for ``model_key`` (one settings group, up to MAX_BATCH), from any
+        place in any queue: they go before the long jobs queued with them."""
+        batch: list[Job] = []
+        for cid in list(self.queues):
+            q = self.queues[cid]
+            for job in list(q):
+                if len(batch) >= MAX_BATCH:
+                    break
+                if job.cancelled.is_set():
+                    q.remove(job)
+                    self._reply_cancelled(job)
+                elif job.interactive and job.model_key == model_key and \
+                        (not batch or job.settings_key == batch[0].settings_key):
+                    q.remove(job)
+                    batch.append(job)
+            if not q:
+                del self.queues[cid]
+        return batch
+
+    def _between_steps(self, job: Job) -> bool:
+        """Polled by a long job (a rewrite, a refine) before each denoising step: first run the
+        completions that came in meanwhile, on this thread and the same model, so ghost text
+        never waits for a rewrite to finish; then say whether the job was cancelled."""
+        if not self.yielding and threading.current_thread() is self.worker_thread:
+            self.yielding = True
+            running, state = self.running, self.state
+            try:
+                while not self.stopping:
+                    with self.cv:
+                        batch = self._take_interactive(job.model_key)
+                    if not batch:
+                        break
+                    self.counters["served_between_steps"] += len(batch)
+                    self.running = running + batch
+                    self._run(batch)
+            finally:
+                self.running, self.state, self.yielding = running, state, False
+        return job.cancelled.is_set()
 
     def worker(self) -> None:
         if self.preload is not None:
@@ -404,7 +479,9 @@ class Daemon:
             try:
                 req = request_from_wire(job.params.get("request") or {})
                 settings = settings_from_wire(job.params.get("settings"))
-                items.append((req, job.cancelled.is_set))
+                poll = job.cancelled.is_set if job.interactive else \
+                    (lambda job=job: self._between_steps(job))
+                items.append((req, poll))
                 live.append(job)
             except Exception as exc:
                 self._reply_error(job, exc)
@@ -468,11 +545,23 @@ class Daemon:
             self.loop.call_soon_threadsafe(self.done.set)
 
     async def idle_watch(self) -> None:
+        """Stop when idle too long, or when the socket file is no longer this daemon's (removed
+        or replaced): nobody can reach it any more, and it holds the lock a new one needs."""
         while not self.stopping:
-            await asyncio.sleep(min(5.0, max(0.5, self.idle_timeout / 4)))
+            await asyncio.sleep(min(WATCH_SECONDS, max(0.5, self.idle_timeout / 4)))
+            if not self.own_socket():
+                self.request_stop(f"{self.socket_path} was removed or replaced")
+                break
             busy = self.running or any(self.queues.values())
             if not busy and time.monotonic() - self.last_activity > self.idle_timeout:
                 self.request_stop(f"idle for {self.idle_timeout:.0f}s")
+
+    def own_socket(self) -> bool:
+        try:
+            st = os.lstat(self.socket_path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.socket_id
 
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -484,9 +573,12 @@ class Daemon:
         server = await asyncio.start_unix_server(self.handle, path=str(self.socket_path),
                                                  limit=MAX_LINE)
         os.chmod(self.socket_path, 0o600)
+        st = os.lstat(self.socket_path)
+        self.socket_id = (st.st_dev, st.st_ino)
         log.info("diffill daemon %s listening on %s (pid %d)", VERSION, self.socket_path,
                  os.getpid())
         worker = threading.Thread(target=self.worker, name="diffill-worker", daemon=True)
+        self.worker_thread = worker
         worker.start()
         watch = asyncio.create_task(self.idle_watch())
         await self.done.wait()
@@ -524,6 +616,10 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
+class BadMessage(ValueError):
+    """A line that is JSON but not a message this daemon understands."""
+
+
 def prepare_socket(path: Path):
     """Create the socket's folder (0700), take the daemon lock, clear a stale socket.
 
@@ -533,11 +629,17 @@ def prepare_socket(path: Path):
     private_folder(path.parent)
     own_paths(path)
     lock = open(str(path) + ".lock", "a+")
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise AlreadyRunning(f"a diffill daemon already serves {path}") from None
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            # A holder whose socket is gone is exiting (its watchdog): wait for it.
+            if path.exists() or time.monotonic() > deadline:
+                lock.close()
+                raise AlreadyRunning(f"a diffill daemon already serves {path}") from None
+            time.sleep(0.1)
     if path.exists() or path.is_symlink():
         path.unlink()
     lock.seek(0)

@@ -183,6 +183,14 @@ class AsyncDaemonClient:
             raise DaemonUnavailable(str(exc)) from None
 
     async def request(self, method: str, params: dict[str, Any]) -> Any:
+        """A call, asked once more on a new connection (the daemon restarted if need be)
+        when the daemon went away before answering: a daemon killed between two requests is
+        noticed by the next one, which must not fail for it."""
+        await self.ensure()
+        try:
+            return await self._call(method, params)
+        except DaemonUnavailable as exc:
+            log.info("%s; asking a fresh daemon", exc)
         await self.ensure()
         return await self._call(method, params)
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cattrs
 from lsprotocol import types
 from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
@@ -25,6 +26,7 @@ from . import protocol as P
 from .daemon_client import AsyncDaemonClient
 from .errors import (REQUEST_FAILED, BadInput, DiffillError, ModelUnavailable,
                      RequestCancelled, UsageError)
+from .jsonrpc import DiffillProtocol, serve_stdio, serve_tcp
 
 log = logging.getLogger("diffill.lsp")
 
@@ -81,7 +83,7 @@ class State:
 
 class DiffillServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__(P.SERVER_NAME, P.VERSION)
+        super().__init__(P.SERVER_NAME, P.VERSION, protocol_cls=DiffillProtocol)
         self.state = State()
 
     # ------------------------------------------------------------ helpers
@@ -286,11 +288,17 @@ def create_server() -> DiffillServer:
 
     async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, Any]:
         try:
+            if not 2 <= len(args) <= 3:
+                raise ValueError(f"{len(args)} arguments")
             uri, rng = args[0], args[1]
             version = args[2] if len(args) > 2 else None
             rng = rng if isinstance(rng, types.Range) else CONVERTER.structure(rng, types.Range)
-        except (IndexError, TypeError, ValueError, KeyError) as exc:
-            raise JsonRpcInvalidParams(f"expected [uri, range, version?]: {exc}") from None
+            if not isinstance(uri, str) or not (version is None or isinstance(version, int)):
+                raise TypeError("uri is a string and version an integer")
+        except Exception as exc:  # noqa: BLE001 - whatever the arguments were, they are wrong
+            problem = "; ".join(cattrs.transform_error(exc)) \
+                if isinstance(exc, cattrs.ClassValidationError) else str(exc)
+            raise JsonRpcInvalidParams(f"expected [uri, range, version?]: {problem}") from None
         doc = ls.document(uri)
         if version is not None and doc.version != version:
             raise RequestFailed("the document changed since the action was offered")
@@ -315,8 +323,13 @@ def create_server() -> DiffillServer:
         else:
             wedit = types.WorkspaceEdit(changes={uri: [edit]})
         label = "diffill: rewrite selection" if action == "rewrite" else "diffill: refine selection"
-        reply = await ls.workspace_apply_edit_async(
-            types.ApplyWorkspaceEditParams(edit=wedit, label=label))
+        sent = asyncio.ensure_future(ls.workspace_apply_edit_async(
+            types.ApplyWorkspaceEditParams(edit=wedit, label=label)))
+        try:
+            reply = await asyncio.shield(sent)
+        except asyncio.CancelledError:
+            # Cancelled after the edit went out: the answer says what the client did with it.
+            reply = await sent
         return {"applied": bool(reply.applied), "text": best["text"],
                 "remasked": result.get("remasked", [])}
 
@@ -382,7 +395,7 @@ def run(tcp: str | None = None) -> int:
     server = create_server()
     if tcp:
         host, _, port = tcp.rpartition(":")
-        server.start_tcp(host or "127.0.0.1", int(port))
+        serve_tcp(server, host or "127.0.0.1", int(port))
     else:
-        server.start_io()
+        serve_stdio(server)
     return 0

@@ -90,14 +90,21 @@ def slow_daemon(sock, tmp_path):
     client.close()
 
 
-SLOW = {"lengths": [128], "schedule": "fixed", "steps": 128}
+HOLD = {"lengths": [512], "schedule": "fixed", "steps": 1024}
+"""Settings of a request far longer than any test waits for: it is cancelled or superseded."""
 
 
-def test_cancel_stops_a_running_request_and_the_next_one_works(slow_daemon):
+def running(path: Path, requests: int = 1) -> dict:
+    """Status once the daemon's worker has taken its ``requests``-th request."""
+    return _poll_status(path, lambda st: st["counters"].get("requests") == requests and
+                        st["queued"] == 0 and st["state"] == "busy")
+
+
+def test_cancel_stops_a_running_request_and_the_next_one_works(slow_daemon, sock):
     client, make = slow_daemon
-    params = make({"text": "def f(x):\n    return x\n" * 20, "start": 10}, SLOW)
+    params = make({"text": "def f(x):\n    return x\n" * 20, "start": 10}, HOLD)
     client.send("infill", params, mid=99)
-    time.sleep(1.0)
+    running(sock)
     client.send("cancel", {"id": 99})
     reply = client.read()
     assert reply["id"] == 99
@@ -109,40 +116,41 @@ def test_cancel_stops_a_running_request_and_the_next_one_works(slow_daemon):
     assert result["forward_passes"] >= 1
 
 
-def test_a_newer_request_for_the_same_document_supersedes_the_older(slow_daemon):
+def test_a_newer_request_for_the_same_document_supersedes_the_older(slow_daemon, sock):
     client, make = slow_daemon
-    params = make({"text": "x = 1\n" * 50, "start": 4}, SLOW)
-    for mid in (1, 2):
-        client.send("infill", params, mid=mid)
-        time.sleep(0.5)
+    params = make({"text": "x = 1\n" * 50, "start": 4}, HOLD)
+    client.send("infill", params, mid=1)
+    running(sock)
+    client.send("infill", dict(params, settings={"lengths": [4]}), mid=2)
     first = client.read()
     assert first["id"] == 1 and "superseded" in first["error"]["message"]
     second = client.read()
     assert second["id"] == 2 and "result" in second
 
 
-async def test_killing_the_daemon_mid_request_gives_an_error_then_recovery(pattern_ckpt, sock,
-                                                                        tmp_path):
+async def test_a_request_whose_daemon_is_killed_is_answered_by_a_fresh_one(pattern_ckpt, sock,
+                                                                          tmp_path):
     model = slow_checkpoint(tmp_path)
     opts = options(model, sock, maxTokens=128, ensemble=1, schedule="fixed", steps=128)
     async with session(opts) as client:
         open_doc(client, "def f(x):\n    return x\n" * 10, uri="file:///work/a.py")
-        st = await status(client)
-        pid = st["pid"]
+        pid = (await status(client))["pid"]
         task = asyncio.ensure_future(inline(client, 1, 4, uri="file:///work/a.py"))
-        await asyncio.sleep(1.5)
+        for _ in range(6000):  # until the daemon has the request (an event, not a clock)
+            if (await status(client))["counters"].get("requests"):
+                break
+            await asyncio.sleep(0.01)
         os.kill(pid, signal.SIGKILL)
-        with pytest.raises(JsonRpcException) as info:
-            await asyncio.wait_for(task, 30)
-        assert info.value.code == types.LSPErrorCodes.RequestFailed
-        assert "daemon" in info.value.message
-        # The next request starts a fresh daemon, which loads the model again.
-        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-            settings={"diffill": {"maxTokens": 4, "schedule": "threshold"}}))
-        result = await inline(client, 1, 4, uri="file:///work/a.py")
-        assert result is not None
+        # The server asks again on a fresh daemon, which loads the model again.
+        result = await asyncio.wait_for(task, 300)
+        assert result is not None and len(result.items) == 1
         st = await status(client)
         assert st["pid"] != pid and st["loads"] == 1
+        pid = st["pid"]
+        os.kill(pid, signal.SIGKILL)  # between two requests: the next one does not fail
+        result = await inline(client, 1, 4, uri="file:///work/a.py")
+        assert result is not None and len(result.items) == 1
+        assert (await status(client))["pid"] != pid
 
 
 def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
@@ -164,16 +172,25 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     client.close()
 
 
-def test_ghost_text_requests_do_not_cancel_a_rewrite_of_the_same_document(slow_daemon):
+def test_ghost_text_is_served_between_the_steps_of_a_running_rewrite(slow_daemon, sock):
     client, make = slow_daemon
     text = "x = 1\n" * 50
     client.send("infill", make({"text": text, "start": 4, "end": 5, "action": "rewrite"},
-                               {"lengths": [64], "schedule": "fixed", "steps": 64}), mid=1)
-    time.sleep(0.3)
+                               {"lengths": [512], "schedule": "fixed", "steps": 1024}), mid=1)
+    running(sock)
+    # Another window's completion and this document's own: neither waits for the rewrite,
+    # and neither cancels it.
+    other = DaemonClient(sock, timeout=600)
+    other.send("infill", make({"text": "y = 2\n", "start": 4}, {"lengths": [4]}), mid=7)
     client.send("infill", make({"text": text, "start": 10}, {"lengths": [4]}), mid=2)
-    replies = {m["id"]: m for m in (client.read() for _ in range(2))}
-    assert "result" in replies[1], replies[1]
-    assert "result" in replies[2], replies[2]
+    assert "result" in other.read()
+    first = client.read()
+    assert first["id"] == 2 and "result" in first, first  # before the rewrite's answer
+    st = client.call("status")
+    assert st["counters"]["served_between_steps"] == 2 and st["state"] == "busy"
+    client.send("cancel", {"id": 1})
+    assert client.read()["error"]["kind"] == "RequestCancelled"
+    other.close()
 
 
 def test_a_failed_load_keeps_the_working_model_serving(pattern_ckpt, sock, tmp_path):
