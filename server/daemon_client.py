@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                             start_new_session=True, env=env, cwd=root)
     logf.close()
+    # Reap it when it exits (an exited child left unwaited stays a zombie until we exit).
+    threading.Thread(target=proc.wait, name="diffill-reaper", daemon=True).start()
     log.info("started diffill daemon (pid %d) on %s; log %s", proc.pid, path, log_path)
     return proc
 
@@ -123,10 +126,11 @@ class AsyncDaemonClient:
             await self._call("hello", {"name": self.name})
 
     async def _read_loop(self) -> None:
-        assert self.reader is not None
+        reader, writer = self.reader, self.writer
+        assert reader is not None
         try:
             while True:
-                line = await self.reader.readline()
+                line = await reader.readline()
                 if not line:
                     break
                 msg = json.loads(line)
@@ -141,8 +145,9 @@ class AsyncDaemonClient:
         except (ConnectionError, ValueError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._lost("the diffill daemon stopped during the request; it is restarted on "
-                       "the next one")
+            if self.writer is writer:  # not a newer connection's business
+                self._lost("the diffill daemon stopped during the request; it is restarted "
+                           "on the next one")
 
     def _lost(self, why: str) -> None:
         if self.writer is not None:

@@ -33,11 +33,13 @@ from typing import Any, BinaryIO
 
 import cattrs
 from lsprotocol import types
+from lsprotocol.types import ResponseErrorMessage
 from pygls.exceptions import (JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest,
                               JsonRpcParseError, JsonRpcServerNotInitialized)
 from pygls.io_ import StdoutWriter
 from pygls.protocol import LanguageServerProtocol, lsp_method
-from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
+from pygls.protocol.json_rpc import (JsonRPCNotification, JsonRPCRequestMessage,
+                                     JsonRPCResponseMessage)
 from pygls.protocol.language_server import _prepare_command_arguments
 
 log = logging.getLogger("diffill.jsonrpc")
@@ -134,7 +136,11 @@ async def read_messages(reader: FrameReader, protocol: "DiffillProtocol",
         length = None
         if not body:
             return
-        rest = protocol.feed(body)
+        try:
+            rest = protocol.feed(body)
+        except Exception:  # noqa: BLE001 - a bug here must not end the session
+            log.exception("could not handle a message")
+            rest = None
         if rest:
             reader.unread(rest)
 
@@ -260,8 +266,14 @@ class DiffillProtocol(LanguageServerProtocol):
             if is_request:
                 self._reject(mid, JsonRpcInvalidRequest, 'jsonrpc must be "2.0"')
             return
-        if "method" not in data:
-            message = self.structure_message(data)  # a response to one of our requests
+        if "method" not in data:  # a response to one of our requests
+            kind = ResponseErrorMessage if "error" in data else \
+                self._result_types.pop(mid, None) or JsonRPCResponseMessage
+            try:
+                message = self._converter.structure(data, kind)
+            except Exception as exc:  # noqa: BLE001 - nobody to answer: drop it
+                log.warning("dropped a malformed response (id %r): %s", mid, _params_problem(exc))
+                return
         else:
             kind = self.get_message_type(method) or \
                 (JsonRPCRequestMessage if "id" in data else JsonRPCNotification)
@@ -301,6 +313,11 @@ class DiffillProtocol(LanguageServerProtocol):
                 self._reject(message.id, JsonRpcServerNotInitialized,
                              f"{method} before initialize")
             return
+        if method == types.CANCEL_REQUEST:
+            target = getattr(getattr(message, "params", None), "id", None)
+            if isinstance(target, bool) or not isinstance(target, (int, str)):
+                log.warning("dropped a $/cancelRequest whose id is %r", type(target).__name__)
+                return
         super().handle_message(message)
 
     # ------------------------------------------------------------ answers

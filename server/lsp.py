@@ -209,6 +209,7 @@ def create_server() -> DiffillServer:
         old = ls.apply_settings(params.settings)
         settings = ls.state.settings
         if settings.model_spec() != old.model_spec() or settings.socket != old.socket:
+            ls.state.shown.clear()  # another model's suggestions are not this one's
             ls.state.load_task = asyncio.ensure_future(load_model(ls))
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())

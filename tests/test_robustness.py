@@ -194,8 +194,8 @@ async def test_fuzzed_messages_each_get_at_most_one_answer_and_requests_exactly_
     final = await wire.answer(code_action(wire))
     assert "result" in final
     assert wire.proc.returncode is None  # alive
-    twice = {k: v for k, v in wire.answers.items() if k is not None and len(v) > 1}
-    assert not twice
+    # Each id sent once gets one answer (a fuzzed message may reuse an id; those can't).
+    assert not [mid for mid in owed if len(wire.answers[mid]) > 1]
     assert len(owed) > 250
     assert await wire.close() == 0
 
