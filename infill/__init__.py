@@ -11,9 +11,9 @@ from typing import Any
 
 _EXPORTS = {
     "ContextBudget": "context", "Window": "context", "build_window": "context",
-    "ACTIONS": "engine", "Completion": "engine", "Engine": "engine", "InfillRequest": "engine",
-    "InfillResult": "engine", "InfillSettings": "engine", "with_overrides": "engine",
-    "Cancelled": "sampler", "Candidate": "sampler", "SamplerSettings": "sampler",
+    "ACTIONS": "api", "Completion": "api", "InfillRequest": "api", "InfillResult": "api",
+    "InfillSettings": "api", "with_overrides": "api", "Cancelled": "api",
+    "SamplerSettings": "api", "Engine": "engine", "Candidate": "sampler",
     "denoise": "sampler", "infill": "sampler", "infill_many": "sampler", "refine": "sampler",
     "InputError": "text", "PositionError": "text", "decode_source": "text", "offset_at": "text",
     "position_of": "text",

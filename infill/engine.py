@@ -8,116 +8,22 @@ conversion (and its encodings) happens at the edges.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from model import DiffusionModel
 
 from . import post
 from .context import ContextBudget, Window, build_window, encode
-from .sampler import Cancelled, Candidate, SamplerSettings, infill_many, refine
+from .api import (ACTIONS, MAX_MASKS, Completion, InfillRequest, InfillResult,
+                  InfillSettings)
+from .sampler import Cancelled, Candidate, infill_many, refine
 from .text import InputError, PositionError, check_size
 
-ACTIONS = ("complete", "rewrite", "refine")
-MAX_MASKS = 512
-"""Most masks one fill may have (``max_tokens``, each of ``lengths``, a rewrite's span): the
-work of a request grows with them, and one huge request must not hold the worker for minutes."""
-MAX_LENGTHS = 8
-"""Most fills of one request (``ensemble``, ``lengths``): each is a row of every pass."""
-MAX_CONTEXT = 16384
-"""Most context tokens a request may ask for on each side."""
 LINE_LADDER = (4, 8, 16, 32, 64)
 BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
 SYNTAX_CHECK_LIMIT = 1_000_000
 """Documents above this many characters are not re-parsed per candidate."""
-
-
-@dataclass(frozen=True)
-class InfillSettings:
-    sampler: SamplerSettings = SamplerSettings()
-    budget: ContextBudget = ContextBudget()
-    max_tokens: int = 64
-    """Most tokens a completion may take (the largest mask count tried); capped by the
-    checkpoint's ``max_fill`` when its profile has one."""
-    mode: str = "auto"
-    """``auto`` | ``line`` | ``block`` for completions."""
-    ensemble: int = 2
-    """How many mask counts are tried in one batch (the length ensemble)."""
-    lengths: tuple[int, ...] = ()
-    """Explicit mask counts; overrides ``ensemble``."""
-    refine_threshold: float = 0.3
-    """Refine re-masks tokens whose probability in context is under this."""
-    min_confidence: float | None = None
-    """Completions scored below this are not shown (say nothing rather than something wrong);
-    None: the checkpoint's calibrated value, or 0 when it records none."""
-    check_names: bool = True
-    """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if self.max_tokens > MAX_MASKS:
-            raise ValueError(f"max_tokens {self.max_tokens} is over the cap of {MAX_MASKS}")
-        if any(n < 1 or n > MAX_MASKS for n in self.lengths):
-            raise ValueError(f"lengths must be between 1 and {MAX_MASKS} masks")
-        if len(self.lengths) > MAX_LENGTHS or self.ensemble > MAX_LENGTHS:
-            raise ValueError(f"at most {MAX_LENGTHS} lengths (ensemble) per request")
-        b = self.budget
-        if max(b.prefix_tokens, b.suffix_tokens, b.extra_tokens) > MAX_CONTEXT or \
-                min(b.prefix_tokens, b.suffix_tokens, b.extra_tokens) < 0:
-            raise ValueError(f"context budgets must be between 0 and {MAX_CONTEXT} tokens")
-        if self.mode not in post.MODES:
-            raise ValueError(f"mode must be one of {', '.join(post.MODES)}")
-        if self.ensemble < 1:
-            raise ValueError("ensemble must be at least 1")
-        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
-            raise ValueError("min_confidence must be between 0 and 1")
-
-
-@dataclass(frozen=True)
-class InfillRequest:
-    text: str
-    start: int
-    """Character offset of the cursor, or of the selection's start."""
-    end: int | None = None
-    """Selection end (exclusive) for ``rewrite`` and ``refine``."""
-    action: str = "complete"
-    language: str | None = None
-    path: str | None = None
-    extra: tuple[tuple[str, str], ...] = ()
-    """Extra context chunks, (name, text), placed ahead of the prefix."""
-
-
-@dataclass
-class Completion:
-    text: str
-    start: int
-    end: int
-    """The character range of the document this text replaces."""
-    score: float
-    parses: bool | None = None
-    tokens: int = 0
-    terminated: bool = True
-    """The model ended the fill itself (wrote filler) rather than running out of masks."""
-    unknown: tuple[str, ...] = ()
-    """Names the text uses that are defined nowhere in the document (see ``post``)."""
-
-
-@dataclass
-class InfillResult:
-    items: list[Completion]
-    """Best first; may be empty when the model proposes nothing useful."""
-    mode: str
-    forward_passes: int
-    seconds: float
-    remasked: list[int] = field(default_factory=list)
-    """Refine only: indices of the selection's tokens that were re-masked."""
-    withheld: int = 0
-    """Completions not shown because they scored under ``min_confidence``."""
-
-    @property
-    def best(self) -> Completion | None:
-        return self.items[0] if self.items else None
 
 
 @dataclass
@@ -339,13 +245,3 @@ class Engine:
                 it.parses = post.parses(language, text[:it.start] + it.text + text[it.end:])
         items.sort(key=lambda it: (it.parses is not True, bool(it.unknown), not it.terminated,
                                    -it.score))
-
-
-def with_overrides(settings: InfillSettings, **changes) -> InfillSettings:
-    """Settings with top-level or sampler fields replaced (unknown names are an error)."""
-    sampler_fields = set(SamplerSettings.__dataclass_fields__)  # type: ignore[attr-defined]
-    top = {k: v for k, v in changes.items() if k not in sampler_fields and v is not None}
-    samp = {k: v for k, v in changes.items() if k in sampler_fields and v is not None}
-    if samp:
-        top["sampler"] = replace(settings.sampler, **samp)
-    return replace(settings, **top)

@@ -26,61 +26,7 @@ import torch
 
 from model import DiffusionModel, KVCache
 
-SCHEDULES = ("fixed", "threshold", "blocks")
-ORDERS = ("confidence", "margin", "entropy")
-CACHES = ("auto", "none", "dual")
-FILLER_ORDERS = ("auto", "left", "any")
-
-
-class Cancelled(Exception):
-    """The caller asked to stop (a newer request, ``$/cancelRequest``, a closed client)."""
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    schedule: str = "threshold"
-    """``fixed`` | ``threshold`` | ``blocks``."""
-    steps: int = 0
-    """Forward passes for ``fixed``/``blocks`` over the whole span; 0 means one per 2 tokens."""
-    threshold: float = 0.9
-    """Probability at or above which ``threshold`` commits a position."""
-    order: str = "confidence"
-    """Which masked positions go first: ``confidence`` | ``margin`` | ``entropy``."""
-    block_size: int = 32
-    """Block length of the ``blocks`` schedule (and of cache refreshes)."""
-    temperature: float = 0.0
-    """0 is greedy, as editors want; above 0 samples."""
-    top_p: float = 1.0
-    seed: int | None = None
-    cache: str = "auto"
-    """``none`` recomputes the window each step; ``dual`` caches context K/V per block;
-    ``auto`` asks the checkpoint's profile (``dual`` where it was measured to keep the
-    answers, ``none`` otherwise)."""
-    min_tokens: int = 1
-    """Filler is not allowed in the first ``min_tokens`` masks of a gap: an empty fill is
-    never what an editor asks for."""
-    filler_order: str = "auto"
-    """Where a fill may end. ``left``: filler commits only right behind the written part of the
-    gap, and then closes the rest of it; ``any``: filler commits wherever it is surest, as any
-    other token (plain confidence order); ``auto``: what the checkpoint's profile says."""
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
-        if self.cache not in CACHES:
-            raise ValueError(f"cache must be one of {', '.join(CACHES)}")
-        if self.filler_order not in FILLER_ORDERS:
-            raise ValueError(f"filler_order must be one of {', '.join(FILLER_ORDERS)}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError("threshold must be in (0, 1]")
-        if self.steps < 0 or self.block_size < 1:
-            raise ValueError("steps must be >= 0 and block_size >= 1")
-        if self.steps > MAX_STEPS:
-            raise ValueError(f"steps {self.steps} is over the cap of {MAX_STEPS} forward passes")
-        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+from .api import Cancelled, SamplerSettings
 
 
 @dataclass
@@ -209,9 +155,6 @@ def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked
 
 
 # ---------------------------------------------------------------- the loop
-
-MAX_STEPS = 1024
-"""Forward passes one request may ask for (caps the fixed/blocks schedules)."""
 
 
 def cache_mode(settings: SamplerSettings, model: DiffusionModel) -> str:

@@ -76,7 +76,7 @@ class ErrorInfo:
 
 def classify(exc: BaseException) -> DiffillError:
     """The :class:`DiffillError` for any exception a request can raise."""
-    from infill.sampler import Cancelled
+    from infill.api import Cancelled
     from infill.text import InputError
     if isinstance(exc, DiffillError):
         return exc

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wire import ROOT, Wire, frame, fuzz_messages, now, percentile  # noqa: E402
+from wire import ROOT, Wire, fuzz_messages, now, percentile  # noqa: E402
 
 URI = "file:///soak/m.py"
 SAMPLE = (ROOT / "infill" / "post.py").read_text()  # real Python, hundreds of lines

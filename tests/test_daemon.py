@@ -7,18 +7,17 @@ import asyncio
 import os
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from lsprotocol import types
-from pygls.exceptions import JsonRpcException
 
 import helpers
 from server.daemon_client import DaemonClient, spawn_daemon
-from test_lsp import ROOT, URI, inline, open_doc, options, session, status, stop_daemon
+from test_lsp import ROOT, inline, open_doc, options, session, status, stop_daemon
 
 
 @pytest.fixture()
@@ -165,10 +164,19 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     assert r.stdout.decode() == "c5 c6 c7\n"
     st = client.call("status")
     assert st["counters"]["completed"] == 1 and st["loads"] == 1
+    # Answered by the daemon, the CLI never imports torch (it starts in a fraction of the time).
+    probe = ("import sys; from server.cli import main; "
+             f"rc = main(['infill', '-', '--lengths', '8', '--socket', {str(sock)!r}, "
+             f"'--model', {str(pattern_ckpt)!r}]); "
+             "print('torch' in sys.modules, 'transformers' in sys.modules, rc, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", probe], input=doc.encode(), capture_output=True,
+                       cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
+    assert r.stdout.decode() == "c5 c6 c7\n", r.stderr.decode()
+    assert r.stderr.decode().strip().splitlines()[-1] == "False False 0"
     r = diffill("infill", "-", "--lengths", "8", "--socket", str(sock), "--no-daemon",
                 stdin=doc.encode(), model=pattern_ckpt)
     assert r.stdout.decode() == "c5 c6 c7\n"
-    assert client.call("status")["counters"]["completed"] == 1  # in-process this time
+    assert client.call("status")["counters"]["completed"] == 2  # in-process this time
     client.close()
 
 

@@ -126,7 +126,7 @@ def test_a_whole_line_fill_in_front_of_code_keeps_its_newline():
 def test_every_request_is_bounded_and_an_oversized_one_names_its_cap(pattern_model):
     import pytest
 
-    from infill.engine import MAX_MASKS
+    from infill.api import MAX_MASKS
     from infill.text import InputError
     for bad in (dict(lengths=(100000,)), dict(max_tokens=10**6), dict(ensemble=50),
                 dict(lengths=tuple(range(1, 20)))):

@@ -79,8 +79,7 @@ def test_numeric_settings_have_upper_bounds_reported_with_the_bound():
 
 def test_the_settings_bounds_are_the_engines_caps():
     """protocol.py stays free of torch, so it spells the engine's caps out; they must agree."""
-    from infill.engine import MAX_CONTEXT, MAX_LENGTHS, MAX_MASKS
-    from infill.sampler import MAX_STEPS
+    from infill.api import MAX_CONTEXT, MAX_LENGTHS, MAX_MASKS, MAX_STEPS
     from server.protocol import UPPER
     assert UPPER["maxTokens"] == MAX_MASKS and UPPER["ensemble"] == MAX_LENGTHS
     assert UPPER["steps"] == MAX_STEPS

@@ -1,0 +1,180 @@
+"""The engine's vocabulary, free of torch: settings, requests, results and the caps on a
+request's work.
+
+The CLI talking to a daemon, the daemon's wire format and the error mapping need these names
+but not a model; importing them from here costs milliseconds, where ``infill.engine`` and
+``infill.sampler`` bring torch (about a second).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from . import post
+from .context import ContextBudget
+
+SCHEDULES = ("fixed", "threshold", "blocks")
+ORDERS = ("confidence", "margin", "entropy")
+CACHES = ("auto", "none", "dual")
+FILLER_ORDERS = ("auto", "left", "any")
+
+
+class Cancelled(Exception):
+    """The caller asked to stop (a newer request, ``$/cancelRequest``, a closed client)."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    schedule: str = "threshold"
+    """``fixed`` | ``threshold`` | ``blocks``."""
+    steps: int = 0
+    """Forward passes for ``fixed``/``blocks`` over the whole span; 0 means one per 2 tokens."""
+    threshold: float = 0.9
+    """Probability at or above which ``threshold`` commits a position."""
+    order: str = "confidence"
+    """Which masked positions go first: ``confidence`` | ``margin`` | ``entropy``."""
+    block_size: int = 32
+    """Block length of the ``blocks`` schedule (and of cache refreshes)."""
+    temperature: float = 0.0
+    """0 is greedy, as editors want; above 0 samples."""
+    top_p: float = 1.0
+    seed: int | None = None
+    cache: str = "auto"
+    """``none`` recomputes the window each step; ``dual`` caches context K/V per block;
+    ``auto`` asks the checkpoint's profile (``dual`` where it was measured to keep the
+    answers, ``none`` otherwise)."""
+    min_tokens: int = 1
+    """Filler is not allowed in the first ``min_tokens`` masks of a gap: an empty fill is
+    never what an editor asks for."""
+    filler_order: str = "auto"
+    """Where a fill may end. ``left``: filler commits only right behind the written part of the
+    gap, and then closes the rest of it; ``any``: filler commits wherever it is surest, as any
+    other token (plain confidence order); ``auto``: what the checkpoint's profile says."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache must be one of {', '.join(CACHES)}")
+        if self.filler_order not in FILLER_ORDERS:
+            raise ValueError(f"filler_order must be one of {', '.join(FILLER_ORDERS)}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError("threshold must be in (0, 1]")
+        if self.steps < 0 or self.block_size < 1:
+            raise ValueError("steps must be >= 0 and block_size >= 1")
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"steps {self.steps} is over the cap of {MAX_STEPS} forward passes")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+MAX_STEPS = 1024
+"""Forward passes one request may ask for (caps the fixed/blocks schedules)."""
+ACTIONS = ("complete", "rewrite", "refine")
+MAX_MASKS = 512
+"""Most masks one fill may have (``max_tokens``, each of ``lengths``, a rewrite's span): the
+work of a request grows with them, and one huge request must not hold the worker for minutes."""
+MAX_LENGTHS = 8
+"""Most fills of one request (``ensemble``, ``lengths``): each is a row of every pass."""
+MAX_CONTEXT = 16384
+"""Most context tokens a request may ask for on each side."""
+
+
+@dataclass(frozen=True)
+class InfillSettings:
+    sampler: SamplerSettings = SamplerSettings()
+    budget: ContextBudget = ContextBudget()
+    max_tokens: int = 64
+    """Most tokens a completion may take (the largest mask count tried); capped by the
+    checkpoint's ``max_fill`` when its profile has one."""
+    mode: str = "auto"
+    """``auto`` | ``line`` | ``block`` for completions."""
+    ensemble: int = 2
+    """How many mask counts are tried in one batch (the length ensemble)."""
+    lengths: tuple[int, ...] = ()
+    """Explicit mask counts; overrides ``ensemble``."""
+    refine_threshold: float = 0.3
+    """Refine re-masks tokens whose probability in context is under this."""
+    min_confidence: float | None = None
+    """Completions scored below this are not shown (say nothing rather than something wrong);
+    None: the checkpoint's calibrated value, or 0 when it records none."""
+    check_names: bool = True
+    """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if self.max_tokens > MAX_MASKS:
+            raise ValueError(f"max_tokens {self.max_tokens} is over the cap of {MAX_MASKS}")
+        if any(n < 1 or n > MAX_MASKS for n in self.lengths):
+            raise ValueError(f"lengths must be between 1 and {MAX_MASKS} masks")
+        if len(self.lengths) > MAX_LENGTHS or self.ensemble > MAX_LENGTHS:
+            raise ValueError(f"at most {MAX_LENGTHS} lengths (ensemble) per request")
+        b = self.budget
+        if max(b.prefix_tokens, b.suffix_tokens, b.extra_tokens) > MAX_CONTEXT or \
+                min(b.prefix_tokens, b.suffix_tokens, b.extra_tokens) < 0:
+            raise ValueError(f"context budgets must be between 0 and {MAX_CONTEXT} tokens")
+        if self.mode not in post.MODES:
+            raise ValueError(f"mode must be one of {', '.join(post.MODES)}")
+        if self.ensemble < 1:
+            raise ValueError("ensemble must be at least 1")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            raise ValueError("min_confidence must be between 0 and 1")
+
+
+@dataclass(frozen=True)
+class InfillRequest:
+    text: str
+    start: int
+    """Character offset of the cursor, or of the selection's start."""
+    end: int | None = None
+    """Selection end (exclusive) for ``rewrite`` and ``refine``."""
+    action: str = "complete"
+    language: str | None = None
+    path: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+    """Extra context chunks, (name, text), placed ahead of the prefix."""
+
+
+@dataclass
+class Completion:
+    text: str
+    start: int
+    end: int
+    """The character range of the document this text replaces."""
+    score: float
+    parses: bool | None = None
+    tokens: int = 0
+    terminated: bool = True
+    """The model ended the fill itself (wrote filler) rather than running out of masks."""
+    unknown: tuple[str, ...] = ()
+    """Names the text uses that are defined nowhere in the document (see ``post``)."""
+
+
+@dataclass
+class InfillResult:
+    items: list[Completion]
+    """Best first; may be empty when the model proposes nothing useful."""
+    mode: str
+    forward_passes: int
+    seconds: float
+    remasked: list[int] = field(default_factory=list)
+    """Refine only: indices of the selection's tokens that were re-masked."""
+    withheld: int = 0
+    """Completions not shown because they scored under ``min_confidence``."""
+
+    @property
+    def best(self) -> Completion | None:
+        return self.items[0] if self.items else None
+
+
+def with_overrides(settings: InfillSettings, **changes) -> InfillSettings:
+    """Settings with top-level or sampler fields replaced (unknown names are an error)."""
+    sampler_fields = set(SamplerSettings.__dataclass_fields__)  # type: ignore[attr-defined]
+    top = {k: v for k, v in changes.items() if k not in sampler_fields and v is not None}
+    samp = {k: v for k, v in changes.items() if k in sampler_fields and v is not None}
+    if samp:
+        top["sampler"] = replace(settings.sampler, **samp)
+    return replace(settings, **top)
