@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     why: str = "cancelled"
     queued_at: float = field(default_factory=time.monotonic)
+    cache_key: str | None = None
 
     @property
     def action(self) -> str:
@@ -82,6 +84,54 @@ class Client:
             self.closed = True
 
 
+class ResultCache:
+    """Recent completion results by request (the document's text, the cursor, model and
+    settings): typing a character and deleting it, or asking again after a reconnect, costs
+    no forward pass. Least recently used entries go first; entries expire after ``ttl``
+    seconds, and all of them when a model is (re)loaded. Sampled fills (temperature above 0
+    with no seed) are never cached: asking again should give another."""
+
+    def __init__(self, size: int = 100, ttl: float = 300.0) -> None:
+        self.size, self.ttl = size, ttl
+        self.entries: collections.OrderedDict[str, tuple[float, dict]] = \
+            collections.OrderedDict()
+        self.lock = threading.Lock()  # filled by the worker, read by the event loop
+
+    def key(self, job: "Job") -> str | None:
+        settings = json.loads(job.settings_key)
+        if settings.get("temperature") and settings.get("seed") is None:
+            return None
+        req = job.params.get("request") or {}
+        digest = hashlib.sha1()
+        for part in (job.model_key, job.settings_key, req.get("start"), req.get("end"),
+                     req.get("language"), req.get("path"), req.get("extra"), req.get("text")):
+            digest.update(json.dumps(part, default=str).encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+    def get(self, key: str | None) -> dict | None:
+        if key is None:
+            return None
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None or time.monotonic() - entry[0] > self.ttl:
+                self.entries.pop(key, None)
+                return None
+            self.entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: str, result: dict) -> None:
+        with self.lock:
+            self.entries[key] = (time.monotonic(), result)
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
 class Registry:
     """Loaded engines by (checkpoint, device, dtype, family); the most recent ``keep`` stay."""
 
@@ -90,6 +140,8 @@ class Registry:
         self.engines: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self.loads = 0
         self.load_seconds = 0.0
+        self.on_load = lambda: None
+        """Called after every load (the daemon drops its cached results)."""
 
     @staticmethod
     def key(spec: dict[str, Any] | None) -> tuple:
@@ -127,6 +179,7 @@ class Registry:
         model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
         self.load_seconds += time.perf_counter() - t0
         self.loads += 1
+        self.on_load()
         info = model.describe()
         log.info("model loaded: %s on %s as %s in %.2fs", info["checkpoint"], info["device"],
                  info["dtype"], info["load_seconds"])
@@ -214,6 +267,8 @@ class Daemon:
         self.socket_path = socket_path
         self.idle_timeout = idle_timeout
         self.registry = Registry(keep_models)
+        self.cache = ResultCache()
+        self.registry.on_load = self.cache.clear
         self.preload = preload
         self.started = time.time()
         self.last_activity = time.monotonic()
@@ -248,6 +303,7 @@ class Daemon:
                 "rss_bytes": _rss_bytes(), "cuda_bytes": _cuda_bytes(),
                 "clients": len(self.clients), "queued": sum(len(q) for q in self.queues.values()),
                 "idle_timeout_s": self.idle_timeout, "counters": dict(self.counters),
+                "cached_results": len(self.cache.entries),
                 "last_error": self.last_error}
 
     # ------------------------------------------------------------ connections
@@ -340,8 +396,19 @@ class Daemon:
         key = Registry.key(params.get("model"))
         job = Job(mid, client, {"method": method, **params}, doc, key,
                   json.dumps(params.get("settings") or {}, sort_keys=True))
-        client.jobs[mid] = job
         self.counters["requests" if method == "infill" else "load_requests"] += 1
+        if job.interactive:
+            job.cache_key = self.cache.key(job)
+            hit = self.cache.get(job.cache_key)
+            if hit is not None:  # the same request lately (backspace, a reconnect): no model
+                self.counters["cache_hits"] += 1
+                older = self.by_document.get((client.id, doc)) if doc is not None else None
+                if older is not None:
+                    self.cancel(older, "superseded by a newer request for the same document")
+                client.send({"id": mid, "result": dict(hit, cached=True)})
+                return
+            self.counters["cache_misses"] += 1
+        client.jobs[mid] = job
         with self.cv:
             if doc is not None:
                 older = self.by_document.get((client.id, doc))
@@ -414,18 +481,18 @@ class Daemon:
         return batch
 
     def _between_steps(self, job: Job) -> bool:
-        """Polled by a long job (a rewrite, a refine) before each denoising step: first run the
-        completions that came in meanwhile, on this thread and the same model, so ghost text
-        never waits for a rewrite to finish; then say whether the job was cancelled."""
+        """Polled by a long job (a rewrite, a refine) before each denoising step: first run one
+        batch of the completions that came in meanwhile, on this thread and the same model, so
+        ghost text waits at most one step of a rewrite, never all of it; then say whether the
+        job was cancelled. One batch per step: a stream of completions slows a rewrite down
+        but never stops it."""
         if not self.yielding and threading.current_thread() is self.worker_thread:
             self.yielding = True
             running, state = self.running, self.state
             try:
-                while not self.stopping:
-                    with self.cv:
-                        batch = self._take_interactive(job.model_key)
-                    if not batch:
-                        break
+                with self.cv:
+                    batch = [] if self.stopping else self._take_interactive(job.model_key)
+                if batch:
                     self.counters["served_between_steps"] += len(batch)
                     self.running = running + batch
                     self._run(batch)
@@ -502,7 +569,10 @@ class Daemon:
                         self._reply_error(job, res)
                 else:
                     self.counters["completed"] += 1
-                    self._reply(job, {"result": result_to_wire(res)})
+                    wire = result_to_wire(res)
+                    if job.cache_key is not None:
+                        self.cache.put(job.cache_key, wire)
+                    self._reply(job, {"result": wire})
         self.state = "idle"
 
     # ------------------------------------------------------------ replies (any thread)

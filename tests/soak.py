@@ -97,9 +97,11 @@ async def fuzz(model: str, sock: Path, folder: Path, n: int) -> dict:
 
 
 async def completion_latencies(w: Wire, uri: str, count: int, rng: random.Random,
-                               cancel_rate: float = 0.0) -> tuple[list[float], int, int]:
-    """Send ``count`` completions one after another (the next when the last is answered),
-    each at a random place; returns (seconds of the answered ones, cancelled, failed)."""
+                               cancel_rate: float = 0.0, think: float = 0.0
+                               ) -> tuple[list[float], int, int]:
+    """Send ``count`` completions one after another (the next ``think`` seconds after the
+    last was answered), each at a random place; returns (seconds of the answered ones,
+    cancelled, failed)."""
     lines = SAMPLE.splitlines()
     times, cancelled, failed = [], 0, 0
     for _ in range(count):
@@ -116,10 +118,13 @@ async def completion_latencies(w: Wire, uri: str, count: int, rng: random.Random
             cancelled += 1
         else:
             failed += 1
+        if think:
+            await asyncio.sleep(think)
     return times, cancelled, failed
 
 
-async def load(model: str, sock: Path, folder: Path, clients: int, requests: int) -> dict:
+async def load(model: str, sock: Path, folder: Path, clients: int, requests: int,
+               think: float) -> dict:
     rng = random.Random(7)
     solo = await Wire.start(folder / "solo.log")
     await solo.initialize(options(model, sock))
@@ -150,7 +155,7 @@ async def load(model: str, sock: Path, folder: Path, clients: int, requests: int
     rewriter = asyncio.ensure_future(rewrite_forever())
     t0 = now()
     results = await asyncio.gather(*[
-        completion_latencies(w, f"file:///soak/w{i}.py", requests, random.Random(i), 0.3)
+        completion_latencies(w, f"file:///soak/w{i}.py", requests, random.Random(i), 0.3, think)
         for i, w in enumerate(wires[:-1])])
     wall = now() - t0
     stop.set()
@@ -162,7 +167,8 @@ async def load(model: str, sock: Path, folder: Path, clients: int, requests: int
     idle_p95, busy_p95 = percentile(idle, 0.95), percentile(busy, 0.95)
     return {"idle": {"n": len(idle), "p50_ms": round(percentile(idle, 0.5) * 1000, 1),
                      "p95_ms": round(idle_p95 * 1000, 1)},
-            "loaded": {"clients": clients, "requests_each": requests, "answered": len(busy),
+            "loaded": {"clients": clients, "requests_each": requests, "think_ms": think * 1000,
+                       "answered": len(busy),
                        "cancelled": sum(c for _, c, _ in results),
                        "failed": sum(f for _, _, f in results),
                        "p50_ms": round(percentile(busy, 0.5) * 1000, 1),
@@ -228,6 +234,9 @@ async def main() -> int:
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="pause of each client between an answer and its next request (0: "
+                         "as fast as answers come, the machine saturated)")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="dfl-soak-"))
     sock = folder / "d.sock"
@@ -238,7 +247,8 @@ async def main() -> int:
         t0 = now()
         report["fuzz"] = await fuzz(args.model, sock, folder, args.messages)
         print(json.dumps(report["fuzz"]), file=sys.stderr)
-        report["load"] = await load(args.model, sock, folder, args.clients, args.requests)
+        report["load"] = await load(args.model, sock, folder, args.clients, args.requests,
+                                    args.think_ms / 1000)
         print(json.dumps(report["load"]), file=sys.stderr)
         report["faults"] = await faults(args.model, sock, folder)
         report["seconds"] = round(now() - t0)

@@ -47,7 +47,8 @@ async def test_two_editor_processes_share_one_model_load(pattern_ckpt, sock):
         assert ra.items[0].insert_text == rb.items[0].insert_text == "c5 c6 c7"
         st = await status(b)
         assert st["loads"] == 1
-        assert st["counters"]["requests"] >= 2 and st["counters"]["completed"] >= 2
+        c = st["counters"]  # the second may be answered from the first's cached result
+        assert c["requests"] >= 2 and c["completed"] + c.get("cache_hits", 0) >= 2
     # A restarted editor finds the model already loaded.
     async with session(options(pattern_ckpt, sock)) as c:
         open_doc(c)
@@ -176,7 +177,10 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     r = diffill("infill", "-", "--lengths", "8", "--socket", str(sock), "--no-daemon",
                 stdin=doc.encode(), model=pattern_ckpt)
     assert r.stdout.decode() == "c5 c6 c7\n"
-    assert client.call("status")["counters"]["completed"] == 2  # in-process this time
+    counters = client.call("status")["counters"]
+    assert counters["completed"] == 1 and counters["cache_hits"] == 1  # the probe's: cached
+    # ... and --no-daemon ran in-process: the daemon saw nothing more.
+    assert counters["requests"] == 2
     client.close()
 
 
@@ -269,3 +273,47 @@ def test_an_idle_daemon_exits_and_removes_its_socket(sock):
     wait_for(sock).close()
     assert proc.wait(120) == 0
     assert not sock.exists()
+
+
+def test_a_repeated_completion_is_answered_from_the_cache_until_a_model_loads(pattern_ckpt,
+                                                                             sock):
+    spawn_daemon(sock, idle_timeout=120)
+    client = wait_for(sock)
+    model = {"checkpoint": str(pattern_ckpt)}
+
+    def ask(text: str, **settings) -> dict:
+        return client.call("infill", {"document": "file:///c.txt", "model": model,
+                                      "request": {"text": text, "start": 15},
+                                      "settings": {"max_tokens": 8, "ensemble": 1, **settings}})
+
+    line = "c0 c1 c2 c3 c4  c8 c9 c10"
+    first = ask(line)
+    again = ask(line)  # typed a character and deleted it: the same request
+    assert again.pop("cached") is True and again == first
+    ask(line.replace("c10", "c11"))  # another text: the model runs
+    ask(line, temperature=0.7)
+    ask(line, temperature=0.7)  # sampled without a seed: never from the cache
+    st = client.call("status")
+    assert st["counters"]["cache_hits"] == 1 and st["counters"]["completed"] == 4
+    assert st["cached_results"] == 2
+    client.call("load", {"model": {"checkpoint": str(pattern_ckpt), "dtype": "float32"}})
+    assert client.call("status")["cached_results"] == 0  # a load may change every answer
+    assert "cached" not in ask(line)
+    client.close()
+
+
+def test_malformed_daemon_lines_get_an_error_reply_and_the_connection_stays(sock):
+    spawn_daemon(sock, idle_timeout=120)
+    client = wait_for(sock)
+    bad = [b"not json", b"[1, 2]", b'{"id": [1], "method": "status"}',
+           b'{"id": 3, "method": 7}', b'{"id": 4, "method": "status", "params": [1]}',
+           b'{"method": "cancel", "params": [5]}', b'{"id": 6, "method": "infill", "params": {}}',
+           b'{"id": 7, "method": "infill", "params": {"request": {}, "settings": [1]}}',
+           b'{"method": "infill", "params": {"request": {"text": "x", "start": 0}}}']
+    for line in bad:
+        client.sock.sendall(line + b"\n")
+    replies = [client.read() for _ in bad]
+    assert all(r["error"]["kind"] == "UsageError" for r in replies), replies
+    assert [r["id"] for r in replies] == [None, None, None, 3, 4, None, 6, 7, None]
+    assert client.call("hello")["pid"] > 0  # the same connection still works
+    client.close()

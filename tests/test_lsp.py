@@ -33,7 +33,7 @@ CAPS = types.ClientCapabilities(
 
 def stop_daemon(sock: Path) -> None:
     subprocess.run([sys.executable, "-m", "server.cli", "serve", "--stop", "--socket", str(sock)],
-                   cwd=ROOT, capture_output=True, timeout=30)
+                   cwd=ROOT, capture_output=True, timeout=120)
 
 
 @pytest.fixture()

@@ -24,7 +24,7 @@ local function open(text)
   vim.api.nvim_buf_set_name(buf, vim.fn.tempname() .. ".txt")
   vim.api.nvim_buf_set_lines(buf, 0, -1, false, { text })
   vim.bo[buf].filetype = "text"  -- the FileType autocmd starts the client
-  assert(vim.wait(30000, function() return diffill.client(buf) ~= nil end, 50),
+  assert(vim.wait(120000, function() return diffill.client(buf) ~= nil end, 50),
          "the client attached")
   return buf
 end
@@ -40,7 +40,7 @@ return {
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
     vim.api.nvim_win_set_cursor(0, { 1, 15 })
     diffill.suggest(buf, 1)
-    assert(vim.wait(60000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
     local text, mark = ghost(buf)
     assert(text == "c5 c6 c7", "ghost text was: " .. tostring(text))
     assert(mark[2] == 0 and mark[3] == 15, "at the cursor")
@@ -54,7 +54,7 @@ return {
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
     vim.api.nvim_win_set_cursor(0, { 1, 15 })
     diffill.suggest(buf, 1)
-    assert(vim.wait(60000, function() return ghost(buf) ~= nil end, 50))
+    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50))
     vim.api.nvim_buf_set_text(buf, 0, 0, 0, 0, { "x" })
     assert(not diffill.accept("all"), "nothing inserted")
   end,
@@ -67,7 +67,7 @@ return {
                       assert(res.applied and #res.remasked > 0, vim.inspect(res))
                       done = true
                     end)
-    assert(vim.wait(60000, function() return done end, 50), "command answered")
+    assert(vim.wait(120000, function() return done end, 50), "command answered")
     local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
     assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
   end,
