@@ -21,6 +21,8 @@ from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.client")
 
+RETRIES = 2
+"""Times a request is asked again after losing its connection to the daemon."""
 START_TIMEOUT = 60.0
 """Seconds to wait for a freshly started daemon to listen (it imports torch first)."""
 
@@ -51,6 +53,11 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
     threading.Thread(target=proc.wait, name="diffill-reaper", daemon=True).start()
     log.info("started diffill daemon (pid %d) on %s; log %s", proc.pid, path, log_path)
     return proc
+
+
+class ConnectionLost(DaemonUnavailable):
+    """The connection to the daemon broke before the answer came (the daemon died or is
+    dying); asking again on a new connection is safe, fills have no side effects."""
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:
@@ -159,11 +166,11 @@ class AsyncDaemonClient:
         pending, self.pending = self.pending, {}
         for fut in pending.values():
             if not fut.done():
-                fut.set_exception(DaemonUnavailable(why))
+                fut.set_exception(ConnectionLost(why))
 
     async def _call(self, method: str, params: dict[str, Any]) -> Any:
         if not self.connected:
-            raise DaemonUnavailable("not connected to the diffill daemon")
+            raise ConnectionLost("not connected to the diffill daemon")
         assert self.writer is not None
         mid = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
@@ -185,19 +192,22 @@ class AsyncDaemonClient:
             raise
         except ConnectionError as exc:
             self._lost(f"lost the diffill daemon: {exc}")
-            raise DaemonUnavailable(str(exc)) from None
+            raise ConnectionLost(str(exc)) from None
 
     async def request(self, method: str, params: dict[str, Any]) -> Any:
-        """A call, asked once more on a new connection (the daemon restarted if need be)
-        when the daemon went away before answering: a daemon killed between two requests is
-        noticed by the next one, which must not fail for it."""
-        await self.ensure()
-        try:
-            return await self._call(method, params)
-        except DaemonUnavailable as exc:
-            log.info("%s; asking a fresh daemon", exc)
-        await self.ensure()
-        return await self._call(method, params)
+        """A call, asked again on a new connection (the daemon restarted if need be) when the
+        connection was lost before the answer: a daemon killed between two requests, or one
+        still dying that accepted the connection, must not fail the request. A daemon that
+        cannot be started is not retried (that error is already the answer)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                await self.ensure()
+                return await self._call(method, params)
+            except ConnectionLost as exc:
+                if attempt == RETRIES:
+                    raise
+                log.info("%s; asking a fresh daemon", exc)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self.reader_task is not None:
