@@ -196,7 +196,7 @@ async def test_fuzzed_messages_each_get_at_most_one_answer_and_requests_exactly_
     assert wire.proc.returncode is None  # alive
     # Each id sent once gets one answer (a fuzzed message may reuse an id; those can't).
     assert not [mid for mid in owed if len(wire.answers[mid]) > 1]
-    assert len(owed) > 250
+    assert len(owed) > 150  # enough requests among the 600 messages to mean something
     assert await wire.close() == 0
 
 
