@@ -71,4 +71,38 @@ return {
     local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
     assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
   end,
+  ["4 typing what the ghost says keeps the rest shown, with no new request"] = function()
+    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
+    vim.api.nvim_win_set_cursor(0, { 1, 15 })
+    diffill.suggest(buf, 1)
+    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+    -- The user types "c5": the text changes and the cursor moves (the events' order).
+    vim.api.nvim_buf_set_text(buf, 0, 15, 0, 15, { "c5" })
+    vim.api.nvim_win_set_cursor(0, { 1, 17 })
+    diffill.on_cursor_moved(buf)
+    diffill.on_text_changed(buf)
+    local text, mark = ghost(buf)
+    assert(text == " c6 c7", "ghost text was: " .. tostring(text))
+    assert(mark[3] == 17, "at the new cursor")
+    assert(diffill.accept("all"), "accepted")
+    local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
+    assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
+  end,
+  ["5 moving the cursor away clears the ghost; typing something else does too"] = function()
+    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
+    vim.api.nvim_win_set_cursor(0, { 1, 15 })
+    diffill.suggest(buf, 1)
+    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+    vim.api.nvim_win_set_cursor(0, { 1, 2 })
+    diffill.on_cursor_moved(buf)
+    assert(ghost(buf) == nil and diffill.current() == nil, "cleared on a plain move")
+    vim.api.nvim_win_set_cursor(0, { 1, 15 })
+    diffill.suggest(buf, 1)
+    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "shown again")
+    vim.api.nvim_buf_set_text(buf, 0, 15, 0, 15, { "x" })
+    vim.api.nvim_win_set_cursor(0, { 1, 16 })
+    diffill.on_cursor_moved(buf)
+    diffill.on_text_changed(buf)
+    assert(ghost(buf) == nil, "cleared when the typed text differs from the ghost")
+  end,
 }

@@ -10,7 +10,8 @@ local uv = vim.uv or vim.loop
 ---@field row integer 0-based
 ---@field col integer 0-based byte column
 ---@field text string
----@field tick integer changedtick when it was asked for
+---@field tick integer changedtick when it was asked for (or last typed through)
+---@field after string the line's text after the cursor then
 local current = nil
 local pending = {} ---@type table<integer, integer> bufnr -> request id
 local timer = nil
@@ -95,7 +96,9 @@ function M.suggest(bufnr, trigger)
     end
     local text = items[1].insertText
     if type(text) == "table" then text = text.value end
-    current = { bufnr = bufnr, row = row, col = col, text = text, tick = tick }
+    local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+    current = { bufnr = bufnr, row = row, col = col, text = text, tick = tick,
+                after = line:sub(col + 1) }
     render(current)
   end, bufnr)
   if ok then pending[bufnr] = id end
@@ -124,7 +127,62 @@ function M.accept(what)
   return true
 end
 
-local function schedule_suggest(bufnr)
+---Type-through: the user typed the beginning of the ghost text (and changed nothing else), so
+---the rest stays shown at the new cursor, with no new request and no flicker. Returns true
+---when it did.
+local function type_through(bufnr)
+  local s = current
+  if not s or s.bufnr ~= bufnr or not vim.api.nvim_buf_is_valid(bufnr) then return false end
+  local win = vim.fn.bufwinid(bufnr)
+  if win == -1 then return false end
+  local cur = vim.api.nvim_win_get_cursor(win)
+  local row, col = cur[1] - 1, cur[2]
+  if row ~= s.row or col <= s.col then return false end
+  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
+  local typed = line:sub(s.col + 1, col)
+  if #typed >= #s.text or s.text:sub(1, #typed) ~= typed or line:sub(col + 1) ~= s.after then
+    return false
+  end
+  s.text, s.col, s.tick = s.text:sub(#typed + 1), col, vim.api.nvim_buf_get_changedtick(bufnr)
+  render(s)
+  return true
+end
+
+---Cancel the request in flight for `bufnr`, if any.
+local function cancel_pending(bufnr)
+  local client = M.client(bufnr)
+  if pending[bufnr] and client then cancel(client, pending[bufnr]) end
+  pending[bufnr] = nil
+end
+
+---TextChangedI: keep the ghost when typed through, else clear it and ask again (debounced).
+function M.on_text_changed(bufnr)
+  if type_through(bufnr) then return end
+  M.clear()
+  M.schedule_suggest(bufnr)
+end
+
+---CursorMovedI: a ghost is only true where it was asked for. A move that came with a text
+---change is left to TextChangedI (which fires after this event); a plain move clears the
+---ghost, cancels the request in flight and asks again at the new place.
+function M.on_cursor_moved(bufnr)
+  if vim.api.nvim_buf_get_changedtick(bufnr) ~= (current and current.tick or -1) and current then
+    return
+  end
+  local win = vim.fn.bufwinid(bufnr)
+  local cur = win ~= -1 and vim.api.nvim_win_get_cursor(win) or nil
+  if current and cur and current.bufnr == bufnr and cur[1] - 1 == current.row
+      and cur[2] == current.col then
+    return
+  end
+  if current or pending[bufnr] then
+    M.clear()
+    cancel_pending(bufnr)
+    M.schedule_suggest(bufnr)
+  end
+end
+
+function M.schedule_suggest(bufnr)
   if timer then timer:stop() end
   timer = timer or uv.new_timer()
   timer:start(config.options.ghost_text.debounce_ms, 0, vim.schedule_wrap(function()
@@ -143,14 +201,17 @@ local function on_attach(client, bufnr)
   if not gt.enabled then return end
   local group = vim.api.nvim_create_augroup("diffill_" .. bufnr, { clear = true })
   vim.api.nvim_create_autocmd({ "TextChangedI", "TextChangedP" }, {
+    group = group, buffer = bufnr, callback = function() M.on_text_changed(bufnr) end,
+  })
+  vim.api.nvim_create_autocmd("CursorMovedI", {
+    group = group, buffer = bufnr, callback = function() M.on_cursor_moved(bufnr) end,
+  })
+  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
     group = group, buffer = bufnr,
     callback = function()
       M.clear()
-      schedule_suggest(bufnr)
+      cancel_pending(bufnr)
     end,
-  })
-  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
-    group = group, buffer = bufnr, callback = M.clear,
   })
   local keys = config.options.keymaps
   local function map(lhs, what)
@@ -193,6 +254,8 @@ end
 ---Stop the diffill clients.
 function M.stop()
   M.clear()
+  for bufnr in pairs(pending) do cancel_pending(bufnr) end
+  if timer then timer:stop() end
   local get = vim.lsp.get_clients or vim.lsp.get_active_clients
   for _, c in ipairs(get({ name = "diffill" })) do
     if vim.fn.has("nvim-0.11") == 1 then c:stop() else c.stop() end
