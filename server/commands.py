@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bf16 autocast: auto uses it on CUDA and on CPUs with native bf16")
     t.add_argument("--save-every", type=float, metavar="MIN",
                    help="also write state.pt every MIN minutes of a run")
+    t.add_argument("--prefetch", type=int, metavar="N",
+                   help="make batches N steps ahead in a background thread (default: 4 on "
+                        "CUDA, 0 on a CPU)")
     t.add_argument("--corpus", metavar="DIR",
                    help="for a new run: also train on the wheels unpacked in DIR "
                         "(see diffill corpus)")
@@ -185,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give --minutes or --steps (or --export DIR)")
     state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,
                   init_from=init, device=args.device, compile_model=args.compile,
-                  precision=args.precision, save_every_minutes=args.save_every)
+                  precision=args.precision, save_every_minutes=args.save_every,
+                  prefetch=args.prefetch)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
                       "seconds": round(state.seconds, 1), "loss": last.get("loss")}))

@@ -201,3 +201,16 @@ def test_a_sharded_export_loads_and_a_run_goes_on_from_it(tmp_path):
     prepare_run(run2, TrainConfig(**shape_of_checkpoint(ckpt)), texts_override=TEXTS,
                 tokenizer_from=ckpt)
     assert train(run2, steps=1, threads=1, init_from=ckpt).step == first.step + 1
+
+
+def test_prefetched_batches_are_the_batches_of_a_run_without_prefetch(tmp_path):
+    # The background thread makes the same batches in the same order, across the conversion:
+    # two runs, one with batches made 3 steps ahead, train identically.
+    runs = [new_run(tmp_path / name, objective="ar", ar_fraction=0.5, total_steps=40)
+            for name in ("plain", "ahead")]
+    plain = train(runs[0], steps=40, threads=1, prefetch=0)
+    ahead = train(runs[1], steps=40, threads=1, prefetch=3)
+    assert [h["phase"] for h in ahead.history] == ["ar", "mdlm"]
+    assert [h["loss"] for h in ahead.history] == [h["loss"] for h in plain.history]
+    assert ahead.tokens_seen == plain.tokens_seen
+
