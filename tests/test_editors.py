@@ -51,6 +51,17 @@ def test_vscode_extension_builds_and_passes_its_tests(pattern_ckpt, sock):
     assert re.search(r"# fail 0", out) and re.search(r"# skipped 0", out), out
 
 
+def test_the_vscode_extension_forwards_every_server_setting():
+    # A setting the server reads but the extension never sends is a setting VS Code users
+    # cannot use (minConfidence was one).
+    import dataclasses
+
+    from server.protocol import Settings
+    logic = (VSCODE / "src" / "logic.ts").read_text()
+    block = re.search(r"SERVER_SETTINGS = \[(.*?)\] as const", logic, re.S).group(1)
+    assert set(re.findall(r'"(\w+)"', block)) == {f.name for f in dataclasses.fields(Settings)}
+
+
 def test_vscode_extension_packages_from_a_fresh_checkout_as_one_bundle(tmp_path):
     """What the README's step 2 does on a fresh clone: npm ci, npm run package."""
     import zipfile

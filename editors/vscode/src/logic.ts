@@ -6,7 +6,7 @@ import * as path from "path";
 export const SERVER_SETTINGS = [
   "model", "device", "dtype", "family", "maxTokens", "steps", "schedule", "threshold", "cache",
   "ensemble", "mode", "prefixTokens", "suffixTokens", "debounceMs", "enable",
-  "completionFallback", "socket", "idleTimeout",
+  "completionFallback", "socket", "idleTimeout", "minConfidence",
 ] as const;
 
 /** Commands the server registers (workspace/executeCommand). */
