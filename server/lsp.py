@@ -9,7 +9,9 @@ the model lives in the daemon (``server/daemon.py``). Every edit goes to the cli
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +66,30 @@ class Shown:
         return rest or None
 
 
+class Typing:
+    """A document's keystroke rhythm, for the adaptive debounce: wait 1.5 times the user's
+    usual pause between changes (the median of the last 16, pauses over 2 s left out), within
+    100-400 ms. A fast typist is asked between words, not between letters; a slow one does not
+    wait for a fixed delay tuned for someone else."""
+
+    FLOOR, CEILING, DEFAULT, PAUSE = 0.1, 0.4, 0.15, 2.0
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.gaps: collections.deque[float] = collections.deque(maxlen=16)
+
+    def changed(self, now: float) -> None:
+        if self.last is not None and 0 <= now - self.last <= self.PAUSE:
+            self.gaps.append(now - self.last)
+        self.last = now
+
+    def debounce(self) -> float:
+        """Seconds to wait before an automatic request."""
+        if len(self.gaps) < 3:
+            return self.DEFAULT
+        return min(self.CEILING, max(self.FLOOR, 1.5 * statistics.median(self.gaps)))
+
+
 @dataclass
 class State:
     settings: P.Settings = field(default_factory=P.Settings)
@@ -79,6 +105,8 @@ class State:
     """Per document: what was last suggested, for typed-ahead reuse."""
     typed_ahead: int = 0
     """Requests answered from a shown suggestion, with no model call."""
+    typing: dict[str, Typing] = field(default_factory=dict)
+    """Per document: its keystroke rhythm (the adaptive debounce)."""
 
 
 class DiffillServer(LanguageServer):
@@ -212,6 +240,14 @@ def create_server() -> DiffillServer:
             ls.state.shown.clear()  # another model's suggestions are not this one's
             ls.state.load_task = asyncio.ensure_future(load_model(ls))
 
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
+        typing = ls.state.typing.pop(params.text_document.uri, None) or Typing()
+        ls.state.typing[params.text_document.uri] = typing  # most recent last
+        typing.changed(time.monotonic())
+        while len(ls.state.typing) > 64:  # closed documents age out
+            ls.state.typing.pop(next(iter(ls.state.typing)))
+
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams
                                 ) -> types.InlineCompletionList | None:
@@ -220,7 +256,11 @@ def create_server() -> DiffillServer:
             return None
         version = doc.version
         if params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic:
-            await asyncio.sleep(ls.state.settings.debounceMs / 1000)
+            fixed = ls.state.settings.debounceMs
+            typing = ls.state.typing.get(doc.uri)
+            wait = fixed / 1000 if fixed is not None else \
+                (typing.debounce() if typing else Typing.DEFAULT)
+            await asyncio.sleep(wait)
             if ls.document(params.text_document.uri).version != version:
                 return None  # the user kept typing; a newer request follows
         text = doc.source

@@ -64,8 +64,9 @@ class Settings:
     """Context budget before the cursor."""
     suffixTokens: int = 512
     """Context budget after the cursor."""
-    debounceMs: int = 150
-    """Wait this long after typing (automatic triggers) before asking the model."""
+    debounceMs: int | None = None
+    """Wait this long after typing (automatic triggers) before asking the model; null:
+    adaptive, 1.5 times the user's usual pause between keystrokes, within 100-400 ms."""
     enable: dict[str, bool] = field(default_factory=lambda: {"*": True})
     """Per language id; ``"*"`` is the default for the others."""
     completionFallback: str = "auto"
@@ -138,6 +139,9 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
             value = dict(value) if ok else value
         elif key == "threshold":
             ok = isinstance(value, (int, float)) and 0 < value <= 1
+        elif key == "debounceMs":
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and
+                                   0 <= value <= UPPER[key])
         elif key == "minConfidence":
             ok = value is None or (isinstance(value, (int, float)) and
                                    not isinstance(value, bool) and 0 <= value <= 1)

@@ -6,6 +6,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pytest
+
 from server import protocol as P
 
 
@@ -24,7 +26,7 @@ def test_settings_accept_a_wrapped_section_and_report_bad_values():
     assert s.enabled_for("python") and not s.enabled_for("markdown")
     s, problems = P.parse_settings({"maxTokens": 0, "threshold": 1.5, "debounceMs": "x",
                                     "model": 3, "bogus": True, "steps": 4})
-    assert s.maxTokens == 64 and s.threshold == 0.9 and s.debounceMs == 150 and s.model is None
+    assert s.maxTokens == 64 and s.threshold == 0.9 and s.debounceMs is None and s.model is None
     assert s.steps == 4
     assert len(problems) == 5 and any("bogus" in p for p in problems)
 
@@ -84,3 +86,33 @@ def test_the_settings_bounds_are_the_engines_caps():
     assert UPPER["maxTokens"] == MAX_MASKS and UPPER["ensemble"] == MAX_LENGTHS
     assert UPPER["steps"] == MAX_STEPS
     assert UPPER["prefixTokens"] == UPPER["suffixTokens"] == MAX_CONTEXT
+
+
+def test_debounce_is_adaptive_by_default_and_fixed_when_set():
+    settings, problems = P.parse_settings({"debounceMs": None})
+    assert settings.debounceMs is None and not problems
+    settings, problems = P.parse_settings({"debounceMs": 250})
+    assert settings.debounceMs == 250 and not problems
+    settings, problems = P.parse_settings({"debounceMs": 3000})
+    assert settings.debounceMs is None and "at most 2000" in problems[0]
+    _, problems = P.parse_settings({"debounceMs": "fast"})
+    assert problems
+
+
+def test_the_adaptive_debounce_follows_the_typists_rhythm_within_bounds():
+    from server.lsp import Typing
+
+    def rhythm(gaps: list[float]) -> float:
+        t, typing = 100.0, Typing()
+        typing.changed(t)
+        for g in gaps:
+            t += g
+            typing.changed(t)
+        return typing.debounce()
+
+    assert rhythm([0.08, 0.08]) == Typing.DEFAULT  # too few keystrokes to know
+    assert rhythm([0.12] * 10) == pytest.approx(0.18)  # 1.5 x the usual pause
+    assert rhythm([0.04] * 10) == Typing.FLOOR  # a very fast typist: not below 100 ms
+    assert rhythm([0.6] * 10) == Typing.CEILING  # a slow one: not above 400 ms
+    # A pause to think (over 2 s) is not part of the rhythm.
+    assert rhythm([0.12] * 5 + [30.0] + [0.12] * 5) == pytest.approx(0.18)

@@ -11,7 +11,7 @@ return {
     assert(config.options.ghost_text.hl_group == "Comment", "siblings keep their defaults")
     assert(config.options.init_options.maxTokens == 8)
     require("diffill").setup({})
-    assert(config.options.ghost_text.debounce_ms == 150, "a new setup starts from the defaults")
+    assert(config.options.ghost_text.debounce_ms == 0, "a new setup starts from the defaults")
   end,
   ["plugin/ defines the commands"] = function()
     for _, name in ipairs({ "DiffillStart", "DiffillStop", "DiffillStatus", "DiffillSuggest",

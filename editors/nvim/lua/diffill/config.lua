@@ -15,8 +15,9 @@ M.defaults = {
   ghost_text = {
     ---Show suggestions as you type in insert mode.
     enabled = true,
-    ---Wait this long after the last keystroke before asking (ms).
-    debounce_ms = 150,
+    ---Wait this long after the last keystroke before asking (ms). 0: ask at once and let the
+    ---server's debounce decide (it adapts to your typing, 100-400 ms), so there is one wait.
+    debounce_ms = 0,
     ---Highlight group of the ghost text.
     hl_group = "Comment",
     ---Use Neovim's own `vim.lsp.inline_completion` when it exists (>= 0.12).
