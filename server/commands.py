@@ -97,6 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--write", metavar="MD", help="append the table to this markdown file")
     b.add_argument("--random-config", help="benchmark a random-weight model of this shape "
                                            "(JSON of config.json fields) instead of --model")
+    b.add_argument("--e2e", action="store_true",
+                   help="time the whole editor path instead: diffill lsp over stdio, a fresh "
+                        "daemon, invoked completions and scripted typing (see bench_e2e.py)")
+    b.add_argument("--places", type=int, default=40, help="--e2e: invoked completions")
+    b.add_argument("--lines", type=int, default=8, help="--e2e: lines retyped")
+    b.add_argument("--keystroke-ms", type=float, default=120,
+                   help="--e2e: time between two typed characters")
     add_model_options(b)
     b.set_defaults(func=cmd_bench)
 
@@ -213,5 +220,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.e2e:
+        from .bench_e2e import run_e2e
+        return run_e2e(args.model, n=args.places, lines=args.lines,
+                       keystroke_ms=args.keystroke_ms, write_to=args.write)
     from .bench import run_bench
     return run_bench(args)

@@ -170,3 +170,17 @@ def test_min_confidence_hides_a_completion_the_model_is_unsure_of(pattern_ckpt):
     assert plain.returncode == 1 and b"min-confidence" in plain.stderr
     bad = diffill("infill", "-", "--min-confidence", "1.5", stdin=doc, model=pattern_ckpt)
     assert bad.returncode != 0 and b"min_confidence" in bad.stderr
+
+
+def test_bench_e2e_times_the_editor_path_with_a_fresh_daemon(pattern_ckpt, tmp_path):
+    table = tmp_path / "perf.md"
+    r = diffill("bench", "--e2e", "--places", "3", "--lines", "1", "--keystroke-ms", "1",
+                "--write", str(table), model=pattern_ckpt, timeout=600)
+    assert r.returncode == 0, r.stderr.decode()
+    report = json.loads(r.stdout.decode().split("\n### End to end")[0])
+    assert report["invoked"]["n"] == 3 and report["invoked"]["p50_ms"] > 0
+    assert report["typing"]["lines"] == 1 and report["typing"]["keystrokes"] >= 12
+    assert report["cold_start"]["first_completion_ms"] >= report["cold_start"]["initialize_ms"]
+    assert report["daemon"]["model"] == str(pattern_ckpt)
+    assert report["daemon"]["counters"]["completed"] >= 4  # the first, 3 invoked, the typing
+    assert "| invoked completion p50 / p95 (3 places) |" in table.read_text()

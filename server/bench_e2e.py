@@ -1,0 +1,183 @@
+"""``diffill bench --e2e``: the whole path an editor sees, timed from the editor's side.
+
+Starts ``diffill lsp`` over stdio with pygls' own language client, on a private daemon
+socket, so the cold start (server, daemon, model load) is part of the figures. Then, on a
+real Python file (this repository's ``infill/post.py``):
+
+- **invoked**: completions asked for at random places (trigger Invoked), one at a time;
+- **typing**: at random lines, the line is retyped one character every ``--keystroke-ms``,
+  each keystroke a ``didChange`` and an automatic request (the previous one cancelled, as
+  VS Code does); timed from the last keystroke to the answer of its request, which includes
+  the server's debounce: what a person waits for the ghost once they pause.
+
+Prints a JSON report and a markdown table (``--write FILE`` appends the table to FILE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "infill" / "post.py"
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000, 1)
+
+
+async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed: int
+               ) -> dict[str, Any]:
+    from lsprotocol import types as T
+    from pygls.lsp.client import LanguageClient
+
+    folder = Path(tempfile.mkdtemp(prefix="dfl-bench-"))
+    sock = folder / "d.sock"
+    text = SAMPLE.read_text()
+    uri = SAMPLE.as_uri()
+    options = {"socket": str(sock), **({"model": model} if model else {})}
+    client = LanguageClient("diffill-bench", "1")
+    t0 = time.perf_counter()
+    await client.start_io(sys.executable, "-m", "server.cli", "lsp",
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    caps = T.ClientCapabilities(text_document=T.TextDocumentClientCapabilities(
+        inline_completion=T.InlineCompletionClientCapabilities()))
+    await client.initialize_async(T.InitializeParams(capabilities=caps,
+                                                     initialization_options=options))
+    client.initialized(T.InitializedParams())
+    t_init = time.perf_counter() - t0
+    version = 1
+    client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(
+        uri=uri, language_id="python", version=version, text=text)))
+    doc_lines = text.splitlines(keepends=True)
+
+    async def ask(line: int, col: int, kind) -> Any:
+        return await client.text_document_inline_completion_async(T.InlineCompletionParams(
+            text_document=T.TextDocumentIdentifier(uri=uri),
+            position=T.Position(line=line, character=col),
+            context=T.InlineCompletionContext(trigger_kind=kind)))
+
+    await ask(10, 0, T.InlineCompletionTriggerKind.Invoked)
+    t_first = time.perf_counter() - t0
+    rng = random.Random(seed)
+    invoked, shown = [], 0
+    for _ in range(n):
+        line = rng.randrange(len(doc_lines))
+        col = rng.randrange(len(doc_lines[line].rstrip("\n")) + 1)
+        t = time.perf_counter()
+        result = await ask(line, col, T.InlineCompletionTriggerKind.Invoked)
+        invoked.append(time.perf_counter() - t)
+        shown += bool(result and result.items)
+
+    typing, typed_keys = [], 0
+    candidates = [i for i, ln in enumerate(doc_lines) if 12 <= len(ln.strip()) <= 60]
+    for line in rng.sample(candidates, min(lines, len(candidates))):
+        original = doc_lines[line].rstrip("\n")
+        indent = len(original) - len(original.lstrip())
+        # Delete the line's code, then type it back.
+        version += 1
+        client.text_document_did_change(T.DidChangeTextDocumentParams(
+            T.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            [T.TextDocumentContentChangePartial(
+                range=T.Range(T.Position(line, indent), T.Position(line, len(original))),
+                text="")]))
+        pending = None
+        for i, ch in enumerate(original[indent:]):
+            version += 1
+            col = indent + i
+            client.text_document_did_change(T.DidChangeTextDocumentParams(
+                T.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                [T.TextDocumentContentChangePartial(
+                    range=T.Range(T.Position(line, col), T.Position(line, col)), text=ch)]))
+            if pending is not None and not pending.done():
+                pending.cancel()
+            t_key = time.perf_counter()
+            pending = asyncio.ensure_future(ask(line, col + 1,
+                                                T.InlineCompletionTriggerKind.Automatic))
+            typed_keys += 1
+            await asyncio.sleep(keystroke_ms / 1000)
+        try:
+            await pending
+            typing.append(time.perf_counter() - t_key)
+        except Exception:  # noqa: BLE001 - a cancelled or failed last request: not timed
+            pass
+    status = await client.workspace_execute_command_async(
+        T.ExecuteCommandParams(command="diffill.status", arguments=[]))
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    from .daemon_client import DaemonClient
+    try:
+        DaemonClient(sock, timeout=30).call("shutdown")
+    except Exception:  # noqa: BLE001
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "cold_start": {"initialize_ms": round(t_init * 1000), "first_completion_ms":
+                       round(t_first * 1000)},
+        "invoked": {"n": n, "p50_ms": _pct(invoked, 0.5), "p95_ms": _pct(invoked, 0.95),
+                    "shown": shown},
+        "typing": {"lines": len(typing), "keystrokes": typed_keys,
+                   "keystroke_ms": keystroke_ms,
+                   "after_last_key_p50_ms": _pct(typing, 0.5),
+                   "after_last_key_p95_ms": _pct(typing, 0.95)},
+        "daemon": {"model": (status.get("models") or [{}])[0].get("checkpoint"),
+                   "device": (status.get("models") or [{}])[0].get("device"),
+                   "dtype": (status.get("models") or [{}])[0].get("dtype"),
+                   "counters": status.get("counters"), "typed_ahead": status.get("typedAhead")},
+    }
+
+
+def run_e2e(model: str | None, n: int = 40, lines: int = 8, keystroke_ms: float = 120,
+            seed: int = 0, write_to: str | None = None) -> int:
+    report = asyncio.run(_run(model, n, lines, keystroke_ms, seed))
+    report["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(),
+                         "load_avg": round(os.getloadavg()[0], 2),
+                         "python": platform.python_version()}
+    report["date"] = dt.date.today().isoformat()
+    print(json.dumps(report, indent=1))
+    c, i, t = report["cold_start"], report["invoked"], report["typing"]
+    table = (f"\n### End to end (`diffill bench --e2e`), {report['date']}\n\n"
+             f"{report['machine']['cpu']}, {report['machine']['cores']} cores, load average "
+             f"{report['machine']['load_avg']} at the end; {report['daemon']['model']} on "
+             f"{report['daemon']['device']} ({report['daemon']['dtype']}); `diffill lsp` over "
+             "stdio driven by pygls' client, a fresh daemon.\n\n"
+             "| measure | value |\n| --- | ---: |\n"
+             f"| server answers `initialize` | {c['initialize_ms']} ms |\n"
+             f"| first completion (daemon start + model load) | {c['first_completion_ms']} ms |\n"
+             f"| invoked completion p50 / p95 ({i['n']} places) | {i['p50_ms']} / "
+             f"{i['p95_ms']} ms |\n"
+             f"| typing: ghost after the last keystroke p50 / p95 ({t['lines']} lines, "
+             f"{t['keystrokes']} keystrokes every {t['keystroke_ms']:.0f} ms; includes the "
+             f"debounce) | {t['after_last_key_p50_ms']} / {t['after_last_key_p95_ms']} ms |\n")
+    print(table)
+    if write_to:
+        with open(write_to, "a", encoding="utf-8") as f:
+            f.write(table)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+__all__ = ["run_e2e"]
