@@ -2,6 +2,14 @@
 if vim.g.loaded_diffill then return end
 vim.g.loaded_diffill = true
 
+if vim.fn.has("nvim-0.10") == 0 then
+  -- One clear message instead of errors on every buffer; :checkhealth diffill says it too.
+  local version = (vim.fn.execute("version"):match("NVIM v[%d%.]+") or "this Neovim")
+  vim.api.nvim_echo({ { ("diffill needs Neovim >= 0.10 (%s): the plugin is off"):format(version),
+                        "WarningMsg" } }, true, {})
+  return
+end
+
 local function diffill() return require("diffill") end
 
 vim.api.nvim_create_user_command("DiffillStart", function() diffill().start(0) end,

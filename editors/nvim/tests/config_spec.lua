@@ -13,6 +13,24 @@ return {
     require("diffill").setup({})
     assert(config.options.ghost_text.debounce_ms == 0, "a new setup starts from the defaults")
   end,
+  ["on Neovim < 0.10 the plugin says so once and stays off"] = function()
+    local has, echo, loaded = vim.fn.has, vim.api.nvim_echo, vim.g.loaded_diffill
+    local said = {}
+    vim.fn.has = function(f) if f == "nvim-0.10" then return 0 end return has(f) end
+    vim.api.nvim_echo = function(chunks) table.insert(said, chunks[1][1]) end
+    vim.api.nvim_del_augroup_by_name("diffill_autostart")
+    vim.g.loaded_diffill = nil
+    local file = vim.api.nvim_get_runtime_file("plugin/diffill.lua", false)[1]
+    local ok, err = pcall(dofile, file)
+    vim.fn.has, vim.api.nvim_echo = has, echo
+    local autostart = pcall(vim.api.nvim_get_autocmds, { group = "diffill_autostart" })
+    vim.g.loaded_diffill = nil
+    dofile(file)  -- back to the real plugin for the other specs
+    vim.g.loaded_diffill = loaded
+    assert(ok, tostring(err))
+    assert(#said == 1 and said[1]:find("needs Neovim >= 0.10", 1, true), vim.inspect(said))
+    assert(not autostart, "no autostart on an old Neovim")
+  end,
   ["plugin/ defines the commands"] = function()
     for _, name in ipairs({ "DiffillStart", "DiffillStop", "DiffillStatus", "DiffillSuggest",
                             "DiffillRewrite", "DiffillRefine" }) do
