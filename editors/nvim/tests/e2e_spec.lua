@@ -88,6 +88,24 @@ return {
     local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
     assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
   end,
+  ["6 accept-word inserts the next word and keeps the rest; cycling shows each candidate"] = function()
+    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
+    vim.api.nvim_win_set_cursor(0, { 1, 15 })
+    diffill.suggest(buf, 1)
+    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+    local n = #diffill.current().items
+    local i = diffill.cycle(1)
+    assert(i == (n > 1 and 2 or 1) and ghost(buf) == diffill.current().items[i])
+    assert(diffill.cycle(-1) == 1 and ghost(buf) == diffill.current().items[1])
+    assert(diffill.accept("word"), "a word accepted")
+    local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
+    assert(line == "c0 c1 c2 c3 c4 c5 c8 c9 c10", "buffer is: " .. line)
+    local text, mark = ghost(buf)
+    assert(text == " c6 c7" and mark[3] == 17, "the rest shown: " .. tostring(text))
+    assert(diffill.accept("word") and diffill.accept("all"))
+    line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
+    assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
+  end,
   ["5 moving the cursor away clears the ghost; typing something else does too"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
     vim.api.nvim_win_set_cursor(0, { 1, 15 })

@@ -28,6 +28,11 @@ M.defaults = {
     accept = "<Tab>",
     ---Accept the suggestion's first line only.
     accept_line = "<M-l>",
+    ---Accept its next word (the rest stays shown).
+    accept_word = "<M-Right>",
+    ---Show the next / previous candidate.
+    next = "<M-]>",
+    prev = "<M-[>",
     ---Hide the suggestion.
     dismiss = "<C-]>",
   },

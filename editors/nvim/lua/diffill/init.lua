@@ -12,6 +12,8 @@ local uv = vim.uv or vim.loop
 ---@field text string
 ---@field tick integer changedtick when it was asked for (or last typed through)
 ---@field after string the line's text after the cursor then
+---@field items string[] every candidate the server sent (best first)
+---@field index integer which of them is shown
 local current = nil
 local pending = {} ---@type table<integer, integer> bufnr -> request id
 local timer = nil
@@ -94,18 +96,34 @@ function M.suggest(bufnr, trigger)
       M.clear()
       return
     end
-    local text = items[1].insertText
-    if type(text) == "table" then text = text.value end
+    local texts = {}
+    for _, item in ipairs(items) do
+      local t = item.insertText
+      if type(t) == "table" then t = t.value end
+      if t and t ~= "" then texts[#texts + 1] = t end
+    end
     local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
-    current = { bufnr = bufnr, row = row, col = col, text = text, tick = tick,
-                after = line:sub(col + 1) }
+    current = { bufnr = bufnr, row = row, col = col, text = texts[1], tick = tick,
+                after = line:sub(col + 1), items = texts, index = 1 }
     render(current)
   end, bufnr)
   if ok then pending[bufnr] = id end
 end
 
----Accept the suggestion (or its first line). Returns true when something was inserted.
----@param what "all"|"line"|nil
+---Show the next (`step` 1) or previous (-1) candidate the server sent, wrapping around.
+---Returns the index shown, or nil when there is no suggestion.
+function M.cycle(step)
+  local s = current
+  if not s or not vim.api.nvim_buf_is_valid(s.bufnr) then return nil end
+  s.index = (s.index - 1 + (step or 1)) % #s.items + 1
+  s.text = s.items[s.index]
+  render(s)
+  return s.index
+end
+
+---Accept the suggestion, its first line, or its next word. Returns true when something
+---was inserted. After a word the rest stays shown (type-through).
+---@param what "all"|"line"|"word"|nil
 function M.accept(what)
   local s = current
   if not s or not vim.api.nvim_buf_is_valid(s.bufnr) then return false end
@@ -115,7 +133,12 @@ function M.accept(what)
   end
   local text = s.text
   if what == "line" then text = vim.split(text, "\n", { plain = true })[1] end
+  if what == "word" then
+    -- Leading blanks, then a word or a run of one other character (as VS Code's next word).
+    text = text:match("^%s*[%w_]+") or text:match("^%s*[^%w_%s]+") or text:match("^%s+") or text
+  end
   local lines = vim.split(text, "\n", { plain = true })
+  local rest = what == "word" and #text < #s.text and s.text:sub(#text + 1) or nil
   M.clear()
   vim.api.nvim_buf_set_text(s.bufnr, s.row, s.col, s.row, s.col, lines)
   local win = vim.fn.bufwinid(s.bufnr)
@@ -123,6 +146,12 @@ function M.accept(what)
     local end_row = s.row + #lines - 1
     local end_col = (#lines == 1 and s.col or 0) + #lines[#lines]
     vim.api.nvim_win_set_cursor(win, { end_row + 1, end_col })
+    if rest and #lines == 1 then
+      current = { bufnr = s.bufnr, row = s.row, col = end_col, text = rest,
+                  tick = vim.api.nvim_buf_get_changedtick(s.bufnr), after = s.after,
+                  items = { rest }, index = 1 }
+      render(current)
+    end
   end
   return true
 end
@@ -226,6 +255,13 @@ local function on_attach(client, bufnr)
   end
   map(keys.accept, "all")
   map(keys.accept_line, "line")
+  map(keys.accept_word, "word")
+  for lhs, step in pairs({ [keys.next or ""] = 1, [keys.prev or ""] = -1 }) do
+    if lhs ~= "" then
+      vim.keymap.set("i", lhs, function() M.cycle(step) end,
+                     { buffer = bufnr, desc = "diffill: next/previous candidate" })
+    end
+  end
   if keys.dismiss and keys.dismiss ~= "" then
     vim.keymap.set("i", keys.dismiss, M.clear, { buffer = bufnr, desc = "diffill: dismiss" })
   end
