@@ -1,8 +1,10 @@
-// Wiring only: the language client, four commands, a status-bar item. Logic is in logic.ts.
+// Wiring only: the language client, five commands, a status-bar item and its menu. Logic is in
+// logic.ts.
 import * as vscode from "vscode";
 import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
-import { SERVER_COMMANDS, STATUS_NOTIFICATION, StatusNote, formatStatus, initializationOptions,
-         resolveServerPath, rewriteArguments, statusText, statusTooltip } from "./logic";
+import { SERVER_COMMANDS, STATUS_NOTIFICATION, StatusNote, enabledFor, formatStatus,
+         initializationOptions, menuItems, resolveServerPath, rewriteArguments, statusText,
+         statusTooltip, toggledEnable } from "./logic";
 
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
@@ -53,8 +55,15 @@ function showError(message: string): void {
   void vscode.window.showErrorMessage(message);
 }
 
+function activeLanguage(): string | undefined {
+  return vscode.window.activeTextEditor?.document.languageId;
+}
+
 function updateStatus(): void {
-  status.text = statusText(lastNote);
+  const lang = activeLanguage();
+  const off = lang && !enabledFor(config().get<Record<string, boolean>>("enable"), lang)
+    ? lang : undefined;
+  status.text = statusText(lastNote, off);
   status.tooltip = statusTooltip(lastNote);
   status.show();
 }
@@ -78,7 +87,7 @@ async function rewrite(kind: "rewrite" | "refine"): Promise<void> {
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
-  status.command = "diffill.editor.showStatus";
+  status.command = "diffill.editor.menu";
   context.subscriptions.push(status);
   updateStatus();
   context.subscriptions.push(
@@ -88,6 +97,30 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       if (client) await client.stop();
       client = undefined;
       await start(context);
+    }),
+    vscode.commands.registerCommand("diffill.editor.menu", async () => {
+      const lang = activeLanguage();
+      const enable = config().get<Record<string, boolean>>("enable");
+      const pick = await vscode.window.showQuickPick(menuItems(lastNote, lang, enable),
+                                                     { title: statusTooltip(lastNote) });
+      if (!pick) return;
+      if (pick.action === "toggle" && lang) {
+        await config().update("enable", toggledEnable(enable, lang),
+                              vscode.ConfigurationTarget.Global);
+        updateStatus();
+      } else if (pick.action === "status") {
+        await vscode.commands.executeCommand("diffill.editor.showStatus");
+      } else if (pick.action === "restart") {
+        await vscode.commands.executeCommand("diffill.editor.restartServer");
+      } else if (pick.action === "log") {
+        client?.outputChannel.show();
+      } else if (pick.action === "settings") {
+        await vscode.commands.executeCommand("workbench.action.openSettings", "diffill");
+      }
+    }),
+    vscode.window.onDidChangeActiveTextEditor(() => updateStatus()),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration("diffill.enable")) updateStatus();
     }),
     vscode.commands.registerCommand("diffill.editor.showStatus", async () => {
       if (!client) return showError("diffill: the server is not running");

@@ -76,8 +76,49 @@ export function resolveServerPath(configured: string | undefined, workspaceFolde
   return undefined;
 }
 
+/** Whether ghost text is on for a language under the `enable` setting (the server's rule:
+ * the language's own entry, else "*", else on). */
+export function enabledFor(enable: Record<string, boolean> | undefined, language: string): boolean {
+  const map = enable ?? {};
+  if (language in map) return map[language];
+  return map["*"] ?? true;
+}
+
+/** The `enable` setting with `language` switched the other way. */
+export function toggledEnable(enable: Record<string, boolean> | undefined,
+                              language: string): Record<string, boolean> {
+  return { ...(enable ?? {}), [language]: !enabledFor(enable, language) };
+}
+
+export type MenuAction = "status" | "toggle" | "restart" | "settings" | "log";
+
+/** The status-bar menu: what the user can do from where things stand. */
+export function menuItems(note: StatusNote | undefined, language: string | undefined,
+                          enable: Record<string, boolean> | undefined
+                          ): { label: string; description?: string; action: MenuAction }[] {
+  const items: { label: string; description?: string; action: MenuAction }[] = [];
+  if (note?.state === "error") {
+    items.push({ label: "$(debug-restart) Restart the server", description: note.error ?? "",
+                 action: "restart" });
+    items.push({ label: "$(output) Show the log", action: "log" });
+  }
+  if (language) {
+    const on = enabledFor(enable, language);
+    items.push({ label: on ? `$(circle-slash) Turn ghost text off for ${language}`
+                           : `$(sparkle) Turn ghost text on for ${language}`, action: "toggle" });
+  }
+  items.push({ label: "$(info) Show the daemon status", action: "status" });
+  if (note?.state !== "error") {
+    items.push({ label: "$(debug-restart) Restart the server", action: "restart" });
+    items.push({ label: "$(output) Show the log", action: "log" });
+  }
+  items.push({ label: "$(gear) Settings", action: "settings" });
+  return items;
+}
+
 /** The status-bar text for a status notification. */
-export function statusText(note: StatusNote | undefined): string {
+export function statusText(note: StatusNote | undefined, off?: string): string {
+  if (off && note?.state !== "error") return `$(circle-slash) diffill: off for ${off}`;
   if (!note) return "$(loading~spin) diffill";
   if (note.state === "loading") return "$(loading~spin) diffill: loading";
   if (note.state === "error") return "$(error) diffill";

@@ -3,8 +3,9 @@ import * as assert from "node:assert/strict";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { SERVER_SETTINGS, formatStatus, initializationOptions, resolveServerPath,
-         rewriteArguments, statusText, statusTooltip } from "../logic";
+import { SERVER_SETTINGS, enabledFor, formatStatus, initializationOptions, menuItems,
+         resolveServerPath, rewriteArguments, statusText, statusTooltip,
+         toggledEnable } from "../logic";
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
 
@@ -74,3 +75,24 @@ test("status is formatted for people", () => {
   assert.match(text, /6\.8M parameters/);
   assert.match(text, /3: 2 completed, 1 cancelled, 0 failed; loads 1/);
 });
+
+test("the enable rule is the server's: the language's entry, else '*', else on", () => {
+  assert.equal(enabledFor(undefined, "python"), true);
+  assert.equal(enabledFor({ "*": false, python: true }, "python"), true);
+  assert.equal(enabledFor({ "*": false, python: true }, "markdown"), false);
+  assert.deepEqual(toggledEnable({ "*": true }, "markdown"), { "*": true, markdown: false });
+  assert.deepEqual(toggledEnable({ markdown: false }, "markdown"), { markdown: true });
+});
+
+test("the status-bar menu offers what fits the state", () => {
+  const ready = menuItems({ state: "ready" }, "python", undefined).map((i) => i.action);
+  assert.deepEqual(ready, ["toggle", "status", "restart", "log", "settings"]);
+  const broken = menuItems({ state: "error", error: "no model" }, "python", undefined);
+  assert.equal(broken[0].action, "restart");  // first, with the error beside it
+  assert.equal(broken[0].description, "no model");
+  assert.match(menuItems({ state: "ready" }, "python", { python: false })[0].label, /on for python/);
+  assert.ok(!menuItems({ state: "ready" }, undefined, undefined).some((i) => i.action === "toggle"));
+  assert.equal(statusText({ state: "ready", model: "m" }, "markdown"),
+               "$(circle-slash) diffill: off for markdown");
+});
+
