@@ -119,8 +119,14 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       }
     }),
     vscode.window.onDidChangeActiveTextEditor(() => updateStatus()),
-    vscode.workspace.onDidChangeConfiguration((e) => {
+    vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (e.affectsConfiguration("diffill.enable")) updateStatus();
+      // The client's document selector is fixed when it starts: a new language list (or
+      // server path) takes a restart, done here rather than left to the user.
+      if (e.affectsConfiguration("diffill.languages") ||
+          e.affectsConfiguration("diffill.serverPath")) {
+        await vscode.commands.executeCommand("diffill.editor.restartServer");
+      }
     }),
     vscode.commands.registerCommand("diffill.editor.showStatus", async () => {
       if (!client) return showError("diffill: the server is not running");

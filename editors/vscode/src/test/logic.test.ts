@@ -23,6 +23,13 @@ test("the extension activates on languages, not on everything", () => {
   assert.ok(pkg.activationEvents.every((e: string) => e.startsWith("onLanguage:")));
 });
 
+test("every default language of diffill.languages activates the extension", () => {
+  const langs: string[] = pkg.contributes.configuration.properties["diffill.languages"].default;
+  for (const lang of langs) {
+    assert.ok(pkg.activationEvents.includes(`onLanguage:${lang}`), `${lang} never activates it`);
+  }
+});
+
 test("extension commands never collide with the server's own command ids", () => {
   const ids = pkg.contributes.commands.map((c: { command: string }) => c.command);
   assert.ok(!ids.includes("diffill.rewriteSelection") && !ids.includes("diffill.status"));
