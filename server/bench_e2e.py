@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .protocol import NOTIFY_STATUS
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "infill" / "post.py"
 
@@ -50,6 +52,11 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
     uri = SAMPLE.as_uri()
     options = {"socket": str(sock), **({"model": model} if model else {})}
     client = LanguageClient("diffill-bench", "1")
+    statuses: list[Any] = []
+
+    @client.feature(NOTIFY_STATUS)
+    def status_note(params: Any) -> None:  # the server's status notes: kept, not warned about
+        statuses.append(params)
     t0 = time.perf_counter()
     await client.start_io(sys.executable, "-m", "server.cli", "lsp",
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -94,7 +101,7 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
             [T.TextDocumentContentChangePartial(
                 range=T.Range(T.Position(line, indent), T.Position(line, len(original))),
                 text="")]))
-        pending = None
+        pending, pending_id, earlier = None, None, []
         for i, ch in enumerate(original[indent:]):
             version += 1
             col = indent + i
@@ -103,17 +110,26 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
                 [T.TextDocumentContentChangePartial(
                     range=T.Range(T.Position(line, col), T.Position(line, col)), text=ch)]))
             if pending is not None and not pending.done():
-                pending.cancel()
+                # As VS Code does: the request of the previous keystroke is cancelled.
+                client.protocol.notify(T.CANCEL_REQUEST, T.CancelParams(id=pending_id))
+                earlier.append(pending)
             t_key = time.perf_counter()
-            pending = asyncio.ensure_future(ask(line, col + 1,
-                                                T.InlineCompletionTriggerKind.Automatic))
+            pending_id = f"key-{typed_keys}"
+            pending = asyncio.ensure_future(client.protocol.send_request_async(
+                T.TEXT_DOCUMENT_INLINE_COMPLETION, T.InlineCompletionParams(
+                    text_document=T.TextDocumentIdentifier(uri=uri),
+                    position=T.Position(line=line, character=col + 1),
+                    context=T.InlineCompletionContext(
+                        trigger_kind=T.InlineCompletionTriggerKind.Automatic)),
+                msg_id=pending_id))
             typed_keys += 1
             await asyncio.sleep(keystroke_ms / 1000)
         try:
             await pending
             typing.append(time.perf_counter() - t_key)
-        except Exception:  # noqa: BLE001 - a cancelled or failed last request: not timed
+        except Exception:  # noqa: BLE001 - a failed last request: not timed
             pass
+        await asyncio.gather(*earlier, return_exceptions=True)  # each got its one answer
     status = await client.workspace_execute_command_async(
         T.ExecuteCommandParams(command="diffill.status", arguments=[]))
     await client.shutdown_async(None)
