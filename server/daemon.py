@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RequestCancelled, UnsafeSocket, UsageError, describe
-from .protocol import VERSION
+from .protocol import VERSION, is_message_id
 from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.daemon")
@@ -98,7 +98,7 @@ class ResultCache:
         self.lock = threading.Lock()  # filled by the worker, read by the event loop
 
     def key(self, job: "Job") -> str | None:
-        settings = json.loads(job.settings_key)
+        settings = job.params.get("settings") or {}
         if settings.get("temperature") and settings.get("seed") is None:
             return None
         req = job.params.get("request") or {}
@@ -335,7 +335,7 @@ class Daemon:
                     self.dispatch(client, msg)
                 except BadMessage as exc:
                     mid = msg.get("id")
-                    client.send({"id": mid if isinstance(mid, (int, str)) else None,
+                    client.send({"id": mid if is_message_id(mid) else None,
                                  "error": {"kind": "UsageError", "message": str(exc)}})
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -353,7 +353,7 @@ class Daemon:
 
     def dispatch(self, client: Client, msg: dict[str, Any]) -> None:
         mid, method, params = msg.get("id"), msg.get("method"), msg.get("params") or {}
-        if mid is not None and (isinstance(mid, bool) or not isinstance(mid, (int, str))):
+        if mid is not None and not is_message_id(mid):
             raise BadMessage("a message id is a number or a string")
         if not isinstance(method, str):
             raise BadMessage("a message names its method as a string")
@@ -387,36 +387,37 @@ class Daemon:
 
     def enqueue(self, client: Client, mid: int, method: str, params: dict[str, Any]) -> None:
         self.last_activity = time.monotonic()
-        doc = params.get("document") if method == "infill" else None
-        if doc is not None:
+        job = Job(mid, client, {"method": method, **params}, None,
+                  Registry.key(params.get("model")),
+                  json.dumps(params.get("settings") or {}, sort_keys=True))
+        if method == "infill" and params.get("document") is not None:
             # Completions supersede completions; a rewrite the user asked for is not dropped
             # because typing elsewhere in the file asked for ghost text.
-            action = (params.get("request") or {}).get("action", "complete")
-            doc = f"{doc}#{'complete' if action == 'complete' else 'edit'}"
-        key = Registry.key(params.get("model"))
-        job = Job(mid, client, {"method": method, **params}, doc, key,
-                  json.dumps(params.get("settings") or {}, sort_keys=True))
+            job.document = f"{params['document']}#{'complete' if job.interactive else 'edit'}"
         self.counters["requests" if method == "infill" else "load_requests"] += 1
         if job.interactive:
             job.cache_key = self.cache.key(job)
             hit = self.cache.get(job.cache_key)
             if hit is not None:  # the same request lately (backspace, a reconnect): no model
                 self.counters["cache_hits"] += 1
-                older = self.by_document.get((client.id, doc)) if doc is not None else None
-                if older is not None:
-                    self.cancel(older, "superseded by a newer request for the same document")
+                self._supersede(job)
                 client.send({"id": mid, "result": dict(hit, cached=True)})
                 return
             self.counters["cache_misses"] += 1
         client.jobs[mid] = job
         with self.cv:
-            if doc is not None:
-                older = self.by_document.get((client.id, doc))
-                if older is not None:
-                    self.cancel(older, "superseded by a newer request for the same document")
-                self.by_document[(client.id, doc)] = job
+            self._supersede(job)
+            if job.document is not None:
+                self.by_document[(client.id, job.document)] = job
             self.queues.setdefault(client.id, collections.deque()).append(job)
             self.cv.notify()
+
+    def _supersede(self, job: Job) -> None:
+        """Cancel the older request of the same client for the same document, if any."""
+        older = self.by_document.get((job.client.id, job.document)) \
+            if job.document is not None else None
+        if older is not None:
+            self.cancel(older, "superseded by a newer request for the same document")
 
     def cancel(self, job: Job, why: str) -> None:
         if not job.cancelled.is_set():

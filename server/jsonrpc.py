@@ -42,6 +42,8 @@ from pygls.protocol.json_rpc import (JsonRPCNotification, JsonRPCRequestMessage,
                                      JsonRPCResponseMessage)
 from pygls.protocol.language_server import _prepare_command_arguments
 
+from .protocol import is_message_id
+
 log = logging.getLogger("diffill.jsonrpc")
 
 MAX_BODY = 128 * 2**20
@@ -168,14 +170,7 @@ def serve_tcp(server, host: str, port: int) -> None:
     server._stop_event = stop = threading.Event()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        class Writer:
-            def close(self) -> None:
-                writer.close()
-
-            def write(self, data: bytes) -> None:
-                writer.write(data)
-
-        server.protocol.set_writer(Writer())
+        server.protocol.set_writer(writer)  # as pygls' own start_tcp does
         await read_messages(FrameReader(lambda: reader.read(CHUNK)), server.protocol, stop)
         server.shutdown()
 
@@ -205,10 +200,12 @@ def _fragment_id(body: bytes) -> Any:
         return None
 
 
-def _params_problem(exc: BaseException) -> str:
+def structure_problem(exc: BaseException, path: str = "$") -> str:
+    """What failed when JSON was structured into LSP types: cattrs' path to each bad field
+    (the first five), else the exception itself."""
     if isinstance(exc, cattrs.ClassValidationError):
-        lines = cattrs.transform_error(exc, path="params")
-        return "; ".join(line.replace("params.params", "params") for line in lines[:5])
+        lines = cattrs.transform_error(exc, path=path)
+        return "; ".join(line.replace(f"{path}.{path}", path) for line in lines[:5])
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -253,7 +250,7 @@ class DiffillProtocol(LanguageServerProtocol):
                          "not part of LSP)")
             return
         mid = data.get("id")
-        if "id" in data and (isinstance(mid, bool) or not isinstance(mid, (int, str))):
+        if "id" in data and not is_message_id(mid):
             self._reject(None, JsonRpcInvalidRequest, "a message id is a number or a string")
             return
         method = data.get("method")
@@ -269,23 +266,20 @@ class DiffillProtocol(LanguageServerProtocol):
         if "method" not in data:  # a response to one of our requests
             kind = ResponseErrorMessage if "error" in data else \
                 self._result_types.pop(mid, None) or JsonRPCResponseMessage
-            try:
-                message = self._converter.structure(data, kind)
-            except Exception as exc:  # noqa: BLE001 - nobody to answer: drop it
-                log.warning("dropped a malformed response (id %r): %s", mid, _params_problem(exc))
-                return
         else:
             kind = self.get_message_type(method) or \
                 (JsonRPCRequestMessage if "id" in data else JsonRPCNotification)
-            try:
-                message = self._converter.structure(data, kind)
-            except Exception as exc:  # noqa: BLE001 - any failure is the client's params
-                problem = _params_problem(exc)
-                if is_request:
-                    self._reject(mid, JsonRpcInvalidParams, f"{method}: {problem}")
-                else:
-                    log.warning("dropped a %s notification: %s", method, problem)
-                return
+        try:
+            message = self._converter.structure(data, kind)
+        except Exception as exc:  # noqa: BLE001 - any failure is the client's message
+            problem = structure_problem(exc, "params")
+            if is_request:
+                self._reject(mid, JsonRpcInvalidParams, f"{method}: {problem}")
+            elif "method" in data:
+                log.warning("dropped a %s notification: %s", method, problem)
+            else:  # nobody to answer
+                log.warning("dropped a malformed response (id %r): %s", mid, problem)
+            return
         self.handle_message(message)
 
     def _reject(self, mid: Any, error: type[JsonRpcException], message: str) -> None:
@@ -315,7 +309,7 @@ class DiffillProtocol(LanguageServerProtocol):
             return
         if method == types.CANCEL_REQUEST:
             target = getattr(getattr(message, "params", None), "id", None)
-            if isinstance(target, bool) or not isinstance(target, (int, str)):
+            if not is_message_id(target):
                 log.warning("dropped a $/cancelRequest whose id is %r", type(target).__name__)
                 return
         super().handle_message(message)

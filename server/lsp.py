@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cattrs
 from lsprotocol import types
 from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
@@ -28,7 +27,7 @@ from . import protocol as P
 from .daemon_client import AsyncDaemonClient
 from .errors import (REQUEST_FAILED, BadInput, DiffillError, ModelUnavailable,
                      RequestCancelled, UsageError)
-from .jsonrpc import DiffillProtocol, serve_stdio, serve_tcp
+from .jsonrpc import DiffillProtocol, serve_stdio, serve_tcp, structure_problem
 
 log = logging.getLogger("diffill.lsp")
 
@@ -242,11 +241,9 @@ def create_server() -> DiffillServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
-        typing = ls.state.typing.pop(params.text_document.uri, None) or Typing()
-        ls.state.typing[params.text_document.uri] = typing  # most recent last
-        typing.changed(time.monotonic())
-        while len(ls.state.typing) > 64:  # closed documents age out
-            ls.state.typing.pop(next(iter(ls.state.typing)))
+        uri = params.text_document.uri
+        remember(ls.state.typing, uri, ls.state.typing.get(uri) or Typing()).changed(
+            time.monotonic())
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams
@@ -279,10 +276,7 @@ def create_server() -> DiffillServer:
             return None  # the buffer changed while the model worked: this fill is stale
         texts = [it["text"] for it in result["items"]]
         if texts:
-            ls.state.shown.pop(doc.uri, None)
-            ls.state.shown[doc.uri] = Shown(text[:cursor], text[cursor:], texts)
-            while len(ls.state.shown) > 64:  # closed documents age out
-                ls.state.shown.pop(next(iter(ls.state.shown)))
+            remember(ls.state.shown, doc.uri, Shown(text[:cursor], text[cursor:], texts))
         else:
             ls.state.shown.pop(doc.uri, None)
         items = [types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
@@ -337,9 +331,8 @@ def create_server() -> DiffillServer:
             if not isinstance(uri, str) or not (version is None or isinstance(version, int)):
                 raise TypeError("uri is a string and version an integer")
         except Exception as exc:  # noqa: BLE001 - whatever the arguments were, they are wrong
-            problem = "; ".join(cattrs.transform_error(exc)) \
-                if isinstance(exc, cattrs.ClassValidationError) else str(exc)
-            raise JsonRpcInvalidParams(f"expected [uri, range, version?]: {problem}") from None
+            raise JsonRpcInvalidParams(f"expected [uri, range, version?]: "
+                                       f"{structure_problem(exc)}") from None
         doc = ls.document(uri)
         if version is not None and doc.version != version:
             raise RequestFailed("the document changed since the action was offered")
@@ -395,6 +388,16 @@ def create_server() -> DiffillServer:
             await ls.state.daemon.close()
 
     return server
+
+
+def remember(table: dict[str, Any], uri: str, value: Any, limit: int = 64) -> Any:
+    """Keep ``value`` for a document as its most recent entry; the documents least recently
+    touched (closed ones, in time) age out beyond ``limit``. Returns ``value``."""
+    table.pop(uri, None)
+    table[uri] = value
+    while len(table) > limit:
+        table.pop(next(iter(table)))
+    return value
 
 
 def _args(args: tuple[Any, ...]) -> list[Any]:

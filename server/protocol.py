@@ -161,6 +161,12 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
     return dataclasses.replace(base, **values), problems
 
 
+def is_message_id(value: Any) -> bool:
+    """A JSON-RPC id as LSP and the daemon's wire take it: a number or a string (JSON's
+    true/false decode to bool, a subclass of int, and are not ids)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 # ---------------------------------------------------------------- daemon socket
 
 ENV_SOCKET = "DIFFILL_SOCKET"
