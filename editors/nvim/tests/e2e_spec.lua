@@ -35,12 +35,26 @@ local function ghost(buf)
   return marks[1][4].virt_text[1][1], marks[1]
 end
 
+---Ask for a suggestion at column `col` of line 1 and wait until the ghost text shows.
+local function suggest_at(buf, col)
+  vim.api.nvim_win_set_cursor(0, { 1, col })
+  diffill.suggest(buf, 1)
+  assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+end
+
+---Type `text` at column `col` of line 1 as insert mode does: the text changes, the cursor
+---moves behind it, and the autocommands' handlers run in Neovim's order (CursorMovedI first).
+local function type_at(buf, col, text)
+  vim.api.nvim_buf_set_text(buf, 0, col, 0, col, { text })
+  vim.api.nvim_win_set_cursor(0, { 1, col + #text })
+  diffill.on_cursor_moved(buf)
+  diffill.on_text_changed(buf)
+end
+
 return {
   ["1 ghost text appears at the cursor and Tab-accept inserts it"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
-    vim.api.nvim_win_set_cursor(0, { 1, 15 })
-    diffill.suggest(buf, 1)
-    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+    suggest_at(buf, 15)
     local text, mark = ghost(buf)
     assert(text == "c5 c6 c7", "ghost text was: " .. tostring(text))
     assert(mark[2] == 0 and mark[3] == 15, "at the cursor")
@@ -52,9 +66,7 @@ return {
   end,
   ["2 a stale suggestion is not accepted after the buffer changed"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
-    vim.api.nvim_win_set_cursor(0, { 1, 15 })
-    diffill.suggest(buf, 1)
-    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50))
+    suggest_at(buf, 15)
     vim.api.nvim_buf_set_text(buf, 0, 0, 0, 0, { "x" })
     assert(not diffill.accept("all"), "nothing inserted")
   end,
@@ -73,14 +85,8 @@ return {
   end,
   ["4 typing what the ghost says keeps the rest shown, with no new request"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
-    vim.api.nvim_win_set_cursor(0, { 1, 15 })
-    diffill.suggest(buf, 1)
-    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
-    -- The user types "c5": the text changes and the cursor moves (the events' order).
-    vim.api.nvim_buf_set_text(buf, 0, 15, 0, 15, { "c5" })
-    vim.api.nvim_win_set_cursor(0, { 1, 17 })
-    diffill.on_cursor_moved(buf)
-    diffill.on_text_changed(buf)
+    suggest_at(buf, 15)
+    type_at(buf, 15, "c5")
     local text, mark = ghost(buf)
     assert(text == " c6 c7", "ghost text was: " .. tostring(text))
     assert(mark[3] == 17, "at the new cursor")
@@ -90,9 +96,7 @@ return {
   end,
   ["6 accept-word inserts the next word and keeps the rest; cycling shows each candidate"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
-    vim.api.nvim_win_set_cursor(0, { 1, 15 })
-    diffill.suggest(buf, 1)
-    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+    suggest_at(buf, 15)
     local n = #diffill.current().items
     local i = diffill.cycle(1)
     assert(i == (n > 1 and 2 or 1) and ghost(buf) == diffill.current().items[i])
@@ -108,19 +112,12 @@ return {
   end,
   ["5 moving the cursor away clears the ghost; typing something else does too"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
-    vim.api.nvim_win_set_cursor(0, { 1, 15 })
-    diffill.suggest(buf, 1)
-    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "ghost text shown")
+    suggest_at(buf, 15)
     vim.api.nvim_win_set_cursor(0, { 1, 2 })
     diffill.on_cursor_moved(buf)
     assert(ghost(buf) == nil and diffill.current() == nil, "cleared on a plain move")
-    vim.api.nvim_win_set_cursor(0, { 1, 15 })
-    diffill.suggest(buf, 1)
-    assert(vim.wait(120000, function() return ghost(buf) ~= nil end, 50), "shown again")
-    vim.api.nvim_buf_set_text(buf, 0, 15, 0, 15, { "x" })
-    vim.api.nvim_win_set_cursor(0, { 1, 16 })
-    diffill.on_cursor_moved(buf)
-    diffill.on_text_changed(buf)
+    suggest_at(buf, 15)
+    type_at(buf, 15, "x")
     assert(ghost(buf) == nil, "cleared when the typed text differs from the ghost")
   end,
 }

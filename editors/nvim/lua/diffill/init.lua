@@ -67,6 +67,20 @@ local function render(s)
   })
 end
 
+---Cancel the request in flight for `bufnr`, if any.
+local function cancel_pending(bufnr)
+  local client = M.client(bufnr)
+  if pending[bufnr] and client then cancel(client, pending[bufnr]) end
+  pending[bufnr] = nil
+end
+
+---A suggestion of `texts` (best first) shown at row/col of `bufnr`, whose line then ended
+---with `after`.
+local function suggestion(bufnr, row, col, texts, after)
+  return { bufnr = bufnr, row = row, col = col, text = texts[1], items = texts, index = 1,
+           after = after, tick = vim.api.nvim_buf_get_changedtick(bufnr) }
+end
+
 ---Ask the server for a suggestion at the cursor of `bufnr` (0: current).
 ---@param bufnr integer|nil
 ---@param trigger integer|nil LSP InlineCompletionTriggerKind (1 invoked, 2 automatic)
@@ -74,7 +88,7 @@ function M.suggest(bufnr, trigger)
   bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
   local client = M.client(bufnr)
   if not client then return end
-  if pending[bufnr] then cancel(client, pending[bufnr]) end
+  cancel_pending(bufnr)
   local win = vim.fn.bufwinid(bufnr)
   local cursor = vim.api.nvim_win_get_cursor(win ~= -1 and win or 0)
   local row, col = cursor[1] - 1, cursor[2]
@@ -103,8 +117,7 @@ function M.suggest(bufnr, trigger)
       if t and t ~= "" then texts[#texts + 1] = t end
     end
     local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
-    current = { bufnr = bufnr, row = row, col = col, text = texts[1], tick = tick,
-                after = line:sub(col + 1), items = texts, index = 1 }
+    current = suggestion(bufnr, row, col, texts, line:sub(col + 1))
     render(current)
   end, bufnr)
   if ok then pending[bufnr] = id end
@@ -147,9 +160,7 @@ function M.accept(what)
     local end_col = (#lines == 1 and s.col or 0) + #lines[#lines]
     vim.api.nvim_win_set_cursor(win, { end_row + 1, end_col })
     if rest and #lines == 1 then
-      current = { bufnr = s.bufnr, row = s.row, col = end_col, text = rest,
-                  tick = vim.api.nvim_buf_get_changedtick(s.bufnr), after = s.after,
-                  items = { rest }, index = 1 }
+      current = suggestion(s.bufnr, s.row, end_col, { rest }, s.after)
       render(current)
     end
   end
@@ -177,13 +188,6 @@ local function type_through(bufnr)
   return true
 end
 
----Cancel the request in flight for `bufnr`, if any.
-local function cancel_pending(bufnr)
-  local client = M.client(bufnr)
-  if pending[bufnr] and client then cancel(client, pending[bufnr]) end
-  pending[bufnr] = nil
-end
-
 ---TextChangedI: keep the ghost when typed through, else clear it and ask again (debounced).
 function M.on_text_changed(bufnr)
   if type_through(bufnr) then return end
@@ -195,9 +199,7 @@ end
 ---change is left to TextChangedI (which fires after this event); a plain move clears the
 ---ghost, cancels the request in flight and asks again at the new place.
 function M.on_cursor_moved(bufnr)
-  if vim.api.nvim_buf_get_changedtick(bufnr) ~= (current and current.tick or -1) and current then
-    return
-  end
+  if current and vim.api.nvim_buf_get_changedtick(bufnr) ~= current.tick then return end
   local win = vim.fn.bufwinid(bufnr)
   local cur = win ~= -1 and vim.api.nvim_win_get_cursor(win) or nil
   if current and cur and current.bufnr == bufnr and cur[1] - 1 == current.row
