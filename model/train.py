@@ -468,8 +468,9 @@ def continued_config(folder: Path, overrides: dict | None = None) -> dict:
     base = shape_of_checkpoint(folder)
     overrides = dict(overrides or {})
     if base.get("objective") == "ar" and "total_steps" in overrides \
-            and "ar_fraction" not in overrides and base.get("total_steps"):
-        convert_at = base.get("ar_fraction", 0.75) * base["total_steps"]
+            and "ar_fraction" not in overrides:
+        old = TrainConfig(**base)  # its recorded schedule, defaults where it records none
+        convert_at = old.ar_fraction * old.total_steps
         overrides["ar_fraction"] = min(1.0, convert_at / max(1, int(overrides["total_steps"])))
     return {**base, **overrides}
 

@@ -34,10 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "infill" / "post.py"
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
+def percentile_ms(seconds: list[float], q: float) -> float | None:
+    """The ``q`` quantile (nearest rank) of durations in seconds, in milliseconds to 0.1;
+    None when there are none."""
+    if not seconds:
         return None
-    ordered = sorted(values)
+    ordered = sorted(seconds)
     return round(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000, 1)
 
 
@@ -144,12 +146,12 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
     return {
         "cold_start": {"initialize_ms": round(t_init * 1000), "first_completion_ms":
                        round(t_first * 1000)},
-        "invoked": {"n": n, "p50_ms": _pct(invoked, 0.5), "p95_ms": _pct(invoked, 0.95),
+        "invoked": {"n": n, "p50_ms": percentile_ms(invoked, 0.5), "p95_ms": percentile_ms(invoked, 0.95),
                     "shown": shown},
         "typing": {"lines": len(typing), "keystrokes": typed_keys,
                    "keystroke_ms": keystroke_ms,
-                   "after_last_key_p50_ms": _pct(typing, 0.5),
-                   "after_last_key_p95_ms": _pct(typing, 0.95)},
+                   "after_last_key_p50_ms": percentile_ms(typing, 0.5),
+                   "after_last_key_p95_ms": percentile_ms(typing, 0.95)},
         "daemon": {"model": (status.get("models") or [{}])[0].get("checkpoint"),
                    "device": (status.get("models") or [{}])[0].get("device"),
                    "dtype": (status.get("models") or [{}])[0].get("dtype"),

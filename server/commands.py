@@ -152,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _bundled_model_hint(checkpoint: str) -> None:
     """What to read, or try, when the bundled model's demo answer is empty or broken."""
     if Path(checkpoint).name == "diffill-small":
-        print("# The bundled diffill-small is undertrained (78 minutes on two CPU cores); "
+        print("# The bundled diffill-small is undertrained (2.6 hours on two CPU cores); "
               "see model/checkpoints/diffill-small/README.md, or run any checkpoint of "
               "the README's table with --model.")
 

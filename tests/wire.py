@@ -274,12 +274,5 @@ def broken_frame(rng: random.Random, mid: Any) -> bytes:
     return b"Content-Length: 3\r\n\r\n[1,"
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def now() -> float:
     return time.perf_counter()
