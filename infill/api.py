@@ -136,6 +136,8 @@ class InfillRequest:
     path: str | None = None
     extra: tuple[tuple[str, str], ...] = ()
     """Extra context chunks, (name, text), placed ahead of the prefix."""
+    instruction: str | None = None
+    """What a rewrite should do ("add type hints"); followed by chat models only."""
 
 
 @dataclass

@@ -50,6 +50,16 @@ def ladder_lengths(ladder: Sequence[int], max_tokens: int, count: int) -> list[i
     return fits[-count:]
 
 
+def make_engine(model, settings: InfillSettings = InfillSettings()) -> "Engine":
+    """The engine for a loaded model: :class:`Engine` for mask-diffusion checkpoints,
+    :class:`~infill.block.BlockEngine` for block-diffusion chat models."""
+    from model.block_diffusion import BlockDiffusionModel
+    if isinstance(model, BlockDiffusionModel):
+        from .block import BlockEngine
+        return BlockEngine(model, settings)
+    return Engine(model, settings)
+
+
 class Engine:
     """Runs requests on one loaded model. Not thread-safe: callers serialise (the daemon does)."""
 
@@ -81,6 +91,11 @@ class Engine:
         jobs: list[tuple[int, Job]] = []
         for i, (req, cancel) in enumerate(items):
             try:
+                if req.instruction:
+                    raise InputError(
+                        f"this model ({self.model.profile.name}) fills masks and is not "
+                        "prompted, so it cannot follow an instruction: rewrite without one, or "
+                        "load a chat model (DiffusionGemma)")
                 if self._validate(req) == "refine":
                     out[i] = self._refine(req, settings, cancel)
                 else:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
+from . import block_diffusion
 from .config import ConfigError, ModelConfig, from_hf_config
 from .profile import FamilyProfile, ProfileError, build_profile
 from .transformer import KVCache, Transformer
@@ -27,7 +28,8 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = "diffill-small"
 HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-             "generation_config.json"]
+             "generation_config.json", "chat_template.jinja", "chat_template.json",
+             "tokenizer.model"]
 
 
 class CheckpointError(RuntimeError):
@@ -181,6 +183,9 @@ class DiffusionModel:
                                          start=start)
         return self.transformer.logits(self._select(hidden, lo, hi, start))
 
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.transformer.parameters())
+
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.path), "family": self.profile.name,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
@@ -196,8 +201,12 @@ def check_checkpoint(checkpoint: str | os.PathLike[str] | None) -> Path:
 
     from .weights import weight_files
     folder = resolve_checkpoint(checkpoint)
+    raw = read_config(folder)
+    if block_diffusion.is_block_diffusion(raw):
+        block_diffusion.check(folder)
+        return folder
     try:
-        from_hf_config(read_config(folder))
+        from_hf_config(raw)
     except ConfigError as exc:
         raise CheckpointError(f"{folder / 'config.json'}: {exc}") from exc
     load_tokenizer(folder)
@@ -215,11 +224,27 @@ def check_checkpoint(checkpoint: str | os.PathLike[str] | None) -> Path:
 def load_model(checkpoint: str | os.PathLike[str] | None = None, *,
                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                family: str | None = None,
-               profile_overrides: Mapping[str, Any] | None = None) -> DiffusionModel:
-    """Load ``checkpoint`` for inference. Every failure is a :class:`CheckpointError`."""
+               profile_overrides: Mapping[str, Any] | None = None
+               ) -> "DiffusionModel | block_diffusion.BlockDiffusionModel":
+    """Load ``checkpoint`` for inference. Every failure is a :class:`CheckpointError`.
+
+    Mask-diffusion checkpoints load into diffill's transformer (:class:`DiffusionModel`);
+    block-diffusion chat models (DiffusionGemma) into transformers' own class
+    (:class:`~model.block_diffusion.BlockDiffusionModel`)."""
     t0 = time.perf_counter()
     folder = resolve_checkpoint(checkpoint)
     raw = read_config(folder)
+    if block_diffusion.is_block_diffusion(raw) or family == block_diffusion.FAMILY:
+        if not block_diffusion.is_block_diffusion(raw):
+            raise CheckpointError(f"{folder}: family {family!r} asked for, but config.json says "
+                                  f"model_type {raw.get('model_type')!r}")
+        if family not in (None, block_diffusion.FAMILY):
+            raise CheckpointError(f"{folder} is a DiffusionGemma checkpoint, not family "
+                                  f"{family!r}")
+        if profile_overrides:
+            raise CheckpointError("profile overrides apply to mask-diffusion families only")
+        dev = parse_device(device)
+        return block_diffusion.load(folder, dev, parse_dtype(dtype, dev))
     try:
         cfg = from_hf_config(raw)
     except ConfigError as exc:

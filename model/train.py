@@ -475,6 +475,33 @@ def continued_config(folder: Path, overrides: dict | None = None) -> dict:
     return {**base, **overrides}
 
 
+LAYER_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def grow_layers(weights: dict[str, torch.Tensor], old: int, new: int) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint with ``old`` layers made into ``new`` layers that compute the
+    same function: layer j copies old layer ``j * old // new``; every copy after the first has
+    its attention and MLP output projections zeroed, so it adds nothing to the residual stream
+    until training moves them (function-preserving depth growth, as in Net2Net). A deeper model
+    then starts from the smaller one's loss instead of from the loss of a re-stacked one."""
+    if new == old:
+        return weights
+    if new < old:
+        raise ValueError(f"cannot shrink a checkpoint from {old} to {new} layers")
+    out = {k: v for k, v in weights.items() if ".layers." not in k}
+    seen: set[int] = set()
+    for j in range(new):
+        src = j * old // new
+        prefix = f"model.layers.{src}."
+        for k, v in weights.items():
+            if k.startswith(prefix):
+                name = k[len(prefix):]
+                zero = src in seen and name in LAYER_OUTPUTS
+                out[f"model.layers.{j}.{name}"] = torch.zeros_like(v) if zero else v.clone()
+        seen.add(src)
+    return out
+
+
 def load_train_config(run_dir: Path, overrides: dict | None = None) -> TrainConfig:
     path = run_dir / "train_config.json"
     values = json.loads(path.read_text()) if path.is_file() else {}
@@ -571,8 +598,10 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
         weights = {}
         for f in weight_files(Path(init_from)):  # one file or the shards of an index
             weights.update(load_file(str(f)))
+        raw = json.loads((Path(init_from) / "config.json").read_text())
+        weights = grow_layers(weights, int(raw["num_hidden_layers"]), cfg.num_hidden_layers)
         model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
-        meta = json.loads((Path(init_from) / "config.json").read_text()).get("diffill", {})
+        meta = raw.get("diffill", {})
         state = RunState(step=int(meta.get("steps", 0)),
                          tokens_seen=int(meta.get("tokens_seen", 0)))
         log.info("initialised from %s (step %d) on %s", init_from, state.step, dev)

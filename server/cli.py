@@ -1,7 +1,7 @@
 """``diffill``: the command line. Subcommands import the heavy parts (torch) only when they run.
 
     diffill infill FILE --at LINE:COL            complete at a position (1-based)
-    diffill infill FILE --select L:C-L:C --rewrite|--refine
+    diffill infill FILE --select L:C-L:C --rewrite|--refine [--instruction TEXT]
     diffill infill FILE|-                         fill the <|fill|> marker (stdin with -)
     diffill infill --jsonl IN                     one JSON result per request line
     diffill lsp | serve | status                  editor server, daemon, daemon status
@@ -41,8 +41,10 @@ def cmd_infill(args: argparse.Namespace) -> int:
         raise UsageError("--rewrite and --refine need --select L:C-L:C")
     text, name = read_input(args.file)
     action = "refine" if args.refine else "rewrite" if args.rewrite else None
+    if args.instruction and not args.rewrite:
+        raise UsageError("--instruction goes with --rewrite")
     req, clean = build_request(text, name, at=args.at, select=args.select, action=action,
-                               language=args.language)
+                               language=args.language, instruction=args.instruction)
     backend = make_backend(args)
     result = backend.run(req, settings)
     if args.json:
@@ -80,9 +82,10 @@ def iter_jsonl(stream) -> Iterable[tuple[int, dict | Exception]]:
 def run_jsonl(args: argparse.Namespace, settings) -> int:
     """Batch mode: one request per input line, one result per output line, in order.
 
-    A request is ``{"id", "text" | "file", "at" | "select", "action", "language"}``; without
-    ``at``/``select`` the text must hold the marker. A bad request gets an ``error`` line and the
-    batch goes on; the exit code is non-zero if any request failed.
+    A request is ``{"id", "text" | "file", "at" | "select", "action", "language",
+    "instruction"}``; without ``at``/``select`` the text must hold the marker. A bad request
+    gets an ``error`` line and the batch goes on; the exit code is non-zero if any request
+    failed.
     """
     from tqdm import tqdm
     path = args.jsonl
@@ -112,7 +115,8 @@ def run_jsonl(args: argparse.Namespace, settings) -> int:
                     raise BadInput(f"line {n}: a request needs 'text' or 'file'")
                 req, clean = build_request(text, name, at=item.get("at"),
                                            select=item.get("select"), action=item.get("action"),
-                                           language=item.get("language") or args.language)
+                                           language=item.get("language") or args.language,
+                                           instruction=item.get("instruction"))
                 result = backend.run(req, settings)
                 record = result_json(result, clean, rid, args.candidates)
             except Exception as exc:  # one bad request must not end the batch
@@ -183,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--select", metavar="L:C-L:C", help="selection to rewrite (end exclusive)")
     q.add_argument("--rewrite", action="store_true", help="regenerate the selection")
     q.add_argument("--refine", action="store_true", help="re-do only its doubtful tokens")
+    q.add_argument("--instruction", metavar="TEXT",
+                   help="with --rewrite: what to do to the selection (chat models: "
+                        "DiffusionGemma)")
     q.add_argument("--jsonl", metavar="IN", help="batch: one JSON request per line (- = stdin)")
     q.add_argument("--output", "-o", help="with --jsonl: write results here")
     q.add_argument("--language", help="language id (python enables syntax checks)")

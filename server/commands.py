@@ -96,7 +96,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--span", type=int, default=32, help="masked tokens")
     b.add_argument("--write", metavar="MD", help="append the table to this markdown file")
     b.add_argument("--random-config", help="benchmark a random-weight model of this shape "
-                                           "(JSON of config.json fields) instead of --model")
+                                           "instead of --model: a preset (open-dcoder-0.5b, "
+                                           "dream-7b, diffusiongemma-tiny, "
+                                           "diffusiongemma-26b-a4b) or config.json fields "
+                                           "as JSON")
+    b.add_argument("--canvases", type=int, default=1,
+                   help="block-diffusion models: canvases per answer")
+    b.add_argument("--steps", type=int, default=0,
+                   help="block-diffusion models: at most this many denoising steps per canvas "
+                        "(default: the checkpoint's budget)")
+    b.add_argument("--no-ar", action="store_true",
+                   help="block-diffusion models: skip the autoregressive baseline")
     b.add_argument("--e2e", action="store_true",
                    help="time the whole editor path instead: diffill lsp over stdio, a fresh "
                         "daemon, invoked completions and scripted typing (see bench_e2e.py)")
@@ -225,4 +235,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return run_e2e(args.model, n=args.places, lines=args.lines,
                        keystroke_ms=args.keystroke_ms, write_to=args.write)
     from .bench import run_bench
+    from .bench_block import check_args, is_block_preset, run_block_bench
+    if is_block_preset(args.random_config) or (not args.random_config and _is_block(args.model)):
+        check_args(args)
+        return run_block_bench(args)
     return run_bench(args)
+
+
+def _is_block(checkpoint: str | None) -> bool:
+    from model.block_diffusion import is_block_diffusion
+    from model.loader import read_config, resolve_checkpoint
+    return is_block_diffusion(read_config(resolve_checkpoint(checkpoint)))

@@ -173,7 +173,7 @@ class Registry:
 
     def _load(self, key: tuple):
         """Load the model of ``key``, count it and keep its engine."""
-        from infill import Engine
+        from infill import make_engine
         from model import load_model
         t0 = time.perf_counter()
         model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
@@ -183,7 +183,7 @@ class Registry:
         info = model.describe()
         log.info("model loaded: %s on %s as %s in %.2fs", info["checkpoint"], info["device"],
                  info["dtype"], info["load_seconds"])
-        engine = self.engines[key] = Engine(model)
+        engine = self.engines[key] = make_engine(model)
         return engine
 
 
@@ -227,7 +227,8 @@ def settings_to_wire(settings) -> dict[str, Any]:
 def request_to_wire(req) -> dict[str, Any]:
     """The inverse of :func:`request_from_wire`."""
     return {"text": req.text, "start": req.start, "end": req.end, "action": req.action,
-            "language": req.language, "path": req.path, "extra": [list(e) for e in req.extra]}
+            "language": req.language, "path": req.path, "extra": [list(e) for e in req.extra],
+            "instruction": req.instruction}
 
 
 def request_from_wire(raw: dict[str, Any]):
@@ -237,7 +238,9 @@ def request_from_wire(raw: dict[str, Any]):
                              end=None if raw.get("end") is None else int(raw["end"]),
                              action=str(raw.get("action", "complete")),
                              language=raw.get("language"), path=raw.get("path"),
-                             extra=tuple((str(a), str(b)) for a, b in raw.get("extra", ())))
+                             extra=tuple((str(a), str(b)) for a, b in raw.get("extra", ())),
+                             instruction=None if raw.get("instruction") is None
+                             else str(raw["instruction"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"malformed infill request: {exc}") from None
 
@@ -294,7 +297,7 @@ class Daemon:
         models = []
         for engine in self.registry.engines.values():
             info = engine.model.describe()
-            info["memory_bytes"] = _model_bytes(engine.model)
+            info["memory_bytes"] = engine.model.memory_bytes()
             models.append(info)
         return {"pid": os.getpid(), "version": VERSION, "socket": str(self.socket_path),
                 "uptime_s": round(time.time() - self.started, 1), "state": self.state,
@@ -677,10 +680,6 @@ def _cuda_bytes() -> int | None:
         return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
     except Exception:  # noqa: BLE001
         return None
-
-
-def _model_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.transformer.parameters())
 
 
 class AlreadyRunning(RuntimeError):

@@ -192,14 +192,15 @@ class DiffillServer(LanguageServer):
         hi = min(len(text), end + SLICE_CHARS // 2)
         return text[lo:hi], lo
 
-    async def run_infill(self, uri: str, start: int, end: int | None, action: str) -> dict:
+    async def run_infill(self, uri: str, start: int, end: int | None, action: str,
+                         instruction: str | None = None) -> dict:
         doc = self.document(uri)
         text = doc.source
         piece, base = self.slice_for(text, start, end if end is not None else start)
         s = self.state.settings
         request = {"text": piece, "start": start - base,
                    "end": None if end is None else end - base, "action": action,
-                   "language": doc.language_id, "path": doc.path}
+                   "language": doc.language_id, "path": doc.path, "instruction": instruction}
         t0 = time.perf_counter()
         result = await self.ask("infill", {"document": uri, "request": request,
                                            "model": s.model_spec(),
@@ -323,15 +324,17 @@ def create_server() -> DiffillServer:
 
     async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, Any]:
         try:
-            if not 2 <= len(args) <= 3:
+            if not 2 <= len(args) <= 4:
                 raise ValueError(f"{len(args)} arguments")
             uri, rng = args[0], args[1]
             version = args[2] if len(args) > 2 else None
+            instruction = args[3] if len(args) > 3 else None
             rng = rng if isinstance(rng, types.Range) else CONVERTER.structure(rng, types.Range)
-            if not isinstance(uri, str) or not (version is None or isinstance(version, int)):
-                raise TypeError("uri is a string and version an integer")
+            if not isinstance(uri, str) or not (version is None or isinstance(version, int)) \
+                    or not (instruction is None or isinstance(instruction, str)):
+                raise TypeError("uri and instruction are strings, version an integer")
         except Exception as exc:  # noqa: BLE001 - whatever the arguments were, they are wrong
-            raise JsonRpcInvalidParams(f"expected [uri, range, version?]: "
+            raise JsonRpcInvalidParams(f"expected [uri, range, version?, instruction?]: "
                                        f"{structure_problem(exc)}") from None
         doc = ls.document(uri)
         if version is not None and doc.version != version:
@@ -340,7 +343,7 @@ def create_server() -> DiffillServer:
         start, end = ls.offset(text, rng.start), ls.offset(text, rng.end)
         if end <= start:
             raise JsonRpcInvalidParams("the selection is empty")
-        result = await ls.run_infill(uri, start, end, action)
+        result = await ls.run_infill(uri, start, end, action, instruction or None)
         if ls.document(uri).version != version:
             raise RequestFailed("the document changed while the model worked; nothing applied")
         if not result["items"]:

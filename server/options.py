@@ -88,11 +88,11 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def load_engine(args: argparse.Namespace):
-    from infill import Engine
+    from infill import make_engine
     from model import load_model
     model = load_model(args.model, device=args.device, dtype=args.dtype, family=args.family)
     log.info("model %s", json.dumps(model.describe()))
-    return Engine(model)
+    return make_engine(model)
 
 
 def read_input(path: str | None, stdin=None) -> tuple[str, str]:
@@ -114,7 +114,8 @@ def read_input(path: str | None, stdin=None) -> tuple[str, str]:
 
 
 def build_request(text: str, name: str, *, at: str | None = None, select: str | None = None,
-                  action: str | None = None, language: str | None = None):
+                  action: str | None = None, language: str | None = None,
+                  instruction: str | None = None):
     """An :class:`InfillRequest` from CLI-style specs (1-based positions) or the marker."""
     from infill import InfillRequest
     from infill.text import offset_at, parse_position, parse_range
@@ -131,7 +132,9 @@ def build_request(text: str, name: str, *, at: str | None = None, select: str | 
         if end <= start:
             raise BadInput(f"selection {select} is empty or reversed")
         return InfillRequest(text, start, end, action=action or "rewrite", language=language,
-                             path=path), text
+                             path=path, instruction=instruction), text
+    if instruction:
+        raise UsageError("--instruction goes with --select and --rewrite")
     count = text.count(MARKER)
     if count != 1:
         raise BadInput(f"{name}: expected exactly one {MARKER} marker, found {count} "

@@ -16,9 +16,12 @@ VERSION = "0.1.0"
 # ---------------------------------------------------------------- LSP custom names
 
 CMD_REWRITE = "diffill.rewriteSelection"
-"""Arguments: ``[uri, range, version?]``; regenerates the range and applies a WorkspaceEdit."""
+"""Arguments: ``[uri, range, version?, instruction?]``; regenerates the range and applies a
+WorkspaceEdit. An instruction ("add type hints") is followed by chat models (DiffusionGemma);
+a mask model answers it with an error."""
 CMD_REFINE = "diffill.refineSelection"
-"""Arguments: ``[uri, range, version?]``; re-does only the range's low-confidence tokens."""
+"""Arguments: ``[uri, range, version?]``; re-does only the range's low-confidence tokens
+(mask models)."""
 CMD_STATUS = "diffill.status"
 """No arguments; returns the daemon status (model, device, dtype, memory, counters)."""
 COMMANDS = (CMD_REWRITE, CMD_REFINE, CMD_STATUS)

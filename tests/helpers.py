@@ -219,3 +219,45 @@ def pattern_batch(batch: int, gen: torch.Generator):
         key_mask[i, :len(row)] = True
         region[i, regions[i][0]:regions[i][1]] = True
     return ids, region, key_mask
+
+
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def save_diffusion_gemma(folder: Path, *, seed: int = 0, canvas: int = 16, steps: int = 6,
+                         chat_template: str | None = GEMMA_CHAT_TEMPLATE) -> Path:
+    """A tiny random DiffusionGemma (transformers' own config and model classes, a 2-layer MoE
+    with a 1-layer vision tower) saved with ``save_pretrained``, a byte-level BPE tokenizer and
+    a Gemma-style chat template beside it."""
+    from transformers import (DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion,
+                              DiffusionGemmaTextConfig, PreTrainedTokenizerFast)
+    tok = bpe_tokenizer(extra_special=["<start_of_turn>", "<end_of_turn>"])
+    vocab = tok.get_vocab_size()
+    ids = {t: tok.token_to_id(t) for t in ("<|pad|>", "<|endoftext|>", "<end_of_turn>")}
+    text = DiffusionGemmaTextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=32,
+        layer_types=["sliding_attention", "full_attention"], num_global_key_value_heads=1,
+        global_head_dim=16, num_experts=4, top_k_experts=2, moe_intermediate_size=32,
+        pad_token_id=ids["<|pad|>"], eos_token_id=ids["<end_of_turn>"],
+        bos_token_id=ids["<|endoftext|>"])
+    vision = {"model_type": "gemma4_vision", "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+              "head_dim": 8}
+    torch.manual_seed(seed)
+    net = DiffusionGemmaForBlockDiffusion(
+        DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=canvas))
+    net.generation_config.update(max_denoising_steps=steps,
+                                 eos_token_id=[ids["<end_of_turn>"], ids["<|endoftext|>"]],
+                                 pad_token_id=ids["<|pad|>"])
+    folder.mkdir(parents=True, exist_ok=True)
+    net.save_pretrained(folder)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<end_of_turn>", pad_token="<|pad|>")
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(folder)
+    return folder

@@ -164,6 +164,13 @@ async def test_code_actions_apply_an_edit_covering_exactly_the_selection(pattern
             assert text_edit.range == sel
         # Refine re-masked the wrong token and put the right one back.
         assert reply["remasked"] and text_edit.new_text == "c5 c6 c7"
+        # An instruction travels to the engine; a mask model says it cannot follow one, and
+        # an instruction that is not a string is the client's error.
+        for extra, expected in (("count up", "cannot follow an instruction"),
+                                (5, "instruction")):
+            with pytest.raises(JsonRpcException, match=expected):
+                await client.workspace_execute_command_async(types.ExecuteCommandParams(
+                    command=P.CMD_REWRITE, arguments=[URI, sel, 1, extra]))
         # No action without a selection.
         empty = await client.text_document_code_action_async(types.CodeActionParams(
             text_document=types.TextDocumentIdentifier(uri=URI),

@@ -184,3 +184,33 @@ def test_a_new_run_can_start_from_a_shipped_checkpoint(run_dir, tmp_path):
     assert (run2 / "tokenizer.json").read_bytes() == (ckpt / "tokenizer.json").read_bytes()
     state = train(run2, steps=1, threads=1, init_from=ckpt)
     assert state.step == steps_before + 1
+
+
+def test_a_deeper_run_grown_from_a_checkpoint_starts_with_its_function(run_dir, tmp_path):
+    """--init-from a checkpoint with fewer layers: the copies add nothing until trained, so
+    the deeper model computes the same logits, and training then moves every layer."""
+    from safetensors.torch import load_file
+
+    from model.train import grow_layers
+    if not (run_dir / "state.pt").is_file():
+        train(run_dir, steps=2, threads=1)
+    ckpt = export(run_dir, tmp_path / "ckpt")
+    small = load_model(ckpt, dtype="float32")
+    grown = grow_layers(load_file(str(ckpt / "model.safetensors")), 2, 5)
+    assert sorted({int(k.split(".")[2]) for k in grown if ".layers." in k}) == list(range(5))
+    deep = Transformer(TrainConfig(**dict(TINY, num_hidden_layers=5)).model_config())
+    deep.load_state_dict({k: v.float() for k, v in grown.items()}, strict=True)
+    deep.eval()
+    ids = torch.randint(0, 250, (2, 30))
+    with torch.no_grad():
+        want = small.transformer.logits(small.transformer.hidden(ids))
+        got = deep.logits(deep.hidden(ids))
+    assert torch.allclose(want, got, atol=1e-5)
+    with pytest.raises(ValueError, match="shrink"):
+        grow_layers(grown, 5, 2)
+    run2 = tmp_path / "run2"
+    prepare_run(run2, TrainConfig(**dict(TINY, num_hidden_layers=5)),
+                texts_override=[s * 4 for s in helpers.CODE_SNIPPETS] * 4, tokenizer_from=ckpt)
+    train(run2, steps=2, threads=1, init_from=ckpt)
+    trained = torch.load(run2 / "state.pt", weights_only=False)["model"]
+    assert trained["model.layers.1.self_attn.o_proj.weight"].abs().sum() > 0  # a zeroed copy
