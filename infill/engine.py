@@ -102,7 +102,13 @@ class Engine:
                     jobs.append((i, self.prepare(req, settings)))
             except Exception as exc:  # reported to that request alone
                 out[i] = exc
-        if jobs:
+        if jobs and self.model.profile.expand_id is not None:
+            for i, job in jobs:  # variable length: one window per request, growing or shrinking
+                try:
+                    out[i] = self._run_variable(job, items[i][1])
+                except Exception as exc:  # reported to that request alone
+                    out[i] = exc
+        elif jobs:
             cancels = [items[i][1] for i, _ in jobs]
             results, passes = infill_many(self.model, [j.sampler_job for _, j in jobs],
                                           settings=settings.sampler,
@@ -110,6 +116,24 @@ class Engine:
             for (i, job), cands in zip(jobs, results):
                 out[i] = Cancelled() if cands is None else self.finish(job, cands, passes)
         return out  # type: ignore[return-value]
+
+    def _run_variable(self, job: Job, cancel: Callable[[], bool] | None) -> InfillResult:
+        """A DreamOn-style fill: one gap that expands or deletes masks until it fits, started
+        at the job's (single) length and allowed to grow to ``variable_cap``."""
+        from .expand import infill_variable
+        start = job.lengths[0]
+        cand, passes = infill_variable(self.model, job.window.context_ids,
+                                       job.window.suffix_ids, start,
+                                       max_length=self.variable_cap(job, start),
+                                       settings=job.settings.sampler, cancel=cancel)
+        return self.finish(job, [cand], passes)
+
+    def variable_cap(self, job: Job, start: int) -> int:
+        """How far a variable-length gap may grow: the completion's ``max_tokens`` (capped by
+        the checkpoint's ``max_fill``), or for a rewrite twice the selection and 16 more."""
+        if job.mode == "rewrite":
+            return max(start, min(MAX_MASKS, 2 * start + 16))
+        return max(start, self.max_fill(job.settings))
 
     def _validate(self, req: InfillRequest) -> str:
         check_size(req.text, req.path or "document")
@@ -141,6 +165,8 @@ class Engine:
             cap = max(s.max_tokens, n)
             lengths = list(s.lengths) or sorted(
                 {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
+            if self.model.profile.expand_id is not None:
+                lengths = [n]  # starts at the selection's length, then grows or shrinks
             window = build_window(self.tokenizer, text, req.start, req.end,
                                   self.budget(s, lengths), req.extra)
             return Job(req, "rewrite", lengths, window, "", t0, s)
@@ -152,6 +178,10 @@ class Engine:
         mode = s.mode if s.mode != "auto" else post.detect_mode(before, after)
         ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
         lengths = list(s.lengths) or ladder_lengths(ladder, self.max_fill(s), s.ensemble)
+        if self.model.profile.expand_id is not None:
+            # The gap finds its own length: one start (an explicit length, else the ladder's
+            # second rung, short enough that most answers grow into it) and no ensemble.
+            lengths = [min(lengths) if s.lengths else min(ladder[1], self.max_fill(s))]
         window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
                               req.extra)
         return Job(req, mode, lengths, window, before, t0, s)

@@ -137,18 +137,21 @@ PATTERN_K = 12
 """Vocabulary of the counting task: tokens c0..c11 repeat cyclically."""
 
 
-def pattern_tokenizer():
-    """Word-level tokenizer: c0..c11 plus diffill's specials, split on spaces."""
+def pattern_tokenizer(extra_special: tuple[str, ...] = ()):
+    """Word-level tokenizer: c0..c11 plus diffill's specials (and ``extra_special`` after
+    them), split on spaces."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     vocab = {"<|endoftext|>": 0, "<|pad|>": 1, "<|mask|>": 2}
     for i in range(PATTERN_K):
         vocab[f"c{i}"] = 3 + i
+    for t in extra_special:
+        vocab[t] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     from tokenizers import AddedToken
     tok.add_special_tokens([AddedToken(t, special=True) for t in ("<|endoftext|>", "<|pad|>",
-                                                                    "<|mask|>")])
+                                                                    "<|mask|>", *extra_special)])
     return tok
 
 
@@ -260,4 +263,93 @@ def save_diffusion_gemma(folder: Path, *, seed: int = 0, canvas: int = 16, steps
     if chat_template:
         fast.chat_template = chat_template
     fast.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------- DreamOn-style length states
+
+DREAMON_DELETE, DREAMON_MASK, DREAMON_EXPAND = 0, 2, 15
+"""Ids in ``pattern_tokenizer(("<|expand|>",))``: EOS deletes, as in DreamOn."""
+
+
+def dreamon_gap(middle: list[int], slots: int, gen: torch.Generator) -> list[int]:
+    """DreamOn's augmented target for ``middle`` written in ``slots`` masks: too long, random
+    adjacent pairs merge into ``<|expand|>`` (which may merge again) until it fits; too short,
+    ``<|delete|>`` (EOS) tokens go in at random places."""
+    z = list(middle)
+    while len(z) > slots:
+        i = int(torch.randint(0, len(z) - 1, (1,), generator=gen))
+        z[i:i + 2] = [DREAMON_EXPAND]
+    while len(z) < slots:
+        i = int(torch.randint(0, len(z) + 1, (1,), generator=gen))
+        z.insert(i, DREAMON_DELETE)
+    return z
+
+
+def dreamon_batch(batch: int, gen: torch.Generator):
+    """Counting rows whose gap of 1..8 masks holds a true middle of 1..7 tokens (so it must
+    grow or shrink), as augmented targets (ids) and the masked positions of each row."""
+    rows, masks = [], []
+    for _ in range(batch):
+        r = torch.randint(0, 1_000_000, (5,), generator=gen).tolist()
+        pre, mid, suf = pattern_row(r[0] % PATTERN_K, 3 + r[2] % 6, 1 + r[1] % 7, 3 + r[3] % 5,
+                                    slots=0)
+        mid = [t for t in mid if t != 1]
+        z = dreamon_gap(mid, 1 + r[4] % 8, gen)
+        t = float(torch.rand((), generator=gen))
+        hide = [bool(torch.rand((), generator=gen) < t) or tok in (DREAMON_DELETE,
+                                                                   DREAMON_EXPAND) for tok in z]
+        if not any(hide):
+            hide[int(torch.randint(0, len(z), (1,), generator=gen))] = True
+        rows.append(pre + z + suf)
+        masks.append([False] * len(pre) + hide + [False] * len(suf))
+    width = max(map(len, rows))
+    ids = torch.ones(batch, width, dtype=torch.long)
+    masked = torch.zeros(batch, width, dtype=torch.bool)
+    key_mask = torch.zeros(batch, width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        masked[i, :len(row)] = torch.tensor(masks[i])
+        key_mask[i, :len(row)] = True
+    return ids, masked, key_mask
+
+
+def train_dreamon_model(folder: Path, steps: int = 400, seed: int = 0) -> Path:
+    """Train, in seconds, a DreamOn-style counting model: shifted logits (Dream's layout), a
+    vocabulary with ``<|expand|>`` (so diffill detects the ``dreamon`` family) and EOS as
+    delete. Its gaps must grow (``<|expand|>``) or shrink (EOS) to the run that fits."""
+    import torch.nn.functional as F
+
+    from model.train import TrainConfig, _init_weights
+    from model.transformer import Transformer
+    from model.weights import save_state_dict
+    torch.manual_seed(seed)
+    cfg = TrainConfig(vocab_size=16, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, seq_len=24)
+    model = Transformer(cfg.model_config())
+    _init_weights(model, seed)
+    lr = 3e-3
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 50) * (1 - 0.9 * step / steps)
+        ids, masked, key_mask = dreamon_batch(128, gen)
+        logits = model.logits(model.hidden(ids.masked_fill(masked, DREAMON_MASK),
+                                           key_mask=key_mask))
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # Dream's shift
+        loss = F.cross_entropy(logits[masked], ids[masked])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state_dict(model, folder)
+    config = {"architectures": ["DreamModel"], "model_type": "qwen2", "vocab_size": 16,
+              "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+              "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+              "tie_word_embeddings": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    pattern_tokenizer(("<|expand|>",)).save(str(folder / "tokenizer.json"))
     return folder
