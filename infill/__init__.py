@@ -13,7 +13,7 @@ _EXPORTS = {
     "ContextBudget": "context", "Window": "context", "build_window": "context",
     "ACTIONS": "api", "Completion": "api", "InfillRequest": "api", "InfillResult": "api",
     "InfillSettings": "api", "with_overrides": "api", "Cancelled": "api",
-    "SamplerSettings": "api", "Engine": "engine", "make_engine": "engine", "Candidate": "sampler",
+    "SamplerSettings": "api", "Engine": "engine", "make_engine": "engines", "Candidate": "sampler",
     "denoise": "sampler", "infill": "sampler", "infill_many": "sampler", "refine": "sampler",
     "InputError": "text", "PositionError": "text", "decode_source": "text", "offset_at": "text",
     "position_of": "text",

@@ -50,16 +50,6 @@ def ladder_lengths(ladder: Sequence[int], max_tokens: int, count: int) -> list[i
     return fits[-count:]
 
 
-def make_engine(model, settings: InfillSettings = InfillSettings()) -> "Engine":
-    """The engine for a loaded model: :class:`Engine` for mask-diffusion checkpoints,
-    :class:`~infill.block.BlockEngine` for block-diffusion chat models."""
-    from model.block_diffusion import BlockDiffusionModel
-    if isinstance(model, BlockDiffusionModel):
-        from .block import BlockEngine
-        return BlockEngine(model, settings)
-    return Engine(model, settings)
-
-
 class Engine:
     """Runs requests on one loaded model. Not thread-safe: callers serialise (the daemon does)."""
 

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .errors import CheckpointError
+
 log = logging.getLogger("diffill.model")
 
 BLOCK_DIFFUSION_TYPES = ("diffusion_gemma",)
@@ -36,7 +38,6 @@ def is_block_diffusion(config: Mapping[str, Any]) -> bool:
 
 def _model_class():
     """transformers' DiffusionGemma class, or a CheckpointError that says which version has it."""
-    from .loader import CheckpointError
     try:
         from transformers import DiffusionGemmaForBlockDiffusion
     except ImportError:
@@ -95,7 +96,6 @@ def _count(n: int) -> str:
 
 def check_memory(name: str, parameters: int, dtype: torch.dtype, device: torch.device) -> None:
     """A CheckpointError, before anything is read, when the model cannot fit on ``device``."""
-    from .loader import CheckpointError
     need, free = memory_needed(parameters, dtype), free_memory(device)
     if need <= free:
         return
@@ -154,7 +154,6 @@ def load_tokenizer(folder: Path):
     ship a tokenizer class and a template that ``PreTrainedTokenizerFast`` alone would drop)."""
     from transformers import AutoTokenizer
 
-    from .loader import CheckpointError
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
@@ -169,7 +168,6 @@ def load_tokenizer(folder: Path):
 def check(folder: Path) -> int:
     """What can be checked without loading the weights: the tokenizer, its chat template and
     every weight file's header. Returns the parameter count."""
-    from .loader import CheckpointError
     from .weights import WeightsError
     _model_class()
     load_tokenizer(folder)
@@ -183,7 +181,6 @@ def check(folder: Path) -> int:
 
 def load(folder: Path, device: torch.device, dtype: torch.dtype) -> BlockDiffusionModel:
     """Load a DiffusionGemma checkpoint folder onto ``device`` in ``dtype``."""
-    from .loader import CheckpointError
     t0 = time.perf_counter()
     cls = _model_class()
     parameters = check(folder)

@@ -18,6 +18,7 @@ import torch
 
 from . import block_diffusion
 from .config import ConfigError, ModelConfig, from_hf_config
+from .errors import CheckpointError
 from .profile import FamilyProfile, ProfileError, build_profile
 from .transformer import KVCache, Transformer
 from .weights import WeightsError, read_state_dict
@@ -30,10 +31,6 @@ HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "to
              "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
              "generation_config.json", "chat_template.jinja", "chat_template.json",
              "tokenizer.model"]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be found, read or run. The message names it and says why."""
 
 
 def resolve_checkpoint(name: str | os.PathLike[str] | None) -> Path:

@@ -21,8 +21,9 @@ vim.api.nvim_create_user_command("DiffillStatus", function() diffill().status() 
 vim.api.nvim_create_user_command("DiffillSuggest", function() diffill().suggest(0, 1) end,
   { desc = "Ask for a suggestion at the cursor" })
 vim.api.nvim_create_user_command("DiffillRewrite", function(o)
-  diffill().rewrite_lines("rewrite", o.line1, o.line2, 0)
-end, { range = true, desc = "Regenerate the selected lines" })
+  diffill().rewrite_lines("rewrite", o.line1, o.line2, 0, o.args)
+end, { range = true, nargs = "*",
+       desc = "Regenerate the selected lines [as the instruction says, chat models]" })
 vim.api.nvim_create_user_command("DiffillRefine", function(o)
   diffill().rewrite_lines("refine", o.line1, o.line2, 0)
 end, { range = true, desc = "Re-do only the doubtful tokens of the selected lines" })

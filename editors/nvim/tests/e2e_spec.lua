@@ -83,6 +83,17 @@ return {
     local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
     assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
   end,
+  ["3b an instruction reaches the server, and a mask model says it cannot follow one"] = function()
+    local buf = open("c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10")
+    local answer
+    diffill.rewrite("rewrite", { start = { 0, 15 }, ["end"] = { 0, 23 } }, buf,
+                    function(err, res) answer = { err = err, res = res } end, "count up")
+    assert(vim.wait(120000, function() return answer ~= nil end, 50), "command answered")
+    assert(answer.err and answer.err.message:find("cannot follow an instruction"),
+           vim.inspect(answer))
+    local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
+    assert(line == "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10", "buffer untouched: " .. line)
+  end,
   ["4 typing what the ghost says keeps the rest shown, with no new request"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
     suggest_at(buf, 15)

@@ -68,17 +68,26 @@ function updateStatus(): void {
   status.show();
 }
 
-async function rewrite(kind: "rewrite" | "refine"): Promise<void> {
+async function rewrite(kind: "rewrite" | "refine", askInstruction = false): Promise<void> {
   const editor = vscode.window.activeTextEditor;
   if (!client || !editor || editor.selection.isEmpty) {
     void vscode.window.showInformationMessage("diffill: select the code to " + kind + " first.");
     return;
   }
+  let instruction: string | undefined;
+  if (askInstruction) {
+    instruction = await vscode.window.showInputBox({
+      title: "diffill: rewrite selection",
+      prompt: "What should the rewrite do? (chat models such as DiffusionGemma follow it)",
+      placeHolder: "add type hints",
+    });
+    if (instruction === undefined) return;  // dismissed
+  }
   const doc = editor.document;
   const sel = editor.selection;
   const args = rewriteArguments(doc.uri.toString(),
     { start: { line: sel.start.line, character: sel.start.character },
-      end: { line: sel.end.line, character: sel.end.character } }, doc.version);
+      end: { line: sel.end.line, character: sel.end.character } }, doc.version, instruction);
   await vscode.window.withProgress(
     { location: vscode.ProgressLocation.Window, title: `diffill: ${kind}` },
     () => client!.sendRequest("workspace/executeCommand",
@@ -92,6 +101,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   updateStatus();
   context.subscriptions.push(
     vscode.commands.registerCommand("diffill.editor.rewriteSelection", () => rewrite("rewrite")),
+    vscode.commands.registerCommand("diffill.editor.rewriteWithInstruction",
+                                    () => rewrite("rewrite", true)),
     vscode.commands.registerCommand("diffill.editor.refineSelection", () => rewrite("refine")),
     vscode.commands.registerCommand("diffill.editor.restartServer", async () => {
       if (client) await client.stop();

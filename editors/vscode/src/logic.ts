@@ -137,12 +137,15 @@ export function statusTooltip(note: StatusNote | undefined): string {
   return parts.join("\n");
 }
 
-/** Arguments of the server's rewrite/refine commands: [uri, range, version]. */
+/** Arguments of the server's rewrite/refine commands: [uri, range, version, instruction?].
+ * An instruction (followed by chat models such as DiffusionGemma) is sent only when given. */
 export function rewriteArguments(uri: string,
                                  range: { start: { line: number; character: number };
                                           end: { line: number; character: number } },
-                                 version: number): unknown[] {
-  return [uri, { start: { ...range.start }, end: { ...range.end } }, version];
+                                 version: number, instruction?: string): unknown[] {
+  const args: unknown[] = [uri, { start: { ...range.start }, end: { ...range.end } }, version];
+  if (instruction && instruction.trim()) args.push(instruction.trim());
+  return args;
 }
 
 /** Human-readable daemon status (the reply of `diffill.status`). */

@@ -305,7 +305,8 @@ end
 ---@param range {start: integer[], ["end"]: integer[]} 0-based {row, byte col}, end exclusive
 ---@param bufnr integer|nil
 ---@param on_done fun(err: any, result: any)|nil
-function M.rewrite(kind, range, bufnr, on_done)
+---@param instruction string|nil what a rewrite should do (chat models such as DiffusionGemma)
+function M.rewrite(kind, range, bufnr, on_done, instruction)
   bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
   local client = M.client(bufnr)
   if not client then
@@ -321,8 +322,12 @@ function M.rewrite(kind, range, bufnr, on_done)
     bufnr, client.offset_encoding).range.start
   local version = vim.lsp.util.buf_versions and vim.lsp.util.buf_versions[bufnr] or nil
   local command = kind == "refine" and "diffill.refineSelection" or "diffill.rewriteSelection"
-  request(client, "workspace/executeCommand",
-          { command = command, arguments = { p.textDocument.uri, p.range, version } },
+  -- vim.NIL keeps the array whole when there is an instruction but no known version.
+  local args = { p.textDocument.uri, p.range, version == nil and vim.NIL or version }
+  if instruction and vim.trim(instruction) ~= "" then
+    args[4] = vim.trim(instruction)
+  end
+  request(client, "workspace/executeCommand", { command = command, arguments = args },
           function(err, result)
             if err then notify_once(err.message or tostring(err), vim.log.levels.ERROR) end
             if on_done then on_done(err, result) end
@@ -330,10 +335,12 @@ function M.rewrite(kind, range, bufnr, on_done)
 end
 
 ---Rewrite/refine lines `line1`..`line2` (1-based, inclusive), as the :Diffill commands do.
-function M.rewrite_lines(kind, line1, line2, bufnr)
+---@param instruction string|nil
+function M.rewrite_lines(kind, line1, line2, bufnr, instruction)
   bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
   local last = vim.api.nvim_buf_get_lines(bufnr, line2 - 1, line2, false)[1] or ""
-  M.rewrite(kind, { start = { line1 - 1, 0 }, ["end"] = { line2 - 1, #last } }, bufnr)
+  M.rewrite(kind, { start = { line1 - 1, 0 }, ["end"] = { line2 - 1, #last } }, bufnr, nil,
+            instruction)
 end
 
 ---Show the daemon status.

@@ -72,6 +72,9 @@ test("status text and tooltip follow the server's notifications", () => {
 test("rewrite arguments are [uri, range, version]", () => {
   const r = { start: { line: 1, character: 2 }, end: { line: 3, character: 0 } };
   assert.deepEqual(rewriteArguments("file:///a.py", r, 7), ["file:///a.py", r, 7]);
+  assert.deepEqual(rewriteArguments("file:///a.py", r, 7, " add type hints "),
+                   ["file:///a.py", r, 7, "add type hints"]);
+  assert.deepEqual(rewriteArguments("file:///a.py", r, 7, "  "), ["file:///a.py", r, 7]);
 });
 
 test("status is formatted for people", () => {

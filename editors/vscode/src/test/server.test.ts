@@ -61,6 +61,10 @@ test("inline completion, rewrite and status against the real server",
     assert.equal(reply.applied, true);
     const change = edits[0].edit.documentChanges[0];
     assert.deepEqual(change.edits[0].range, range);
+    // An instruction reaches the engine; this mask model says it cannot follow one.
+    await assert.rejects(conn.sendRequest("workspace/executeCommand", {
+      command: SERVER_COMMANDS.rewrite, arguments: rewriteArguments(uri, range, 1, "count up") }),
+      /cannot follow an instruction/);
 
     const st: any = await conn.sendRequest("workspace/executeCommand",
                                            { command: SERVER_COMMANDS.status, arguments: [] });
