@@ -161,6 +161,10 @@ class BlockEngine(Engine):
     rewrites (with or without an instruction); refine needs a mask model."""
 
     model: BlockDiffusionModel  # type: ignore[assignment]
+    serves_between_steps = False
+    """``generate`` may keep a static cache on the model itself (``cache_implementation:
+    static`` in a generation config): a second ``generate`` run from inside the first one's
+    step would overwrite it. Completions wait for a running rewrite instead."""
 
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
                   settings: InfillSettings) -> list[InfillResult | BaseException]:

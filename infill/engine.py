@@ -53,6 +53,10 @@ def ladder_lengths(ladder: Sequence[int], max_tokens: int, count: int) -> list[i
 class Engine:
     """Runs requests on one loaded model. Not thread-safe: callers serialise (the daemon does)."""
 
+    serves_between_steps = True
+    """Whether another batch may run on this model from inside a running request's cancel
+    poll (the daemon serves completions between a rewrite's steps that way)."""
+
     def __init__(self, model: DiffusionModel, settings: InfillSettings = InfillSettings()) -> None:
         self.model = model
         self.settings = settings

@@ -550,8 +550,8 @@ class Daemon:
             try:
                 req = request_from_wire(job.params.get("request") or {})
                 settings = settings_from_wire(job.params.get("settings"))
-                poll = job.cancelled.is_set if job.interactive else \
-                    (lambda job=job: self._between_steps(job))
+                poll = job.cancelled.is_set if job.interactive or \
+                    not engine.serves_between_steps else (lambda job=job: self._between_steps(job))
                 items.append((req, poll))
                 live.append(job)
             except Exception as exc:
