@@ -109,6 +109,18 @@ def fixed_commit_counts(masked_now: torch.Tensor, masked_at_start: torch.Tensor,
     return torch.where(masked_now > 0, k.clamp(min=1), torch.zeros_like(k))
 
 
+def spread(cols: torch.Tensor, shape: torch.Size, mask_id: int, tokens: torch.Tensor,
+           p_tok: torch.Tensor, scores: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-column results (B, M) put back at their columns of the block (B, N): elsewhere the
+    token is the mask, its probability 0 and its score -inf, so nothing commits there."""
+    full_tokens = torch.full(shape, mask_id, dtype=tokens.dtype, device=tokens.device)
+    full_p = torch.zeros(shape, dtype=p_tok.dtype, device=p_tok.device)
+    full_scores = torch.full(shape, float("-inf"), dtype=scores.dtype, device=scores.device)
+    full_tokens[:, cols], full_p[:, cols], full_scores[:, cols] = tokens, p_tok, scores
+    return full_tokens, full_p, full_scores
+
+
 def choose_commits(scores: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The top-``k[b]`` masked positions of each row by score, as a boolean (B, N)."""
     s = scores.masked_fill(~masked, float("-inf"))
@@ -226,15 +238,20 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                     if cache is not None and cache.length:
                         cache = KVCache([k[keep] for k in cache.keys],
                                         [v[keep] for v in cache.values])
-            logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache)  # (B, N, V)
+            # Logits only where some row still has a mask: committed positions are final.
+            cols = masked.any(dim=0).nonzero().squeeze(-1)  # (M,) columns of the block
+            logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache,
+                                       columns=cols)  # (B, M, V)
             passes += 1
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
             if no_filler is not None and b0 < no_filler[1]:
                 first, last = no_filler[0] - b0, min(no_filler[1], b1) - b0
-                logits[:, max(first, 0):last, list(model.profile.filler_ids)] = float("-inf")
-            tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
-            p_tok = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, N)
-            scores = position_scores(probs, tokens, settings.order)
+                early = ((cols >= first) & (cols < last)).nonzero()  # (k, 1) rows of cols
+                logits[:, early, filler[None, :]] = float("-inf")
+            sub_tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
+            tokens, p_tok, scores = spread(cols, masked.shape, mask_id, sub_tokens,
+                                           probs.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1),
+                                           position_scores(probs, sub_tokens, settings.order))
             allowed = masked
             if in_order:
                 allowed = masked & filler_allowed(ids[:, lo:hi] == mask_id,

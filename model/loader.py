@@ -166,19 +166,27 @@ class DiffusionModel:
     @torch.inference_mode()
     def span_logits(self, ids: torch.Tensor, lo: int, hi: int,
                     key_mask: torch.Tensor | None = None,
-                    cache: KVCache | None = None) -> torch.Tensor:
+                    cache: KVCache | None = None,
+                    columns: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, hi-lo, V) for positions lo..hi of ``ids`` (B, T), already aligned.
 
         With ``cache=None`` the whole window is run. With an empty cache the whole window is run
         and its K/V kept; with a filled cache only the span is run against the cached context.
+        ``columns`` (indices into the span) computes the output layer for those positions only,
+        (B, len(columns), V): the sampler asks only where a mask is left, and on a CPU the
+        output layer over every span position is a third of a cached pass.
         """
         if cache is None or cache.length == 0:
             hidden = self.transformer.hidden(ids, key_mask=key_mask, cache=cache)
-            return self.transformer.logits(self._select(hidden, lo, hi, 0))
-        start, stop, _ = self._window(lo, hi)
-        hidden = self.transformer.hidden(ids[:, start:stop], key_mask=key_mask, cache=cache,
-                                         start=start)
-        return self.transformer.logits(self._select(hidden, lo, hi, start))
+            start = 0
+        else:
+            start, stop, _ = self._window(lo, hi)
+            hidden = self.transformer.hidden(ids[:, start:stop], key_mask=key_mask, cache=cache,
+                                             start=start)
+        picked = self._select(hidden, lo, hi, start)
+        if columns is not None:
+            picked = picked[:, columns]
+        return self.transformer.logits(picked)
 
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.transformer.parameters())

@@ -76,6 +76,48 @@ def window_ids(model, context: int) -> tuple[list[int], list[int]]:
     return ids[max(0, mid - pre):mid], ids[mid:mid + context - pre]
 
 
+def timed(fn, device, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    import torch
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ar_twin(model):
+    """transformers' causal decoder of the same shape holding the same weights (Qwen2 when the
+    checkpoint has q/k/v biases only, LLaMA otherwise), for the autoregressive baseline."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    c = model.config
+    common = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+                  intermediate_size=c.intermediate_size, num_hidden_layers=c.num_hidden_layers,
+                  num_attention_heads=c.num_attention_heads,
+                  num_key_value_heads=c.num_key_value_heads, head_dim=c.head_dim,
+                  rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
+                  max_position_embeddings=c.max_position_embeddings,
+                  tie_word_embeddings=c.tie_word_embeddings)
+    if c.qkv_bias and not c.o_bias:
+        cls, cfg = Qwen2ForCausalLM, Qwen2Config(**common)
+    else:
+        cls, cfg = LlamaForCausalLM, LlamaConfig(attention_bias=c.qkv_bias, **common)
+    with torch.device(model.device):
+        net = cls(cfg).to(model.dtype)
+    missing, unexpected = net.load_state_dict(model.transformer.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise UsageError(f"the autoregressive twin does not match the checkpoint: missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}")
+    return net.eval()
+
+
 def machine() -> str:
     import torch
     cpu = platform.processor() or platform.machine()
@@ -124,17 +166,13 @@ def run_bench(args: argparse.Namespace) -> int:
     base_tokens = None
     base_time = None
     for name, settings, lengths in variants:
-        infill(model, prefix, suffix, lengths, settings=settings)  # warm-up
-        times, passes = [], 0
-        for _ in range(args.repeats):
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            cands, passes = infill(model, prefix, suffix, lengths, settings=settings)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        t = statistics.median(times)
+        out = []
+
+        def fill(settings=settings, lengths=lengths):
+            out[:] = [infill(model, prefix, suffix, lengths, settings=settings)]
+
+        t = timed(fill, model.device, args.repeats)
+        cands, passes = out[0]
         best = max(cands, key=lambda c: c.length)
         toks = best.tokens
         if base_tokens is None:
@@ -142,9 +180,26 @@ def run_bench(args: argparse.Namespace) -> int:
         same = sum(a == b for a, b in zip(toks, base_tokens))
         agree = same / max(len(base_tokens), len(toks), 1)
         rows.append((name, t * 1000, span / t, passes, base_time / t, agree))
-    header = ("| variant | ms / fill | masked tok/s | passes | speed-up | agrees with baseline |\n"
-              "| --- | ---: | ---: | ---: | ---: | ---: |")
-    lines = [f"| {n} | {ms:.1f} | {tps:.0f} | {p} | {r:.2f}x | {a:.0%} |"
+    ar = None
+    if not args.no_ar:
+        twin = ar_twin(model)
+        ctx = torch.tensor([list(prefix) + list(suffix)], device=model.device)
+
+        def decode():
+            with torch.inference_mode():
+                twin.generate(ctx, max_new_tokens=span, min_new_tokens=span, do_sample=False,
+                              attention_mask=torch.ones_like(ctx), pad_token_id=0)
+
+        ar = timed(decode, model.device, args.repeats)
+        rows.append((f"autoregressive decoder, same weights ({type(twin).__name__}, KV cache, "
+                     f"{span} tokens after the same {len(ctx[0])})", ar * 1000, span / ar, span,
+                     base_time / ar, None))
+    header = ("| variant | ms / fill | masked tok/s | passes | speed-up | agrees with baseline |"
+              + (" vs autoregressive |" if ar else "") + "\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if ar else ""))
+    lines = [f"| {n} | {ms:.1f} | {tps:.0f} | {p} | {r:.2f}x | "
+             f"{'—' if a is None else format(a, '.0%')} |"
+             + (f" {ar / (ms / 1000):.2f}x |" if ar else "")
              for n, ms, tps, p, r, a in rows]
     what = model.path.name if not args.random_config else f"random weights, {args.random_config}"
     intro = (f"### {dt.date.today().isoformat()}: {what} ({model.config.n_params / 1e6:.1f}M "

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from .errors import UsageError
@@ -93,21 +91,6 @@ def ar_twin(model):
     return net.eval()
 
 
-def _timed(fn, device, repeats: int) -> float:
-    import torch
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run_block_bench(args: argparse.Namespace) -> int:
     import gc
 
@@ -116,7 +99,7 @@ def run_block_bench(args: argparse.Namespace) -> int:
     from infill.block import generate
     from model import load_model
 
-    from .bench import machine
+    from .bench import machine, timed
     if args.random_config:
         model = random_block_model(args.random_config, args.device, args.dtype)
     else:
@@ -132,7 +115,7 @@ def run_block_bench(args: argparse.Namespace) -> int:
         out = generate(model, prompt, max_new_tokens=new, steps=args.steps or 0)
         passes.append(out.forward_passes)
 
-    t_diff = _timed(diffusion, model.device, args.repeats)
+    t_diff = timed(diffusion, model.device, args.repeats)
     rows = [(f"DiffusionGemma path, {canvases} canvas(es) of {model.canvas_length}",
              t_diff, passes[-1])]
     if not args.no_ar:
@@ -148,7 +131,7 @@ def run_block_bench(args: argparse.Namespace) -> int:
                 twin.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
 
         rows.append((f"autoregressive Gemma 4 decoder, same shape, {new} tokens",
-                     _timed(autoregressive, twin.device, args.repeats), new))
+                     timed(autoregressive, twin.device, args.repeats), new))
     header = ("| path | ms for the answer | tokens/s | forward passes | vs autoregressive |\n"
               "| --- | ---: | ---: | ---: | ---: |")
     ar_time = rows[-1][1] if len(rows) > 1 else None

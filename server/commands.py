@@ -106,7 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="block-diffusion models: at most this many denoising steps per canvas "
                         "(default: the checkpoint's budget)")
     b.add_argument("--no-ar", action="store_true",
-                   help="block-diffusion models: skip the autoregressive baseline")
+                   help="skip the autoregressive baseline (transformers' decoder of the same "
+                        "shape: the same weights for mask models, random for block models)")
     b.add_argument("--e2e", action="store_true",
                    help="time the whole editor path instead: diffill lsp over stdio, a fresh "
                         "daemon, invoked completions and scripted typing (see bench_e2e.py)")

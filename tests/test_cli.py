@@ -151,6 +151,12 @@ def test_bench_writes_a_table_of_ratios_against_the_plain_sampler(tmp_path, diff
     # The baseline runs one token per pass, and agrees with itself.
     assert base[3].strip() == "8" and base[4].strip() == "1.00x" and base[5].strip() == "100%"
     assert all(float(c[4].strip().rstrip("x")) > 0 for c in rows[2:])
+    # The last row: transformers' causal decoder with the same weights, and every variant's
+    # tokens/s as a ratio of its tokens/s.
+    ar = rows[-1]
+    assert ar[0].strip().startswith("autoregressive decoder, same weights (Qwen2ForCausalLM")
+    assert ar[3].strip() == "8" and ar[5].strip() == "—" and ar[6].strip() == "1.00x"
+    assert all(float(c[6].strip().rstrip("x")) > 0 for c in rows[2:])
 
 
 def test_min_confidence_hides_a_completion_the_model_is_unsure_of(pattern_ckpt):
