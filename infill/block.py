@@ -167,9 +167,12 @@ class BlockEngine(Engine):
     step would overwrite it. Completions wait for a running rewrite instead."""
 
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
-                  settings: InfillSettings) -> list[InfillResult | BaseException]:
+                  settings: InfillSettings,
+                  previews: Sequence[Callable[[str, float], None] | None] | None = None
+                  ) -> list[InfillResult | BaseException]:
         """Each request in turn (prompts of different lengths are not batched; each request's
-        ensemble is one batch of rows)."""
+        ensemble is one batch of rows). No previews: a canvas of random tokens has nothing
+        worth showing before it settles."""
         out: list[InfillResult | BaseException] = []
         for req, cancel in items:
             try:

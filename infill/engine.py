@@ -75,11 +75,15 @@ class Engine:
         return result
 
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
-                  settings: InfillSettings) -> list[InfillResult | BaseException]:
+                  settings: InfillSettings,
+                  previews: Sequence[Callable[[str, float], None] | None] | None = None
+                  ) -> list[InfillResult | BaseException]:
         """Several requests with the same settings in one batch of forward passes.
 
         Each item gets its result or its own exception (a bad request, a cancellation); one
-        item's failure never fails the others. Refine requests run one by one.
+        item's failure never fails the others. Refine requests run one by one. ``previews``
+        (one per item, or None) are called after each denoising step of a completion with its
+        text committed so far and the share of the gap decided.
         """
         out: list[InfillResult | BaseException | None] = [None] * len(items)
         jobs: list[tuple[int, Job]] = []
@@ -104,12 +108,32 @@ class Engine:
                     out[i] = exc
         elif jobs:
             cancels = [items[i][1] for i, _ in jobs]
+            shows = [self._preview(job, previews[i]) if previews and previews[i] else None
+                     for i, job in jobs]
             results, passes = infill_many(self.model, [j.sampler_job for _, j in jobs],
                                           settings=settings.sampler,
-                                          cancel=cancels if any(cancels) else None)
+                                          cancel=cancels if any(cancels) else None,
+                                          previews=shows if any(shows) else None)
             for (i, job), cands in zip(jobs, results):
                 out[i] = Cancelled() if cands is None else self.finish(job, cands, passes)
         return out  # type: ignore[return-value]
+
+    def _preview(self, job: Job, send: Callable[[str, float], None]
+                 ) -> Callable[[list[int], float], None] | None:
+        """A sampler preview callback that sends a completion's committed text, cleaned like
+        a finished fill, whenever it changes."""
+        if job.mode == "rewrite":
+            return None
+        last: list[str] = []
+        suffix = job.request.text[job.request.start:job.request.start + 4096]
+
+        def show(tokens: list[int], done: float) -> None:
+            text = post.clean(self.decode(tokens), mode=job.mode, line_before=job.line_before,
+                              suffix=suffix) if tokens else ""
+            if last != [text]:
+                last[:] = [text]
+                send(text, done)
+        return show
 
     def _run_variable(self, job: Job, cancel: Callable[[], bool] | None) -> InfillResult:
         """A DreamOn-style fill: one gap that expands or deletes masks until it fits, started

@@ -188,13 +188,16 @@ RowCancel = Callable[[], "bool | Sequence[bool]"]
 def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             settings: SamplerSettings = SamplerSettings(),
             key_mask: torch.Tensor | None = None,
-            cancel: RowCancel | None = None) -> Denoised:
+            cancel: RowCancel | None = None,
+            on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Denoised:
     """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
 
     Positions of the span that are not masks (context, tokens kept by refine) are never changed.
     ``cancel`` is polled before every forward pass: ``True`` stops the whole batch with
     :class:`Cancelled`; a per-row sequence drops the cancelled rows and goes on with the rest
-    (they come back unfilled, and are left out of ``Denoised.rows``).
+    (they come back unfilled, and are left out of ``Denoised.rows``). ``on_step(ids, rows)``
+    is called after every step with the working batch and the original index of each of its
+    rows (a preview of what is committed so far).
     """
     mask_id = model.profile.mask_id
     full_ids = ids.clone()
@@ -268,6 +271,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             if in_order:
                 close_after_filler(ids[:, lo:hi], conf[:, lo:hi], mask_id, filler)
             step += 1
+            if on_step is not None:
+                on_step(ids, alive)
     full_ids[alive] = ids
     full_conf[alive] = conf
     return Denoised(ids=full_ids, confidence=full_conf, forward_passes=passes,
@@ -364,15 +369,53 @@ def infill(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
     return results[0], passes
 
 
+Preview = Callable[[list[int], float], None]
+"""Called with a job's tokens committed so far (from the start of its longest gap up to the
+first mask left, filler trimmed) and the share of that gap decided."""
+
+
+def committed_prefix(gap: Sequence[int], mask_id: int, filler: Sequence[int],
+                     mode: str) -> tuple[list[int], float]:
+    """What a half-denoised gap can already show: its tokens up to the first mask (a ghost
+    cannot show holes), cut at filler like a finished fill; and the share of it decided."""
+    gap = list(gap)
+    head = gap[:gap.index(mask_id)] if mask_id in gap else gap
+    kept, _ = trim_filler(head, [1.0] * len(head), filler, mode)
+    done = sum(t != mask_id for t in gap) / max(1, len(gap))
+    return kept, done
+
+
+def _preview_steps(model: DiffusionModel, previews: Sequence[Preview | None],
+                   lengths: Sequence[int], owner: Sequence[int], lo: int
+                   ) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``denoise``'s step callback feeding each job's preview from its longest row (the one
+    whose committed start is least likely to be cut short)."""
+    prof = model.profile
+    longest = {j: max((r for r, o in enumerate(owner) if o == j), key=lambda r: lengths[r])
+               for j, f in enumerate(previews) if f is not None}
+
+    def on_step(working: torch.Tensor, alive: torch.Tensor) -> None:
+        where = {int(r): i for i, r in enumerate(alive.tolist())}
+        for j, r in longest.items():
+            if r in where:
+                gap = working[where[r], lo:lo + lengths[r]].tolist()
+                previews[j](*committed_prefix(gap, prof.mask_id, prof.filler_ids,
+                                              prof.filler_mode))
+    return on_step
+
+
 def infill_many(model: DiffusionModel,
                 jobs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], *,
                 settings: SamplerSettings = SamplerSettings(),
-                cancel: Sequence[Callable[[], bool]] | None = None
+                cancel: Sequence[Callable[[], bool]] | None = None,
+                previews: Sequence[Preview | None] | None = None
                 ) -> tuple[list[list[Candidate] | None], int]:
     """Several gaps (``(prefix, suffix, lengths)`` each) denoised together in one batch.
 
     A job whose ``cancel`` turns true is dropped at the next step and comes back as None; the
-    others go on. Returns each job's candidates (best first) and the forward passes spent.
+    others go on. A job's ``previews`` entry, when set, is called after every step with what its
+    longest gap has committed so far. Returns each job's candidates (best first) and the
+    forward passes spent.
     """
     rows, owner = [], []
     for j, (prefix, suffix, lengths) in enumerate(jobs):
@@ -388,9 +431,11 @@ def infill_many(model: DiffusionModel,
         def row_cancel() -> list[bool]:
             flags = [bool(c()) if c else False for c in cancel]
             return [flags[j] for j in owner]
-    out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
-                  key_mask=key_mask, cancel=row_cancel)
     prof = model.profile
+    on_step = _preview_steps(model, previews, [n for _, _, n in rows], owner, lo) \
+        if previews and any(previews) else None
+    out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
+                  key_mask=key_mask, cancel=row_cancel, on_step=on_step)
     done = set(out.rows)
     results: list[list[Candidate] | None] = [[] for _ in jobs]
     for r, ((_, _, n), j) in enumerate(zip(rows, owner)):

@@ -546,6 +546,7 @@ class Daemon:
             return
         items, settings = [], None
         live: list[Job] = []
+        previews: list[Any] = []
         for job in batch:
             try:
                 req = request_from_wire(job.params.get("request") or {})
@@ -553,6 +554,8 @@ class Daemon:
                 poll = job.cancelled.is_set if job.interactive or \
                     not engine.serves_between_steps else (lambda job=job: self._between_steps(job))
                 items.append((req, poll))
+                previews.append(self._previewer(job) if job.interactive and
+                                job.params.get("preview") is True else None)
                 live.append(job)
             except Exception as exc:
                 self._reply_error(job, exc)
@@ -561,7 +564,8 @@ class Daemon:
                 self.counters["batches"] += 1
                 self.counters["batched_requests"] += len(live)
             try:
-                results = engine.run_batch(items, settings)
+                results = engine.run_batch(items, settings,
+                                           previews=previews if any(previews) else None)
             except Exception as exc:  # e.g. out of memory: every job of the batch fails
                 _free_device_memory()
                 results = [exc] * len(live)
@@ -590,6 +594,16 @@ class Daemon:
             job.client.send({"id": job.id, **body})
         assert self.loop is not None
         self.loop.call_soon_threadsafe(send)
+
+    def _previewer(self, job: Job):
+        """Sends a completion's text committed so far to its client, as ``{"id", "progress":
+        {"text", "done"}}`` lines before the answer (the client asked with ``preview``)."""
+        def send_progress(text: str, done: float) -> None:
+            self.counters["previews"] += 1
+            body = {"id": job.id, "progress": {"text": text, "done": round(done, 3)}}
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(job.client.send, body)
+        return send_progress
 
     def _reply_error(self, job: Job, exc: BaseException) -> None:
         info = describe(exc)

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import DaemonUnavailable, RequestCancelled, UnsafeSocket, from_kind
 from .sockets import check_peer, own_paths, private_folder
@@ -81,6 +81,8 @@ class AsyncDaemonClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[int, asyncio.Future] = {}
+        self.progress: dict[int, Callable[[dict[str, Any]], None]] = {}
+        """Per request id: called with each progress line the daemon sends before the answer."""
         self.ids = itertools.count(1)
         self.reader_task: asyncio.Task | None = None
         self.connect_lock = asyncio.Lock()
@@ -141,6 +143,14 @@ class AsyncDaemonClient:
                 if not line:
                     break
                 msg = json.loads(line)
+                if "progress" in msg:
+                    handler = self.progress.get(msg.get("id"))
+                    if handler is not None:
+                        try:
+                            handler(msg["progress"])
+                        except Exception:  # noqa: BLE001 - a preview must not end the stream
+                            log.exception("progress handler failed")
+                    continue
                 fut = self.pending.pop(msg.get("id"), None)
                 if fut is None or fut.done():
                     continue
@@ -168,13 +178,17 @@ class AsyncDaemonClient:
             if not fut.done():
                 fut.set_exception(ConnectionLost(why))
 
-    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+    async def _call(self, method: str, params: dict[str, Any],
+                    on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
         if not self.connected:
             raise ConnectionLost("not connected to the diffill daemon")
         assert self.writer is not None
         mid = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
         self.pending[mid] = fut
+        if on_progress is not None:
+            self.progress[mid] = on_progress
+            fut.add_done_callback(lambda _f, mid=mid: self.progress.pop(mid, None))
         self.writer.write((json.dumps({"id": mid, "method": method, "params": params})
                            + "\n").encode())
         try:
@@ -183,6 +197,7 @@ class AsyncDaemonClient:
         except asyncio.CancelledError:
             # The caller gave up (LSP $/cancelRequest): tell the daemon to stop denoising.
             self.pending.pop(mid, None)
+            self.progress.pop(mid, None)
             if self.connected:
                 try:
                     self.writer.write((json.dumps({"method": "cancel", "params": {"id": mid}})
@@ -194,7 +209,8 @@ class AsyncDaemonClient:
             self._lost(f"lost the diffill daemon: {exc}")
             raise ConnectionLost(str(exc)) from None
 
-    async def request(self, method: str, params: dict[str, Any]) -> Any:
+    async def request(self, method: str, params: dict[str, Any],
+                      on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
         """A call, asked again on a new connection (the daemon restarted if need be) when the
         connection was lost before the answer: a daemon killed between two requests, or one
         still dying that accepted the connection, must not fail the request. A daemon that
@@ -202,7 +218,7 @@ class AsyncDaemonClient:
         for attempt in range(RETRIES + 1):
             try:
                 await self.ensure()
-                return await self._call(method, params)
+                return await self._call(method, params, on_progress)
             except ConnectionLost as exc:
                 if attempt == RETRIES:
                     raise
@@ -258,7 +274,7 @@ class DaemonClient:
         self.send(method, params, mid)
         while True:
             msg = self.read()
-            if msg.get("id") != mid:
+            if msg.get("id") != mid or "progress" in msg:
                 continue
             if "error" in msg:
                 err = msg["error"]

@@ -14,7 +14,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from lsprotocol import types
 from lsprotocol.converters import get_converter
@@ -159,10 +159,11 @@ class DiffillServer(LanguageServer):
             self.state.daemon = d
         return d
 
-    async def ask(self, method: str, params: dict[str, Any]) -> Any:
+    async def ask(self, method: str, params: dict[str, Any],
+                  on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
         """A daemon call with its failures turned into LSP errors (and logged)."""
         try:
-            return await self.daemon().request(method, params)
+            return await self.daemon().request(method, params, on_progress)
         except asyncio.CancelledError:
             raise
         except (BadInput, UsageError) as exc:
@@ -192,8 +193,19 @@ class DiffillServer(LanguageServer):
         hi = min(len(text), end + SLICE_CHARS // 2)
         return text[lo:hi], lo
 
+    def previewer(self, uri: str, at: types.Position) -> Callable[[dict[str, Any]], None]:
+        """Forwards the daemon's progress lines of one completion as ``$/diffill/preview``."""
+        where = {"textDocument": {"uri": uri},
+                 "position": {"line": at.line, "character": at.character}}
+
+        def send(progress: dict[str, Any]) -> None:
+            self.protocol.notify(P.NOTIFY_PREVIEW, {**where, "text": progress.get("text", ""),
+                                                    "done": progress.get("done", 0.0)})
+        return send
+
     async def run_infill(self, uri: str, start: int, end: int | None, action: str,
-                         instruction: str | None = None) -> dict:
+                         instruction: str | None = None,
+                         preview_at: types.Position | None = None) -> dict:
         doc = self.document(uri)
         text = doc.source
         piece, base = self.slice_for(text, start, end if end is not None else start)
@@ -202,9 +214,13 @@ class DiffillServer(LanguageServer):
                    "end": None if end is None else end - base, "action": action,
                    "language": doc.language_id, "path": doc.path, "instruction": instruction}
         t0 = time.perf_counter()
-        result = await self.ask("infill", {"document": uri, "request": request,
-                                           "model": s.model_spec(),
-                                           "settings": s.infill_settings()})
+        params = {"document": uri, "request": request, "model": s.model_spec(),
+                  "settings": s.infill_settings()}
+        on_progress = None
+        if preview_at is not None and s.preview:
+            params["preview"] = True
+            on_progress = self.previewer(uri, preview_at)
+        result = await self.ask("infill", params, on_progress)
         self.state.last_latency_ms = round((time.perf_counter() - t0) * 1000, 1)
         for item in result["items"]:
             item["start"] += base
@@ -272,7 +288,7 @@ def create_server() -> DiffillServer:
             return types.InlineCompletionList(items=[
                 types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
                 for t in rest])
-        result = await ls.run_infill(doc.uri, cursor, None, "complete")
+        result = await ls.run_infill(doc.uri, cursor, None, "complete", preview_at=pos)
         if ls.document(doc.uri).version != version:
             return None  # the buffer changed while the model worked: this fill is stale
         texts = [it["text"] for it in result["items"]]

@@ -30,6 +30,13 @@ NOTIFY_STATUS = "$/diffill/status"
 """Server -> client after a model load and after each request: ``{model, device, dtype,
 state, lastLatencyMs, error?}``, for status bars. Clients may ignore it."""
 
+NOTIFY_PREVIEW = "$/diffill/preview"
+"""Server -> client while a ghost is denoised, only with the ``preview`` setting on:
+``{textDocument: {uri}, position, text, done}``: ``text`` is what the model has committed so
+far from the cursor on (cleaned like a finished fill), ``done`` the share of the gap decided
+(0-1). Sent before the ``textDocument/inlineCompletion`` answer of the same position, which
+replaces it; a client shows it only while that request is pending and the buffer unchanged."""
+
 # ---------------------------------------------------------------- settings
 
 
@@ -70,6 +77,9 @@ class Settings:
     debounceMs: int | None = None
     """Wait this long after typing (automatic triggers) before asking the model; null:
     adaptive, 1.5 times the user's usual pause between keystrokes, within 100-400 ms."""
+    preview: bool = False
+    """Send ``$/diffill/preview`` notifications with the committed tokens while a ghost is
+    denoised, so a slow machine shows something early (clients that draw them: Neovim)."""
     enable: dict[str, bool] = field(default_factory=lambda: {"*": True})
     """Per language id; ``"*"`` is the default for the others."""
     completionFallback: str = "auto"

@@ -60,10 +60,15 @@ async def session(options: dict, caps: types.ClientCapabilities = CAPS):
         return types.ApplyWorkspaceEditResult(applied=True)
 
     client.status_notes = []
+    client.previews = []
 
     @client.feature(P.NOTIFY_STATUS)
     def status_note(params):
         client.status_notes.append(params)
+
+    @client.feature(P.NOTIFY_PREVIEW)
+    def preview_note(params):
+        client.previews.append(params)
 
     result = await client.initialize_session(types.InitializeParams(
         capabilities=caps, initialization_options=options, root_uri="file:///work"))
@@ -298,3 +303,33 @@ async def test_typing_what_the_ghost_says_reuses_it_without_a_model_call(pattern
         await inline(client, 0, 22)
         st = await status(client)
         assert st["typedAhead"] == 2 and st["counters"]["requests"] == requests + 1
+
+
+async def test_previews_stream_the_committed_tokens_before_the_answer(pattern_ckpt, sock):
+    # One token a pass (fixed schedule, 3 passes for a gap of 3): the preview grows c5, c5 c6.
+    async with session(options(pattern_ckpt, sock, preview=True, schedule="fixed",
+                               maxTokens=3, steps=3)) as client:
+        open_doc(client)
+        result = await inline(client, 0, 15)
+        assert result.items[0].insert_text == "c5 c6 c7"
+        # Notifications are written before the answer on the same stream.
+        notes = client.previews
+        assert notes and all(getattr(n, "position", None) is not None for n in notes), notes
+        texts = [n.text for n in notes]
+        assert all("c5 c6 c7".startswith(t) for t in texts), texts
+        assert texts[-1] == "c5 c6 c7" and notes[-1].done == 1.0
+        dones = [n.done for n in notes]
+        assert dones == sorted(dones) and len(set(texts)) == len(texts)
+        assert notes[0].textDocument.uri == URI
+        assert (notes[0].position.line, notes[0].position.character) == (0, 15)
+        st = await status(client)
+        assert st["counters"]["previews"] == len(notes)
+    # Off by default: a request the daemon really runs (not one from its result cache)
+    # sends none.
+    async with session(options(pattern_ckpt, sock, schedule="fixed", maxTokens=3,
+                               steps=3)) as client:
+        open_doc(client, "c1 c2 c3 c4 c5  c9 c10 c11")
+        assert (await inline(client, 0, 15)).items[0].insert_text == "c6 c7 c8"
+        st = await status(client)
+        assert st["counters"]["completed"] == 2 and st["counters"]["previews"] == len(notes)
+        assert client.previews == []

@@ -256,3 +256,12 @@ def test_settings_are_validated():
         SamplerSettings(top_p=0)
     with pytest.raises(ValueError, match="filler_order"):
         SamplerSettings(filler_order="right")
+
+
+def test_a_preview_shows_the_committed_start_of_a_gap():
+    from infill.sampler import committed_prefix
+    mask, pad = 2, 1
+    assert committed_prefix([5, 6, mask, 7], mask, (pad,), "truncate") == ([5, 6], 0.75)
+    assert committed_prefix([5, pad, mask, mask], mask, (pad,), "truncate") == ([5], 0.5)
+    assert committed_prefix([mask, 6, 7, 8], mask, (pad,), "truncate") == ([], 0.75)
+    assert committed_prefix([5, pad, 6], mask, (pad,), "delete") == ([5, 6], 1.0)

@@ -11,11 +11,12 @@ end
 local diffill = require("diffill")
 local ns = vim.api.nvim_get_namespaces()["diffill"]
 
-local function open(text)
+local function open(text, settings)
   diffill.setup({
     cmd = { server, "lsp" },
     filetypes = { "text" },
-    init_options = { model = model, socket = sock, maxTokens = 8, ensemble = 1, debounceMs = 0 },
+    init_options = vim.tbl_extend("force", { model = model, socket = sock, maxTokens = 8,
+                                             ensemble = 1, debounceMs = 0 }, settings or {}),
     ghost_text = { debounce_ms = 10, native = false },
   })
   vim.cmd("enew")
@@ -93,6 +94,17 @@ return {
            vim.inspect(answer))
     local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
     assert(line == "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10", "buffer untouched: " .. line)
+  end,
+  ["3c previews of the committed tokens are drawn, then the answer replaces them"] = function()
+    diffill.stop()  -- a fresh client with the preview setting
+    local before = diffill.stats.previews
+    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10",
+                     { preview = true, schedule = "fixed", steps = 3, maxTokens = 3 })
+    suggest_at(buf, 15)
+    assert(vim.wait(120000, function() return diffill.current() ~= nil end, 50), "answered")
+    assert(diffill.stats.previews > before, "no preview was drawn")
+    assert(ghost(buf) == "c5 c6 c7", "ghost text was: " .. tostring(ghost(buf)))
+    diffill.stop()
   end,
   ["4 typing what the ghost says keeps the rest shown, with no new request"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")

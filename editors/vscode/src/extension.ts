@@ -1,14 +1,37 @@
-// Wiring only: the language client, five commands, a status-bar item and its menu. Logic is in
-// logic.ts.
+// Wiring only: the language client, six commands, a status-bar item and its menu, preview
+// decorations. Logic is in logic.ts.
 import * as vscode from "vscode";
 import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
-import { SERVER_COMMANDS, STATUS_NOTIFICATION, StatusNote, enabledFor, formatStatus,
-         initializationOptions, menuItems, resolveServerPath, rewriteArguments, statusText,
-         statusTooltip, toggledEnable } from "./logic";
+import { PREVIEW_NOTIFICATION, PreviewNote, SERVER_COMMANDS, STATUS_NOTIFICATION, StatusNote,
+         enabledFor, formatStatus, initializationOptions, menuItems, previewText,
+         resolveServerPath, rewriteArguments, statusText, statusTooltip,
+         toggledEnable } from "./logic";
 
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
 let lastNote: StatusNote | undefined;
+const previewStyle = vscode.window.createTextEditorDecorationType({
+  after: { color: new vscode.ThemeColor("editorGhostText.foreground"), fontStyle: "italic" },
+});
+
+/** Draw a `$/diffill/preview` note at the cursor while its ghost is pending (setting
+ * diffill.preview); any edit, cursor move or the last note clears it. */
+function showPreview(note: PreviewNote): void {
+  const editor = vscode.window.activeTextEditor;
+  if (!editor) return;
+  const pos = editor.selection.active;
+  const text = previewText(note, editor.document.uri.toString(), pos.line, pos.character);
+  if (text === undefined) {
+    editor.setDecorations(previewStyle, []);
+    return;
+  }
+  editor.setDecorations(previewStyle, [{ range: new vscode.Range(pos, pos),
+                                          renderOptions: { after: { contentText: text } } }]);
+}
+
+function clearPreview(): void {
+  for (const editor of vscode.window.visibleTextEditors) editor.setDecorations(previewStyle, []);
+}
 
 function config(): vscode.WorkspaceConfiguration {
   return vscode.workspace.getConfiguration("diffill");
@@ -47,6 +70,7 @@ async function start(context: vscode.ExtensionContext): Promise<void> {
     lastNote = note;
     updateStatus();
   }));
+  context.subscriptions.push(client.onNotification(PREVIEW_NOTIFICATION, showPreview));
 }
 
 function showError(message: string): void {
@@ -95,6 +119,9 @@ async function rewrite(kind: "rewrite" | "refine", askInstruction = false): Prom
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  context.subscriptions.push(previewStyle,
+    vscode.workspace.onDidChangeTextDocument(clearPreview),
+    vscode.window.onDidChangeTextEditorSelection(clearPreview));
   status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Right, 100);
   status.command = "diffill.editor.menu";
   context.subscriptions.push(status);

@@ -6,7 +6,7 @@ import * as path from "path";
 export const SERVER_SETTINGS = [
   "model", "device", "dtype", "family", "maxTokens", "steps", "schedule", "threshold", "cache",
   "ensemble", "mode", "prefixTokens", "suffixTokens", "debounceMs", "enable",
-  "completionFallback", "socket", "idleTimeout", "minConfidence",
+  "completionFallback", "socket", "idleTimeout", "minConfidence", "preview",
 ] as const;
 
 /** Commands the server registers (workspace/executeCommand). */
@@ -17,6 +17,27 @@ export const SERVER_COMMANDS = {
 } as const;
 
 export const STATUS_NOTIFICATION = "$/diffill/status";
+export const PREVIEW_NOTIFICATION = "$/diffill/preview";
+
+/** A `$/diffill/preview` note: what the model has committed so far for a pending ghost. */
+export interface PreviewNote {
+  textDocument: { uri: string };
+  position: { line: number; character: number };
+  text: string;
+  done: number;
+}
+
+/** The text to draw for a preview in an editor showing `uri` with its cursor at
+ * line/character, or undefined: another document or place, nothing committed yet, or the
+ * last preview (done = 1), after which the real ghost arrives. Only its first line is drawn
+ * (an after-text decoration is one line). */
+export function previewText(note: PreviewNote, uri: string, line: number,
+                            character: number): string | undefined {
+  if (note.textDocument.uri !== uri || note.position.line !== line ||
+      note.position.character !== character || note.done >= 1) return undefined;
+  const first = note.text.split("\n")[0];
+  return first ? first : undefined;
+}
 
 export interface StatusNote {
   state: "loading" | "ready" | "error" | string;

@@ -16,6 +16,9 @@ local uv = vim.uv or vim.loop
 ---@field index integer which of them is shown
 local current = nil
 local pending = {} ---@type table<integer, integer> bufnr -> request id
+local asked = {} ---@type table<integer, {row: integer, col: integer, tick: integer}>
+---Counts for :DiffillStatus and the specs.
+M.stats = { previews = 0 }
 local timer = nil
 local reported = {} ---@type table<string, boolean>
 
@@ -95,9 +98,12 @@ function M.suggest(bufnr, trigger)
   local params = vim.lsp.util.make_position_params(win ~= -1 and win or 0, client.offset_encoding)
   params.context = { triggerKind = trigger or 1 }
   local tick = vim.api.nvim_buf_get_changedtick(bufnr)
+  asked[bufnr] = { row = row, col = col, tick = tick }
   local ok, id = request(client, "textDocument/inlineCompletion", params, function(err, result)
     pending[bufnr] = nil
+    asked[bufnr] = nil
     if err then
+      if not current then vim.api.nvim_buf_clear_namespace(bufnr, ns, 0, -1) end  -- a preview
       if err.code ~= -32800 then notify_once(err.message or tostring(err)) end
       return
     end
@@ -121,6 +127,21 @@ function M.suggest(bufnr, trigger)
     render(current)
   end, bufnr)
   if ok then pending[bufnr] = id end
+end
+
+---`$/diffill/preview` (server setting `preview`): draw what the model has committed so far
+---while the request for that place is still pending and the buffer unchanged. It is not a
+---suggestion: nothing can be accepted until the answer replaces it.
+function M.on_preview(params)
+  local bufnr = vim.uri_to_bufnr(params.textDocument.uri)
+  local at = asked[bufnr]
+  if not at or not pending[bufnr] or params.position.line ~= at.row
+      or vim.api.nvim_buf_get_changedtick(bufnr) ~= at.tick or (params.text or "") == "" then
+    return
+  end
+  M.stats.previews = M.stats.previews + 1
+  current = nil
+  render({ bufnr = bufnr, row = at.row, col = at.col, text = params.text })
 end
 
 ---Show the next (`step` 1) or previous (-1) candidate the server sent, wrapping around.
@@ -286,6 +307,7 @@ function M.start(bufnr)
     root_dir = root,
     init_options = opts.init_options,
     on_attach = on_attach,
+    handlers = { ["$/diffill/preview"] = function(_, params) M.on_preview(params) end },
   }, { bufnr = bufnr })
 end
 

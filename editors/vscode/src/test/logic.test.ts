@@ -4,7 +4,7 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { SERVER_SETTINGS, enabledFor, formatStatus, initializationOptions, menuItems,
-         resolveServerPath, rewriteArguments, statusText, statusTooltip,
+         previewText, resolveServerPath, rewriteArguments, statusText, statusTooltip,
          toggledEnable } from "../logic";
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
@@ -106,3 +106,13 @@ test("the status-bar menu offers what fits the state", () => {
                "$(circle-slash) diffill: off for markdown");
 });
 
+
+test("a preview is drawn only at its own document and cursor, and never after the last one", () => {
+  const note = { textDocument: { uri: "file:///a.py" }, position: { line: 3, character: 8 },
+                 text: "return a\n    + b", done: 0.5 };
+  assert.equal(previewText(note, "file:///a.py", 3, 8), "return a");
+  assert.equal(previewText(note, "file:///b.py", 3, 8), undefined);
+  assert.equal(previewText(note, "file:///a.py", 3, 9), undefined);
+  assert.equal(previewText({ ...note, done: 1 }, "file:///a.py", 3, 8), undefined);
+  assert.equal(previewText({ ...note, text: "" }, "file:///a.py", 3, 8), undefined);
+});
