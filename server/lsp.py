@@ -95,6 +95,8 @@ class State:
     daemon: AsyncDaemonClient | None = None
     inline_supported: bool = True
     versioned_edits: bool = False
+    annotated_edits: bool = False
+    """The client takes change annotations (and so can ask the user to confirm an edit)."""
     reported: set[str] = field(default_factory=set)
     last_latency_ms: float | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
@@ -242,6 +244,8 @@ def create_server() -> DiffillServer:
         ws = caps.workspace if caps else None
         ls.state.versioned_edits = bool(ws and ws.workspace_edit and
                                         ws.workspace_edit.document_changes)
+        ls.state.annotated_edits = bool(ls.state.versioned_edits and
+                                        ws.workspace_edit.change_annotation_support is not None)
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
@@ -367,15 +371,26 @@ def create_server() -> DiffillServer:
         best = result["items"][0]
         edit_range = types.Range(start=ls.position(text, best["start"]),
                                  end=ls.position(text, best["end"]))
-        edit = types.TextEdit(range=edit_range, new_text=best["text"])
+        label = "diffill: rewrite selection" if action == "rewrite" else "diffill: refine selection"
+        review = ls.state.annotated_edits and ls.state.settings.reviewEdits
+        if review:
+            # The client shows the change and applies it only if the user accepts it (VS Code:
+            # its refactor preview; the Neovim plugin: a diff in a floating window).
+            edit: types.TextEdit = types.AnnotatedTextEdit(
+                range=edit_range, new_text=best["text"], annotation_id=P.REVIEW_ANNOTATION)
+            notes = {P.REVIEW_ANNOTATION: types.ChangeAnnotation(
+                label=label, needs_confirmation=True,
+                description=f"model score {best['score']:.2f}" +
+                ("" if best.get("parses") is not False else "; the result does not parse"))}
+        else:
+            edit, notes = types.TextEdit(range=edit_range, new_text=best["text"]), None
         if ls.state.versioned_edits:
             wedit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
                 text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri,
                                                                             version=version),
-                edits=[edit])])
+                edits=[edit])], change_annotations=notes)
         else:
             wedit = types.WorkspaceEdit(changes={uri: [edit]})
-        label = "diffill: rewrite selection" if action == "rewrite" else "diffill: refine selection"
         sent = asyncio.ensure_future(ls.workspace_apply_edit_async(
             types.ApplyWorkspaceEditParams(edit=wedit, label=label)))
         try:
@@ -383,8 +398,11 @@ def create_server() -> DiffillServer:
         except asyncio.CancelledError:
             # Cancelled after the edit went out: the answer says what the client did with it.
             reply = await sent
-        return {"applied": bool(reply.applied), "text": best["text"],
-                "remasked": result.get("remasked", [])}
+        answer = {"applied": bool(reply.applied), "text": best["text"], "reviewed": review,
+                  "remasked": result.get("remasked", [])}
+        if not reply.applied and reply.failure_reason:
+            answer["reason"] = reply.failure_reason
+        return answer
 
     @server.command(P.CMD_REWRITE)
     async def rewrite_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:

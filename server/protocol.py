@@ -37,6 +37,10 @@ far from the cursor on (cleaned like a finished fill), ``done`` the share of the
 (0-1). Sent before the ``textDocument/inlineCompletion`` answer of the same position, which
 replaces it; a client shows it only while that request is pending and the buffer unchanged."""
 
+REVIEW_ANNOTATION = "diffill.review"
+"""Change annotation id of a rewrite or refine that the client should show for confirmation
+(``needsConfirmation``) before applying it."""
+
 # ---------------------------------------------------------------- settings
 
 
@@ -77,6 +81,10 @@ class Settings:
     debounceMs: int | None = None
     """Wait this long after typing (automatic triggers) before asking the model; null:
     adaptive, 1.5 times the user's usual pause between keystrokes, within 100-400 ms."""
+    reviewEdits: bool = True
+    """Send rewrites and refines as edits that need the user's confirmation, to clients that
+    support change annotations (VS Code shows its refactor preview; the Neovim plugin a diff
+    with accept/reject); false applies them at once."""
     preview: bool = False
     """Send ``$/diffill/preview`` notifications with the committed tokens while a ghost is
     denoised, so a slow machine shows something early (clients that draw them: Neovim)."""

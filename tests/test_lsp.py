@@ -53,11 +53,14 @@ async def session(options: dict, caps: types.ClientCapabilities = CAPS):
                                 server_env=env)
     client = await config.start()
     client.edits = []
+    client.accept = True  # what the "user" answers when asked to confirm an edit
 
     @client.feature(types.WORKSPACE_APPLY_EDIT)
     def apply_edit(params: types.ApplyWorkspaceEditParams):
         client.edits.append(params)
-        return types.ApplyWorkspaceEditResult(applied=True)
+        if client.accept:
+            return types.ApplyWorkspaceEditResult(applied=True)
+        return types.ApplyWorkspaceEditResult(applied=False, failure_reason="rejected")
 
     client.status_notes = []
     client.previews = []
@@ -333,3 +336,43 @@ async def test_previews_stream_the_committed_tokens_before_the_answer(pattern_ck
         st = await status(client)
         assert st["counters"]["completed"] == 2 and st["counters"]["previews"] == len(notes)
         assert client.previews == []
+
+
+REVIEW_CAPS = types.ClientCapabilities(
+    text_document=CAPS.text_document, window=CAPS.window,
+    workspace=types.WorkspaceClientCapabilities(
+        apply_edit=True, workspace_edit=types.WorkspaceEditClientCapabilities(
+            document_changes=True,
+            change_annotation_support=types.ChangeAnnotationsSupportOptions(
+                groups_on_label=True))))
+
+
+async def test_rewrites_ask_for_confirmation_where_the_client_can_show_one(pattern_ckpt, sock):
+    text = "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10"
+    sel = types.Range(start=types.Position(0, 15), end=types.Position(0, 23))
+    args = [URI, sel, 1]
+    async with session(options(pattern_ckpt, sock), REVIEW_CAPS) as client:
+        open_doc(client, text)
+        reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+            command=P.CMD_REFINE, arguments=args))
+        assert reply["applied"] is True and reply["reviewed"] is True
+        edit = client.edits[-1].edit
+        note = edit.change_annotations[P.REVIEW_ANNOTATION]
+        assert note.needs_confirmation is True and note.label == "diffill: refine selection"
+        (text_edit,) = edit.document_changes[0].edits
+        assert isinstance(text_edit, types.AnnotatedTextEdit)
+        assert text_edit.annotation_id == P.REVIEW_ANNOTATION and text_edit.range == sel
+        # The user rejects it: nothing is applied, and the answer says why.
+        client.accept = False
+        reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+            command=P.CMD_REWRITE, arguments=args))
+        assert reply["applied"] is False and reply["reason"] == "rejected"
+    # reviewEdits off: a plain edit, applied at once.
+    async with session(options(pattern_ckpt, sock, reviewEdits=False), REVIEW_CAPS) as client:
+        open_doc(client, text)
+        reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+            command=P.CMD_REFINE, arguments=args))
+        assert reply["applied"] is True and reply["reviewed"] is False
+        edit = client.edits[-1].edit
+        assert not edit.change_annotations
+        assert not isinstance(edit.document_changes[0].edits[0], types.AnnotatedTextEdit)

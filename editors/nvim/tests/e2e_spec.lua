@@ -71,18 +71,39 @@ return {
     vim.api.nvim_buf_set_text(buf, 0, 0, 0, 0, { "x" })
     assert(not diffill.accept("all"), "nothing inserted")
   end,
-  ["3 refine applies the server's edit over exactly the selection"] = function()
+  ["3 refine is shown as a diff and applied over exactly the selection when accepted"] = function()
     local buf = open("c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10")
     local done = false
     diffill.rewrite("refine", { start = { 0, 15 }, ["end"] = { 0, 23 } }, buf,
                     function(err, res)
                       assert(not err, vim.inspect(err))
-                      assert(res.applied and #res.remasked > 0, vim.inspect(res))
+                      assert(res.reviewed and not res.applied and #res.remasked > 0,
+                             vim.inspect(res))
                       done = true
                     end)
-    assert(vim.wait(120000, function() return done end, 50), "command answered")
+    assert(vim.wait(120000, function() return done and diffill.reviewing() ~= nil end, 50),
+           "command answered and the diff shown")
+    local r = diffill.reviewing()
+    local shown = table.concat(vim.api.nvim_buf_get_lines(r.buf, 0, -1, false), "\n")
+    assert(shown:find("-c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10", 1, true), shown)
+    assert(shown:find("+c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", 1, true), shown)
     local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
+    assert(line == "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10", "applied before review: " .. line)
+    assert(diffill.review_accept(), "accepted")
+    line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
     assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
+    assert(diffill.reviewing() == nil, "the diff window closed")
+  end,
+  ["3d a rejected refine leaves the buffer as it was"] = function()
+    local buf = open("c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10")
+    diffill.rewrite("refine", { start = { 0, 15 }, ["end"] = { 0, 23 } }, buf)
+    assert(vim.wait(120000, function() return diffill.reviewing() ~= nil end, 50), "diff shown")
+    -- The reject key of the diff window, typed as a person would.
+    vim.api.nvim_set_current_win(diffill.reviewing().win)
+    vim.api.nvim_feedkeys("r", "x", false)
+    assert(diffill.reviewing() == nil, "the diff window closed")
+    local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
+    assert(line == "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10", "buffer is: " .. line)
   end,
   ["3b an instruction reaches the server, and a mask model says it cannot follow one"] = function()
     local buf = open("c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10")

@@ -12,6 +12,9 @@ M.defaults = {
   autostart = true,
   ---Server settings (see the README's table), sent as `init_options`.
   init_options = {},
+  ---Show a rewrite or refine as a diff in a floating window, applied only when you accept it
+  ---(`a` or <CR>; `r`, `q` or <Esc> rejects). false: applied at once.
+  review = true,
   ghost_text = {
     ---Show suggestions as you type in insert mode.
     enabled = true,

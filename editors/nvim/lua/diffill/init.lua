@@ -290,6 +290,111 @@ local function on_attach(client, bufnr)
   end
 end
 
+-- ------------------------------------------------------------------ reviewing rewrites
+
+local review = nil ---@type {bufnr: integer, tick: integer, edit: table, encoding: string, win: integer, buf: integer}|nil
+
+---The rewrite shown for review, if any.
+function M.reviewing() return review end
+
+local function close_review()
+  local r = review
+  review = nil
+  if r and vim.api.nvim_win_is_valid(r.win) then vim.api.nvim_win_close(r.win, true) end
+  return r
+end
+
+---Apply the rewrite under review. Returns true when it was applied; false when none is shown
+---or its buffer changed since (nothing is applied then).
+function M.review_accept()
+  local r = close_review()
+  if not r then return false end
+  if not vim.api.nvim_buf_is_valid(r.bufnr) or vim.api.nvim_buf_get_changedtick(r.bufnr) ~= r.tick then
+    notify_once("the buffer changed since the rewrite was shown; nothing applied",
+                vim.log.levels.WARN)
+    return false
+  end
+  vim.lsp.util.apply_workspace_edit(r.edit, r.encoding)
+  return true
+end
+
+---Discard the rewrite under review.
+function M.review_reject()
+  return close_review() ~= nil
+end
+
+---The lines an edit of one document changes: (bufnr, first row, old lines, new lines).
+local function edited_lines(change, encoding)
+  local bufnr = vim.uri_to_bufnr(change.textDocument.uri)
+  vim.fn.bufload(bufnr)
+  local first, last = math.huge, -1
+  for _, e in ipairs(change.edits) do
+    first = math.min(first, e.range.start.line)
+    last = math.max(last, e.range["end"].line)
+  end
+  local old = vim.api.nvim_buf_get_lines(bufnr, first, last + 1, false)
+  -- Apply the edits to a scratch copy of those lines: Neovim converts the positions.
+  local scratch = vim.api.nvim_create_buf(false, true)
+  vim.api.nvim_buf_set_lines(scratch, 0, -1, false, old)
+  local moved = {}
+  for _, e in ipairs(change.edits) do
+    moved[#moved + 1] = { newText = e.newText, range = {
+      start = { line = e.range.start.line - first, character = e.range.start.character },
+      ["end"] = { line = e.range["end"].line - first, character = e.range["end"].character } } }
+  end
+  vim.lsp.util.apply_text_edits(moved, scratch, encoding)
+  local new = vim.api.nvim_buf_get_lines(scratch, 0, -1, false)
+  vim.api.nvim_buf_delete(scratch, { force = true })
+  return bufnr, first, old, new
+end
+
+---Show an edit that asks for confirmation as a unified diff in a floating window.
+local function show_review(edit, encoding, label)
+  local change = (edit.documentChanges or {})[1]
+  if not change or not change.edits then return end
+  close_review()
+  local bufnr, first, old, new = edited_lines(change, encoding)
+  local diff = (vim.text and vim.text.diff or vim.diff)(table.concat(old, "\n") .. "\n",
+    table.concat(new, "\n") .. "\n", { result_type = "unified", ctxlen = 2 })
+  local lines = { ("%s (line %d): a/<CR> accept, r/q/<Esc> reject"):format(
+    label or "diffill", first + 1) }
+  vim.list_extend(lines, vim.split(diff, "\n", { trimempty = true }))
+  local buf = vim.api.nvim_create_buf(false, true)
+  vim.api.nvim_buf_set_lines(buf, 0, -1, false, lines)
+  vim.bo[buf].filetype = "diff"
+  vim.bo[buf].modifiable = false
+  local width = 20
+  for _, l in ipairs(lines) do width = math.max(width, vim.fn.strdisplaywidth(l)) end
+  local win = vim.api.nvim_open_win(buf, true, {
+    relative = "editor", style = "minimal", border = "rounded",
+    width = math.min(width + 1, vim.o.columns - 4), height = math.min(#lines, vim.o.lines - 4),
+    row = 1, col = math.max(0, math.floor((vim.o.columns - width) / 2)),
+  })
+  review = { bufnr = bufnr, tick = vim.api.nvim_buf_get_changedtick(bufnr), edit = edit,
+             encoding = encoding, win = win, buf = buf }
+  for _, key in ipairs({ "a", "<CR>" }) do
+    vim.keymap.set("n", key, M.review_accept, { buffer = buf, nowait = true })
+  end
+  for _, key in ipairs({ "r", "q", "<Esc>" }) do
+    vim.keymap.set("n", key, M.review_reject, { buffer = buf, nowait = true })
+  end
+end
+
+---workspace/applyEdit from the server: an edit that needs confirmation is shown for review
+---and answered "not applied (yet)"; it is applied by the plugin if you accept it. Anything
+---else takes Neovim's default path.
+local function apply_edit_handler(err, params, ctx, cfg)
+  local needs = false
+  for _, note in pairs(params.edit.changeAnnotations or {}) do
+    if note.needsConfirmation then needs = true end
+  end
+  if not needs then return vim.lsp.handlers["workspace/applyEdit"](err, params, ctx, cfg) end
+  local client = vim.lsp.get_client_by_id(ctx.client_id)
+  local encoding = client and client.offset_encoding or "utf-16"
+  vim.schedule(function() show_review(params.edit, encoding, params.label) end)
+  return { applied = false, failureReason = "shown for review in Neovim" }
+end
+
 ---Start (or reuse) the diffill client for `bufnr`.
 function M.start(bufnr)
   bufnr = (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
@@ -301,13 +406,23 @@ function M.start(bufnr)
   end
   local root = (vim.fs.root and vim.fs.root(bufnr, { ".git", "pyproject.toml", "package.json" }))
     or vim.fn.getcwd()
+  local capabilities = vim.lsp.protocol.make_client_capabilities()
+  local handlers = { ["$/diffill/preview"] = function(_, params) M.on_preview(params) end }
+  if opts.review then
+    -- Versioned edits with change annotations: the server marks a rewrite as needing
+    -- confirmation, and the handler shows it for review instead of applying it.
+    capabilities = vim.tbl_deep_extend("force", capabilities, { workspace = { workspaceEdit = {
+      documentChanges = true, changeAnnotationSupport = { groupsOnLabel = false } } } })
+    handlers["workspace/applyEdit"] = apply_edit_handler
+  end
   return vim.lsp.start({
     name = "diffill",
     cmd = opts.cmd,
     root_dir = root,
     init_options = opts.init_options,
+    capabilities = capabilities,
     on_attach = on_attach,
-    handlers = { ["$/diffill/preview"] = function(_, params) M.on_preview(params) end },
+    handlers = handlers,
   }, { bufnr = bufnr })
 end
 

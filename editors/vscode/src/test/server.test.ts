@@ -39,7 +39,9 @@ test("inline completion, rewrite and status against the real server",
     const init: any = await conn.sendRequest("initialize", {
       processId: process.pid, rootUri: null,
       capabilities: { textDocument: { inlineCompletion: {} },
-                      workspace: { applyEdit: true, workspaceEdit: { documentChanges: true } },
+                      // As vscode-languageclient 11 advertises them.
+                      workspace: { applyEdit: true, workspaceEdit: {
+                        documentChanges: true, changeAnnotationSupport: { groupsOnLabel: true } } },
                       window: { workDoneProgress: true } },
       initializationOptions: initializationOptions((k) => settings[k]) });
     assert.ok("inlineCompletionProvider" in init.capabilities);
@@ -61,6 +63,11 @@ test("inline completion, rewrite and status against the real server",
     assert.equal(reply.applied, true);
     const change = edits[0].edit.documentChanges[0];
     assert.deepEqual(change.edits[0].range, range);
+    // Never applied silently: VS Code shows an edit that needs confirmation in its refactor
+    // preview, and applies it only when the user accepts.
+    const note = edits[0].edit.changeAnnotations[change.edits[0].annotationId];
+    assert.equal(note.needsConfirmation, true);
+    assert.equal(note.label, "diffill: rewrite selection");
     // An instruction reaches the engine; this mask model says it cannot follow one.
     await assert.rejects(conn.sendRequest("workspace/executeCommand", {
       command: SERVER_COMMANDS.rewrite, arguments: rewriteArguments(uri, range, 1, "count up") }),
