@@ -65,6 +65,14 @@ return {
     assert(ghost(buf) == nil, "ghost text cleared")
     assert(vim.api.nvim_win_get_cursor(0)[2] == 23, "cursor after the insertion")
   end,
+  ["1b the statusline component names the model and the last latency"] = function()
+    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
+    suggest_at(buf, 15)
+    assert(vim.wait(30000, function() return diffill.statusline():find("ms$") ~= nil end, 50),
+           "statusline was: " .. diffill.statusline())
+    local line = diffill.statusline()
+    assert(line:find("^diffill: " .. vim.fs.basename(model) .. " cpu %d+ms$"), line)
+  end,
   ["2 a stale suggestion is not accepted after the buffer changed"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
     suggest_at(buf, 15)

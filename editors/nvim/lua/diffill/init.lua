@@ -19,6 +19,7 @@ local pending = {} ---@type table<integer, integer> bufnr -> request id
 local asked = {} ---@type table<integer, {row: integer, col: integer, tick: integer}>
 ---Counts for :DiffillStatus and the specs.
 M.stats = { previews = 0 }
+local last_status = nil ---@type table|nil the server's latest $/diffill/status
 local timer = nil
 local reported = {} ---@type table<string, boolean>
 
@@ -142,6 +143,27 @@ function M.on_preview(params)
   M.stats.previews = M.stats.previews + 1
   current = nil
   render({ bufnr = bufnr, row = at.row, col = at.col, text = params.text })
+end
+
+---A statusline component from the server's `$/diffill/status` notes, e.g.
+---`diffill: diffill-small cpu 138ms`, `diffill: loading`, `diffill: error`; "" before the
+---server has said anything. Use it as `%{v:lua.require'diffill'.statusline()}`.
+function M.statusline()
+  local note = last_status
+  if not note then return "" end
+  if note.state == "error" then return "diffill: error" end
+  if note.state == "loading" then return "diffill: loading" end
+  local model = note.model and vim.fs.basename(note.model) or "model"
+  local latency = note.lastLatencyMs ~= nil and note.lastLatencyMs ~= vim.NIL
+    and (" %dms"):format(math.floor(note.lastLatencyMs + 0.5)) or ""
+  local device = (note.device and note.device ~= vim.NIL) and (" " .. note.device) or ""
+  return ("diffill: %s%s%s"):format(model, device, latency)
+end
+
+---`$/diffill/status`: keep it for |diffill.statusline()| and redraw the statuslines.
+function M.on_status(params)
+  last_status = params
+  vim.cmd("redrawstatus!")
 end
 
 ---Show the next (`step` 1) or previous (-1) candidate the server sent, wrapping around.
@@ -407,7 +429,8 @@ function M.start(bufnr)
   local root = (vim.fs.root and vim.fs.root(bufnr, { ".git", "pyproject.toml", "package.json" }))
     or vim.fn.getcwd()
   local capabilities = vim.lsp.protocol.make_client_capabilities()
-  local handlers = { ["$/diffill/preview"] = function(_, params) M.on_preview(params) end }
+  local handlers = { ["$/diffill/preview"] = function(_, params) M.on_preview(params) end,
+                     ["$/diffill/status"] = function(_, params) M.on_status(params) end }
   if opts.review then
     -- Versioned edits with change annotations: the server marks a rewrite as needing
     -- confirmation, and the handler shows it for review instead of applying it.

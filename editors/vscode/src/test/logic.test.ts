@@ -8,9 +8,12 @@ import { SERVER_SETTINGS, enabledFor, formatStatus, initializationOptions, menuI
          toggledEnable } from "../logic";
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
+/** Every declared setting, from the basic and the advanced group. */
+const settings: Record<string, any> = Object.assign(
+  {}, ...pkg.contributes.configuration.map((group: { properties: object }) => group.properties));
 
 test("every server setting is declared in package.json with a type, default and description", () => {
-  const props = pkg.contributes.configuration.properties;
+  const props = settings;
   for (const key of SERVER_SETTINGS) {
     const p = props[`diffill.${key}`];
     assert.ok(p, `diffill.${key} is not declared`);
@@ -24,7 +27,7 @@ test("the extension activates on languages, not on everything", () => {
 });
 
 test("every default language of diffill.languages activates the extension", () => {
-  const langs: string[] = pkg.contributes.configuration.properties["diffill.languages"].default;
+  const langs: string[] = settings["diffill.languages"].default;
   for (const lang of langs) {
     assert.ok(pkg.activationEvents.includes(`onLanguage:${lang}`), `${lang} never activates it`);
   }
@@ -115,4 +118,15 @@ test("a preview is drawn only at its own document and cursor, and never after th
   assert.equal(previewText(note, "file:///a.py", 3, 9), undefined);
   assert.equal(previewText({ ...note, done: 1 }, "file:///a.py", 3, 8), undefined);
   assert.equal(previewText({ ...note, text: "" }, "file:///a.py", 3, 8), undefined);
+});
+
+test("settings come in a short basic group and an advanced one", () => {
+  const [basic, advanced] = pkg.contributes.configuration;
+  const names = Object.keys(basic.properties);
+  assert.ok(names.length <= 10, `${names.length} basic settings`);
+  for (const key of ["diffill.languages", "diffill.enable", "diffill.model", "diffill.minConfidence"]) {
+    assert.ok(names.includes(key), `${key} is basic`);
+  }
+  assert.match(advanced.title, /Advanced/);
+  assert.ok("diffill.schedule" in advanced.properties && "diffill.threshold" in advanced.properties);
 });
