@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench soak vscode-e2e
+.PHONY: demo test install clean bench soak vscode-e2e gpu-train
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ vscode-e2e: $(STAMP)
 # completions with 30% cancelled while rewrites run, five faults (about 10 minutes).
 soak: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python tests/soak.py
+
+# The bundled model's GPU recipe (docs/training.md), one device command at a time: each call
+# trains MINUTES more (the first also rebuilds the corpus from the machine's own
+# site-packages and fits the schedule to the recipe's 24-minute budget), then exports the
+# weights in bf16 shards that fit the device tool's files. It runs on the device's own Python
+# (torch, transformers, tokenizers, safetensors are there; nothing is installed).
+MINUTES ?= 9
+GPU_RUN ?= runs/gpu
+GPU_OUT ?= runs/gpu-export
+gpu-train:
+	$(PYTHON) -m server.cli train $(GPU_RUN) --recipe gpu-base --minutes $(MINUTES) --compile --save-every 2
+	$(PYTHON) -m server.cli train $(GPU_RUN) --export $(GPU_OUT) --bf16-weights --shard-mb 15 --max-fill 16 --cache dual --cpu-bf16
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/diffill bench

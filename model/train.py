@@ -91,6 +91,11 @@ class TrainConfig:
     """``ar`` runs: share of rows in prefix-suffix-middle order."""
     pad_tokens: int = 1
     """Distinct filler tokens cycled through surplus masks (1: one ``<|pad|>``; more: rainbow)."""
+    budget_minutes: float = 0.0
+    """When > 0: the run has this much training time in all (on a lent GPU, say). Its speed is
+    measured over steps 10-30 of the first call, and ``total_steps`` set so that the schedule
+    (warm-up, conversion, cosine decay) ends when the budget does; the calls that follow keep
+    that schedule however the time is split between them."""
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -384,6 +389,39 @@ class RunState:
     tokens_seen: int = 0
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    calibrated: bool = False
+    """``total_steps`` was set from the measured speed (``budget_minutes`` runs)."""
+
+
+CALIBRATE = (10, 30)
+"""Steps of a budgeted run's first call between which its speed is measured (after the
+compile and the allocator's warm-up)."""
+
+
+def fit_schedule(cfg: TrainConfig, step: int, steps_per_second: float,
+                 seconds_used: float) -> int:
+    """``total_steps`` of a budgeted run: the steps done plus what the rest of the budget
+    holds at the measured speed (at least one more)."""
+    left = max(0.0, cfg.budget_minutes * 60 - seconds_used)
+    return step + max(1, int(steps_per_second * left))
+
+
+RECIPES: dict[str, dict] = {
+    # The bundled model's GPU recipe: about 29M parameters (h512 x 8 layers, FFN 1536), the
+    # bundled tokenizer, 512-token windows, autoregressive + FIM for 70% of the steps, then
+    # converted (the objective that learned most per FLOP here, docs/training.md), fitted to
+    # a 24-minute budget: three 9-minute device commands with time left to export.
+    "gpu-base": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                     num_attention_heads=8, num_key_value_heads=4, seq_len=512, batch_size=64,
+                     lr=1e-3, warmup_steps=300, objective="ar", ar_fraction=0.7,
+                     eval_every=500, budget_minutes=24.0),
+    # The same recipe at a size a CPU test runs in seconds.
+    "cpu-tiny": dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, seq_len=64, batch_size=8,
+                     lr=3e-3, warmup_steps=5, objective="ar", ar_fraction=0.7, eval_every=0,
+                     tokenizer_sample_bytes=10**6, budget_minutes=0.5),
+}
+"""Named training recipes (``diffill train RUN --recipe NAME``)."""
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -636,6 +674,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     model.train()
     t_start = time.perf_counter()
     target = state.step + steps if steps is not None else None
+    start_step = state.step
     losses: list[float] = []
     t_window, tokens_window, t_saved = t_start, 0, t_start
     seconds_before = state.seconds  # of earlier calls; this call's time is added on save
@@ -647,8 +686,19 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
                     "run": asdict(state)}, tmp)
         os.replace(tmp, ckpt)
 
+    calibrate_from = None  # (step, time) where this call's speed measurement began
     while True:
         elapsed = time.perf_counter() - t_start
+        if cfg.budget_minutes > 0 and not state.calibrated:
+            if state.step == start_step + CALIBRATE[0]:
+                calibrate_from = (state.step, time.perf_counter())
+            elif calibrate_from is not None and state.step == start_step + CALIBRATE[1]:
+                rate = (state.step - calibrate_from[0]) / (time.perf_counter() - calibrate_from[1])
+                cfg.total_steps = fit_schedule(cfg, state.step, rate, seconds_before + elapsed)
+                (run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+                state.calibrated = True
+                log.info("%.2f steps/s: %d steps fit the %.1f-minute budget", rate,
+                         cfg.total_steps, cfg.budget_minutes)
         if target is not None and state.step >= target:
             break
         if minutes is not None and elapsed > minutes * 60:

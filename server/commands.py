@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="for a new run: also train on the wheels unpacked in DIR "
                         "(see diffill corpus)")
     t.add_argument("--config", help="JSON of TrainConfig fields for a new run")
+    t.add_argument("--recipe", metavar="NAME",
+                   help="for a new run: a named recipe (gpu-base: the bundled model's GPU "
+                        "recipe, fitted to a time budget; cpu-tiny); --config fields go over it")
+    t.add_argument("--budget-minutes", type=float, metavar="MIN",
+                   help="for a new run: training time in all; the schedule is fitted to it "
+                        "from the speed measured at the start (the recipe's own otherwise)")
     t.add_argument("--init-from", metavar="CKPT",
                    help="start a new run from this checkpoint's weights and tokenizer "
                         "(e.g. model/checkpoints/diffill-small) instead of from scratch")
@@ -171,7 +177,7 @@ def _bundled_model_hint(checkpoint: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from model.train import TrainConfig, export, prepare_run, continued_config, train
+    from model.train import RECIPES, TrainConfig, export, prepare_run, continued_config, train
     logging.getLogger("diffill").setLevel(logging.INFO)
     run = Path(args.run_dir)
     if args.export:
@@ -189,6 +195,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     init = Path(args.init_from) if args.init_from else None
     if not (run / "tokens.npy").is_file():
         overrides = json.loads(args.config) if args.config else {}
+        tokenizer = init
+        if args.recipe:
+            if args.recipe not in RECIPES:
+                raise UsageError(f"--recipe: one of {', '.join(RECIPES)}")
+            overrides = {**RECIPES[args.recipe], **overrides}
+            if overrides.get("vocab_size", TrainConfig.vocab_size) == TrainConfig.vocab_size:
+                from model.loader import BUNDLED_DIR, DEFAULT_CHECKPOINT
+                tokenizer = tokenizer or BUNDLED_DIR / DEFAULT_CHECKPOINT  # the bundled one
+        if args.budget_minutes is not None:
+            overrides["budget_minutes"] = args.budget_minutes
         if init is not None:  # the checkpoint's shape and schedule, unless --config says otherwise
             overrides = continued_config(init, overrides)
         try:
@@ -201,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if not (Path(args.corpus) / "packages.json").is_file():
                 raise BadInput(f"{args.corpus}: not a corpus folder (run diffill corpus)")
             corpus = build_corpus(extra=Path(args.corpus))
-        prepare_run(run, cfg, corpus=corpus, tokenizer_from=init)
+        prepare_run(run, cfg, corpus=corpus, tokenizer_from=tokenizer)
     if args.minutes is None and args.steps is None:
         raise UsageError("give --minutes or --steps (or --export DIR)")
     state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,

@@ -214,3 +214,26 @@ def test_a_deeper_run_grown_from_a_checkpoint_starts_with_its_function(run_dir, 
     train(run2, steps=2, threads=1, init_from=ckpt)
     trained = torch.load(run2 / "state.pt", weights_only=False)["model"]
     assert trained["model.layers.1.self_attn.o_proj.weight"].abs().sum() > 0  # a zeroed copy
+
+
+def test_a_budgeted_recipe_fits_its_schedule_to_the_measured_speed(tmp_path):
+    """The GPU recipe's mechanics at the cpu-tiny size: the first call measures its speed and
+    sets total_steps so the schedule ends with the budget; later calls (the 10-minute device
+    commands) resume that schedule without measuring again."""
+    from model.train import CALIBRATE, RECIPES, fit_schedule, load_train_config
+    assert RECIPES["gpu-base"]["budget_minutes"] > 0
+    base = TrainConfig(**RECIPES["gpu-base"])
+    assert 20e6 < base.model_config().n_params < 60e6  # the size issue 10 asks for
+    cfg = TrainConfig(**RECIPES["cpu-tiny"])
+    # 2 steps/s with 10 of 30 seconds used: 40 more steps after step 30.
+    assert fit_schedule(TrainConfig(**dict(RECIPES["cpu-tiny"], budget_minutes=0.5)),
+                        30, 2.0, 10.0) == 70
+    assert fit_schedule(cfg, 30, 2.0, 10_000.0) == 31  # over budget: one more step
+    run = tmp_path / "run"
+    prepare_run(run, cfg, texts_override=[s * 4 for s in helpers.CODE_SNIPPETS] * 4)
+    first = train(run, steps=CALIBRATE[1] + 5, threads=1)
+    assert first.calibrated
+    fitted = load_train_config(run).total_steps
+    assert fitted >= CALIBRATE[1] + 1 and fitted != TrainConfig().total_steps
+    second = train(run, steps=3, threads=1)
+    assert second.step == first.step + 3 and load_train_config(run).total_steps == fitted
