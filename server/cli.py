@@ -205,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampler_options(q)
     q.set_defaults(func=cmd_infill)
 
-    from . import commands
-    commands.register(sub)
+    from . import dev_commands, lsp_commands
+    lsp_commands.register(sub)  # the editor-facing commands
+    dev_commands.register(sub)  # developer tools: demo, train, corpus, eval, bench
     return p
 
 

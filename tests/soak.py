@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server.bench_e2e import percentile_ms  # noqa: E402
+from server.dev_bench_e2e import percentile_ms  # noqa: E402
 from wire import ROOT, Wire, fuzz_messages, now  # noqa: E402
 
 URI = "file:///soak/m.py"

@@ -148,7 +148,7 @@ def test_the_shipped_checkpoint_loads_by_name_and_runs_the_demo_request():
     from infill import Engine, InfillSettings
     from infill.sampler import infill
     from server.options import build_request, read_input
-    from server.commands import SAMPLES
+    from server.dev_commands import SAMPLES
     model = load_model("diffill-small")
     meta = json.loads((BUNDLED / "config.json").read_text())["diffill"]
     assert model.profile.name == "diffill" and model.profile.extra["window"] == meta["seq_len"]

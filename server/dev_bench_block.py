@@ -99,7 +99,7 @@ def run_block_bench(args: argparse.Namespace) -> int:
     from infill.block import generate
     from model import load_model
 
-    from .bench import machine, timed
+    from .dev_bench import machine, timed
     if args.random_config:
         model = random_block_model(args.random_config, args.device, args.dtype)
     else:

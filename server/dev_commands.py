@@ -116,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shape: the same weights for mask models, random for block models)")
     b.add_argument("--e2e", action="store_true",
                    help="time the whole editor path instead: diffill lsp over stdio, a fresh "
-                        "daemon, invoked completions and scripted typing (see bench_e2e.py)")
+                        "daemon, invoked completions and scripted typing (see server/dev_bench_e2e.py)")
     b.add_argument("--places", type=int, default=40, help="--e2e: invoked completions")
     b.add_argument("--lines", type=int, default=8, help="--e2e: lines retyped")
     b.add_argument("--keystroke-ms", type=float, default=120,
@@ -124,8 +124,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(b)
     b.set_defaults(func=cmd_bench)
 
-    from . import lsp_commands
-    lsp_commands.register(sub)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -242,17 +240,17 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .dev_evaluate import run_eval
     return run_eval(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.e2e:
-        from .bench_e2e import run_e2e
+        from .dev_bench_e2e import run_e2e
         return run_e2e(args.model, n=args.places, lines=args.lines,
                        keystroke_ms=args.keystroke_ms, write_to=args.write)
-    from .bench import run_bench
-    from .bench_block import check_args, is_block_preset, run_block_bench
+    from .dev_bench import run_bench
+    from .dev_bench_block import check_args, is_block_preset, run_block_bench
     if is_block_preset(args.random_config) or (not args.random_config and _is_block(args.model)):
         check_args(args)
         return run_block_bench(args)
