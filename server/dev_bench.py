@@ -202,17 +202,23 @@ def run_bench(args: argparse.Namespace) -> int:
              + (f" {ar / (ms / 1000):.2f}x |" if ar else "")
              for n, ms, tps, p, r, a in rows]
     what = model.path.name if not args.random_config else f"random weights, {args.random_config}"
-    intro = (f"### {dt.date.today().isoformat()}: {what} ({model.config.n_params / 1e6:.1f}M "
-             f"parameters), {model.device} {str(model.dtype).replace('torch.', '')}\n\n"
-             f"- machine: {machine()}\n"
-             f"- command: `diffill {' '.join(sys.argv[1:]) if len(sys.argv) > 1 else 'bench'}`\n"
-             f"- window: {len(prefix)} prefix + {span} masks + {len(suffix)} suffix tokens; "
-             f"median of {args.repeats} runs after a warm-up\n")
-    table = intro + "\n" + header + "\n" + "\n".join(lines) + "\n"
-    print(table)
-    if args.write:
-        path = Path(args.write)
-        with path.open("a", encoding="utf-8") as f:
-            f.write("\n" + table)
-        print(f"appended to {path}", file=sys.stderr)
+    publish(f"{what} ({model.config.n_params / 1e6:.1f}M parameters), {model.device} "
+            f"{str(model.dtype).replace('torch.', '')}",
+            [f"window: {len(prefix)} prefix + {span} masks + {len(suffix)} suffix tokens; "
+             f"median of {args.repeats} runs after a warm-up"], header, lines, args.write)
     return 0
+
+
+def publish(heading: str, facts: list[str], header: str, rows: list[str],
+            write: str | None) -> None:
+    """Print a table under a dated heading, the machine, the command and ``facts``, and
+    append it to the markdown file ``write``."""
+    command = " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "bench"
+    lines = [f"### {dt.date.today().isoformat()}: {heading}", "", f"- machine: {machine()}",
+             f"- command: `diffill {command}`", *[f"- {f}" for f in facts], "", header, *rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if write:
+        with Path(write).open("a", encoding="utf-8") as f:
+            f.write("\n" + table)
+        print(f"appended to {write}", file=sys.stderr)

@@ -11,8 +11,6 @@ runs its full step budget: the diffusion figure is the slowest case of that budg
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import sys
 from pathlib import Path
 
 from .errors import UsageError
@@ -99,7 +97,7 @@ def run_block_bench(args: argparse.Namespace) -> int:
     from infill.block import generate
     from model import load_model
 
-    from .dev_bench import machine, timed
+    from .dev_bench import publish, timed
     if args.random_config:
         model = random_block_model(args.random_config, args.device, args.dtype)
     else:
@@ -139,18 +137,10 @@ def run_block_bench(args: argparse.Namespace) -> int:
              f"{(ar_time / t if ar_time else float('nan')):.2f}x |" for name, t, p in rows]
     what = f"random weights, {args.random_config}" if args.random_config else args.model
     steps = f"at most {args.steps} steps" if args.steps else "the checkpoint's step budget"
-    intro = (f"### {dt.date.today().isoformat()}: {what} ({model.parameters / 1e6:,.1f}M "
-             f"parameters), {model.device} {str(model.dtype).replace('torch.', '')}\n\n"
-             f"- machine: {machine()}\n"
-             f"- command: `diffill {' '.join(sys.argv[1:])}`\n"
-             f"- prompt of {args.context} tokens, {new} new tokens per answer, {steps} per "
-             f"canvas; median of {args.repeats} runs after a warm-up\n")
-    table = intro + "\n" + header + "\n" + "\n".join(lines) + "\n"
-    print(table)
-    if args.write:
-        with Path(args.write).open("a", encoding="utf-8") as f:
-            f.write("\n" + table)
-        print(f"appended to {args.write}", file=sys.stderr)
+    publish(f"{what} ({model.parameters / 1e6:,.1f}M parameters), {model.device} "
+            f"{str(model.dtype).replace('torch.', '')}",
+            [f"prompt of {args.context} tokens, {new} new tokens per answer, {steps} per "
+             f"canvas; median of {args.repeats} runs after a warm-up"], header, lines, args.write)
     return 0
 
 

@@ -162,9 +162,23 @@ def train_pattern_model(folder: Path, steps: int = 600, seed: int = 0) -> Path:
     ``<|pad|>`` up to 8 slots. The trained model fills the run and pads the rest (about 98% of
     gaps exactly), so sampler tests can assert real answers. Saved as a diffill checkpoint.
     """
-    from model.train import TrainConfig, _init_weights, mdlm_loss
+    from model.train import mdlm_loss
+
+    def loss(model, gen):
+        ids, region, key_mask = pattern_batch(128, gen)
+        return mdlm_loss(model, ids, region, key_mask, 2, gen)
+
+    # It reads each gap's length off the suffix and is surest of it with the plain confidence
+    # order (see test_sampler), so its checkpoint records that order.
+    return _save_counting(folder, _fit_counting(loss, steps, seed), pattern_tokenizer(),
+                          architecture="DiffillModel", **diffill_config(filler_order="any"))
+
+
+def _fit_counting(loss, steps: int, seed: int):
+    """A 3-layer bidirectional model of the counting vocabulary, fitted in seconds by AdamW
+    (short warm-up, linear decay) on batches whose ``loss(model, gen)`` it minimises."""
+    from model.train import TrainConfig, _init_weights
     from model.transformer import Transformer
-    from model.weights import save_state_dict
     torch.manual_seed(seed)
     cfg = TrainConfig(vocab_size=16, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, seq_len=24)
@@ -174,26 +188,27 @@ def train_pattern_model(folder: Path, steps: int = 600, seed: int = 0) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
-        for group in opt.param_groups:  # short warm-up, then linear decay
+        for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50) * (1 - 0.9 * step / steps)
-        ids, region, key_mask = pattern_batch(128, gen)
-        loss = mdlm_loss(model, ids, region, key_mask, 2, gen)
+        value = loss(model, gen)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
-    model.eval()
+    return model.eval()
+
+
+def _save_counting(folder: Path, model, tokenizer, architecture: str, **extra) -> Path:
+    """A counting model as a checkpoint folder: weights, config.json and tokenizer."""
+    from model.weights import save_state_dict
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(model, folder)
-    config = {"architectures": ["DiffillModel"], "model_type": "qwen2", "vocab_size": 16,
+    config = {"architectures": [architecture], "model_type": "qwen2", "vocab_size": 16,
               "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
               "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
-              "tie_word_embeddings": True,
-              # It reads each gap's length off the suffix and is surest of it with the plain
-              # confidence order (see test_sampler), so its checkpoint records that order.
-              **diffill_config(filler_order="any")}
+              "tie_word_embeddings": True, **extra}
     (folder / "config.json").write_text(json.dumps(config))
-    pattern_tokenizer().save(str(folder / "tokenizer.json"))
+    tokenizer.save(str(folder / "tokenizer.json"))
     return folder
 
 
@@ -320,36 +335,12 @@ def train_dreamon_model(folder: Path, steps: int = 400, seed: int = 0) -> Path:
     delete. Its gaps must grow (``<|expand|>``) or shrink (EOS) to the run that fits."""
     import torch.nn.functional as F
 
-    from model.train import TrainConfig, _init_weights
-    from model.transformer import Transformer
-    from model.weights import save_state_dict
-    torch.manual_seed(seed)
-    cfg = TrainConfig(vocab_size=16, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, seq_len=24)
-    model = Transformer(cfg.model_config())
-    _init_weights(model, seed)
-    lr = 3e-3
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * (1 - 0.9 * step / steps)
+    def loss(model, gen):
         ids, masked, key_mask = dreamon_batch(128, gen)
         logits = model.logits(model.hidden(ids.masked_fill(masked, DREAMON_MASK),
                                            key_mask=key_mask))
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # Dream's shift
-        loss = F.cross_entropy(logits[masked], ids[masked])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    save_state_dict(model, folder)
-    config = {"architectures": ["DreamModel"], "model_type": "qwen2", "vocab_size": 16,
-              "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-              "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 4096,
-              "tie_word_embeddings": True}
-    (folder / "config.json").write_text(json.dumps(config))
-    pattern_tokenizer(("<|expand|>",)).save(str(folder / "tokenizer.json"))
-    return folder
+        return F.cross_entropy(logits[masked], ids[masked])
+
+    return _save_counting(folder, _fit_counting(loss, steps, seed),
+                          pattern_tokenizer(("<|expand|>",)), architecture="DreamModel")
