@@ -146,6 +146,9 @@ class DiffusionModel:
     dtype: torch.dtype
     path: Path
     load_seconds: float
+    tokens_run: int = 0
+    """Token positions run through the transformer so far (rows x positions of every pass):
+    the work a request costs, for ``diffill status`` and ``diffill bench --e2e``."""
 
     def _window(self, lo: int, hi: int) -> tuple[int, int, int]:
         """Token positions whose hidden states give logits for positions lo..hi.
@@ -179,10 +182,12 @@ class DiffusionModel:
         if cache is None or cache.length == 0:
             hidden = self.transformer.hidden(ids, key_mask=key_mask, cache=cache)
             start = 0
+            self.tokens_run += ids.numel()
         else:
             start, stop, _ = self._window(lo, hi)
             hidden = self.transformer.hidden(ids[:, start:stop], key_mask=key_mask, cache=cache,
                                              start=start)
+            self.tokens_run += ids.shape[0] * (stop - start)
         picked = self._select(hidden, lo, hi, start)
         if columns is not None:
             picked = picked[:, columns]
@@ -194,7 +199,8 @@ class DiffusionModel:
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.path), "family": self.profile.name,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
-                "parameters": self.config.n_params, "load_seconds": round(self.load_seconds, 3)}
+                "parameters": self.config.n_params, "load_seconds": round(self.load_seconds, 3),
+                "tokens_run": self.tokens_run}
 
 
 def check_checkpoint(checkpoint: str | os.PathLike[str] | None) -> Path:

@@ -91,6 +91,11 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
         invoked.append(time.perf_counter() - t)
         shown += bool(result and result.items)
 
+    async def daemon_status() -> dict:
+        return await client.workspace_execute_command_async(
+            T.ExecuteCommandParams(command="diffill.status", arguments=[]))
+
+    before = await daemon_status()
     typing, typed_keys = [], 0
     candidates = [i for i, ln in enumerate(doc_lines) if 12 <= len(ln.strip()) <= 60]
     for line in rng.sample(candidates, min(lines, len(candidates))):
@@ -132,8 +137,7 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
         except Exception:  # noqa: BLE001 - a failed last request: not timed
             pass
         await asyncio.gather(*earlier, return_exceptions=True)  # each got its one answer
-    status = await client.workspace_execute_command_async(
-        T.ExecuteCommandParams(command="diffill.status", arguments=[]))
+    status = await daemon_status()
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
@@ -150,6 +154,7 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
                     "shown": shown},
         "typing": {"lines": len(typing), "keystrokes": typed_keys,
                    "keystroke_ms": keystroke_ms,
+                   **_work(before, status, typed_keys),
                    "after_last_key_p50_ms": percentile_ms(typing, 0.5),
                    "after_last_key_p95_ms": percentile_ms(typing, 0.95)},
         "daemon": {"model": (status.get("models") or [{}])[0].get("checkpoint"),
@@ -157,6 +162,20 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
                    "dtype": (status.get("models") or [{}])[0].get("dtype"),
                    "counters": status.get("counters"), "typed_ahead": status.get("typedAhead")},
     }
+
+
+def _work(before: dict, after: dict, keystrokes: int) -> dict:
+    """Per keystroke of the typing phase: requests that reached the daemon's model (not
+    answered from its result cache) and token positions the model ran."""
+    def model_tokens(st: dict) -> int:
+        return sum(int(m.get("tokens_run", 0)) for m in st.get("models") or [])
+
+    def ran(st: dict) -> int:
+        c = st.get("counters") or {}
+        return int(c.get("requests", 0)) - int(c.get("cache_hits", 0))
+    keys = max(1, keystrokes)
+    return {"model_calls_per_key": round((ran(after) - ran(before)) / keys, 3),
+            "tokens_per_key": round((model_tokens(after) - model_tokens(before)) / keys, 1)}
 
 
 def run_e2e(model: str | None, n: int = 40, lines: int = 8, keystroke_ms: float = 120,
@@ -181,7 +200,11 @@ def run_e2e(model: str | None, n: int = 40, lines: int = 8, keystroke_ms: float 
              f"{i['p95_ms']} ms |\n"
              f"| typing: ghost after the last keystroke p50 / p95 ({t['lines']} lines, "
              f"{t['keystrokes']} keystrokes every {t['keystroke_ms']:.0f} ms; includes the "
-             f"debounce) | {t['after_last_key_p50_ms']} / {t['after_last_key_p95_ms']} ms |\n")
+             f"debounce) | {t['after_last_key_p50_ms']} / {t['after_last_key_p95_ms']} ms |\n"
+             f"| typing: requests that ran the model, per keystroke | "
+             f"{t['model_calls_per_key']} |\n"
+             f"| typing: token positions the model ran, per keystroke | "
+             f"{t['tokens_per_key']} |\n")
     print(table)
     if write_to:
         with open(write_to, "a", encoding="utf-8") as f:

@@ -189,4 +189,8 @@ def test_bench_e2e_times_the_editor_path_with_a_fresh_daemon(pattern_ckpt, tmp_p
     assert report["cold_start"]["first_completion_ms"] >= report["cold_start"]["initialize_ms"]
     assert report["daemon"]["model"] == str(pattern_ckpt)
     assert report["daemon"]["counters"]["completed"] >= 4  # the first, 3 invoked, the typing
+    # The typing line's last request ran the model: some work per keystroke, at most one call.
+    assert 0 < report["typing"]["model_calls_per_key"] <= 1
+    assert report["typing"]["tokens_per_key"] > 0
+    assert "| typing: token positions the model ran, per keystroke |" in table.read_text()
     assert "| invoked completion p50 / p95 (3 places) |" in table.read_text()
