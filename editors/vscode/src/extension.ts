@@ -2,10 +2,10 @@
 // decorations. Logic is in logic.ts.
 import * as vscode from "vscode";
 import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
-import { PREVIEW_NOTIFICATION, PreviewNote, SERVER_COMMANDS, STATUS_NOTIFICATION, StatusNote,
-         enabledFor, formatStatus, initializationOptions, menuItems, previewText,
-         resolveServerPath, rewriteArguments, statusText, statusTooltip,
-         toggledEnable } from "./logic";
+import { MODEL_CHOICES, PREVIEW_NOTIFICATION, PreviewNote, SERVER_COMMANDS, STATUS_NOTIFICATION,
+         StatusNote, enabledFor, formatStatus, initializationOptions, menuItems, previewText,
+         resolveServerPath, rewriteArguments, statusText, statusTooltip, toggledEnable,
+         toggledEverywhere } from "./logic";
 
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
@@ -118,6 +118,23 @@ async function rewrite(kind: "rewrite" | "refine", askInstruction = false): Prom
                               { command: SERVER_COMMANDS[kind], arguments: args }));
 }
 
+/** Set `diffill.model` from a list of the supported checkpoints or a local folder; the
+ * server loads it on the configuration change. */
+async function pickModel(): Promise<void> {
+  const folder = { label: "$(folder) A checkpoint folder…", model: undefined, description: "" };
+  const pick = await vscode.window.showQuickPick([...MODEL_CHOICES, folder],
+                                                 { title: "diffill: model" });
+  if (!pick) return;
+  let model = pick.model;
+  if (model === undefined) {
+    const dirs = await vscode.window.showOpenDialog({ canSelectFolders: true,
+                                                      canSelectFiles: false, openLabel: "Use" });
+    if (!dirs || dirs.length === 0) return;
+    model = dirs[0].fsPath;
+  }
+  await config().update("model", model, vscode.ConfigurationTarget.Global);
+}
+
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   context.subscriptions.push(previewStyle,
     vscode.workspace.onDidChangeTextDocument(clearPreview),
@@ -146,6 +163,12 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
         await config().update("enable", toggledEnable(enable, lang),
                               vscode.ConfigurationTarget.Global);
         updateStatus();
+      } else if (pick.action === "toggleAll") {
+        await config().update("enable", toggledEverywhere(enable),
+                              vscode.ConfigurationTarget.Global);
+        updateStatus();
+      } else if (pick.action === "model") {
+        await pickModel();
       } else if (pick.action === "status") {
         await vscode.commands.executeCommand("diffill.editor.showStatus");
       } else if (pick.action === "restart") {

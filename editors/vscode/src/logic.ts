@@ -112,7 +112,29 @@ export function toggledEnable(enable: Record<string, boolean> | undefined,
   return { ...(enable ?? {}), [language]: !enabledFor(enable, language) };
 }
 
-export type MenuAction = "status" | "toggle" | "restart" | "settings" | "log";
+/** `enable` with the default for every language (`"*"`) switched, and the per-language
+ * entries dropped, so "off everywhere" means everywhere. */
+export function toggledEverywhere(enable: Record<string, boolean> | undefined
+                                  ): Record<string, boolean> {
+  return { "*": !(enable?.["*"] ?? true) };
+}
+
+/** Models offered by the menu's "Pick the model": the bundled one and the supported
+ * checkpoints (README), with where each runs. */
+export const MODEL_CHOICES: { label: string; model: string | null; description: string }[] = [
+  { label: "diffill-small", model: null, description: "bundled, 6.8M, any CPU" },
+  { label: "Dream-Coder 7B Instruct", model: "Dream-org/Dream-Coder-v0-Instruct-7B",
+    description: "GPU, ~16 GB" },
+  { label: "DreamOn 7B", model: "Dream-org/DreamOn-v0-7B",
+    description: "GPU, ~16 GB; finds the fill's length itself" },
+  { label: "DiffuCoder 7B Instruct", model: "apple/DiffuCoder-7B-Instruct", description: "GPU, ~16 GB" },
+  { label: "Open-dCoder 0.5B", model: "fredzzp/open-dcoder-0.5B", description: "CPU or GPU" },
+  { label: "DiffusionGemma 26B-A4B", model: "google/diffusiongemma-26B-A4B-it",
+    description: "GPU, ~57 GB; follows rewrite instructions" },
+];
+
+export type MenuAction = "status" | "toggle" | "toggleAll" | "model" | "restart" | "settings"
+  | "log";
 
 /** The status-bar menu: what the user can do from where things stand. */
 export function menuItems(note: StatusNote | undefined, language: string | undefined,
@@ -129,6 +151,12 @@ export function menuItems(note: StatusNote | undefined, language: string | undef
     items.push({ label: on ? `$(circle-slash) Turn ghost text off for ${language}`
                            : `$(sparkle) Turn ghost text on for ${language}`, action: "toggle" });
   }
+  const everywhere = enable?.["*"] ?? true;
+  items.push({ label: everywhere ? "$(circle-slash) Turn ghost text off everywhere"
+                                 : "$(sparkle) Turn ghost text on everywhere",
+               action: "toggleAll" });
+  items.push({ label: "$(symbol-class) Pick the model…",
+               description: note?.model ? path.basename(note.model) : undefined, action: "model" });
   items.push({ label: "$(info) Show the daemon status", action: "status" });
   if (note?.state !== "error") {
     items.push({ label: "$(debug-restart) Restart the server", action: "restart" });

@@ -3,9 +3,9 @@ import * as assert from "node:assert/strict";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
-import { SERVER_SETTINGS, enabledFor, formatStatus, initializationOptions, menuItems,
-         previewText, resolveServerPath, rewriteArguments, statusText, statusTooltip,
-         toggledEnable } from "../logic";
+import { MODEL_CHOICES, SERVER_SETTINGS, enabledFor, formatStatus, initializationOptions,
+         menuItems, previewText, resolveServerPath, rewriteArguments, statusText, statusTooltip,
+         toggledEnable, toggledEverywhere } from "../logic";
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
 /** Every declared setting, from the basic and the advanced group. */
@@ -99,7 +99,7 @@ test("the enable rule is the server's: the language's entry, else '*', else on",
 
 test("the status-bar menu offers what fits the state", () => {
   const ready = menuItems({ state: "ready" }, "python", undefined).map((i) => i.action);
-  assert.deepEqual(ready, ["toggle", "status", "restart", "log", "settings"]);
+  assert.deepEqual(ready, ["toggle", "toggleAll", "model", "status", "restart", "log", "settings"]);
   const broken = menuItems({ state: "error", error: "no model" }, "python", undefined);
   assert.equal(broken[0].action, "restart");  // first, with the error beside it
   assert.equal(broken[0].description, "no model");
@@ -129,4 +129,18 @@ test("settings come in a short basic group and an advanced one", () => {
   }
   assert.match(advanced.title, /Advanced/);
   assert.ok("diffill.schedule" in advanced.properties && "diffill.threshold" in advanced.properties);
+});
+
+test("the menu turns ghost text off everywhere and back, and offers the supported models", () => {
+  const off = toggledEverywhere({ python: true, "*": true });
+  assert.deepEqual(off, { "*": false });
+  assert.equal(enabledFor(off, "python"), false);
+  assert.deepEqual(toggledEverywhere(off), { "*": true });
+  assert.match(menuItems({ state: "ready" }, "python", off)
+    .find((i) => i.action === "toggleAll")!.label, /on everywhere/);
+  const readme = fs.readFileSync(path.join(__dirname, "..", "..", "..", "..", "README.md"), "utf8");
+  for (const choice of MODEL_CHOICES) {
+    if (choice.model) assert.ok(readme.includes(choice.model), `${choice.model} is in the README`);
+  }
+  assert.equal(MODEL_CHOICES[0].model, null);  // the bundled default
 });
