@@ -168,7 +168,8 @@ class BlockEngine(Engine):
 
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
                   settings: InfillSettings,
-                  previews: Sequence[Callable[[str, float], None] | None] | None = None
+                  previews: Sequence[Callable[[str, float], None] | None] | None = None,
+                  documents: Sequence[str | None] | None = None
                   ) -> list[InfillResult | BaseException]:
         """Each request in turn (prompts of different lengths are not batched; each request's
         ensemble is one batch of rows). No previews: a canvas of random tokens has nothing

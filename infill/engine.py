@@ -8,6 +8,7 @@ conversion (and its encodings) happens at the edges.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -17,7 +18,7 @@ from . import post
 from .context import ContextBudget, Window, build_window, encode
 from .api import (ACTIONS, MAX_MASKS, Completion, InfillRequest, InfillResult,
                   InfillSettings)
-from .sampler import Cancelled, Candidate, infill_many, refine
+from .sampler import Cancelled, Candidate, PrefixSlot, infill_many, refine
 from .text import InputError, PositionError, check_size
 
 LINE_LADDER = (4, 8, 16, 32, 64)
@@ -57,11 +58,26 @@ class Engine:
     """Whether another batch may run on this model from inside a running request's cancel
     poll (the daemon serves completions between a rewrite's steps that way)."""
 
+    PREFIX_DOCUMENTS = 8
+    """Documents whose last window's keys and values are kept for the next request."""
+
     def __init__(self, model: DiffusionModel, settings: InfillSettings = InfillSettings()) -> None:
         self.model = model
         self.settings = settings
         self.tokenizer = model.tokenizer
         self._known_names = post.python_names()
+        self.prefixes: OrderedDict[str, PrefixSlot] = OrderedDict()
+        self.prefix_reuses = 0
+        """Requests whose first pass reused their document's last window (``diffill status``)."""
+
+    def prefix_slot(self, document: str) -> PrefixSlot:
+        """The document's slot for reusing its last window's keys and values (the least
+        recently used documents beyond ``PREFIX_DOCUMENTS`` are forgotten)."""
+        slot = self.prefixes.pop(document, None) or PrefixSlot()
+        self.prefixes[document] = slot
+        while len(self.prefixes) > self.PREFIX_DOCUMENTS:
+            self.prefixes.popitem(last=False)
+        return slot
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False,
@@ -76,14 +92,17 @@ class Engine:
 
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
                   settings: InfillSettings,
-                  previews: Sequence[Callable[[str, float], None] | None] | None = None
+                  previews: Sequence[Callable[[str, float], None] | None] | None = None,
+                  documents: Sequence[str | None] | None = None
                   ) -> list[InfillResult | BaseException]:
         """Several requests with the same settings in one batch of forward passes.
 
         Each item gets its result or its own exception (a bad request, a cancellation); one
         item's failure never fails the others. Refine requests run one by one. ``previews``
         (one per item, or None) are called after each denoising step of a completion with its
-        text committed so far and the share of the gap decided.
+        text committed so far and the share of the gap decided. ``documents`` (one key per
+        item, or None) lets a lone completion reuse what its document's last request computed
+        (``reuse_prefix``).
         """
         out: list[InfillResult | BaseException | None] = [None] * len(items)
         jobs: list[tuple[int, Job]] = []
@@ -110,10 +129,13 @@ class Engine:
             cancels = [items[i][1] for i, _ in jobs]
             shows = [self._preview(job, previews[i]) if previews and previews[i] else None
                      for i, job in jobs]
+            doc = documents[jobs[0][0]] if documents and len(jobs) == 1 else None
+            slot = self.prefix_slot(doc) if doc else None
             results, passes = infill_many(self.model, [j.sampler_job for _, j in jobs],
                                           settings=settings.sampler,
                                           cancel=cancels if any(cancels) else None,
-                                          previews=shows if any(shows) else None)
+                                          previews=shows if any(shows) else None, slot=slot)
+            self.prefix_reuses += bool(slot and slot.state and slot.state.uses)
             for (i, job), cands in zip(jobs, results):
                 out[i] = Cancelled() if cands is None else self.finish(job, cands, passes)
         return out  # type: ignore[return-value]

@@ -38,6 +38,48 @@ class Denoised:
     forward_passes: int
     rows: list[int] = field(default_factory=list)
     """Rows that ran to the end; rows whose caller cancelled were dropped on the way."""
+    cache: KVCache | None = None
+    """The first block's dual cache after its last pass (the context positions as the first
+    pass computed them), when every row ran to the end."""
+
+
+@dataclass
+class Warm:
+    """An earlier request's keys and values for the first ``upto`` positions of this window:
+    the first pass runs only the positions after them."""
+    cache: KVCache
+    upto: int
+
+
+@dataclass
+class PrefixState:
+    """What a document's last request leaves for the next one: its window's ids before the
+    masks and their keys/values (row 0), and how many requests in a row have reused them."""
+    ids: list[int]
+    cache: KVCache
+    uses: int = 0
+
+
+@dataclass
+class PrefixSlot:
+    """One document's place for its :class:`PrefixState` (kept by the engine, per document)."""
+    state: PrefixState | None = None
+
+
+MIN_REUSE = 32
+"""Fewest positions worth reusing: below that the saving is not worth the staleness."""
+MAX_REUSES = 8
+"""Requests in a row that may reuse a prefix before one recomputes it from scratch: reused
+keys and values were computed beside an older canvas and suffix, and this bounds their age."""
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 @dataclass
@@ -189,7 +231,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             settings: SamplerSettings = SamplerSettings(),
             key_mask: torch.Tensor | None = None,
             cancel: RowCancel | None = None,
-            on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Denoised:
+            on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+            warm: Warm | None = None) -> Denoised:
     """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
 
     Positions of the span that are not masks (context, tokens kept by refine) are never changed.
@@ -197,7 +240,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     :class:`Cancelled`; a per-row sequence drops the cancelled rows and goes on with the rest
     (they come back unfilled, and are left out of ``Denoised.rows``). ``on_step(ids, rows)``
     is called after every step with the working batch and the original index of each of its
-    rows (a preview of what is committed so far).
+    rows (a preview of what is committed so far). ``warm`` (with the dual cache) gives the
+    first block's first pass the keys and values of the window's first positions, computed
+    by an earlier request: only the positions after them are run.
     """
     mask_id = model.profile.mask_id
     full_ids = ids.clone()
@@ -220,6 +265,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     in_order = order == "left" and fresh and prof.filler_mode == "truncate"
     filler = torch.tensor(prof.filler_ids, dtype=torch.long, device=ids.device)
     use_cache = cache_mode(settings, model)
+    first_cache: KVCache | None = None
     for b0, b1 in _blocks(lo, hi, settings, use_cache):
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
@@ -227,6 +273,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
         # Steps for this block: its share of the budget, at least one.
         block_steps = max(1, round(budget * int(masked0.max()) / max(1, total_masked)))
         cache = KVCache([], []) if use_cache == "dual" else None
+        run_from = None
+        if cache is not None and first_cache is None and warm is not None and warm.upto < b0:
+            cache, run_from = warm.cache, warm.upto
         step = 0
         while True:
             masked = ids[:, b0:b1] == mask_id  # (B, N)
@@ -244,7 +293,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             # Logits only where some row still has a mask: committed positions are final.
             cols = masked.any(dim=0).nonzero().squeeze(-1)  # (M,) columns of the block
             logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache,
-                                       columns=cols)  # (B, M, V)
+                                       columns=cols, run_from=run_from)  # (B, M, V)
+            run_from = None
             passes += 1
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
             if no_filler is not None and b0 < no_filler[1]:
@@ -273,10 +323,13 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             step += 1
             if on_step is not None:
                 on_step(ids, alive)
+        if first_cache is None:
+            first_cache = cache if cache is not None else KVCache([], [])
     full_ids[alive] = ids
     full_conf[alive] = conf
+    whole = len(alive) == full_ids.shape[0] and first_cache is not None and first_cache.length
     return Denoised(ids=full_ids, confidence=full_conf, forward_passes=passes,
-                    rows=alive.tolist())
+                    rows=alive.tolist(), cache=first_cache if whole else None)
 
 
 def _still_wanted(verdict: "bool | Sequence[bool]", alive: torch.Tensor) -> torch.Tensor | None:
@@ -385,6 +438,16 @@ def committed_prefix(gap: Sequence[int], mask_id: int, filler: Sequence[int],
     return kept, done
 
 
+def _warm(state: PrefixState, head: list[int], shape: torch.Size) -> Warm | None:
+    """The warm start a document's last request offers this window, if it is worth it: the
+    positions both windows share from the start (at most up to the one before the masks),
+    unless the kept ones have been reused too many times."""
+    upto = min(common_prefix(state.ids, head), len(head) - 1, state.cache.length)
+    if upto < MIN_REUSE or state.uses >= MAX_REUSES:
+        return None
+    return Warm(state.cache.reuse(upto, shape[1], shape[0]), upto)
+
+
 def _preview_steps(model: DiffusionModel, previews: Sequence[Preview | None],
                    lengths: Sequence[int], owner: Sequence[int], lo: int
                    ) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -408,14 +471,17 @@ def infill_many(model: DiffusionModel,
                 jobs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], *,
                 settings: SamplerSettings = SamplerSettings(),
                 cancel: Sequence[Callable[[], bool]] | None = None,
-                previews: Sequence[Preview | None] | None = None
+                previews: Sequence[Preview | None] | None = None,
+                slot: PrefixSlot | None = None
                 ) -> tuple[list[list[Candidate] | None], int]:
     """Several gaps (``(prefix, suffix, lengths)`` each) denoised together in one batch.
 
     A job whose ``cancel`` turns true is dropped at the next step and comes back as None; the
     others go on. A job's ``previews`` entry, when set, is called after every step with what its
-    longest gap has committed so far. Returns each job's candidates (best first) and the
-    forward passes spent.
+    longest gap has committed so far. ``slot`` (one job, dual cache, ``reuse_prefix``) is
+    the document's :class:`PrefixSlot`: the window positions it shares with the document's last request are
+    not run again, and this request's are kept for the next. Returns each job's candidates
+    (best first) and the forward passes spent.
     """
     rows, owner = [], []
     for j, (prefix, suffix, lengths) in enumerate(jobs):
@@ -434,8 +500,17 @@ def infill_many(model: DiffusionModel,
     prof = model.profile
     on_step = _preview_steps(model, previews, [n for _, _, n in rows], owner, lo) \
         if previews and any(previews) else None
+    reusing = slot is not None and len(jobs) == 1 and settings.reuse_prefix and \
+        cache_mode(settings, model) == "dual"
+    head = ids[0, :lo].tolist()
+    warm = _warm(slot.state, head, ids.shape) if reusing and slot.state else None
     out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
-                  key_mask=key_mask, cancel=row_cancel, on_step=on_step)
+                  key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm)
+    if reusing and out.cache is not None:
+        kept = KVCache([k[:1, :, :lo].clone() for k in out.cache.keys],
+                       [v[:1, :, :lo].clone() for v in out.cache.values])
+        uses = slot.state.uses + 1 if warm is not None and slot.state else 0
+        slot.state = PrefixState(head, kept, uses)
     done = set(out.rows)
     results: list[list[Candidate] | None] = [[] for _ in jobs]
     for r, ((_, _, n), j) in enumerate(zip(rows, owner)):

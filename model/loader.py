@@ -170,19 +170,27 @@ class DiffusionModel:
     def span_logits(self, ids: torch.Tensor, lo: int, hi: int,
                     key_mask: torch.Tensor | None = None,
                     cache: KVCache | None = None,
-                    columns: torch.Tensor | None = None) -> torch.Tensor:
+                    columns: torch.Tensor | None = None,
+                    run_from: int | None = None) -> torch.Tensor:
         """Logits (B, hi-lo, V) for positions lo..hi of ``ids`` (B, T), already aligned.
 
         With ``cache=None`` the whole window is run. With an empty cache the whole window is run
         and its K/V kept; with a filled cache only the span is run against the cached context.
         ``columns`` (indices into the span) computes the output layer for those positions only,
         (B, len(columns), V): the sampler asks only where a mask is left, and on a CPU the
-        output layer over every span position is a third of a cached pass.
+        output layer over every span position is a third of a cached pass. ``run_from`` with a
+        cache whose positions before it are already filled (an earlier request's prefix) runs
+        every position from there to the end of the window, filling the rest of the cache.
         """
         if cache is None or cache.length == 0:
             hidden = self.transformer.hidden(ids, key_mask=key_mask, cache=cache)
             start = 0
             self.tokens_run += ids.numel()
+        elif run_from is not None:
+            start = min(run_from, self._window(lo, hi)[0])
+            hidden = self.transformer.hidden(ids[:, start:], key_mask=key_mask, cache=cache,
+                                             start=start)
+            self.tokens_run += ids.shape[0] * (ids.shape[1] - start)
         else:
             start, stop, _ = self._window(lo, hi)
             hidden = self.transformer.hidden(ids[:, start:stop], key_mask=key_mask, cache=cache,

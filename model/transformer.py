@@ -65,6 +65,20 @@ class KVCache:
     def length(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
 
+    def reuse(self, upto: int, length: int, rows: int) -> "KVCache":
+        """A cache for a new window of ``length`` positions and ``rows`` rows whose first
+        ``upto`` positions are this cache's (row 0's, for every row) and the rest empty, to be
+        filled by a span pass from ``upto`` on."""
+        keys, values = [], []
+        for k, v in zip(self.keys, self.values):
+            shape = (rows, k.shape[1], length, k.shape[3])  # (B, H_kv, T, D)
+            nk, nv = k.new_zeros(shape), v.new_zeros(shape)
+            nk[:, :, :upto] = k[:1, :, :upto]
+            nv[:, :, :upto] = v[:1, :, :upto]
+            keys.append(nk)
+            values.append(nv)
+        return KVCache(keys, values)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:

@@ -298,6 +298,7 @@ class Daemon:
         for engine in self.registry.engines.values():
             info = engine.model.describe()
             info["memory_bytes"] = engine.model.memory_bytes()
+            info["prefix_reuses"] = getattr(engine, "prefix_reuses", 0)
             models.append(info)
         return {"pid": os.getpid(), "version": VERSION, "socket": str(self.socket_path),
                 "uptime_s": round(time.time() - self.started, 1), "state": self.state,
@@ -547,6 +548,7 @@ class Daemon:
         items, settings = [], None
         live: list[Job] = []
         previews: list[Any] = []
+        documents: list[str | None] = []
         for job in batch:
             try:
                 req = request_from_wire(job.params.get("request") or {})
@@ -556,6 +558,8 @@ class Daemon:
                 items.append((req, poll))
                 previews.append(self._previewer(job) if job.interactive and
                                 job.params.get("preview") is True else None)
+                documents.append(f"{job.client.id}:{job.document}"
+                                 if job.interactive and job.document else None)
                 live.append(job)
             except Exception as exc:
                 self._reply_error(job, exc)
@@ -565,7 +569,8 @@ class Daemon:
                 self.counters["batched_requests"] += len(live)
             try:
                 results = engine.run_batch(items, settings,
-                                           previews=previews if any(previews) else None)
+                                           previews=previews if any(previews) else None,
+                                           documents=documents)
             except Exception as exc:  # e.g. out of memory: every job of the batch fails
                 _free_device_memory()
                 results = [exc] * len(live)

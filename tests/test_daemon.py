@@ -317,3 +317,17 @@ def test_malformed_daemon_lines_get_an_error_reply_and_the_connection_stays(sock
     assert [r["id"] for r in replies] == [None, None, None, 3, 4, None, 6, 7, None]
     assert client.call("hello")["pid"] > 0  # the same connection still works
     client.close()
+
+
+def test_consecutive_completions_of_a_document_reuse_its_window(slow_daemon):
+    """A document's next completion runs only the window positions after the ones it shares
+    with the last (dual cache); another document does not get its keys and values."""
+    client, make = slow_daemon
+    text = "def f(x):\n    return x\n" * 12
+    dual = {"cache": "dual", "lengths": [4]}
+    client.call("infill", make({"text": text, "start": len(text) - 3}, dual))
+    client.call("infill", make({"text": text, "start": len(text) - 2}, dual))
+    assert client.call("status")["models"][0]["prefix_reuses"] == 1
+    other = dict(make({"text": text, "start": len(text) - 1}, dual), document="file:///b.py")
+    client.call("infill", other)
+    assert client.call("status")["models"][0]["prefix_reuses"] == 1

@@ -265,3 +265,44 @@ def test_a_preview_shows_the_committed_start_of_a_gap():
     assert committed_prefix([5, pad, mask, mask], mask, (pad,), "truncate") == ([5], 0.5)
     assert committed_prefix([mask, 6, 7, 8], mask, (pad,), "truncate") == ([], 0.75)
     assert committed_prefix([5, pad, 6], mask, (pad,), "delete") == ([5, 6], 1.0)
+
+
+def test_a_window_reused_from_the_last_request_runs_only_what_changed(pattern_model):
+    """Prefix reuse: the same window again is token-identical to a cold run and runs only the
+    positions after the shared ones; a change in the prefix limits the reuse to the positions
+    before it; after MAX_REUSES requests in a row one runs cold."""
+    from infill.api import SamplerSettings
+    from infill.sampler import (MAX_REUSES, MIN_REUSE, PrefixSlot, PrefixState, _warm,
+                                common_prefix, infill_many)
+    dual = SamplerSettings(cache="dual")
+    run = [3 + i % 12 for i in range(48)]  # c0 c1 ... counting, 48 tokens
+    prefix, suffix = run[:40], [3 + (40 + 3 + i) % 12 for i in range(6)]
+    job = [(prefix, suffix, [3])]
+    cold, _ = infill_many(pattern_model, job, settings=dual)
+    slot = PrefixSlot()
+    infill_many(pattern_model, job, settings=dual, slot=slot)
+    assert slot.state is not None and slot.state.ids == prefix and slot.state.uses == 0
+    before = pattern_model.tokens_run
+    again, _ = infill_many(pattern_model, job, settings=dual, slot=slot)
+    assert slot.state.uses == 1
+    assert [c.tokens for c in again[0]] == [c.tokens for c in cold[0]]
+    ran = pattern_model.tokens_run - before
+    before = pattern_model.tokens_run
+    infill_many(pattern_model, job, settings=dual)  # cold, no slot
+    assert ran < pattern_model.tokens_run - before
+    # An edit at position 35 of the prefix: only positions 0..34 are reused.
+    edited = list(prefix)
+    edited[35] = 3
+    assert common_prefix(slot.state.ids, edited) == 35
+    warm = _warm(slot.state, edited, torch.Size([1, 49]))
+    assert warm is not None and warm.upto == 35 and warm.cache.length == 49
+    # Too little in common, or reused too often: no warm start.
+    assert _warm(slot.state, [9] + edited[1:], torch.Size([1, 49])) is None
+    assert MIN_REUSE > 0
+    tired = PrefixState(slot.state.ids, slot.state.cache, uses=MAX_REUSES)
+    assert _warm(tired, prefix, torch.Size([1, 49])) is None
+    # Off by setting.
+    off = PrefixSlot()
+    infill_many(pattern_model, job, settings=SamplerSettings(cache="dual", reuse_prefix=False),
+                slot=off)
+    assert off.state is None
