@@ -152,18 +152,36 @@ def score(span: Span, fill: str) -> tuple[bool, bool, bool]:
     return exact, ok, empty
 
 
+def previous_keystroke(sp: Span) -> InfillRequest:
+    """The request of the keystroke before ``sp``'s: the cursor line one character shorter
+    (the same request when nothing is typed on the line yet)."""
+    line_start = sp.text.rfind("\n", 0, sp.cursor) + 1
+    if sp.cursor == line_start:
+        return InfillRequest(sp.text, sp.cursor, language="python", path=sp.path)
+    return InfillRequest(sp.text[:sp.cursor - 1] + sp.text[sp.cursor:], sp.cursor - 1,
+                         language="python", path=sp.path)
+
+
 def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
-             progress: Callable[[int], None] | None = None) -> ModeReport:
+             progress: Callable[[int], None] | None = None,
+             typing: bool = False) -> ModeReport:
     """Exact match, parse rate and speed of the best candidate (as if every completion were
-    shown), and what ``min_confidence`` would show (coverage, precision)."""
+    shown), and what ``min_confidence`` would show (coverage, precision). ``typing``: each
+    span is asked as an editor asks it while the user types: the previous keystroke's request
+    runs first on the same document (untimed), so prefix reuse applies to the timed one."""
     report = ModeReport(spans[0].mode if spans else "none",
                         min_confidence=engine.min_confidence(settings))
     for k, sp in enumerate(spans):
         s = replace(settings, min_confidence=0.0,
                     mode=sp.mode if settings.mode == "auto" else settings.mode)
+        request = InfillRequest(sp.text, sp.cursor, language="python", path=sp.path)
+        docs = [f"span-{k}"] if typing else None
+        if typing:
+            engine.run_batch([(previous_keystroke(sp), None)], s, documents=docs)
         t0 = time.perf_counter()
-        result = engine.run(InfillRequest(sp.text, sp.cursor, language="python", path=sp.path),
-                            s)
+        (result,) = engine.run_batch([(request, None)], s, documents=docs)
+        if isinstance(result, BaseException):
+            raise result
         report.seconds.append(time.perf_counter() - t0)
         report.passes.append(result.forward_passes)
         report.n += 1

@@ -90,6 +90,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--calibrate", action="store_true",
                    help="also print coverage and precision over a range of min-confidence "
                         "values (what --min-confidence to record in an export)")
+    e.add_argument("--typing", action="store_true",
+                   help="ask each span as while typing: the previous keystroke's request runs "
+                        "first on the same document (prefix reuse applies; --no-prefix-reuse "
+                        "for the cold reference)")
     e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
                                               "packages")
     add_model_options(e)

@@ -40,7 +40,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for mode in modes:
         spans = cut_spans(files, args.n, mode, args.sample_seed)
         bar = tqdm(total=len(spans), desc=f"eval {mode}", file=sys.stderr, leave=False)
-        rep = evaluate(engine, spans, settings, progress=lambda k: bar.update(1))
+        rep = evaluate(engine, spans, settings, progress=lambda k: bar.update(1),
+                       typing=args.typing)
         bar.close()
         reports.append({**rep.as_dict(), "calibration": rep.calibration()})
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),

@@ -43,6 +43,10 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", choices=("auto", "none", "dual"),
                    help="dual: reuse the context's keys/values between passes; auto (the "
                         "default): what the checkpoint records")
+    g.add_argument("--no-prefix-reuse", dest="reuse_prefix", action="store_false",
+                   default=None,
+                   help="never reuse a document's last window (the cold reference for "
+                        "diffill eval --typing)")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
@@ -74,7 +78,7 @@ def settings_from_args(args: argparse.Namespace):
             lengths=lengths, steps=args.steps, schedule=args.schedule, threshold=args.threshold,
             order=args.order, block_size=args.block_size, cache=args.cache,
             filler_order=args.filler_order, min_confidence=args.min_confidence,
-            check_names=args.check_names,
+            check_names=args.check_names, reuse_prefix=getattr(args, "reuse_prefix", None),
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget

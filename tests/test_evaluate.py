@@ -89,3 +89,14 @@ def test_coverage_and_precision_follow_the_best_candidate_over_the_floor():
     rows = {r["min_confidence"]: r for r in rep.calibration()}
     assert rows[0.0]["coverage"] == 0.75 and abs(rows[0.0]["precision"] - 1 / 3) < 1e-3
     assert rows[0.9]["precision"] == 1.0 and rows[0.9]["coverage"] == 0.25
+
+
+def test_typing_asks_the_previous_keystroke_first():
+    from infill.evaluate import Span, previous_keystroke
+    text = "x = 1\nvalue = compute(\n"
+    sp = Span("a.py", text, text.index("(") + 1, "x)", "line")
+    prev = previous_keystroke(sp)
+    assert prev.start == sp.cursor - 1 and prev.text == "x = 1\nvalue = compute\n"
+    start = Span("a.py", text, text.index("value"), "value", "line")  # nothing typed yet
+    assert previous_keystroke(start).text == text
+    assert previous_keystroke(start).start == start.cursor
