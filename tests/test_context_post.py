@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infill import post
-from infill.context import ContextBudget, build_window, encode
+from infill.context import ContextBudget, build_window
 from infill.text import (InputError, PositionError, decode_source, offset_at, parse_position,
                          position_of)
 
