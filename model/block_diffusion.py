@@ -195,6 +195,8 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype) -> BlockDiffusi
             raise CheckpointError("loading a DiffusionGemma checkpoint onto a GPU needs "
                                   "accelerate: pip install 'diffill[gpu]'")
         place = {"device_map": {"": str(device)}}
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # a daemon's log and the CLI's stderr want no bars
     try:
         net = cls.from_pretrained(str(folder), dtype=dtype, use_safetensors=True,
                                   local_files_only=True, **place)
