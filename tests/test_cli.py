@@ -193,4 +193,5 @@ def test_bench_e2e_times_the_editor_path_with_a_fresh_daemon(pattern_ckpt, tmp_p
     assert 0 < report["typing"]["model_calls_per_key"] <= 1
     assert report["typing"]["tokens_per_key"] > 0
     assert "| typing: token positions the model ran, per keystroke |" in table.read_text()
+    assert report["typing"]["mid_line_pause_p50_ms"] > 0  # the half-way pause got its ghost
     assert "| invoked completion p50 / p95 (3 places) |" in table.read_text()
