@@ -255,12 +255,4 @@ class BlockEngine(Engine):
             score = float(conf.mean()) if conf.numel() else 0.0
             items.append(Completion(code, req.start, end, score, tokens=n,
                                     terminated=fenced or cut < len(new)))
-        self._rank(items, req.text, post.language_of(req.language, req.path),
-                   check_names=s.check_names)
-        withheld = 0
-        if p.mode != "rewrite":
-            floor = self.min_confidence(s)
-            shown = [it for it in items if it.score >= floor]
-            withheld, items = len(items) - len(shown), shown
-        return InfillResult(items, p.mode, gen.forward_passes, time.perf_counter() - t0,
-                            withheld=withheld)
+        return self.result(req, p.mode, items, s, gen.forward_passes, t0)

@@ -248,7 +248,6 @@ class Engine:
     def finish(self, job: Job, cands: list[Candidate], passes: int) -> InfillResult:
         """Post-process and rank the candidates of a prepared job."""
         req = job.request
-        language = post.language_of(req.language, req.path)
         items: list[Completion] = []
         seen: set[str] = set()
         if job.mode == "rewrite":
@@ -273,13 +272,20 @@ class Engine:
                 seen.add(fill)
                 items.append(Completion(fill, req.start, req.start, c.score,
                                         tokens=len(c.tokens), terminated=c.terminated))
-        self._rank(items, req.text, language, check_names=job.settings.check_names)
+        return self.result(req, job.mode, items, job.settings, passes, job.started)
+
+    def result(self, req: InfillRequest, mode: str, items: list[Completion],
+               s: InfillSettings, passes: int, started: float) -> InfillResult:
+        """The result of a request's completions: ranked, and those under ``min_confidence``
+        withheld (completions only: a rewrite was asked for and is always shown)."""
+        self._rank(items, req.text, post.language_of(req.language, req.path),
+                   check_names=s.check_names)
         withheld = 0
-        if job.mode != "rewrite":
-            floor = self.min_confidence(job.settings)
+        if mode != "rewrite":
+            floor = self.min_confidence(s)
             shown = [it for it in items if it.score >= floor]
             withheld, items = len(items) - len(shown), shown
-        return InfillResult(items, job.mode, passes, time.perf_counter() - job.started,
+        return InfillResult(items, mode, passes, time.perf_counter() - started,
                             withheld=withheld)
 
     def min_confidence(self, s: InfillSettings) -> float:

@@ -265,7 +265,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     in_order = order == "left" and fresh and prof.filler_mode == "truncate"
     filler = torch.tensor(prof.filler_ids, dtype=torch.long, device=ids.device)
     use_cache = cache_mode(settings, model)
-    first_cache: KVCache | None = None
+    first_cache: KVCache | None = None  # the first block's, once that block has run
+    first_done = False
     for b0, b1 in _blocks(lo, hi, settings, use_cache):
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
@@ -274,7 +275,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
         block_steps = max(1, round(budget * int(masked0.max()) / max(1, total_masked)))
         cache = KVCache([], []) if use_cache == "dual" else None
         run_from = None
-        if cache is not None and first_cache is None and warm is not None and warm.upto < b0:
+        if cache is not None and not first_done and warm is not None and warm.upto < b0:
             cache, run_from = warm.cache, warm.upto
         step = 0
         while True:
@@ -323,8 +324,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             step += 1
             if on_step is not None:
                 on_step(ids, alive)
-        if first_cache is None:
-            first_cache = cache if cache is not None else KVCache([], [])
+        if not first_done:
+            first_cache, first_done = cache, True
     full_ids[alive] = ids
     full_conf[alive] = conf
     whole = len(alive) == full_ids.shape[0] and first_cache is not None and first_cache.length

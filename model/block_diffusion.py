@@ -165,14 +165,14 @@ def load_tokenizer(folder: Path):
     return tok
 
 
-def check(folder: Path) -> int:
+def check(folder: Path) -> tuple[int, Any]:
     """What can be checked without loading the weights: the tokenizer, its chat template and
-    every weight file's header. Returns the parameter count."""
+    every weight file's header. Returns the parameter count and the tokenizer."""
     from .weights import WeightsError
     _model_class()
-    load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)
     try:
-        return weight_census(folder)[0]
+        return weight_census(folder)[0], tokenizer
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from exc
     except Exception as exc:  # safetensors' own errors: truncated or not safetensors at all
@@ -183,8 +183,7 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype) -> BlockDiffusi
     """Load a DiffusionGemma checkpoint folder onto ``device`` in ``dtype``."""
     t0 = time.perf_counter()
     cls = _model_class()
-    parameters = check(folder)
-    tokenizer = load_tokenizer(folder)
+    parameters, tokenizer = check(folder)
     check_memory(folder.name, parameters, dtype, device)
     place = {}
     if device.type != "cpu":
