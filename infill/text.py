@@ -53,72 +53,47 @@ def line_starts(text: str) -> list[int]:
     return starts
 
 
-def _utf16_to_index(line: str, units: int) -> int:
-    """Python index of a UTF-16 code-unit column in ``line`` (LSP's default encoding)."""
-    count = 0
-    for i, ch in enumerate(line):
-        if count >= units:
-            return i
-        count += 2 if ord(ch) > 0xFFFF else 1
-    if count >= units:
-        return len(line)
-    raise ValueError
-
-
-def offset_at(text: str, line: int, column: int, *, encoding: str = "utf-32",
-              starts: list[int] | None = None) -> int:
-    """Character offset of a 0-based (line, column).
-
-    ``encoding`` says what a column counts: ``utf-32`` code points (Python indices), ``utf-16``
-    code units (LSP's default) or ``utf-8`` bytes. A column past the end of its line, or a line
-    past the end of the document, is a :class:`PositionError`, never silently clamped.
-    """
+def line_bounds(text: str, line: int, starts: list[int] | None = None) -> tuple[int, str]:
+    """Offset where 0-based ``line`` begins, and its content without the line end; a line
+    past the end of the document, or a negative one, is a :class:`PositionError`."""
     starts = starts or line_starts(text)
-    if line < 0 or column < 0:
-        raise PositionError(f"position {line + 1}:{column + 1} is negative")
+    if line < 0:
+        raise PositionError(f"line {line + 1} is negative")
     if line >= len(starts):
         raise PositionError(f"line {line + 1} is past the end of the document "
                             f"({len(starts)} lines)")
     begin = starts[line]
     end = starts[line + 1] - 1 if line + 1 < len(starts) else len(text)
     content = text[begin:end]
-    if content.endswith("\r"):
-        content = content[:-1]
-    try:
-        if encoding == "utf-16":
-            idx = _utf16_to_index(content, column)
-        elif encoding == "utf-8":
-            raw = content.encode("utf-8")
-            if column > len(raw):
-                raise ValueError
-            idx = len(raw[:column].decode("utf-8", errors="strict"))
-        else:
-            if column > len(content):
-                raise ValueError
-            idx = column
-    except (ValueError, UnicodeDecodeError):
-        raise PositionError(f"column {column + 1} is past the end of line {line + 1} "
-                            f"({len(content)} characters)") from None
-    return begin + idx
+    return begin, content[:-1] if content.endswith("\r") else content
 
 
-def position_of(text: str, offset: int, *, encoding: str = "utf-32",
-                starts: list[int] | None = None) -> tuple[int, int]:
-    """0-based (line, column) of a character offset, column in ``encoding`` units."""
+def past_line_end(line: int, column: int, length: int) -> PositionError:
+    return PositionError(f"column {column + 1} is past the end of line {line + 1} "
+                         f"({length} characters)")
+
+
+def offset_at(text: str, line: int, column: int, *, starts: list[int] | None = None) -> int:
+    """Character offset of a 0-based (line, column), the column in code points (Python
+    indices; the LSP server converts its client's units first). A column past the end of its
+    line, or a line past the end of the document, is a :class:`PositionError`, never silently
+    clamped."""
+    if column < 0:
+        raise PositionError(f"position {line + 1}:{column + 1} is negative")
+    begin, content = line_bounds(text, line, starts)
+    if column > len(content):
+        raise past_line_end(line, column, len(content))
+    return begin + column
+
+
+def position_of(text: str, offset: int, *, starts: list[int] | None = None) -> tuple[int, int]:
+    """0-based (line, column) of a character offset, the column in code points."""
     import bisect
     starts = starts or line_starts(text)
     if not 0 <= offset <= len(text):
         raise PositionError(f"offset {offset} is outside the document")
     line = bisect.bisect_right(starts, offset) - 1
-    part = text[starts[line]:offset]
-    if encoding == "utf-16":
-        return line, len(part.encode("utf-16-le")) // 2
-    if encoding == "utf-8":
-        return line, len(part.encode("utf-8"))
-    return line, len(part)
-
-
-
+    return line, offset - starts[line]
 
 
 def parse_position(spec: str) -> tuple[int, int]:

@@ -20,8 +20,9 @@ from lsprotocol import types
 from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.workspace.position_codec import PositionCodec
 
-from infill.text import PositionError, offset_at, position_of
+from infill.text import PositionError, line_bounds, line_starts, past_line_end, position_of
 
 from . import protocol as P
 from .daemon_client import AsyncDaemonClient
@@ -110,16 +111,32 @@ class State:
     """Per document: its keystroke rhythm (the adaptive debounce)."""
 
 
+def client_offset(codec: PositionCodec, text: str, pos: types.Position) -> int:
+    """Character offset of a client's position, its column in the negotiated encoding."""
+    # pygls's codec clamps a column past the line's end; diffill refuses it, so the bounds are
+    # checked here and the codec only counts units.
+    begin, content = line_bounds(text, pos.line)
+    if pos.character > codec.client_num_units(content):
+        raise past_line_end(pos.line, pos.character, len(content))
+    column = codec.position_from_client_units(
+        [content], types.Position(line=0, character=pos.character)).character
+    return begin + column
+
+
+def client_position(codec: PositionCodec, text: str, offset: int) -> types.Position:
+    """A character offset as a client's position, its column in the negotiated encoding."""
+    starts = line_starts(text)
+    line, column = position_of(text, offset, starts=starts)
+    _, content = line_bounds(text, line, starts)
+    return types.Position(line=line, character=codec.client_num_units(content[:column]))
+
+
 class DiffillServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__(P.SERVER_NAME, P.VERSION, protocol_cls=DiffillProtocol)
         self.state = State()
 
     # ------------------------------------------------------------ helpers
-
-    def encoding(self) -> str:
-        enc = self.workspace.position_encoding
-        return str(getattr(enc, "value", enc) or "utf-16")
 
     def document(self, uri: str):
         if uri not in self.workspace.text_documents:
@@ -128,13 +145,12 @@ class DiffillServer(LanguageServer):
 
     def offset(self, text: str, pos: types.Position) -> int:
         try:
-            return offset_at(text, pos.line, pos.character, encoding=self.encoding())
+            return client_offset(self.workspace.position_codec, text, pos)
         except PositionError as exc:
             raise JsonRpcInvalidParams(str(exc)) from None
 
     def position(self, text: str, offset: int) -> types.Position:
-        line, col = position_of(text, offset, encoding=self.encoding())
-        return types.Position(line=line, character=col)
+        return client_position(self.workspace.position_codec, text, offset)
 
     def report_once(self, message: str, *, show: bool = False) -> None:
         """Log a failure; show it to the user once, not on every keystroke."""

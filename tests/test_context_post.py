@@ -57,12 +57,25 @@ def test_extra_chunks_go_ahead_of_the_prefix_within_their_budget(tok):
 
 
 def test_positions_round_trip_in_each_encoding():
-    text = "a = 'é𝄞x'\nsecond\n"
+    from lsprotocol.types import Position, PositionEncodingKind
+    from pygls.workspace.position_codec import PositionCodec
+
+    from server.lsp import client_offset, client_position
+    text = "a = 'é𝄞x'\r\nsecond\n"
     off = text.index("x")
-    for enc, col in (("utf-32", 7), ("utf-16", 8), ("utf-8", 11)):
-        assert position_of(text, off, encoding=enc) == (0, col)
-        assert offset_at(text, 0, col, encoding=enc) == off
-    assert offset_at(text, 1, 6) == len("a = 'é𝄞x'\nsecond")
+    for enc, col in ((PositionEncodingKind.Utf32, 7), (PositionEncodingKind.Utf16, 8),
+                     (PositionEncodingKind.Utf8, 11)):
+        codec = PositionCodec(enc)
+        assert client_position(codec, text, off) == Position(0, col)
+        assert client_offset(codec, text, Position(0, col)) == off
+        end = Position(0, col + 2)  # the line's end, before its CRLF
+        assert client_offset(codec, text, end) == text.index("\r")
+        with pytest.raises(PositionError, match="past the end of line 1"):
+            client_offset(codec, text, Position(0, col + 3))
+        with pytest.raises(PositionError, match="line 4 is past the end"):
+            client_offset(codec, text, Position(3, 0))
+    assert offset_at(text, 1, 6) == len("a = 'é𝄞x'\r\nsecond")
+    assert position_of(text, off) == (0, 7)
 
 
 @pytest.mark.parametrize("line,col", [(2, 1), (5, 0), (0, 99), (1, 7)])

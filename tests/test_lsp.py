@@ -235,6 +235,27 @@ async def test_bad_requests_get_errors_and_the_server_stays_up(pattern_ckpt, soc
         assert result.items[0].insert_text == "c5 c6 c7"
 
 
+async def test_positions_count_in_the_encoding_the_client_negotiated(pattern_ckpt, sock):
+    """A client that speaks UTF-8 offsets gets UTF-8: the end of a line with 'é' and '𝄞' is at
+    its byte length, which a UTF-16 client's end would be past."""
+    tail = "# é𝄞"
+    text = f"{LINE}\n{tail}\n"
+    for kind, end in ((types.PositionEncodingKind.Utf8, len(tail.encode())),
+                      (types.PositionEncodingKind.Utf16, len(tail.encode("utf-16-le")) // 2)):
+        caps = types.ClientCapabilities(
+            text_document=CAPS.text_document, workspace=CAPS.workspace, window=CAPS.window,
+            general=types.GeneralClientCapabilities(position_encodings=[kind]))
+        async with session(options(pattern_ckpt, sock), caps=caps) as client:
+            assert client.init_result.capabilities.position_encoding == kind
+            open_doc(client, text)
+            await inline(client, 1, end)  # the line's end: answered
+            with pytest.raises(JsonRpcException) as info:
+                await inline(client, 1, end + 1)
+            assert info.value.code == types.ErrorCodes.InvalidParams
+            assert "past the end of line 2" in info.value.message
+    assert len(tail.encode()) > len(tail.encode("utf-16-le")) // 2 + 1
+
+
 async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock, schedule="bogus", threshold=5, ensemble=0,
                                nonsense=1)) as client:
