@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fcntl
 import hashlib
 import json
 import logging
@@ -23,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from .errors import RequestCancelled, UnsafeSocket, UsageError, describe
 from .protocol import VERSION, is_message_id
@@ -709,32 +710,30 @@ class BadMessage(ValueError):
     """A line that is JSON but not a message this daemon understands."""
 
 
-def prepare_socket(path: Path):
+def prepare_socket(path: Path) -> FileLock:
     """Create the socket's folder (0700), take the daemon lock, clear a stale socket.
 
-    Returns the open lock file, held for the daemon's lifetime; raises AlreadyRunning when
-    another daemon holds it.
+    Returns the held lock (``filelock``: an ``flock`` that a losing contender neither
+    truncates nor follows through a symlink), held for the daemon's lifetime; raises
+    AlreadyRunning when another daemon holds it.
     """
     private_folder(path.parent)
     own_paths(path)
-    lock = open(str(path) + ".lock", "a+")
+    lock = FileLock(f"{path}.lock", mode=0o600)
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.acquire(timeout=0.1)
             break
-        except BlockingIOError:
+        except Timeout:
             # A holder whose socket is gone is exiting (its watchdog): wait for it.
             if path.exists() or time.monotonic() > deadline:
-                lock.close()
                 raise AlreadyRunning(f"a diffill daemon already serves {path}") from None
-            time.sleep(0.1)
     if path.exists() or path.is_symlink():
         path.unlink()
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
+    # The pid marks the file as diffill's (own_paths refuses a lock file holding other text).
+    with open(lock.lock_file, "w") as f:
+        f.write(str(os.getpid()))
     return lock
 
 
@@ -752,5 +751,5 @@ def run_daemon(path: Path, *, idle_timeout: float, preload: dict[str, Any] | Non
             path.unlink()
         except FileNotFoundError:
             pass
-        lock.close()
+        lock.release()
     return 0

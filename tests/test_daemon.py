@@ -65,6 +65,8 @@ def test_socket_is_private_and_a_second_daemon_backs_off(pattern_ckpt, sock):
     second = spawn_daemon(sock, idle_timeout=60)
     assert second.wait(60) == 0  # it found the lock held and left
     assert client.call("hello")["pid"] == pid
+    # The loser neither truncated nor rewrote the holder's lock file.
+    assert Path(f"{sock}.lock").read_text() == str(pid)
     client.close()
 
 

@@ -78,7 +78,7 @@ def test_a_folder_created_for_the_socket_is_private(short_tmp):
         lock = prepare_socket(short_tmp / "new" / "daemon.sock")
     finally:
         os.umask(old)
-    lock.close()
+    lock.release()
     assert (short_tmp / "new").stat().st_mode & 0o777 == 0o700
 
 
