@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -194,14 +193,27 @@ ENV_SOCKET = "DIFFILL_SOCKET"
 
 
 def default_socket() -> Path:
-    """Per-user socket: ``$DIFFILL_SOCKET``, else ``$XDG_RUNTIME_DIR/diffill/daemon.sock``, else
-    a 0700 folder in the temp dir named after the user id."""
+    """Per-user socket: ``$DIFFILL_SOCKET``, else ``diffill/daemon.sock`` in the user's runtime
+    folder as platformdirs finds it: ``$XDG_RUNTIME_DIR`` when it is a 0700 folder of this
+    user's (not a symlink), else ``/run/user/$UID``, else a private ``runtime-$UID`` in the
+    temp dir, created 0700; one another user planted is refused."""
     if os.environ.get(ENV_SOCKET):
         return Path(os.environ[ENV_SOCKET])
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_dir():
-        return Path(runtime) / "diffill" / "daemon.sock"
-    return Path(tempfile.gettempdir()) / f"diffill-{os.getuid()}" / "daemon.sock"
+    import warnings
+
+    import platformdirs
+
+    from .errors import UnsafeSocket
+    with warnings.catch_warnings():
+        # Falling back from an unset or unsafe $XDG_RUNTIME_DIR is normal, not news.
+        warnings.simplefilter("ignore", platformdirs.RuntimeDirWarning)
+        try:
+            folder = platformdirs.user_runtime_dir("diffill", appauthor=False,
+                                                   ensure_exists=True)
+        except PermissionError as exc:
+            raise UnsafeSocket(f"no private folder for the diffill socket: {exc} (or set the "
+                               "socket setting to a path in a folder of your own)") from None
+    return Path(folder) / "daemon.sock"
 
 
 def socket_path(setting: str | None) -> Path:
