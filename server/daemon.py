@@ -686,12 +686,9 @@ class Daemon:
         await asyncio.to_thread(worker.join, 10)
 
 
-def _rss_bytes() -> int | None:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+def _rss_bytes() -> int:
+    import psutil
+    return int(psutil.Process().memory_info().rss)
 
 
 def _cuda_bytes() -> int | None:

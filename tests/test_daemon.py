@@ -167,6 +167,8 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     assert r.stdout.decode() == "c5 c6 c7\n"
     st = client.call("status")
     assert st["counters"]["completed"] == 1 and st["loads"] == 1
+    # The daemon's resident memory holds at least its model's weights (and torch beside them).
+    assert st["rss_bytes"] > st["models"][0]["memory_bytes"] > 0
     # Answered by the daemon, the CLI never imports torch (it starts in a fraction of the time).
     probe = ("import sys; from server.cli import main; "
              f"rc = main(['infill', '-', '--lengths', '8', '--socket', {str(sock)!r}, "
