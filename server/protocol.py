@@ -4,10 +4,11 @@ sends, the daemon socket and its wire format. Tests and the editors' docs import
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 SERVER_NAME = "diffill"
 VERSION = "0.1.0"
@@ -60,18 +61,18 @@ class Settings:
     """Most tokens a completion may take."""
     steps: int = 0
     """Forward passes for the fixed/blocks schedules (0: one per two tokens)."""
-    schedule: str = "threshold"
+    schedule: Literal["threshold", "fixed", "blocks"] = "threshold"
     """``threshold`` | ``fixed`` | ``blocks``."""
     threshold: float = 0.9
     """Commit probability of the threshold schedule."""
-    cache: str = "auto"
+    cache: Literal["auto", "none", "dual"] = "auto"
     """``auto`` (the checkpoint's) | ``none`` | ``dual`` (reuse context keys/values within a
     block)."""
     ensemble: int = 2
     """Mask counts tried at once; each gives a candidate."""
     minConfidence: float | None = None
     """Completions scored below this (0-1) are not shown; null: the model's calibrated value."""
-    mode: str = "auto"
+    mode: Literal["auto", "line", "block"] = "auto"
     """``auto`` | ``line`` | ``block``."""
     prefixTokens: int = 1536
     """Context budget before the cursor."""
@@ -89,7 +90,7 @@ class Settings:
     denoised, so a slow machine shows something early (clients that draw them: Neovim)."""
     enable: dict[str, bool] = field(default_factory=lambda: {"*": True})
     """Per language id; ``"*"`` is the default for the others."""
-    completionFallback: str = "auto"
+    completionFallback: Literal["auto", "always", "never"] = "auto"
     """Answer ``textDocument/completion``: ``auto`` (only for clients without inline
     completion), ``always`` or ``never``."""
     socket: str | None = None
@@ -114,8 +115,6 @@ class Settings:
                 "suffix_tokens": self.suffixTokens, "min_confidence": self.minConfidence}
 
 
-CHOICES = {"schedule": ("threshold", "fixed", "blocks"), "cache": ("auto", "none", "dual"),
-           "mode": ("auto", "line", "block"), "completionFallback": ("auto", "always", "never")}
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
 UPPER = {"maxTokens": 512, "ensemble": 8, "steps": 1024, "prefixTokens": 16384,
          "suffixTokens": 16384, "debounceMs": 2000, "idleTimeout": 7 * 24 * 3600}
@@ -127,12 +126,45 @@ would still call a delay (a debounce of 11 days was accepted before)."""
 CLIENT_SETTINGS = frozenset({"serverPath", "languages", "trace"})
 
 
+@functools.cache
+def _strict_converter():
+    """cattrs, strict: a setting of the wrong JSON type is an error, never coerced ("3" is
+    not 3, true is not 1); Literal choices, optionals and the ``enable`` map are cattrs's own."""
+    import cattrs
+
+    def exact(*kinds: type, to: type):
+        def hook(value: Any, _type: Any) -> Any:
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                raise TypeError(f"expected {to.__name__}, got {type(value).__name__}")
+            return to(value)
+        return hook
+
+    converter = cattrs.Converter()
+    for kind, accepted in ((bool, (bool,)), (int, (int,)), (float, (int, float)), (str, (str,))):
+        converter.register_structure_hook(kind, exact(*accepted, to=kind))
+    return converter
+
+
+def _in_bounds(key: str, value: Any) -> bool:
+    if key == "threshold":
+        return 0 < value <= 1
+    if key == "minConfidence":
+        return value is None or 0 <= value <= 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    return (1 if key in POSITIVE else 0) <= value <= UPPER.get(key, value)
+
+
 def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
                    ) -> tuple[Settings, list[str]]:
-    """Settings from a client's JSON; invalid entries are kept at their defaults and reported.
+    """Settings from a client's JSON; an invalid entry keeps the value it had in ``base`` and
+    is reported.
 
     Accepts the settings object itself or one wrapped as ``{"diffill": {...}}``.
     """
+    import typing
+
+    import cattrs
     base = base or Settings()
     if not raw:
         return base, []
@@ -140,42 +172,27 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
         raw = raw["diffill"]
     if not isinstance(raw, Mapping):
         return base, [f"settings must be an object, got {type(raw).__name__}"]
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    types_of = typing.get_type_hints(Settings)
+    converter = _strict_converter()
     values: dict[str, Any] = {}
     problems: list[str] = []
-    defaults = Settings()
     for key, value in raw.items():
         if key in CLIENT_SETTINGS:
             continue
-        if key not in fields:
+        if key not in types_of:
             problems.append(f"unknown setting {key!r}")
             continue
-        default = getattr(defaults, key)
-        ok = True
-        if key in CHOICES:
-            ok = value in CHOICES[key]
-        elif key == "enable":
-            ok = isinstance(value, Mapping) and all(isinstance(v, bool) for v in value.values())
-            value = dict(value) if ok else value
-        elif key == "threshold":
-            ok = isinstance(value, (int, float)) and 0 < value <= 1
-        elif key == "debounceMs":
-            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and
-                                   0 <= value <= UPPER[key])
-        elif key == "minConfidence":
-            ok = value is None or (isinstance(value, (int, float)) and
-                                   not isinstance(value, bool) and 0 <= value <= 1)
-        elif isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0 and \
-                (key not in POSITIVE or value > 0) and value <= UPPER.get(key, value)
-        else:  # optional strings
-            ok = value is None or isinstance(value, str)
+        try:
+            parsed = converter.structure(value, types_of[key])
+            ok = _in_bounds(key, parsed)
+        except (cattrs.BaseValidationError, cattrs.errors.CattrsError, TypeError, ValueError,
+                AttributeError):
+            ok = False
         if ok:
-            values[key] = value
+            values[key] = parsed
         else:
-            bound = f"; at most {UPPER[key]}" if key in UPPER else ""
+            low = 1 if key in POSITIVE else 0
+            bound = f"; at least {low}, at most {UPPER[key]}" if key in UPPER else ""
             problems.append(f"invalid value for {key!r}: {value!r}{bound} (keeping "
                             f"{getattr(base, key)!r})")
     return dataclasses.replace(base, **values), problems

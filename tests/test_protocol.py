@@ -116,3 +116,22 @@ def test_the_adaptive_debounce_follows_the_typists_rhythm_within_bounds():
     assert rhythm([0.6] * 10) == Typing.CEILING  # a slow one: not above 400 ms
     # A pause to think (over 2 s) is not part of the rhythm.
     assert rhythm([0.12] * 5 + [30.0] + [0.12] * 5) == pytest.approx(0.18)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("maxTokens", "32"), ("maxTokens", True), ("maxTokens", 8.0), ("threshold", "0.5"),
+    ("threshold", float("nan")), ("reviewEdits", 1), ("schedule", "Fixed"), ("mode", ["line"]),
+    ("enable", ["python"]), ("enable", {"python": 1}), ("model", 3), ("idleTimeout", 0),
+    ("minConfidence", -0.1)])
+def test_settings_of_the_wrong_json_type_are_never_coerced(key, value):
+    settings, problems = P.parse_settings({key: value})
+    assert getattr(settings, key) == getattr(P.Settings(), key)
+    assert len(problems) == 1 and repr(key) in problems[0]
+
+
+def test_settings_of_the_right_type_are_taken_as_they_are():
+    settings, problems = P.parse_settings({"threshold": 1, "minConfidence": None, "steps": 0,
+                                           "cache": "dual", "enable": {"python": False}})
+    assert problems == []
+    assert settings.threshold == 1.0 and isinstance(settings.threshold, float)
+    assert settings.cache == "dual" and not settings.enabled_for("python")
