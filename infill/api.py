@@ -107,6 +107,10 @@ class InfillSettings:
     None: the checkpoint's calibrated value, or 0 when it records none."""
     check_names: bool = True
     """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
+    shed_load: bool = True
+    """Under contention (completions of several editors run as one batch, or one is served
+    between a rewrite's steps) a completion tries one mask count instead of the ensemble: the
+    shortest rung for a line, the longest for a block; everyone is answered near idle speed."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -127,6 +131,8 @@ class InfillSettings:
             raise ValueError("ensemble must be at least 1")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
+        if not isinstance(self.shed_load, bool):
+            raise ValueError("shed_load must be true or false")
 
 
 @dataclass(frozen=True)

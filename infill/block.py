@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -169,11 +169,14 @@ class BlockEngine(Engine):
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
                   settings: InfillSettings,
                   previews: Sequence[Callable[[str, float], None] | None] | None = None,
-                  documents: Sequence[str | None] | None = None
-                  ) -> list[InfillResult | BaseException]:
+                  documents: Sequence[str | None] | None = None,
+                  contended: bool = False) -> list[InfillResult | BaseException]:
         """Each request in turn (prompts of different lengths are not batched; each request's
-        ensemble is one batch of rows). No previews: a canvas of random tokens has nothing
-        worth showing before it settles."""
+        ensemble is one batch of rows; one row when ``contended`` and ``shed_load``). No
+        previews: a canvas of random tokens has nothing worth showing before it settles."""
+        if contended and settings.shed_load and settings.ensemble > 1:
+            settings = replace(settings, ensemble=1)
+            self.shed += len(items)
         out: list[InfillResult | BaseException] = []
         for req, cancel in items:
             try:

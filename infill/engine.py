@@ -69,6 +69,8 @@ class Engine:
         self.prefixes: OrderedDict[str, PrefixSlot] = OrderedDict()
         self.prefix_reuses = 0
         """Requests whose first pass reused their document's last window (``diffill status``)."""
+        self.shed = 0
+        """Completions run with one mask count because others were waiting (``shed_load``)."""
 
     def prefix_slot(self, document: str) -> PrefixSlot:
         """The document's slot for reusing its last window's keys and values (the least
@@ -93,8 +95,8 @@ class Engine:
     def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
                   settings: InfillSettings,
                   previews: Sequence[Callable[[str, float], None] | None] | None = None,
-                  documents: Sequence[str | None] | None = None
-                  ) -> list[InfillResult | BaseException]:
+                  documents: Sequence[str | None] | None = None,
+                  contended: bool = False) -> list[InfillResult | BaseException]:
         """Several requests with the same settings in one batch of forward passes.
 
         Each item gets its result or its own exception (a bad request, a cancellation); one
@@ -102,7 +104,8 @@ class Engine:
         (one per item, or None) are called after each denoising step of a completion with its
         text committed so far and the share of the gap decided. ``documents`` (one key per
         item, or None) lets a lone completion reuse what its document's last request computed
-        (``reuse_prefix``).
+        (``reuse_prefix``). ``contended`` (the daemon's word: others are waiting) runs each
+        completion with one mask count when ``shed_load`` allows it.
         """
         out: list[InfillResult | BaseException | None] = [None] * len(items)
         jobs: list[tuple[int, Job]] = []
@@ -116,7 +119,7 @@ class Engine:
                 if self._validate(req) == "refine":
                     out[i] = self._refine(req, settings, cancel)
                 else:
-                    jobs.append((i, self.prepare(req, settings)))
+                    jobs.append((i, self.prepare(req, settings, contended)))
             except Exception as exc:  # reported to that request alone
                 out[i] = exc
         if jobs and self.model.profile.expand_id is not None:
@@ -191,7 +194,7 @@ class Engine:
 
     # ------------------------------------------------------------ actions
 
-    def prepare(self, req: InfillRequest, s: InfillSettings) -> Job:
+    def prepare(self, req: InfillRequest, s: InfillSettings, contended: bool = False) -> Job:
         """Window and mask counts of a completion or a rewrite (regenerate)."""
         t0 = time.perf_counter()
         text = req.text
@@ -218,6 +221,11 @@ class Engine:
         mode = s.mode if s.mode != "auto" else post.detect_mode(before, after)
         ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
         lengths = list(s.lengths) or ladder_lengths(ladder, self.max_fill(s), s.ensemble)
+        if contended and s.shed_load and not s.lengths and len(lengths) > 1:
+            # One row instead of the ensemble (held-out evals: a line loses least with the
+            # shortest rung, a block with the longest).
+            lengths = [min(lengths) if mode == "line" else max(lengths)]
+            self.shed += 1
         if self.model.profile.expand_id is not None:
             # The gap finds its own length: one start (an explicit length, else the ladder's
             # second rung, short enough that most answers grow into it) and no ensemble.

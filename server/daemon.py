@@ -219,6 +219,7 @@ def settings_to_wire(settings) -> dict[str, Any]:
             "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
             "refine_threshold": settings.refine_threshold,
             "min_confidence": settings.min_confidence, "check_names": settings.check_names,
+            "shed_load": settings.shed_load,
             "prefix_tokens": settings.budget.prefix_tokens,
             "suffix_tokens": settings.budget.suffix_tokens,
             "extra_tokens": settings.budget.extra_tokens,
@@ -300,6 +301,7 @@ class Daemon:
             info = engine.model.describe()
             info["memory_bytes"] = engine.model.memory_bytes()
             info["prefix_reuses"] = getattr(engine, "prefix_reuses", 0)
+            info["shed"] = engine.shed
             models.append(info)
         return {"pid": os.getpid(), "version": VERSION, "socket": str(self.socket_path),
                 "uptime_s": round(time.time() - self.started, 1), "state": self.state,
@@ -568,10 +570,12 @@ class Daemon:
             if len(live) > 1:
                 self.counters["batches"] += 1
                 self.counters["batched_requests"] += len(live)
+            with self.cv:  # others waiting: behind this batch, or a rewrite paused for it
+                contended = len(live) > 1 or self.yielding or any(self.queues.values())
             try:
                 results = engine.run_batch(items, settings,
                                            previews=previews if any(previews) else None,
-                                           documents=documents)
+                                           documents=documents, contended=contended)
             except Exception as exc:  # e.g. out of memory: every job of the batch fails
                 _free_device_memory()
                 results = [exc] * len(live)

@@ -85,6 +85,10 @@ class Settings:
     """Send rewrites and refines as edits that need the user's confirmation, to clients that
     support change annotations (VS Code shows its refactor preview; the Neovim plugin a diff
     with accept/reject); false applies them at once."""
+    shedLoad: bool = True
+    """When completions of several editors wait together, or one comes while a rewrite runs,
+    each tries one mask count instead of the ensemble, so all are answered near idle speed
+    (slightly less often right); false keeps the full ensemble at any load."""
     preview: bool = False
     """Send ``$/diffill/preview`` notifications with the committed tokens while a ghost is
     denoised, so a slow machine shows something early (clients that draw them: Neovim)."""
@@ -112,7 +116,8 @@ class Settings:
         return {"max_tokens": self.maxTokens, "mode": self.mode, "ensemble": self.ensemble,
                 "steps": self.steps, "schedule": self.schedule, "threshold": self.threshold,
                 "cache": self.cache, "prefix_tokens": self.prefixTokens,
-                "suffix_tokens": self.suffixTokens, "min_confidence": self.minConfidence}
+                "suffix_tokens": self.suffixTokens, "min_confidence": self.minConfidence,
+                "shed_load": self.shedLoad}
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")

@@ -259,8 +259,8 @@ def test_compatible_requests_of_different_clients_run_as_one_batch(slow_daemon, 
     _poll_status(sock, lambda st: st["counters"].get("requests") == 1 and st["queued"] == 0)
     others = [DaemonClient(sock, timeout=120) for _ in range(2)]
     for i, other in enumerate(others):
-        other.send("infill", make({"text": f"y = {i}\n" * 5, "start": 4}, {"lengths": [4]}),
-                   mid=10 + i)
+        other.send("infill", make({"text": f"y = {i}\n" * 5, "start": 4},
+                                  {"max_tokens": 8, "ensemble": 2}), mid=10 + i)
     _poll_status(sock, lambda st: st["queued"] == 2)
     client.send("cancel", {"id": 1})
     assert client.read()["error"]["kind"] == "RequestCancelled"
@@ -268,8 +268,11 @@ def test_compatible_requests_of_different_clients_run_as_one_batch(slow_daemon, 
         reply = other.read()
         assert "result" in reply, reply
         other.close()
-    counters = client.call("status")["counters"]
+    st = client.call("status")
+    counters = st["counters"]
     assert counters["batches"] >= 1 and counters["batched_requests"] >= 2, counters
+    # Run together, each tried one mask count instead of its ensemble of two (shed_load).
+    assert st["models"][0]["shed"] == 2, st["models"]
 
 
 def test_an_idle_daemon_exits_and_removes_its_socket(sock):

@@ -172,3 +172,23 @@ def test_a_checkpoint_may_run_in_bf16_on_cpus_with_native_bf16(tmp_path, bpe, mo
     assert load_model(folder, device="cpu", dtype="float32").dtype == torch.float32
     monkeypatch.setattr(L, "cpu_has_bf16", lambda: False)
     assert load_model(folder, device="cpu").dtype == torch.float32
+
+
+def test_under_contention_a_completion_tries_one_mask_count(pattern_model):
+    from dataclasses import replace
+    engine = Engine(pattern_model)
+    s = InfillSettings(max_tokens=16, ensemble=2)
+    req = InfillRequest(LINES[0], CURSORS[0])
+    assert engine.prepare(req, s).lengths == [8, 16]
+    assert engine.prepare(req, s, contended=True).lengths == [8]  # a line: the shortest
+    assert engine.prepare(req, replace(s, mode="block"), contended=True).lengths == [16]
+    assert engine.prepare(req, replace(s, shed_load=False), contended=True).lengths == [8, 16]
+    assert engine.prepare(req, replace(s, lengths=(8, 16)), contended=True).lengths == [8, 16]
+    items = [(InfillRequest(t, c), None) for t, c in zip(LINES, CURSORS)]
+    shed, before = engine.shed, pattern_model.tokens_run
+    full = engine.run_batch(items, s)
+    full_tokens, before = pattern_model.tokens_run - before, pattern_model.tokens_run
+    lean = engine.run_batch(items, s, contended=True)
+    assert engine.shed - shed == 3
+    assert pattern_model.tokens_run - before < full_tokens  # less work: fewer rows
+    assert all(r.best is not None for r in full + lean)
