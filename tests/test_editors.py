@@ -85,7 +85,9 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 
 def test_vscode_extension_in_a_real_vscode(pattern_ckpt, sock, tmp_path):
-    """code-server + headless Chromium: type, see the ghost text, Tab, save, check the file.
+    """code-server + headless Chromium: type, see the ghost text, accept a word (Ctrl+Right)
+    and the rest (Tab), save, check the file, turn ghost text off from the status-bar menu;
+    the status item went through loading, the model, generating and off.
 
     Opt-in: code-server's install builds native modules for minutes and needs Debian headers
     and Chromium, so `make test` does not install it; `make vscode-e2e` does, then runs this."""
@@ -99,7 +101,10 @@ def test_vscode_extension_in_a_real_vscode(pattern_ckpt, sock, tmp_path):
                 "file": "count.py", "content": "c0 c1 c2 c3 c4 c8 c9 c10\n",
                 "line": 1, "column": 15, "type": " ",
                 "expect": "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10",
-                "settings": {"diffill.maxTokens": 8, "diffill.ensemble": 1}}
+                # 256 fixed steps: the request lasts long enough (hundreds of passes) for
+                # the status item to show "generating" before the answer.
+                "settings": {"diffill.maxTokens": 8, "diffill.ensemble": 1,
+                             "diffill.schedule": "fixed", "diffill.steps": 256}}
     (tmp_path / "scenario.json").write_text(json.dumps(scenario))
     r = subprocess.run(["node", str(VSCODE / "e2e" / "code-server.mjs"),
                         str(tmp_path / "scenario.json")], capture_output=True, text=True,
@@ -107,8 +112,14 @@ def test_vscode_extension_in_a_real_vscode(pattern_ckpt, sock, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["ghost"] == "c5 c6 c7"
+    assert result["afterWord"].strip() == "c6 c7"  # one word accepted, the rest still shown
     assert result["saved"] == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10\n"
     assert not [t for t in result["toasts"] if "diffill" in t.lower()]
+    seen = " | ".join(result["statuses"])
+    ready = f"diffill: {pattern_ckpt.name} cpu"
+    assert any(ready in t for t in result["statuses"]), seen
+    assert any("generating" in t for t in result["statuses"]), seen
+    assert "off for python" in result["statuses"][-1], seen
 
 
 def _nvim() -> str | None:

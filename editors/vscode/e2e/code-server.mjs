@@ -1,6 +1,7 @@
 // The extension in a real VS Code: code-server serves the workbench on localhost, headless
 // Chromium drives it through Playwright. Opens a file, types, waits for the ghost text, takes a
-// screenshot, accepts with Tab, saves, and checks the file on disk.
+// screenshot, accepts one word (Ctrl+Right) then the rest with Tab, saves, checks the file on
+// disk, and turns ghost text off from the status-bar menu; every status-bar text is recorded.
 //
 //   node e2e/code-server.mjs scenario.json
 //
@@ -9,7 +10,7 @@
 //   "column": 1-based, "type": text to type,
 //   "screenshot": png path (optional), "expect": the accepted completion (optional),
 //   "settings": extra VS Code settings (optional) }
-// Prints one JSON line: { ghost, accepted, saved, toasts }. Exits 1 with a reason on failure
+// Prints one JSON line: { ghost, afterWord, accepted, saved, toasts, statuses }. Exits 1 with a reason on failure
 // (keeping its temporary folder, with a failure.png, for a look).
 // Needs `npm install` in e2e/ (code-server, playwright-core; see setup.sh), a packaged
 // ../diffill.vsix and a Chromium (CHROMIUM, default /usr/bin/chromium).
@@ -117,6 +118,19 @@ try {
   page = await browser.newPage({ viewport: { width: 1100, height: 620 } });
   await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(workspace)}`);
   await page.waitForSelector(".monaco-workbench", { timeout: 60_000 });
+  // Every text the diffill status-bar item shows, in order (loading, the model, generating...).
+  await page.evaluate(() => {
+    window.__statuses = [];
+    const record = () => {
+      for (const e of document.querySelectorAll(".statusbar-item")) {
+        const t = e.textContent.trim();
+        if (/diffill/.test(t) && window.__statuses.at(-1) !== t) window.__statuses.push(t);
+      }
+    };
+    new MutationObserver(record).observe(document.body,
+      { subtree: true, childList: true, characterData: true });
+    record();
+  });
   await page.waitForTimeout(2_000);
 
   // Open the file from the Explorer, then go to the position.
@@ -147,6 +161,17 @@ try {
     .replace(/\u00a0/g, " ");
   if (scenario.screenshot) await page.screenshot({ path: scenario.screenshot });
 
+  // Accept one word (VS Code's acceptNextWord, Ctrl+Right): the rest stays as ghost text.
+  await page.keyboard.press("Control+ArrowRight");
+  await page.waitForFunction(
+    ([sel, before]) => {
+      const now = [...document.querySelectorAll(sel)].map((e) => e.textContent).join("");
+      return now.length > 0 && now !== before;
+    }, [ghostSel, ghost.replace(/ /g, "\u00a0")], { timeout: 15_000 })
+    .catch(() => fail("Ctrl+Right did not accept a word of the ghost text"));
+  const afterWord = (await page.$$eval(ghostSel, (els) => els.map((e) => e.textContent).join("")))
+    .replace(/\u00a0/g, " ");
+
   await page.keyboard.press("Tab");
   // Accepted: the ghost text is gone (it became buffer text). Then save, and wait for the
   // editor to be clean, so the file on disk is what the editor holds.
@@ -162,7 +187,18 @@ try {
   const accepted = lines[scenario.line - 1];
   // Any notification from the extension or the server (a settings error, a crash) is a failure.
   const toasts = await page.$$eval(".notification-toast", (els) => els.map((e) => e.textContent));
-  console.log(JSON.stringify({ ghost, accepted, saved, toasts }));
+
+  // The status-bar menu: turn ghost text off everywhere; the item then says so.
+  await page.locator(".statusbar-item", { hasText: "diffill" }).first().click();
+  await page.waitForSelector(".quick-input-widget .monaco-list-row", { state: "visible" });
+  await page.locator(".quick-input-widget .monaco-list-row",
+                     { hasText: "Turn ghost text off everywhere" }).first().click();
+  await page.waitForFunction(
+    () => [...document.querySelectorAll(".statusbar-item")]
+      .some((e) => /diffill: off for/.test(e.textContent)),
+    null, { timeout: 15_000 }).catch(() => fail("the status never said ghost text was off"));
+  const statuses = await page.evaluate(() => window.__statuses);
+  console.log(JSON.stringify({ ghost, afterWord, accepted, saved, toasts, statuses }));
   const ours = toasts.filter((t) => /diffill/i.test(t));
   if (ours.length) fail(`notifications shown: ${JSON.stringify(ours)}`);
   if (scenario.expect !== undefined && accepted !== scenario.expect) {

@@ -10,6 +10,7 @@ import { MODEL_CHOICES, PREVIEW_NOTIFICATION, PreviewNote, SERVER_COMMANDS, STAT
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
 let lastNote: StatusNote | undefined;
+let pending = 0;  // ghost-text requests in flight: the status says "generating" meanwhile
 const previewStyle = vscode.window.createTextEditorDecorationType({
   after: { color: new vscode.ThemeColor("editorGhostText.foreground"), fontStyle: "italic" },
 });
@@ -52,6 +53,18 @@ async function start(context: vscode.ExtensionContext): Promise<void> {
     initializationOptions: initializationOptions((k) => config().get(k)),
     synchronize: { configurationSection: "diffill" },
     outputChannelName: "diffill",
+    middleware: {
+      provideInlineCompletionItems: async (document, position, ctx, token, next) => {
+        pending += 1;
+        updateStatus();
+        try {
+          return await next(document, position, ctx, token);
+        } finally {
+          pending -= 1;
+          updateStatus();
+        }
+      },
+    },
   };
   client = new LanguageClient("diffill", "diffill", serverOptions, clientOptions);
   client.onDidChangeState((e) => {
@@ -87,7 +100,7 @@ function updateStatus(): void {
   const lang = activeLanguage();
   const off = lang && !enabledFor(config().get<Record<string, boolean>>("enable"), lang)
     ? lang : undefined;
-  status.text = statusText(lastNote, off);
+  status.text = statusText(lastNote, off, pending);
   status.tooltip = statusTooltip(lastNote);
   status.show();
 }

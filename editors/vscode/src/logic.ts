@@ -166,13 +166,15 @@ export function menuItems(note: StatusNote | undefined, language: string | undef
   return items;
 }
 
-/** The status-bar text for a status notification. */
-export function statusText(note: StatusNote | undefined, off?: string): string {
+/** The status-bar text for a status notification (``pending``: ghost-text requests in
+ * flight, shown as "generating"). */
+export function statusText(note: StatusNote | undefined, off?: string, pending = 0): string {
   if (off && note?.state !== "error") return `$(circle-slash) diffill: off for ${off}`;
   if (!note) return "$(loading~spin) diffill";
   if (note.state === "loading") return "$(loading~spin) diffill: loading";
   if (note.state === "error") return "$(error) diffill";
   const model = note.model ? path.basename(note.model) : "model";
+  if (pending > 0) return `$(sync~spin) diffill: generating (${model})`;
   const latency = note.lastLatencyMs != null ? ` ${Math.round(note.lastLatencyMs)} ms` : "";
   return `$(sparkle) diffill: ${model} ${note.device ?? ""}${latency}`.replace(/\s+$/, "");
 }

@@ -70,6 +70,11 @@ test("status text and tooltip follow the server's notifications", () => {
   assert.equal(statusText({ state: "ready", model: "/m/diffill-small", device: "cpu",
                             lastLatencyMs: 41.6 }), "$(sparkle) diffill: diffill-small cpu 42 ms");
   assert.match(statusTooltip({ state: "error", error: "no model" }), /no model/);
+  // While a ghost is being asked for: generating, then back to the model and its latency.
+  assert.equal(statusText({ state: "ready", model: "/m/diffill-small" }, undefined, 1),
+               "$(sync~spin) diffill: generating (diffill-small)");
+  assert.match(statusText({ state: "loading" }, undefined, 1), /loading/);
+  assert.match(statusText({ state: "ready", model: "m" }, "markdown", 1), /off for markdown/);
 });
 
 test("rewrite arguments are [uri, range, version]", () => {
