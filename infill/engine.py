@@ -273,8 +273,9 @@ class Engine:
         else:
             suffix = req.text[req.start:req.start + 4096]
             for c in cands:
-                fill = post.clean(self.decode(c.tokens), mode=job.mode,
-                                  line_before=job.line_before, suffix=suffix)
+                fill = post.unstutter(post.clean(self.decode(c.tokens), mode=job.mode,
+                                                 line_before=job.line_before, suffix=suffix),
+                                      req.text)
                 if not fill.strip() or fill in seen:
                     continue
                 seen.add(fill)

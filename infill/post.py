@@ -113,6 +113,23 @@ def clean(fill: str, *, mode: str, line_before: str, suffix: str) -> str:
     return fill.rstrip() if mode == "line" and not suffix.split("\n", 1)[0].strip() else fill
 
 
+_STUTTER = re.compile(r"(.{2,40}?)\1{2,}", re.S)
+_SEPARATORS = " \t\n.,;:+-*/%|&^=<>!@([{"
+
+
+def unstutter(fill: str, document: str) -> str:
+    """Cut a fill at its first stutter: a piece with a letter in it written three or more
+    times in a row (``name.name.name.name``), which the document itself never holds. Parallel
+    decoding of an unsure model does this (neighbouring masks each guess the likeliest token);
+    no one writes it. The fill keeps what came before and one copy of the piece, without the
+    separator it ends with (``name``)."""
+    for m in _STUTTER.finditer(fill):
+        if not re.search(r"[A-Za-z_]", m.group(1)) or m.group(0) in document:
+            continue
+        return (fill[:m.start()] + m.group(1)).rstrip(_SEPARATORS)
+    return fill
+
+
 # ---------------------------------------------------------------- names
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -134,3 +134,22 @@ def test_python_syntax_check():
     assert post.parses("rust", "fn main() {}") is None
     assert post.language_of(None, "x.py") == "python"
     assert post.language_of("Python", None) == "python"
+
+
+@pytest.mark.parametrize("fill,kept", [
+    ("name.name.name.name.name.name.name.name", "name"),
+    ("return self.items.items.items()", "return self.items"),
+    ("foo(foo(foo(foo(", "foo"),
+    ("    pass\n    pass\n    pass\n", "    pass"),
+    ("[0, 0, 0, 0]", "[0, 0, 0, 0]"),        # numbers repeat in real code
+    ("x = f(a, b)", "x = f(a, b)"),
+    ("a.b.c", "a.b.c"),
+])
+def test_a_stutter_is_cut_to_one_copy(fill, kept):
+    from infill.post import unstutter
+    assert unstutter(fill, "class A:\n    pass\n") == kept
+
+
+def test_a_run_the_document_holds_is_not_a_stutter():
+    from infill.post import unstutter
+    assert unstutter("ab.ab.ab.ab", "x = ab.ab.ab.ab\n") == "ab.ab.ab.ab"

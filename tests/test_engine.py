@@ -192,3 +192,18 @@ def test_under_contention_a_completion_tries_one_mask_count(pattern_model):
     assert engine.shed - shed == 3
     assert pattern_model.tokens_run - before < full_tokens  # less work: fewer rows
     assert all(r.best is not None for r in full + lean)
+
+
+def test_a_stuttering_fill_is_cut_to_one_copy_unless_the_document_repeats_it(pattern_model):
+    from infill.context import encode
+    from infill.sampler import Candidate
+    engine = Engine(pattern_model)
+    job = engine.prepare(InfillRequest(LINES[0], CURSORS[0]), SETTINGS)
+    stutter = encode(engine.tokenizer, "c5 c5 c5 c5")
+    result = engine.finish(job, [Candidate(stutter, len(stutter), 0.9)], 1)
+    assert result.best.text == "c5"
+    # A document that holds the run itself: the fill is code like it, and stays whole.
+    text = "c5 c5 c5 c5\n" + LINES[0]
+    job = engine.prepare(InfillRequest(text, len("c5 c5 c5 c5\n") + CURSORS[0]), SETTINGS)
+    result = engine.finish(job, [Candidate(stutter, len(stutter), 0.9)], 1)
+    assert result.best.text == "c5 c5 c5 c5"
