@@ -23,8 +23,11 @@ M.defaults = {
     debounce_ms = 0,
     ---Highlight group of the ghost text.
     hl_group = "Comment",
-    ---Use Neovim's own `vim.lsp.inline_completion` when it exists (>= 0.12).
-    native = true,
+    ---Use Neovim's own `vim.lsp.inline_completion` (>= 0.12) instead of the plugin's ghost
+    ---text. Off by default: the native path accepts a whole candidate and moves between them
+    ---with Neovim's own functions (map them yourself), and has none of the plugin's keys,
+    ---partial accept, type-through or previews.
+    native = false,
   },
   keymaps = {
     ---Accept the whole suggestion (insert mode); the key keeps its meaning otherwise.

@@ -9,10 +9,11 @@ function M.check()
   else
     health.error("Neovim >= 0.10 is needed")
   end
-  if vim.lsp.inline_completion then
-    health.ok("native inline completion (vim.lsp.inline_completion)")
+  if vim.lsp.inline_completion and opts.ghost_text.native then
+    health.ok("native inline completion (vim.lsp.inline_completion): accept and cycle with "
+              .. "its own functions; the plugin's keys are not mapped")
   else
-    health.info("ghost text drawn by the plugin (native inline completion needs Neovim 0.12)")
+    health.ok("ghost text drawn by the plugin, with its keys (accept, line, word, cycle)")
   end
   local exe = opts.cmd[1]
   if vim.fn.executable(exe) ~= 1 then
