@@ -11,20 +11,17 @@ end
 local diffill = require("diffill")
 local ns = vim.api.nvim_get_namespaces()["diffill"]
 
----`as_on_012`: Neovim 0.12's `vim.lsp.inline_completion` is made to exist (these specs run
----on 0.11), and taking it fails the spec: by default the plugin draws ghost text itself.
-local function open(text, settings, as_on_012)
+---`native`: a stand-in for Neovim 0.12's `vim.lsp.inline_completion` while the client
+---attaches (these specs run on 0.11); `use_native` sets `ghost_text.native`.
+local function open(text, settings, native, use_native)
   local real_native = vim.lsp.inline_completion
-  if as_on_012 then
-    vim.lsp.inline_completion = {
-      enable = function() error("the native inline completion path was taken") end }
-  end
+  if native then vim.lsp.inline_completion = native end
   diffill.setup({
     cmd = { server, "lsp" },
     filetypes = { "text" },
     init_options = vim.tbl_extend("force", { model = model, socket = sock, maxTokens = 8,
                                              ensemble = 1, debounceMs = 0 }, settings or {}),
-    ghost_text = { debounce_ms = 10 },
+    ghost_text = { debounce_ms = 10, native = use_native },
   })
   vim.cmd("enew")
   local buf = vim.api.nvim_get_current_buf()
@@ -62,7 +59,9 @@ end
 
 return {
   ["1 ghost text appears at the cursor and Tab-accept inserts it (on 0.12 too)"] = function()
-    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10", nil, true)
+    -- By default the plugin draws ghost text itself, even where the native API exists.
+    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10", nil,
+                     { enable = function() error("the native path was taken") end })
     assert(vim.fn.maparg("<Tab>", "i", false, true).desc == "diffill: accept",
            "Tab is the plugin's accept key")
     suggest_at(buf, 15)
@@ -75,6 +74,25 @@ return {
     assert(ghost(buf) == nil, "ghost text cleared")
     assert(vim.api.nvim_win_get_cursor(0)[2] == 23, "cursor after the insertion")
   end,
+  ["1c with ghost_text.native, the keys call the native get and select"] = function()
+    local calls = {}
+    local native = {
+      enable = function(on) table.insert(calls, "enable " .. tostring(on)) end,
+      get = function() table.insert(calls, "get"); return true end,
+      select = function(o) table.insert(calls, "select " .. o.count) end,
+    }
+    local buf = open("c0 c1 c2 c3 c4  c8 c9 c10", nil, native, true)
+    vim.lsp.inline_completion = native
+    vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes("i<Tab><M-]><M-[><Esc>", true, false,
+                                                         true), "xt", false)
+    vim.lsp.inline_completion = nil
+    assert(table.concat(calls, ", ") == "enable true, get, select 1, select -1",
+           "calls: " .. table.concat(calls, ", "))
+    local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
+    assert(line == "c0 c1 c2 c3 c4  c8 c9 c10", "Tab inserted nothing itself: " .. line)
+    assert(vim.fn.maparg("<M-l>", "i") == "", "no line accept on the native path")
+  end,
+
   ["1b the statusline component names the model and the last latency"] = function()
     local buf = open("c0 c1 c2 c3 c4  c8 c9 c10")
     suggest_at(buf, 15)

@@ -24,9 +24,8 @@ M.defaults = {
     ---Highlight group of the ghost text.
     hl_group = "Comment",
     ---Use Neovim's own `vim.lsp.inline_completion` (>= 0.12) instead of the plugin's ghost
-    ---text. Off by default: the native path accepts a whole candidate and moves between them
-    ---with Neovim's own functions (map them yourself), and has none of the plugin's keys,
-    ---partial accept, type-through or previews.
+    ---text. Off by default: on the native path `accept`, `next` and `prev` are mapped to
+    ---Neovim's own functions, and there is no partial accept, type-through or preview.
     native = false,
   },
   keymaps = {

@@ -10,8 +10,8 @@ function M.check()
     health.error("Neovim >= 0.10 is needed")
   end
   if vim.lsp.inline_completion and opts.ghost_text.native then
-    health.ok("native inline completion (vim.lsp.inline_completion): accept and cycle with "
-              .. "its own functions; the plugin's keys are not mapped")
+    health.ok("native inline completion (vim.lsp.inline_completion): accept and cycle keys "
+              .. "call its get/select; no word or line accept")
   else
     health.ok("ghost text drawn by the plugin, with its keys (accept, line, word, cycle)")
   end

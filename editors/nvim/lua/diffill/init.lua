@@ -268,8 +268,25 @@ end
 
 local function on_attach(client, bufnr)
   local gt = config.options.ghost_text
-  if gt.native and vim.lsp.inline_completion and vim.lsp.inline_completion.enable then
-    vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+  local native = vim.lsp.inline_completion
+  if gt.native and native and native.enable then
+    -- Neovim 0.12 draws and accepts the ghost itself: accept is `get` (true when something
+    -- was accepted; otherwise the key keeps its meaning), cycling is `select`. It has no
+    -- partial accept, so accept_line and accept_word stay unmapped on this path.
+    native.enable(true, { bufnr = bufnr })
+    local keys = config.options.keymaps
+    if keys.accept and keys.accept ~= "" then
+      vim.keymap.set("i", keys.accept, function()
+        if native.get() then return "" end
+        return vim.api.nvim_replace_termcodes(keys.accept, true, false, true)
+      end, { buffer = bufnr, expr = true, replace_keycodes = false, desc = "diffill: accept" })
+    end
+    for lhs, step in pairs({ [keys.next or ""] = 1, [keys.prev or ""] = -1 }) do
+      if lhs ~= "" and native.select then
+        vim.keymap.set("i", lhs, function() native.select({ count = step }) end,
+                       { buffer = bufnr, desc = "diffill: next/previous candidate" })
+      end
+    end
     return
   end
   if not gt.enabled then return end
