@@ -107,6 +107,9 @@ class InfillSettings:
     None: the checkpoint's calibrated value, or 0 when it records none."""
     check_names: bool = True
     """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
+    token_healing: bool = True
+    """A completion whose cursor ends a partial word takes that word's tokens out of the
+    context and writes the word again, as the tokenizer joins it (``sampler.Lead``)."""
     shed_load: bool = True
     """Under contention (completions of several editors run as one batch, or one is served
     between a rewrite's steps) a completion tries one mask count instead of the ensemble: the

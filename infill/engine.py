@@ -7,6 +7,7 @@ conversion (and its encodings) happens at the edges.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from . import post
 from .context import ContextBudget, Window, build_window, encode
 from .api import (ACTIONS, MAX_MASKS, Completion, InfillRequest, InfillResult,
                   InfillSettings)
-from .sampler import Cancelled, Candidate, PrefixSlot, infill_many, refine
+from .sampler import Cancelled, Candidate, Lead, PrefixSlot, Vocab, infill_many, refine
 from .text import InputError, PositionError, check_size
 
 LINE_LADDER = (4, 8, 16, 32, 64)
@@ -38,10 +39,18 @@ class Job:
     line_before: str
     started: float
     settings: InfillSettings = InfillSettings()
+    lead: Lead | None = None
+    """The partial word taken out of the context, which the fill writes again (healing)."""
 
     @property
-    def sampler_job(self) -> tuple[list[int], list[int], list[int]]:
-        return self.window.context_ids, self.window.suffix_ids, self.lengths
+    def sampler_job(self) -> tuple[list[int], list[int], list[int], Lead | None]:
+        return self.window.context_ids, self.window.suffix_ids, self.lengths, self.lead
+
+    def raw_text(self, decoded: str) -> str | None:
+        """A decoded fill without the lead it had to begin with (None: it did not)."""
+        if self.lead is None:
+            return decoded
+        return decoded[len(self.lead.text):] if decoded.startswith(self.lead.text) else None
 
 
 def ladder_lengths(ladder: Sequence[int], max_tokens: int, count: int) -> list[int]:
@@ -69,6 +78,7 @@ class Engine:
         self.prefixes: OrderedDict[str, PrefixSlot] = OrderedDict()
         self.prefix_reuses = 0
         """Requests whose first pass reused their document's last window (``diffill status``)."""
+        self._vocab: Vocab | None = None
         self.shed = 0
         """Completions run with one mask count because others were waiting (``shed_load``)."""
 
@@ -153,8 +163,9 @@ class Engine:
         suffix = job.request.text[job.request.start:job.request.start + 4096]
 
         def show(tokens: list[int], done: float) -> None:
-            text = post.clean(self.decode(tokens), mode=job.mode, line_before=job.line_before,
-                              suffix=suffix) if tokens else ""
+            raw = job.raw_text(self.decode(tokens)) or ""
+            text = post.clean(raw, mode=job.mode, line_before=job.line_before,
+                              suffix=suffix) if raw else ""
             if last != [text]:
                 last[:] = [text]
                 send(text, done)
@@ -232,7 +243,35 @@ class Engine:
             lengths = [min(lengths) if s.lengths else min(ladder[1], self.max_fill(s))]
         window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
                               req.extra)
-        return Job(req, mode, lengths, window, before, t0, s)
+        lead = self.heal(window, before) if s.token_healing and \
+            self.model.profile.expand_id is None else None
+        return Job(req, mode, lengths, window, before, t0, s, lead)
+
+    HEAL_TOKENS = 4
+    """Most tokens taken back from the end of the context to heal a partial word."""
+
+    def heal(self, window: Window, before: str) -> Lead | None:
+        """Take the tokens of the partial word before the cursor out of ``window``'s prefix
+        and return them as the fill's :class:`Lead` (None when the cursor ends no word)."""
+        word = re.search(r"\w+$", before)
+        ids = window.prefix_ids
+        if word is None or not ids:
+            return None
+        for k in range(1, min(self.HEAL_TOKENS, len(ids)) + 1):
+            text = self.decode(ids[-k:])
+            if "\ufffd" in text:  # a character split across tokens: leave it alone
+                return None
+            if len(text) >= len(word.group()) and text.endswith(word.group()):
+                window.prefix_ids = ids[:-k]
+                return Lead(text, self.vocab())
+        return None
+
+    def vocab(self) -> Vocab:
+        """Every token id's text (built on first use)."""
+        if self._vocab is None:
+            size = len(self.tokenizer)
+            self._vocab = Vocab([self.decode([i]) for i in range(size)])
+        return self._vocab
 
     def max_fill(self, s: InfillSettings) -> int:
         """``max_tokens``, capped by the longest fill the checkpoint is recorded to do well
@@ -273,7 +312,10 @@ class Engine:
         else:
             suffix = req.text[req.start:req.start + 4096]
             for c in cands:
-                fill = post.unstutter(post.clean(self.decode(c.tokens), mode=job.mode,
+                raw = job.raw_text(self.decode(c.tokens))
+                if raw is None:  # it never wrote the partial word it had to begin with
+                    continue
+                fill = post.unstutter(post.clean(raw, mode=job.mode,
                                                  line_before=job.line_before, suffix=suffix),
                                       req.text)
                 if not fill.strip() or fill in seen:

@@ -66,6 +66,80 @@ class PrefixSlot:
     state: PrefixState | None = None
 
 
+class Vocab:
+    """Each token id's text, and which tokens are consistent with a piece of text, for
+    :class:`Lead` (built once per model: a few thousand to a few hundred thousand strings)."""
+
+    def __init__(self, strings: Sequence[str]) -> None:
+        self.strings = list(strings)
+        order = sorted((t, i) for i, t in enumerate(self.strings) if t)
+        self._keys = [t for t, _ in order]
+        self._ids = [i for _, i in order]
+        self._exact: dict[str, list[int]] = {}
+        for t, i in order:
+            self._exact.setdefault(t, []).append(i)
+
+    def consistent(self, rest: str, size: int, device: torch.device) -> torch.Tensor:
+        """(size,) True for the tokens a fill that must begin with ``rest`` may write next:
+        those that begin with all of it, and those that are a shorter start of it."""
+        import bisect
+        keep = torch.zeros(size, dtype=torch.bool, device=device)
+        a = bisect.bisect_left(self._keys, rest)
+        b = bisect.bisect_left(self._keys, rest + "\U0010ffff")
+        ids = [i for i in self._ids[a:b] if i < size]
+        for k in range(1, len(rest)):
+            ids.extend(i for i in self._exact.get(rest[:k], ()) if i < size)
+        if ids:
+            keep[torch.tensor(ids, dtype=torch.long, device=device)] = True
+        return keep
+
+
+@dataclass
+class Lead:
+    """Token healing: text the fill must begin with. The engine takes the partial word before
+    the cursor out of the context (``@datac`` is ``@ data c`` to the tokenizer, an ending no
+    training text has, while ``dataclass`` is one token) and asks the fill to write it again,
+    the way the tokenizer would: the first open position of the gap may only take a token
+    consistent with what is left of it, and is the only one committed until it is written."""
+    text: str
+    vocab: Vocab
+
+    def remaining(self, gap: Sequence[int], mask_id: int) -> str:
+        """What the gap's committed start has not written of the text yet."""
+        rest = self.text
+        for t in gap:
+            if t == mask_id or not rest:
+                break
+            piece = self.vocab.strings[t] if 0 <= t < len(self.vocab.strings) else ""
+            rest = rest[len(piece):] if piece and rest.startswith(piece) else ""
+        return rest
+
+
+def _apply_leads(leads: Sequence["Lead | None"], alive: torch.Tensor, ids: torch.Tensor,
+                 lo: int, b0: int, cols: torch.Tensor, logits: torch.Tensor, mask_id: int
+                 ) -> dict[int, int]:
+    """Restrict the logits of each row whose lead is not written yet to the tokens consistent
+    with it, at its first open position; returns {working row: block column} that alone may
+    be committed this step."""
+    only: dict[int, int] = {}
+    where = {int(c): k for k, c in enumerate(cols.tolist())}
+    for i, r in enumerate(alive.tolist()):
+        lead = leads[r]
+        if lead is None:
+            continue
+        gap = ids[i, lo:].tolist()
+        rest = lead.remaining(gap, mask_id)
+        if not rest or mask_id not in gap:
+            continue
+        column = lo + gap.index(mask_id) - b0
+        if column not in where:
+            continue
+        keep = lead.vocab.consistent(rest, logits.shape[-1], logits.device)
+        logits[i, where[column]].masked_fill_(~keep, float("-inf"))
+        only[i] = column
+    return only
+
+
 MIN_REUSE = 32
 """Fewest positions worth reusing: below that the saving is not worth the staleness."""
 MAX_REUSES = 8
@@ -232,7 +306,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             key_mask: torch.Tensor | None = None,
             cancel: RowCancel | None = None,
             on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-            warm: Warm | None = None) -> Denoised:
+            warm: Warm | None = None,
+            leads: Sequence[Lead | None] | None = None) -> Denoised:
     """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
 
     Positions of the span that are not masks (context, tokens kept by refine) are never changed.
@@ -242,7 +317,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     is called after every step with the working batch and the original index of each of its
     rows (a preview of what is committed so far). ``warm`` (with the dual cache) gives the
     first block's first pass the keys and values of the window's first positions, computed
-    by an earlier request: only the positions after them are run.
+    by an earlier request: only the positions after them are run. ``leads`` (one per row, or
+    None) is text a row's fill must begin with (:class:`Lead`, token healing).
     """
     mask_id = model.profile.mask_id
     full_ids = ids.clone()
@@ -298,6 +374,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             run_from = None
             passes += 1
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
+            only = _apply_leads(leads, alive, ids, lo, b0, cols, logits, mask_id) \
+                if leads is not None and any(leads) else {}
             if no_filler is not None and b0 < no_filler[1]:
                 first, last = no_filler[0] - b0, min(no_filler[1], b1) - b0
                 early = ((cols >= first) & (cols < last)).nonzero()  # (k, 1) rows of cols
@@ -310,6 +388,10 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             if in_order:
                 allowed = masked & filler_allowed(ids[:, lo:hi] == mask_id,
                                                   torch.isin(tokens, filler), b0 - lo, b1 - lo)
+            for i, column in only.items():  # the lead's position first, alone
+                allowed = allowed.clone() if allowed is masked else allowed
+                allowed[i] = False
+                allowed[i, column] = True
             if settings.schedule == "threshold":
                 commit = threshold_commits(p_tok, scores, allowed, settings.threshold)
             else:
@@ -469,13 +551,14 @@ def _preview_steps(model: DiffusionModel, previews: Sequence[Preview | None],
 
 
 def infill_many(model: DiffusionModel,
-                jobs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]], *,
+                jobs: Sequence[tuple], *,
                 settings: SamplerSettings = SamplerSettings(),
                 cancel: Sequence[Callable[[], bool]] | None = None,
                 previews: Sequence[Preview | None] | None = None,
                 slot: PrefixSlot | None = None
                 ) -> tuple[list[list[Candidate] | None], int]:
-    """Several gaps (``(prefix, suffix, lengths)`` each) denoised together in one batch.
+    """Several gaps (``(prefix, suffix, lengths)`` each, or ``(prefix, suffix, lengths,
+    lead)`` with a :class:`Lead` or None) denoised together in one batch.
 
     A job whose ``cancel`` turns true is dropped at the next step and comes back as None; the
     others go on. A job's ``previews`` entry, when set, is called after every step with what its
@@ -484,14 +567,15 @@ def infill_many(model: DiffusionModel,
     not run again, and this request's are kept for the next. Returns each job's candidates
     (best first) and the forward passes spent.
     """
-    rows, owner = [], []
-    for j, (prefix, suffix, lengths) in enumerate(jobs):
+    rows, owner, leads = [], [], []
+    for j, (prefix, suffix, lengths, *lead) in enumerate(jobs):
         lens = sorted({int(n) for n in lengths if n > 0})
         if not lens:
             raise ValueError("at least one positive length is needed")
         for n in lens:
             rows.append((prefix, suffix, n))
             owner.append(j)
+            leads.append(lead[0] if lead else None)
     ids, key_mask, lo = layout_rows(model, rows)
     row_cancel = None
     if cancel:
@@ -506,7 +590,8 @@ def infill_many(model: DiffusionModel,
     head = ids[0, :lo].tolist()
     warm = _warm(slot.state, head, ids.shape) if reusing and slot.state else None
     out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
-                  key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm)
+                  key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm,
+                  leads=leads if any(leads) else None)
     if reusing and out.cache is not None:
         kept = KVCache([k[:1, :, :lo].clone() for k in out.cache.keys],
                        [v[:1, :, :lo].clone() for v in out.cache.values])

@@ -219,7 +219,7 @@ def settings_to_wire(settings) -> dict[str, Any]:
             "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
             "refine_threshold": settings.refine_threshold,
             "min_confidence": settings.min_confidence, "check_names": settings.check_names,
-            "shed_load": settings.shed_load,
+            "shed_load": settings.shed_load, "token_healing": settings.token_healing,
             "prefix_tokens": settings.budget.prefix_tokens,
             "suffix_tokens": settings.budget.suffix_tokens,
             "extra_tokens": settings.budget.extra_tokens,

@@ -60,6 +60,10 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                         "calibrated value)")
     g.add_argument("--no-name-check", dest="check_names", action="store_false", default=None,
                    help="do not rank down candidates that use names defined nowhere")
+    g.add_argument("--no-token-healing", dest="token_healing", action="store_false",
+                   default=None,
+                   help="keep a partial word before the cursor in the context as it is "
+                        "tokenized, instead of having the fill write it again")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -79,6 +83,7 @@ def settings_from_args(args: argparse.Namespace):
             order=args.order, block_size=args.block_size, cache=args.cache,
             filler_order=args.filler_order, min_confidence=args.min_confidence,
             check_names=args.check_names, reuse_prefix=getattr(args, "reuse_prefix", None),
+            token_healing=getattr(args, "token_healing", None),
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget

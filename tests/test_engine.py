@@ -207,3 +207,27 @@ def test_a_stuttering_fill_is_cut_to_one_copy_unless_the_document_repeats_it(pat
     job = engine.prepare(InfillRequest(text, len("c5 c5 c5 c5\n") + CURSORS[0]), SETTINGS)
     result = engine.finish(job, [Candidate(stutter, len(stutter), 0.9)], 1)
     assert result.best.text == "c5 c5 c5 c5"
+
+
+def test_a_partial_word_is_healed_the_fill_writes_it_again_as_the_tokenizer_joins_it(
+        diffill_ckpt):
+    """Token healing: the partial word's tokens leave the context, and every fill begins with
+    that word (the constraint holds even for a random model), which the answer then drops."""
+    from dataclasses import replace
+    from infill.context import encode
+    engine = Engine(load_model(diffill_ckpt))
+    text = "def total(items):\n    return sum(ite\n"
+    cursor = text.index("ite\n") + 3
+    s = InfillSettings(max_tokens=8, ensemble=2)
+    job = engine.prepare(InfillRequest(text, cursor, language="python"), s)
+    assert job.lead is not None and job.lead.text.endswith("ite")
+    assert engine.decode(job.window.prefix_ids) + job.lead.text == text[:cursor]
+    cold = engine.prepare(InfillRequest(text, cursor), replace(s, token_healing=False))
+    assert cold.lead is None and cold.window.prefix_ids == encode(engine.tokenizer, text[:cursor])
+    # After a space (no partial word) nothing is healed.
+    assert engine.prepare(InfillRequest("x = ", 4), s).lead is None
+    from infill.sampler import infill_many
+    (cands,), _ = infill_many(engine.model, [job.sampler_job], settings=s.sampler)
+    assert cands and all(engine.decode(c.tokens).startswith(job.lead.text) for c in cands)
+    result = engine.run(InfillRequest(text, cursor, language="python"), s)
+    assert result.items  # every candidate began with the lead, so none was dropped

@@ -306,3 +306,15 @@ def test_a_window_reused_from_the_last_request_runs_only_what_changed(pattern_mo
     infill_many(pattern_model, job, settings=SamplerSettings(cache="dual", reuse_prefix=False),
                 slot=off)
     assert off.state is None
+
+
+def test_a_lead_allows_tokens_consistent_with_what_is_left_of_it():
+    from infill.sampler import Lead, Vocab
+    vocab = Vocab(["", "data", "dataclass", "c", "class", "cl", "x", "datum"])
+    keep = vocab.consistent("datac", 10, torch.device("cpu"))
+    # "dataclass" begins with all of it; "data" is a shorter start of it; nothing else fits.
+    assert keep.nonzero().flatten().tolist() == [1, 2]
+    lead = Lead("datac", vocab)
+    assert lead.remaining([1, 99], mask_id=99) == "c"   # "data" written, "c" left
+    assert lead.remaining([2, 99], mask_id=99) == ""    # "dataclass" wrote it all
+    assert lead.remaining([99, 99], mask_id=99) == "datac"
