@@ -113,20 +113,26 @@ def clean(fill: str, *, mode: str, line_before: str, suffix: str) -> str:
     return fill.rstrip() if mode == "line" and not suffix.split("\n", 1)[0].strip() else fill
 
 
-_STUTTER = re.compile(r"(.{2,40}?)\1{2,}", re.S)
+_STUTTER = re.compile(r"(.{2,40}?)\1+", re.S)
 _SEPARATORS = " \t\n.,;:+-*/%|&^=<>!@([{"
 
 
 def unstutter(fill: str, document: str) -> str:
-    """Cut a fill at its first stutter: a piece with a letter in it written three or more
-    times in a row (``name.name.name.name``), which the document itself never holds. Parallel
+    """Cut a fill at its first stutter: a piece with a letter in it written again and again
+    (at least two and a half times in a row: ``name.name.name``, or two copies and the start of
+    a third where the masks ran out), which the document itself never holds. Parallel
     decoding of an unsure model does this (neighbouring masks each guess the likeliest token);
     no one writes it. The fill keeps what came before and one copy of the piece, without the
     separator it ends with (``name``)."""
     for m in _STUTTER.finditer(fill):
-        if not re.search(r"[A-Za-z_]", m.group(1)) or m.group(0) in document:
+        piece = m.group(1)
+        tail = fill[m.end():m.end() + len(piece)]
+        partial = next((k for k in range(len(tail), -1, -1) if piece.startswith(tail[:k])), 0)
+        run = m.group(0) + tail[:partial]
+        if len(run) * 2 < len(piece) * 5 or not re.search(r"[A-Za-z_]", piece) or \
+                run in document:
             continue
-        return (fill[:m.start()] + m.group(1)).rstrip(_SEPARATORS)
+        return (fill[:m.start()] + piece).rstrip(_SEPARATORS)
     return fill
 
 

@@ -141,6 +141,9 @@ def test_python_syntax_check():
     ("return self.items.items.items()", "return self.items"),
     ("foo(foo(foo(foo(", "foo"),
     ("    pass\n    pass\n    pass\n", "    pass"),
+    ("\n@dataclass\n\n@dataclass\n\n@dataclass", "\n@dataclass"),  # the masks ran out
+    ("foo.foo.fo", "foo"),
+    ("self.a, self.a", "self.a, self.a"),    # twice is not a stutter
     ("[0, 0, 0, 0]", "[0, 0, 0, 0]"),        # numbers repeat in real code
     ("x = f(a, b)", "x = f(a, b)"),
     ("a.b.c", "a.b.c"),
