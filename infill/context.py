@@ -38,6 +38,12 @@ class Window:
     def context_ids(self) -> list[int]:
         return self.extra_ids + self.prefix_ids
 
+    def start_mark(self, text: str) -> tuple[int, str]:
+        """Where this window begins in ``text``, and the start of the line found there: what
+        :func:`prefix_window` needs to begin the document's next window at the same place."""
+        line = text[self.prefix_start:self.prefix_start + 80].split("\n", 1)[0]
+        return self.prefix_start, line
+
 
 def _count(tokenizer, texts: Sequence[str]) -> list[int]:
     if not texts:
@@ -63,10 +69,30 @@ def _fit_lines(tokenizer, lines: list[str], budget: int, from_end: bool) -> int:
     return n
 
 
-def prefix_window(tokenizer, text: str, cursor: int, budget: int) -> tuple[str, int]:
-    """The prefix text (cut at a line start) and where it begins."""
+STICKY_SLACK = 64
+"""Tokens left free when a document's window start must move: room for the next keystrokes,
+so the start stays put (and the window's keys and values can be reused) while the user types."""
+
+
+def prefix_window(tokenizer, text: str, cursor: int, budget: int,
+                  keep: tuple[int, str] | None = None) -> tuple[str, int]:
+    """The prefix text (cut at a line start) and where it begins.
+
+    ``keep`` is where the document's last window began (its offset and the text found
+    there): while that line is still there and the text from it to the cursor fits the
+    budget, the window begins there again, so consecutive requests share their first
+    positions. When it no longer fits, the new start leaves ``STICKY_SLACK`` tokens free.
+    """
     if budget <= 0:
         return "", cursor
+    if keep is not None:
+        start, mark = keep
+        if 0 <= start <= cursor and text.startswith(mark, start) and \
+                (start == 0 or text[start - 1] == "\n"):
+            kept = text[start:cursor]
+            if len(encode(tokenizer, kept)) <= budget:
+                return kept, start
+        budget = max(1, budget - STICKY_SLACK)
     lo = max(0, cursor - budget * CHARS_PER_TOKEN_BOUND)
     chunk = text[lo:cursor]
     nl = chunk.find("\n")
@@ -118,10 +144,12 @@ def format_extra(chunks: Sequence[tuple[str, str]]) -> str:
 
 def build_window(tokenizer, text: str, start: int, end: int | None = None,
                  budget: ContextBudget = ContextBudget(),
-                 extra: Sequence[tuple[str, str]] = ()) -> Window:
-    """The window around ``text[start:end]`` (a cursor when ``end`` is None)."""
+                 extra: Sequence[tuple[str, str]] = (),
+                 keep: tuple[int, str] | None = None) -> Window:
+    """The window around ``text[start:end]`` (a cursor when ``end`` is None); ``keep``: see
+    :func:`prefix_window`."""
     end = start if end is None else end
-    prefix, p0 = prefix_window(tokenizer, text, start, budget.prefix_tokens)
+    prefix, p0 = prefix_window(tokenizer, text, start, budget.prefix_tokens, keep)
     suffix, s1 = suffix_window(tokenizer, text, end, budget.suffix_tokens)
     extra_ids: list[int] = []
     if extra and budget.extra_tokens > 0:

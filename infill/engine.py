@@ -129,7 +129,13 @@ class Engine:
                 if self._validate(req) == "refine":
                     out[i] = self._refine(req, settings, cancel)
                 else:
-                    jobs.append((i, self.prepare(req, settings, contended)))
+                    doc = documents[i] if documents and len(items) == 1 else None
+                    slot = self.prefixes.get(doc) if doc else None
+                    job = self.prepare(req, settings, contended,
+                                       keep=slot.start if slot else None)
+                    if doc and job.mode != "rewrite":
+                        self.prefix_slot(doc).start = job.window.start_mark(req.text)
+                    jobs.append((i, job))
             except Exception as exc:  # reported to that request alone
                 out[i] = exc
         if jobs and self.model.profile.expand_id is not None:
@@ -205,8 +211,10 @@ class Engine:
 
     # ------------------------------------------------------------ actions
 
-    def prepare(self, req: InfillRequest, s: InfillSettings, contended: bool = False) -> Job:
-        """Window and mask counts of a completion or a rewrite (regenerate)."""
+    def prepare(self, req: InfillRequest, s: InfillSettings, contended: bool = False,
+                keep: tuple[int, str] | None = None) -> Job:
+        """Window and mask counts of a completion or a rewrite (regenerate); ``keep``: where
+        the document's last window began (``context.prefix_window``)."""
         t0 = time.perf_counter()
         text = req.text
         if req.action == "rewrite":
@@ -242,7 +250,7 @@ class Engine:
             # second rung, short enough that most answers grow into it) and no ensemble.
             lengths = [min(lengths) if s.lengths else min(ladder[1], self.max_fill(s))]
         window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
-                              req.extra)
+                              req.extra, keep=keep if s.sampler.reuse_prefix else None)
         lead = self.heal(window, before) if s.token_healing and \
             self.model.profile.expand_id is None else None
         return Job(req, mode, lengths, window, before, t0, s, lead)

@@ -62,8 +62,10 @@ class PrefixState:
 
 @dataclass
 class PrefixSlot:
-    """One document's place for its :class:`PrefixState` (kept by the engine, per document)."""
+    """One document's place for its :class:`PrefixState` (kept by the engine, per document),
+    and where its last window began (``Window.start_mark``), so the next one begins there."""
     state: PrefixState | None = None
+    start: tuple[int, str] | None = None
 
 
 class Vocab:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infill import post
-from infill.context import ContextBudget, build_window
+from infill.context import ContextBudget, build_window, encode
 from infill.text import (InputError, PositionError, decode_source, offset_at, parse_position,
                          position_of)
 
@@ -156,3 +156,27 @@ def test_a_stutter_is_cut_to_one_copy(fill, kept):
 def test_a_run_the_document_holds_is_not_a_stutter():
     from infill.post import unstutter
     assert unstutter("ab.ab.ab.ab", "x = ab.ab.ab.ab\n") == "ab.ab.ab.ab"
+
+
+def test_a_documents_window_keeps_its_start_while_the_user_types(tok):
+    """Typing moves the cursor; the window's start stays where the last one began while the
+    text from there still fits, so the two windows share their first positions."""
+    from infill.context import STICKY_SLACK, prefix_window
+    text = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 60))
+    # A document typed in whose last window no longer fits: the new start leaves room.
+    kept, start = prefix_window(tok, text, len(text), 120, keep=(0, "no such line"))
+    assert len(encode(tok, kept)) <= 120 - STICKY_SLACK
+    mark = (start, text[start:].split("\n", 1)[0])
+    typed = text + "result = compute(value_58, value_59)"
+    again, start2 = prefix_window(tok, typed, len(typed), 120, keep=mark)
+    assert start2 == start and again == typed[start:]
+    _, start3 = prefix_window(tok, typed, len(typed), 120)
+    assert start3 != start  # without the mark the window would begin elsewhere
+    # The line the mark points at changed: not used, and the new start leaves room again.
+    edited = typed[:start] + "changed" + typed[start:]
+    moved, _ = prefix_window(tok, edited, len(edited), 120, keep=mark)
+    assert len(encode(tok, moved)) <= 120 - STICKY_SLACK
+    # Grown past the budget: the start moves on, leaving room.
+    longer = typed + "".join(f"\nmore_{i} = {i}" for i in range(30))
+    far, start5 = prefix_window(tok, longer, len(longer), 120, keep=mark)
+    assert start5 > start and len(encode(tok, far)) <= 120 - STICKY_SLACK

@@ -231,3 +231,25 @@ def test_a_partial_word_is_healed_the_fill_writes_it_again_as_the_tokenizer_join
     assert cands and all(engine.decode(c.tokens).startswith(job.lead.text) for c in cands)
     result = engine.run(InfillRequest(text, cursor, language="python"), s)
     assert result.items  # every candidate began with the lead, so none was dropped
+
+
+def test_a_documents_next_request_begins_its_window_where_the_last_one_did(diffill_ckpt):
+    engine = Engine(load_model(diffill_ckpt))
+    s = InfillSettings(max_tokens=8, ensemble=1)
+    text = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 200))
+    line = "result = compute(" + ", ".join(f"value_{k}" for k in range(198, 186, -1)) + ")"
+    typed = [text + line[:k] for k in range(0, len(line) + 1, 5)]  # a keystroke burst
+    starts, plain = [], []
+    for doc in typed:
+        engine.run_batch([(InfillRequest(doc, len(doc)), None)], s, documents=["doc"])
+        starts.append(engine.prefixes["doc"].start[0])
+        plain.append(engine.prepare(InfillRequest(doc, len(doc)), s).window.prefix_start)
+    assert starts[0] > 0  # the document is longer than the window
+    moves = sum(a != b for a, b in zip(starts, starts[1:]))
+    # Each move leaves room for the next keystrokes, so the start moves seldom; windows
+    # chosen afresh for each keystroke move whenever a line no longer fits.
+    assert 1 <= moves < sum(a != b for a, b in zip(plain, plain[1:])), (starts, plain)
+    # Without a document key nothing is remembered.
+    other = Engine(engine.model)
+    other.run_batch([(InfillRequest(typed[-1], len(typed[-1])), None)], s)
+    assert not other.prefixes
