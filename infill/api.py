@@ -107,6 +107,9 @@ class InfillSettings:
     None: the checkpoint's calibrated value, or 0 when it records none."""
     check_names: bool = True
     """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
+    quick_lines: bool = False
+    """Asked for while the user types: a line completion tries one mask count (the shorter
+    rung of its ensemble) to answer sooner; a block keeps its ensemble (``fastTyping``)."""
     token_healing: bool = True
     """A completion whose cursor ends a partial word takes that word's tokens out of the
     context and writes the word again, as the tokenizer joins it (``sampler.Lead``)."""
@@ -134,8 +137,8 @@ class InfillSettings:
             raise ValueError("ensemble must be at least 1")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
-        if not isinstance(self.shed_load, bool):
-            raise ValueError("shed_load must be true or false")
+        if not isinstance(self.shed_load, bool) or not isinstance(self.quick_lines, bool):
+            raise ValueError("shed_load and quick_lines must be true or false")
 
 
 @dataclass(frozen=True)

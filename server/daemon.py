@@ -220,6 +220,7 @@ def settings_to_wire(settings) -> dict[str, Any]:
             "refine_threshold": settings.refine_threshold,
             "min_confidence": settings.min_confidence, "check_names": settings.check_names,
             "shed_load": settings.shed_load, "token_healing": settings.token_healing,
+            "quick_lines": settings.quick_lines,
             "prefix_tokens": settings.budget.prefix_tokens,
             "suffix_tokens": settings.budget.suffix_tokens,
             "extra_tokens": settings.budget.extra_tokens,
@@ -302,6 +303,7 @@ class Daemon:
             info["memory_bytes"] = engine.model.memory_bytes()
             info["prefix_reuses"] = getattr(engine, "prefix_reuses", 0)
             info["shed"] = engine.shed
+            info["quick"] = getattr(engine, "quick", 0)
             models.append(info)
         return {"pid": os.getpid(), "version": VERSION, "socket": str(self.socket_path),
                 "uptime_s": round(time.time() - self.started, 1), "state": self.state,

@@ -49,7 +49,8 @@ def percentile_ms(seconds: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] * 1000, 1)
 
 
-async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed: int
+async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed: int,
+               settings: dict | None = None
                ) -> dict[str, Any]:
     from lsprotocol import types as T
     from pygls.lsp.client import LanguageClient
@@ -58,7 +59,7 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
     sock = folder / "d.sock"
     text = SAMPLE.read_text()
     uri = SAMPLE.as_uri()
-    options = {"socket": str(sock), **({"model": model} if model else {})}
+    options = {"socket": str(sock), **({"model": model} if model else {}), **(settings or {})}
     client = LanguageClient("diffill-bench", "1")
     statuses: list[Any] = []
 
@@ -197,8 +198,9 @@ def _work(before: dict, after: dict, keystrokes: int) -> dict:
 
 
 def run_e2e(model: str | None, n: int = 40, lines: int = 8, keystroke_ms: float = 120,
-            seed: int = 0, write_to: str | None = None) -> int:
-    report = asyncio.run(_run(model, n, lines, keystroke_ms, seed))
+            seed: int = 0, write_to: str | None = None, settings: dict | None = None) -> int:
+    """``settings``: editor settings (the server's, camelCase) sent at ``initialize``."""
+    report = asyncio.run(_run(model, n, lines, keystroke_ms, seed, settings))
     report["machine"] = {"cpu": _cpu_name(), "cores": os.cpu_count(),
                          "load_avg": round(os.getloadavg()[0], 2),
                          "python": platform.python_version()}

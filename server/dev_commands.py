@@ -125,6 +125,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--lines", type=int, default=8, help="--e2e: lines retyped")
     b.add_argument("--keystroke-ms", type=float, default=120,
                    help="--e2e: time between two typed characters")
+    b.add_argument("--editor-settings", type=json.loads, metavar="JSON",
+                   help="--e2e: the editor's settings for the server, as JSON "
+                        "(e.g. '{\"ensemble\": 1}')")
     add_model_options(b)
     b.set_defaults(func=cmd_bench)
 
@@ -252,7 +255,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.e2e:
         from .dev_bench_e2e import run_e2e
         return run_e2e(args.model, n=args.places, lines=args.lines,
-                       keystroke_ms=args.keystroke_ms, write_to=args.write)
+                       keystroke_ms=args.keystroke_ms, write_to=args.write,
+                       settings=args.editor_settings)
     from .dev_bench import run_bench
     from .dev_bench_block import check_args, is_block_preset, run_block_bench
     if is_block_preset(args.random_config) or (not args.random_config and _is_block(args.model)):

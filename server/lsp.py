@@ -223,7 +223,8 @@ class DiffillServer(LanguageServer):
 
     async def run_infill(self, uri: str, start: int, end: int | None, action: str,
                          instruction: str | None = None,
-                         preview_at: types.Position | None = None) -> dict:
+                         preview_at: types.Position | None = None,
+                         automatic: bool = False) -> dict:
         doc = self.document(uri)
         text = doc.source
         piece, base = self.slice_for(text, start, end if end is not None else start)
@@ -233,7 +234,7 @@ class DiffillServer(LanguageServer):
                    "language": doc.language_id, "path": doc.path, "instruction": instruction}
         t0 = time.perf_counter()
         params = {"document": uri, "request": request, "model": s.model_spec(),
-                  "settings": s.infill_settings()}
+                  "settings": s.infill_settings(automatic)}
         on_progress = None
         if preview_at is not None and s.preview:
             params["preview"] = True
@@ -289,7 +290,8 @@ def create_server() -> DiffillServer:
         if not ls.state.settings.enabled_for(doc.language_id):
             return None
         version = doc.version
-        if params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic:
+        automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
+        if automatic:
             fixed = ls.state.settings.debounceMs
             typing = ls.state.typing.get(doc.uri)
             wait = fixed / 1000 if fixed is not None else \
@@ -308,7 +310,8 @@ def create_server() -> DiffillServer:
             return types.InlineCompletionList(items=[
                 types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
                 for t in rest])
-        result = await ls.run_infill(doc.uri, cursor, None, "complete", preview_at=pos)
+        result = await ls.run_infill(doc.uri, cursor, None, "complete", preview_at=pos,
+                                     automatic=automatic)
         if ls.document(doc.uri).version != version:
             return None  # the buffer changed while the model worked: this fill is stale
         texts = [it["text"] for it in result["items"]]

@@ -85,6 +85,10 @@ class Settings:
     """Send rewrites and refines as edits that need the user's confirmation, to clients that
     support change annotations (VS Code shows its refactor preview; the Neovim plugin a diff
     with accept/reject); false applies them at once."""
+    fastTyping: bool = True
+    """While you type (automatic requests), a line completion tries one mask count instead of
+    the ensemble: with the bundled model about 2.5 times faster and 1.5 points less often
+    exact on held-out lines; invoked requests and blocks keep the ensemble."""
     shedLoad: bool = True
     """When completions of several editors wait together, or one comes while a rewrite runs,
     each tries one mask count instead of the ensemble, so all are answered near idle speed
@@ -111,13 +115,14 @@ class Settings:
         return {"checkpoint": self.model, "device": self.device, "dtype": self.dtype,
                 "family": self.family}
 
-    def infill_settings(self) -> dict[str, Any]:
-        """The engine's settings as sent to the daemon."""
+    def infill_settings(self, automatic: bool = False) -> dict[str, Any]:
+        """The engine's settings as sent to the daemon (``automatic``: a request the client
+        made on typing, not one the user invoked)."""
         return {"max_tokens": self.maxTokens, "mode": self.mode, "ensemble": self.ensemble,
                 "steps": self.steps, "schedule": self.schedule, "threshold": self.threshold,
                 "cache": self.cache, "prefix_tokens": self.prefixTokens,
                 "suffix_tokens": self.suffixTokens, "min_confidence": self.minConfidence,
-                "shed_load": self.shedLoad}
+                "shed_load": self.shedLoad, "quick_lines": automatic and self.fastTyping}
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")

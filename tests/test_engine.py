@@ -184,6 +184,10 @@ def test_under_contention_a_completion_tries_one_mask_count(pattern_model):
     assert engine.prepare(req, replace(s, mode="block"), contended=True).lengths == [16]
     assert engine.prepare(req, replace(s, shed_load=False), contended=True).lengths == [8, 16]
     assert engine.prepare(req, replace(s, lengths=(8, 16)), contended=True).lengths == [8, 16]
+    # Asked while typing: a line tries its shorter rung, a block keeps the ensemble.
+    quick = replace(s, quick_lines=True)
+    assert engine.prepare(req, quick).lengths == [8]
+    assert engine.prepare(req, replace(quick, mode="block")).lengths == [8, 16]
     items = [(InfillRequest(t, c), None) for t, c in zip(LINES, CURSORS)]
     shed, before = engine.shed, pattern_model.tokens_run
     full = engine.run_batch(items, s)

@@ -256,6 +256,22 @@ async def test_positions_count_in_the_encoding_the_client_negotiated(pattern_ckp
     assert len(tail.encode()) > len(tail.encode("utf-16-le")) // 2 + 1
 
 
+async def test_a_line_asked_for_while_typing_tries_one_mask_count(pattern_ckpt, sock):
+    async with session(options(pattern_ckpt, sock, ensemble=2)) as client:
+        # Three documents, so no answer comes from an earlier one (typed-ahead, the cache).
+        for k in range(3):
+            open_doc(client, uri=f"file:///work/d{k}.txt")
+        await inline(client, 0, 15, uri="file:///work/d0.txt")  # invoked: the ensemble
+        assert (await status(client))["models"][0]["quick"] == 0
+        automatic = types.InlineCompletionTriggerKind.Automatic
+        await inline(client, 0, 15, uri="file:///work/d1.txt", trigger=automatic)
+        assert (await status(client))["models"][0]["quick"] == 1
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"fastTyping": False}}))
+        await inline(client, 0, 12, uri="file:///work/d2.txt", trigger=automatic)
+        assert (await status(client))["models"][0]["quick"] == 1
+
+
 async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock, schedule="bogus", threshold=5, ensemble=0,
                                nonsense=1)) as client:

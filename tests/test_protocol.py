@@ -135,3 +135,11 @@ def test_settings_of_the_right_type_are_taken_as_they_are():
     assert problems == []
     assert settings.threshold == 1.0 and isinstance(settings.threshold, float)
     assert settings.cache == "dual" and not settings.enabled_for("python")
+
+
+def test_only_requests_made_while_typing_ask_for_quick_lines():
+    s = P.Settings()
+    assert s.infill_settings(automatic=True)["quick_lines"] is True
+    assert s.infill_settings()["quick_lines"] is False  # invoked
+    off, _ = P.parse_settings({"fastTyping": False})
+    assert off.infill_settings(automatic=True)["quick_lines"] is False
