@@ -246,8 +246,8 @@ class Engine:
         quick = s.quick_lines and mode == "line"
         if (shed or quick) and not s.lengths and len(lengths) > 1:
             # One row instead of the ensemble. Held-out evals lose least with the shortest
-            # rung for a line (with healing, 8 masks: 13.0% exact in 53 ms p50; the ensemble
-            # of 8 and 16: 14.5% in 142 ms; 16 alone: 10.5% in 88 ms), the longest for a block.
+            # rung for a line (with healing, 8 masks: 15.0% exact in 66 ms p50; the ensemble
+            # of 8 and 16: 16.0% in 148 ms; 16 alone did worse), the longest for a block.
             lengths = [min(lengths) if mode == "line" else max(lengths)]
             self.shed += shed
             self.quick += quick and not shed
@@ -267,7 +267,10 @@ class Engine:
     def heal(self, window: Window, before: str) -> Lead | None:
         """Take the tokens of the partial word before the cursor out of ``window``'s prefix
         and return them as the fill's :class:`Lead` (None when the cursor ends no word)."""
-        word = re.search(r"\w+$", before)
+        # A partial word; or the spaces after code (``x = ``: the tokenizer joins a space
+        # to the word after it). Not a line's indentation alone: measured worse on blocks.
+        word = re.search(r"\w+$", before) or \
+            (re.search(r"[ \t]+$", before) if before.strip() else None)
         ids = window.prefix_ids
         if word is None or not ids:
             return None

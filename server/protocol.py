@@ -87,7 +87,7 @@ class Settings:
     with accept/reject); false applies them at once."""
     fastTyping: bool = True
     """While you type (automatic requests), a line completion tries one mask count instead of
-    the ensemble: with the bundled model about 2.5 times faster and 1.5 points less often
+    the ensemble: with the bundled model about 2.5 times faster and 1 point less often
     exact on held-out lines; invoked requests and blocks keep the ensemble."""
     shedLoad: bool = True
     """When completions of several editors wait together, or one comes while a rewrite runs,

@@ -228,8 +228,12 @@ def test_a_partial_word_is_healed_the_fill_writes_it_again_as_the_tokenizer_join
     assert engine.decode(job.window.prefix_ids) + job.lead.text == text[:cursor]
     cold = engine.prepare(InfillRequest(text, cursor), replace(s, token_healing=False))
     assert cold.lead is None and cold.window.prefix_ids == encode(engine.tokenizer, text[:cursor])
-    # After a space (no partial word) nothing is healed.
-    assert engine.prepare(InfillRequest("x = ", 4), s).lead is None
+    # The space after code is healed too (the tokenizer joins it to the next word); a line's
+    # indentation alone is not.
+    spaced = engine.prepare(InfillRequest("x = ", 4), s)
+    assert spaced.lead is not None and spaced.lead.text.endswith(" ")
+    assert engine.decode(spaced.window.prefix_ids) + spaced.lead.text == "x = "
+    assert engine.prepare(InfillRequest("if x:\n    ", 10), s).lead is None
     from infill.sampler import infill_many
     (cands,), _ = infill_many(engine.model, [job.sampler_job], settings=s.sampler)
     assert cands and all(engine.decode(c.tokens).startswith(job.lead.text) for c in cands)
