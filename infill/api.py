@@ -137,8 +137,9 @@ class InfillSettings:
             raise ValueError("ensemble must be at least 1")
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
-        if not isinstance(self.shed_load, bool) or not isinstance(self.quick_lines, bool):
-            raise ValueError("shed_load and quick_lines must be true or false")
+        if not all(isinstance(v, bool) for v in (self.shed_load, self.quick_lines,
+                                                  self.token_healing)):
+            raise ValueError("shed_load, quick_lines and token_healing must be true or false")
 
 
 @dataclass(frozen=True)

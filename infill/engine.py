@@ -136,7 +136,7 @@ class Engine:
                     job = self.prepare(req, settings, contended,
                                        keep=slot.start if slot else None)
                     if doc and job.mode != "rewrite":
-                        self.prefix_slot(doc).start = job.window.start_mark(req.text)
+                        (slot or self.prefix_slot(doc)).start = job.window.start_mark(req.text)
                     jobs.append((i, job))
             except Exception as exc:  # reported to that request alone
                 out[i] = exc

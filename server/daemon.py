@@ -301,9 +301,9 @@ class Daemon:
         for engine in self.registry.engines.values():
             info = engine.model.describe()
             info["memory_bytes"] = engine.model.memory_bytes()
-            info["prefix_reuses"] = getattr(engine, "prefix_reuses", 0)
+            info["prefix_reuses"] = engine.prefix_reuses
             info["shed"] = engine.shed
-            info["quick"] = getattr(engine, "quick", 0)
+            info["quick"] = engine.quick
             models.append(info)
         return {"pid": os.getpid(), "version": VERSION, "socket": str(self.socket_path),
                 "uptime_s": round(time.time() - self.started, 1), "state": self.state,
