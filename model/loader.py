@@ -27,6 +27,15 @@ log = logging.getLogger("diffill.model")
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = "diffill-small"
+PARALLEL_FLOPS = 2e9
+"""A forward pass with fewer floating-point operations than this runs on one CPU thread. Below
+it, waking a second thread for every matrix product costs more than the product: on a 2-core
+EPYC with passive waiting, a cached 16-position pass of diffill-small took 5.8 ms on two threads
+and 3.6 ms on one, a 28M model's 10.2 and 9.3 ms, a 79M model's 21.2 and 22.6 ms (one thread
+slower from here), while every full-window pass was faster on two (docs/performance.md)."""
+THREADS_ENV = "DIFFILL_THREADS"
+_DEFAULT_THREADS = torch.get_num_threads()  # before any pass has changed it
+
 HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
              "generation_config.json", "chat_template.jinja", "chat_template.json",
@@ -98,6 +107,31 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_threads() -> int:
+    """Most CPU threads a pass may use: ``$DIFFILL_THREADS``, else torch's count at start-up
+    (``OMP_NUM_THREADS`` or the machine's cores)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return max(1, _DEFAULT_THREADS)
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise CheckpointError(f"{THREADS_ENV}={raw!r}: a whole number of threads, at least 1")
+    return n
+
+
+def pass_flops(cfg: ModelConfig, positions: int, keys: int) -> float:
+    """Floating-point operations of running ``positions`` tokens through every layer against
+    ``keys`` keys: the weight products plus attention's scores and weighted sum."""
+    d, L = cfg.hidden_size, cfg.num_hidden_layers
+    embeddings = cfg.vocab_size * d * (1 if cfg.tie_word_embeddings else 2)
+    per_token = 2 * (cfg.n_params - embeddings) + 4 * L * keys * cfg.num_attention_heads \
+        * cfg.head_dim
+    return float(positions) * per_token
+
+
 def default_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype:
     """bf16 on CUDA; on a CPU fp32, or bf16 where the chip has native bf16 and the checkpoint
     records that its answers hold in bf16 (``cpu_bf16``)."""
@@ -149,6 +183,18 @@ class DiffusionModel:
     tokens_run: int = 0
     """Token positions run through the transformer so far (rows x positions of every pass):
     the work a request costs, for ``diffill status`` and ``diffill bench --e2e``."""
+    threads: int = 1
+    """CPU threads a pass of at least :data:`PARALLEL_FLOPS` runs on; smaller passes run on one
+    (:func:`cpu_threads` when loaded)."""
+
+    def _set_threads(self, positions: int, keys: int) -> None:
+        """One thread for a small pass, all of them for a large one (the calling thread's
+        setting: the pass runs on it)."""
+        if self.device.type != "cpu" or self.threads <= 1:
+            return
+        n = self.threads if pass_flops(self.config, positions, keys) >= PARALLEL_FLOPS else 1
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
     def _window(self, lo: int, hi: int) -> tuple[int, int, int]:
         """Token positions whose hidden states give logits for positions lo..hi.
@@ -182,20 +228,20 @@ class DiffusionModel:
         cache whose positions before it are already filled (an earlier request's prefix) runs
         every position from there to the end of the window, filling the rest of the cache.
         """
+        B, T = ids.shape
         if cache is None or cache.length == 0:
-            hidden = self.transformer.hidden(ids, key_mask=key_mask, cache=cache)
-            start = 0
-            self.tokens_run += ids.numel()
+            start, stop = 0, T
         elif run_from is not None:
-            start = min(run_from, self._window(lo, hi)[0])
-            hidden = self.transformer.hidden(ids[:, start:], key_mask=key_mask, cache=cache,
-                                             start=start)
-            self.tokens_run += ids.shape[0] * (ids.shape[1] - start)
+            start, stop = min(run_from, self._window(lo, hi)[0]), T
         else:
             start, stop, _ = self._window(lo, hi)
+        self._set_threads(B * (stop - start), T)
+        if cache is None or cache.length == 0:
+            hidden = self.transformer.hidden(ids, key_mask=key_mask, cache=cache)
+        else:
             hidden = self.transformer.hidden(ids[:, start:stop], key_mask=key_mask, cache=cache,
                                              start=start)
-            self.tokens_run += ids.shape[0] * (stop - start)
+        self.tokens_run += B * (stop - start)
         picked = self._select(hidden, lo, hi, start)
         if columns is not None:
             picked = picked[:, columns]
@@ -208,6 +254,7 @@ class DiffusionModel:
         return {"checkpoint": str(self.path), "family": self.profile.name,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
                 "parameters": self.config.n_params, "load_seconds": round(self.load_seconds, 3),
+                "threads": self.threads,
                 "tokens_run": self.tokens_run}
 
 
@@ -278,6 +325,7 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, *,
     except ProfileError as exc:
         raise CheckpointError(f"{folder}: {exc}") from exc
     dev = parse_device(device)
+    threads = cpu_threads()
     dt = parse_dtype(dtype, dev, cpu_bf16=bool((raw.get("diffill") or {}).get("cpu_bf16")))
     with torch.device("meta"):
         transformer = Transformer(cfg)
@@ -294,7 +342,8 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, *,
         raise CheckpointError(f"{folder}: out of GPU memory while loading ({exc})") from exc
     transformer.eval()
     seconds = time.perf_counter() - t0
-    model = DiffusionModel(transformer, cfg, profile, tokenizer, dev, dt, folder, seconds)
+    model = DiffusionModel(transformer, cfg, profile, tokenizer, dev, dt, folder, seconds,
+                           threads=threads)
     log.info("loaded %s (%s, %.1fM parameters) on %s as %s in %.2fs", folder.name, profile.name,
              cfg.n_params / 1e6, dev, model.describe()["dtype"], seconds)
     return model

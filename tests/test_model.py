@@ -248,3 +248,36 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path, qwen2_ckpt):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="gpt2"):
         load_model(folder)
+
+
+def test_small_passes_run_on_one_thread_and_large_ones_on_all(qwen2_ckpt, monkeypatch):
+    from model import loader
+    folder, _ = qwen2_ckpt
+    model = load_model(folder)
+    model.threads = 2
+    ids = _ids(model.config.vocab_size, (1, 40))
+    full = loader.pass_flops(model.config, 40, 40)
+    span = loader.pass_flops(model.config, 5, 40)
+    assert span < full
+    monkeypatch.setattr(loader, "PARALLEL_FLOPS", (span + full) / 2)
+    try:
+        cache = KVCache([], [])
+        model.span_logits(ids, 10, 14, cache=cache)  # the whole window: all threads
+        assert torch.get_num_threads() == 2
+        model.span_logits(ids, 10, 14, cache=cache)  # 5 positions against the cache: one
+        assert torch.get_num_threads() == 1
+        model.threads = 1  # DIFFILL_THREADS=1: never more than one
+        model.span_logits(ids, 10, 14)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_the_thread_count_can_be_set_and_a_bad_one_is_a_clear_error(qwen2_ckpt, monkeypatch):
+    folder, _ = qwen2_ckpt
+    monkeypatch.setenv("DIFFILL_THREADS", "3")
+    assert load_model(folder).threads == 3
+    for bad in ("0", "many"):
+        monkeypatch.setenv("DIFFILL_THREADS", bad)
+        with pytest.raises(CheckpointError, match="DIFFILL_THREADS"):
+            load_model(folder)
