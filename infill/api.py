@@ -17,6 +17,7 @@ SCHEDULES = ("fixed", "threshold", "blocks")
 ORDERS = ("confidence", "margin", "entropy")
 CACHES = ("auto", "none", "dual")
 FILLER_ORDERS = ("auto", "left", "any")
+PASS_POSITIONS = ("open", "block")
 
 
 class Cancelled(Exception):
@@ -56,7 +57,16 @@ class SamplerSettings:
     gap, and then closes the rest of it; ``any``: filler commits wherever it is surest, as any
     other token (plain confidence order); ``auto``: what the checkpoint's profile says."""
 
+    pass_positions: str = "block"
+    """With the dual cache, what each pass after a block's first runs: ``block`` every position
+    of the block (Fast-dLLM's dual cache); ``open`` only the positions still masked, the ones
+    their logits are read from, and the ones committed by the last pass, whose keys and values
+    still show a mask; a committed token's are then kept. ``open`` costs a quarter less on a
+    64-token span and two points of exact lines (docs/performance.md)."""
+
     def __post_init__(self) -> None:
+        if self.pass_positions not in PASS_POSITIONS:
+            raise ValueError(f"pass_positions must be one of {', '.join(PASS_POSITIONS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}")
         if self.order not in ORDERS:

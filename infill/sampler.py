@@ -302,6 +302,16 @@ def _blocks(lo: int, hi: int, settings: SamplerSettings, cache: str) -> list[tup
 RowCancel = Callable[[], "bool | Sequence[bool]"]
 
 
+def open_positions(model: DiffusionModel, b0: int, cols: torch.Tensor,
+                   changed: torch.Tensor) -> torch.Tensor:
+    """Window positions a pass over block ``b0..`` runs under ``pass_positions="open"``: the
+    masked columns ``cols`` (their keys and values follow the context), the positions their
+    logits are read from, and the ``changed`` columns (N,), committed since the
+    last pass, whose cached keys and values still show a mask. Ascending, no repeats."""
+    need = torch.cat([cols + b0, model.feeders(b0, cols), changed.nonzero().view(-1) + b0])
+    return torch.unique(need)
+
+
 @torch.inference_mode()
 def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             settings: SamplerSettings = SamplerSettings(),
@@ -356,6 +366,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
         if cache is not None and not first_done and warm is not None and warm.upto < b0:
             cache, run_from = warm.cache, warm.upto
         step = 0
+        changed: torch.Tensor | None = None  # (N,) columns committed since the last pass
+        local = cache is not None and settings.pass_positions == "open"
         while True:
             masked = ids[:, b0:b1] == mask_id  # (B, N)
             if not masked.any():
@@ -371,8 +383,11 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                                         [v[keep] for v in cache.values])
             # Logits only where some row still has a mask: committed positions are final.
             cols = masked.any(dim=0).nonzero().squeeze(-1)  # (M,) columns of the block
+            run = open_positions(model, b0, cols, changed) \
+                if local and changed is not None and run_from is None else None
             logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache,
-                                       columns=cols, run_from=run_from)  # (B, M, V)
+                                       columns=cols, run_from=run_from,
+                                       positions=run)  # (B, M, V)
             run_from = None
             passes += 1
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
@@ -405,6 +420,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             conf[:, b0:b1][commit] = p_tok[commit].float()
             if in_order:
                 close_after_filler(ids[:, lo:hi], conf[:, lo:hi], mask_id, filler)
+            if local:
+                changed = (masked & (ids[:, b0:b1] != mask_id)).any(dim=0)
             step += 1
             if on_step is not None:
                 on_step(ids, alive)

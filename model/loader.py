@@ -212,12 +212,19 @@ class DiffusionModel:
         idx = [max(i - 1, 0) - offset for i in range(lo, hi)]
         return hidden[:, idx]
 
+    def feeders(self, lo: int, columns: torch.Tensor) -> torch.Tensor:
+        """Window positions whose hidden states give the logits of span ``columns`` (span
+        index + ``lo``): the column's own, or the one before it in a shifted family."""
+        where = columns + lo
+        return (where - 1).clamp_min(0) if self.profile.shift_logits else where
+
     @torch.inference_mode()
     def span_logits(self, ids: torch.Tensor, lo: int, hi: int,
                     key_mask: torch.Tensor | None = None,
                     cache: KVCache | None = None,
                     columns: torch.Tensor | None = None,
-                    run_from: int | None = None) -> torch.Tensor:
+                    run_from: int | None = None,
+                    positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, hi-lo, V) for positions lo..hi of ``ids`` (B, T), already aligned.
 
         With ``cache=None`` the whole window is run. With an empty cache the whole window is run
@@ -227,8 +234,22 @@ class DiffusionModel:
         output layer over every span position is a third of a cached pass. ``run_from`` with a
         cache whose positions before it are already filled (an earlier request's prefix) runs
         every position from there to the end of the window, filling the rest of the cache.
+        ``positions`` (ascending window positions, with a filled cache and ``columns``) runs only
+        those; they must include :meth:`feeders` of every column.
         """
         B, T = ids.shape
+        if positions is not None:
+            if cache is None or cache.length == 0 or columns is None:
+                raise ValueError("a pass over chosen positions needs a filled cache and columns")
+            self._set_threads(B * positions.shape[0], T)
+            hidden = self.transformer.hidden(ids[:, positions], key_mask=key_mask, cache=cache,
+                                             positions=positions)
+            self.tokens_run += B * positions.shape[0]
+            index = torch.searchsorted(positions, self.feeders(lo, columns))
+            if not bool((positions[index.clamp_max(len(positions) - 1)]
+                         == self.feeders(lo, columns)).all()):
+                raise ValueError("positions must include the feeders of every column")
+            return self.transformer.logits(hidden[:, index])
         if cache is None or cache.length == 0:
             start, stop = 0, T
         elif run_from is not None:

@@ -94,7 +94,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                 causal: bool, key_mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int, start: int, fill_cache: bool) -> torch.Tensor:
+                cache: KVCache | None, layer: int, start: int, fill_cache: bool,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -106,8 +107,12 @@ class Attention(nn.Module):
                 cache.values.append(v)
             else:
                 # Span pass: refresh this span's K/V in place, attend to the whole window.
-                cache.keys[layer][:, :, start:start + T] = k
-                cache.values[layer][:, :, start:start + T] = v
+                if positions is None:
+                    cache.keys[layer][:, :, start:start + T] = k
+                    cache.values[layer][:, :, start:start + T] = v
+                else:  # scattered positions of the window
+                    cache.keys[layer].index_copy_(2, positions, k)
+                    cache.values[layer].index_copy_(2, positions, v)
                 k, v = cache.keys[layer], cache.values[layer]
         mask = None
         if key_mask is not None:
@@ -168,23 +173,29 @@ class Transformer(nn.Module):
 
     def hidden(self, input_ids: torch.Tensor, *, causal: bool = False,
                key_mask: torch.Tensor | None = None, cache: KVCache | None = None,
-               start: int = 0) -> torch.Tensor:
+               start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T, d) for ``input_ids`` (B, T) at positions start..start+T.
 
         With an empty ``cache`` the pass fills it; with a filled one only the span is computed
         and it attends to the cached window (``key_mask`` then covers the whole window).
+        ``positions`` (T,), ascending, with a filled cache: the window positions of
+        ``input_ids`` when they are not one run from ``start`` (a pass over scattered ones).
         """
         cfg = self.config
         B, T = input_ids.shape
         fill = cache is not None and cache.length == 0
-        if cache is not None and not fill and start + T > cache.length:
-            raise ValueError(f"span {start}..{start + T} is outside the cached window")
+        if positions is not None and (cache is None or fill or positions.shape[0] != T):
+            raise ValueError("scattered positions need a filled cache and one per input token")
+        last = start + T if positions is None else int(positions[-1]) + 1 if T else 0
+        if cache is not None and not fill and last > cache.length:
+            raise ValueError(f"positions up to {last} are outside the cached window")
         x = self.model.embed_tokens(input_ids)  # (B, T, d)
-        positions = torch.arange(start, start + T, device=input_ids.device)
-        cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, positions, x.dtype)
+        where = positions if positions is not None else \
+            torch.arange(start, start + T, device=input_ids.device)
+        cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, where, x.dtype)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, causal=causal, key_mask=key_mask, cache=cache, layer=i,
-                      start=start, fill_cache=fill)
+                      start=start, fill_cache=fill, positions=positions)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

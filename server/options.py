@@ -43,6 +43,10 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", choices=("auto", "none", "dual"),
                    help="dual: reuse the context's keys/values between passes; auto (the "
                         "default): what the checkpoint records")
+    g.add_argument("--pass-positions", choices=("open", "block"),
+                   help="with the dual cache, what a pass runs: block (all of it; the default) "
+                        "or open (masked positions and those committed by the last pass: faster "
+                        "on long spans, slightly less often right)")
     g.add_argument("--no-prefix-reuse", dest="reuse_prefix", action="store_false",
                    default=None,
                    help="never reuse a document's last window (the cold reference for "
@@ -82,6 +86,7 @@ def settings_from_args(args: argparse.Namespace):
             lengths=lengths, steps=args.steps, schedule=args.schedule, threshold=args.threshold,
             order=args.order, block_size=args.block_size, cache=args.cache,
             filler_order=args.filler_order, min_confidence=args.min_confidence,
+            pass_positions=getattr(args, "pass_positions", None),
             check_names=args.check_names, reuse_prefix=getattr(args, "reuse_prefix", None),
             token_healing=getattr(args, "token_healing", None),
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)

@@ -281,3 +281,37 @@ def test_the_thread_count_can_be_set_and_a_bad_one_is_a_clear_error(qwen2_ckpt, 
         monkeypatch.setenv("DIFFILL_THREADS", bad)
         with pytest.raises(CheckpointError, match="DIFFILL_THREADS"):
             load_model(folder)
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_a_pass_over_chosen_positions_equals_the_span_pass_while_nothing_has_changed(
+        qwen2_ckpt, shift):
+    folder, _ = qwen2_ckpt
+    model = load_model(folder, profile_overrides={"shift_logits": shift})
+    ids = _ids(model.config.vocab_size, (2, 24))
+    cache = KVCache([], [])
+    model.span_logits(ids, 8, 16, cache=cache)
+    columns = torch.tensor([1, 4, 5, 7])
+    span = model.span_logits(ids, 8, 16, cache=cache, columns=columns)
+    before = [k.clone() for k in cache.keys]
+    run = torch.unique(torch.cat([columns + 8, model.feeders(8, columns)]))
+    chosen = model.span_logits(ids, 8, 16, cache=cache, columns=columns, positions=run)
+    assert torch.allclose(chosen, span, atol=1e-4)
+    # Only the chosen positions' keys were written: the rest are the span pass's, untouched.
+    others = torch.ones(24, dtype=torch.bool)
+    others[run] = False
+    for k, k0 in zip(cache.keys, before):
+        assert torch.equal(k[:, :, others], k0[:, :, others])
+
+
+def test_a_pass_over_chosen_positions_must_cover_the_logits_it_returns(qwen2_ckpt):
+    folder, _ = qwen2_ckpt
+    model = load_model(folder, profile_overrides={"shift_logits": True})
+    ids = _ids(model.config.vocab_size, (1, 24))
+    cache = KVCache([], [])
+    model.span_logits(ids, 8, 16, cache=cache)
+    with pytest.raises(ValueError, match="feeders"):
+        model.span_logits(ids, 8, 16, cache=cache, columns=torch.tensor([3]),
+                          positions=torch.tensor([11]))  # column 3 reads position 10
+    with pytest.raises(ValueError, match="filled cache"):
+        model.span_logits(ids, 8, 16, columns=torch.tensor([3]), positions=torch.tensor([10]))

@@ -318,3 +318,47 @@ def test_a_lead_allows_tokens_consistent_with_what_is_left_of_it():
     assert lead.remaining([1, 99], mask_id=99) == "c"   # "data" written, "c" left
     assert lead.remaining([2, 99], mask_id=99) == ""    # "dataclass" wrote it all
     assert lead.remaining([99, 99], mask_id=99) == "datac"
+
+
+def test_open_passes_run_fewer_positions_and_never_leave_a_commit_unrefreshed(pattern_model):
+    """pass_positions="open": every pass runs the masked positions and the ones committed since
+    the last pass, so when a pass runs, each position it skips holds keys and values computed
+    from the token it has now; and a fill costs fewer token positions than block passes."""
+    mask = pattern_model.profile.mask_id
+    ids, key_mask, lo = layout(pattern_model, [3, 4, 5, 6], [11, 12, 13], [8])
+    orig = pattern_model.span_logits
+    written: dict[int, int] = {}  # window position -> token its cached K/V were computed from
+    skipped_stale = []
+
+    def spy(ids_, lo_, hi_, **kw):
+        cache = kw.get("cache")
+        full = cache is not None and cache.length == 0
+        run = kw.get("positions")
+        where = range(ids_.shape[1]) if full else \
+            run.tolist() if run is not None else range(lo_ - 1, hi_)
+        if not full:
+            skipped_stale.extend(p for p in range(lo_, hi_)
+                                 if p not in where and written.get(p) != int(ids_[0, p]))
+        written.update({p: int(ids_[0, p]) for p in where})
+        return orig(ids_, lo_, hi_, **kw)
+
+    costs = {}
+    for positions in ("block", "open"):
+        settings = SamplerSettings(cache="dual", threshold=1.0, pass_positions=positions)
+        written.clear()
+        before = pattern_model.tokens_run
+        pattern_model.span_logits = spy
+        try:
+            out = denoise(pattern_model, ids, lo, lo + 8, key_mask=key_mask, settings=settings)
+        finally:
+            pattern_model.span_logits = orig
+        costs[positions] = pattern_model.tokens_run - before
+        assert out.forward_passes == 8  # one token a pass: threshold 1.0
+        assert not (out.ids[:, lo:lo + 8] == mask).any()
+    assert skipped_stale == []
+    assert costs["open"] < costs["block"]
+
+
+def test_pass_positions_is_checked():
+    with pytest.raises(ValueError, match="pass_positions"):
+        SamplerSettings(pass_positions="some")
