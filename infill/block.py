@@ -185,7 +185,7 @@ class BlockEngine(Engine):
                 out.append(exc)
         return out
 
-    def min_confidence(self, s: InfillSettings) -> float:
+    def min_confidence(self, s: InfillSettings, mode: str) -> float:
         return s.min_confidence if s.min_confidence is not None else 0.0
 
     def prompt(self, req: InfillRequest, s: InfillSettings) -> Prompt:

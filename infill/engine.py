@@ -350,18 +350,18 @@ class Engine:
                    check_names=s.check_names)
         withheld = 0
         if mode != "rewrite":
-            floor = self.min_confidence(s)
+            floor = self.min_confidence(s, mode)
             shown = [it for it in items if it.score >= floor]
             withheld, items = len(items) - len(shown), shown
         return InfillResult(items, mode, passes, time.perf_counter() - started,
                             withheld=withheld)
 
-    def min_confidence(self, s: InfillSettings) -> float:
-        """The score a completion needs to be shown: the setting, else the checkpoint's
-        calibrated value (``min_confidence`` in its profile), else 0."""
+    def min_confidence(self, s: InfillSettings, mode: str) -> float:
+        """The score a completion of ``mode`` needs to be shown: the setting, else the
+        checkpoint's calibrated value for the mode (``min_confidence`` in its profile), else 0."""
         if s.min_confidence is not None:
             return s.min_confidence
-        return self.model.profile.min_confidence or 0.0
+        return self.model.profile.confidence_floor(mode) or 0.0
 
     def _refine(self, req: InfillRequest, s: InfillSettings,
                 cancel: Callable[[], bool] | None) -> InfillResult:

@@ -170,7 +170,9 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
     span is asked as an editor asks it while the user types: the previous keystroke's request
     runs first on the same document (untimed), so prefix reuse applies to the timed one."""
     report = ModeReport(spans[0].mode if spans else "none",
-                        min_confidence=engine.min_confidence(settings))
+                        min_confidence=engine.min_confidence(
+                            settings, settings.mode if settings.mode != "auto" or not spans
+                            else spans[0].mode))
     for k, sp in enumerate(spans):
         s = replace(settings, min_confidence=0.0,
                     mode=sp.mode if settings.mode == "auto" else settings.mode)

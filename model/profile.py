@@ -36,12 +36,19 @@ class FamilyProfile:
     only right behind the written part of the gap) or ``any`` (filler wherever it is surest)."""
     max_fill: int | None = None
     """Most masks worth giving this checkpoint's fills, when known (caps ``max_tokens``)."""
-    min_confidence: float | None = None
-    """Score under which a completion is not shown, calibrated on held-out code, when known."""
+    min_confidence: float | Mapping[str, float] | None = None
+    """Score under which a completion is not shown, calibrated on held-out code, when known:
+    one for every mode, or one per mode (``{"line": 0.6, "block": 0.8}``)."""
     cache: str = "none"
     """The sampler's ``cache`` when the settings leave it on ``auto``: ``dual`` only where the
     held-out eval showed the cached context keeps the answers."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def confidence_floor(self, mode: str) -> float | None:
+        """The calibrated ``min_confidence`` for completions of ``mode`` (line, block)."""
+        if isinstance(self.min_confidence, Mapping):
+            return self.min_confidence.get(mode)
+        return self.min_confidence
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "FamilyProfile":
         if not overrides:
@@ -105,6 +112,24 @@ def detect_family(config: Mapping[str, Any], vocab: Mapping[str, int]) -> str:
     )
 
 
+COMPLETION_MODES = ("line", "block")
+
+
+def _floors(raw: Any) -> float | dict[str, float] | None:
+    """config.json's ``min_confidence``: a score for every mode, or one per mode."""
+    if raw is None:
+        return None
+    items = raw.items() if isinstance(raw, dict) else [("all", raw)]
+    out: dict[str, float] = {}
+    for mode, value in items:
+        if mode not in (*COMPLETION_MODES, "all") or isinstance(value, bool) \
+                or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ProfileError(f"min_confidence must be a score in 0..1 or one per mode "
+                               f"({', '.join(COMPLETION_MODES)}); got {raw!r}")
+        out[mode] = float(value)
+    return out.pop("all") if "all" in out else out
+
+
 def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
                   family: str | None = None,
                   overrides: Mapping[str, Any] | None = None) -> FamilyProfile:
@@ -156,8 +181,7 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
                                 bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None,
                                 filler_order=str(meta.get("filler_order", "left")),
                                 max_fill=int(meta["max_fill"]) if meta.get("max_fill") else None,
-                                min_confidence=float(meta["min_confidence"])
-                                if meta.get("min_confidence") is not None else None,
+                                min_confidence=_floors(meta.get("min_confidence")),
                                 cache=str(meta.get("cache", "none")),
                                 extra=extra)
     else:

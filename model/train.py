@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -765,7 +765,8 @@ def _init_weights(model: Transformer, seed: int) -> None:
 
 def export(run_dir: Path, out_dir: Path, card: str | None = None,
            max_fill: int | None = None, filler_order: str | None = None,
-           min_confidence: float | None = None, max_shard_bytes: int | None = None,
+           min_confidence: float | Mapping[str, float] | None = None,
+           max_shard_bytes: int | None = None,
            cache: str | None = None, cpu_bf16: bool = False,
            dtype: torch.dtype = torch.float32) -> Path:
     """Write the run's model as a checkpoint folder loadable by ``model.load_model``.
@@ -801,7 +802,8 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
     if filler_order:
         config["diffill"]["filler_order"] = filler_order
     if min_confidence is not None:
-        config["diffill"]["min_confidence"] = float(min_confidence)
+        config["diffill"]["min_confidence"] = dict(min_confidence) \
+            if isinstance(min_confidence, Mapping) else float(min_confidence)
     if cache:
         config["diffill"]["cache"] = cache
     if cpu_bf16:

@@ -35,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-fill", type=int, metavar="N",
                    help="record in the export the most masks its fills do well with (caps "
                         "max_tokens; measure it with diffill eval --lengths)")
-    t.add_argument("--min-confidence", type=float, metavar="P",
+    t.add_argument("--min-confidence", type=confidence_floors, metavar="P",
                    help="record in the export the calibrated score under which completions "
-                        "are not shown (diffill eval --calibrate)")
+                        "are not shown (diffill eval --calibrate): one score, or one per "
+                        "mode as line=P,block=P")
     t.add_argument("--cache", choices=("none", "dual"),
                    help="record in the export the cache its held-out eval was measured with "
                         "(what cache: auto uses)")
@@ -133,6 +134,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 
+def confidence_floors(raw: str) -> "float | dict[str, float]":
+    """``--min-confidence`` of an export: ``0.6`` for every mode, or ``line=0.6,block=0.8``."""
+    try:
+        if "=" not in raw:
+            value: float | dict[str, float] = float(raw)
+        else:
+            value = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in raw.split(","))}
+        values = value.values() if isinstance(value, dict) else [value]
+        if not all(0 <= v <= 1 for v in values) or \
+                (isinstance(value, dict) and not set(value) <= {"line", "block"}):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r}: a score in 0..1, or line=P,block=P") from None
+    return value
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .options import apply, build_request, load_engine, read_input, settings_from_args
     text, name = read_input(args.file)
@@ -141,9 +159,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     engine = load_engine(args)
     t_load = time.perf_counter() - t0
     settings = settings_from_args(args)
-    floor = engine.min_confidence(settings)
     # The demo shows the model's answer even when an editor would withhold it, and says so.
     result = engine.run(req, replace(settings, min_confidence=0.0))
+    floor = engine.min_confidence(settings, result.mode)
     model = engine.model.describe()
     print(f"# diffill demo: {Path(name).name} with {Path(model['checkpoint']).name} "
           f"({model['parameters'] / 1e6:.1f}M parameters) on {model['device']}")

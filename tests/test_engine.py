@@ -93,6 +93,29 @@ def test_a_checkpoints_calibrated_min_confidence_is_the_default(tmp_path):
     assert engine.run(InfillRequest(LINES[0], CURSORS[0]), explicit).best is not None
 
 
+def test_a_checkpoints_floor_can_differ_by_mode(tmp_path):
+    import json
+
+    import pytest
+
+    from model import CheckpointError
+    folder = helpers.train_pattern_model(tmp_path / "p", steps=300)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["diffill"]["min_confidence"] = {"line": 0.0, "block": 0.999}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    engine = Engine(load_model(folder))
+    req = InfillRequest(LINES[0], CURSORS[0])
+    line = engine.run(req, InfillSettings(max_tokens=8, ensemble=1, mode="line"))
+    block = engine.run(req, InfillSettings(max_tokens=8, ensemble=1, mode="block"))
+    assert line.best is not None and line.withheld == 0
+    assert block.best is None and block.withheld >= 1
+    for bad in ({"line": 2.0}, {"rewrite": 0.5}, "high", True):
+        cfg["diffill"]["min_confidence"] = bad
+        (folder / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match="min_confidence"):
+            load_model(folder)
+
+
 def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
     from infill import Completion
     doc = "import os\n\ndef size(path):\n    \n"

@@ -113,6 +113,21 @@ def test_export_loads_through_the_checkpoint_path(run_dir, tmp_path):
     assert model.profile.max_fill is None
     capped = load_model(export(run_dir, tmp_path / "capped", max_fill=16))
     assert capped.profile.max_fill == 16
+    from server.dev_commands import confidence_floors
+    floors = load_model(export(run_dir, tmp_path / "floors",
+                               min_confidence=confidence_floors("line=0.6,block=0.8")))
+    assert floors.profile.confidence_floor("line") == 0.6
+    assert floors.profile.confidence_floor("block") == 0.8
+
+
+def test_export_floors_on_the_command_line_are_checked():
+    import argparse
+    from server.dev_commands import confidence_floors
+    assert confidence_floors("0.5") == 0.5
+    assert confidence_floors("block=1") == {"block": 1.0}
+    for bad in ("1.5", "line=0.6,rewrite=0.2", "line", "line=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            confidence_floors(bad)
 
 
 def test_held_out_packages_are_whole_and_never_trained_on():
