@@ -252,3 +252,36 @@ def test_a_budgeted_recipe_fits_its_schedule_to_the_measured_speed(tmp_path):
     assert fitted >= CALIBRATE[1] + 1 and fitted != TrainConfig().total_steps
     second = train(run, steps=3, threads=1)
     assert second.step == first.step + 3 and load_train_config(run).total_steps == fitted
+
+
+# Packages of diffill's that the device machine's Python lacks (KINDS.md in the device tool's
+# library lists what it has): `make gpu-train` runs there with that Python, so training and
+# export must not import them.
+NOT_ON_THE_DEVICE = ("pygls", "lsprotocol", "platformdirs", "cattrs")
+
+
+def test_the_gpu_recipes_commands_need_nothing_the_device_lacks(tmp_path):
+    import os
+    import subprocess
+    import sys
+    run = tmp_path / "run"
+    prepare_run(run, TrainConfig(**TINY), texts_override=[s * 4 for s in helpers.CODE_SNIPPETS] * 4)
+    blocker = (
+        "import sys, importlib.abc, runpy\n"
+        f"BLOCKED = {NOT_ON_THE_DEVICE!r}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'{name} is not on the device machine')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['diffill'] + sys.argv[1:]\n"
+        "runpy.run_module('server.cli', run_name='__main__')\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for args in (["train", str(run), "--steps", "2", "--threads", "1"],
+                 ["train", str(run), "--export", str(tmp_path / "out"), "--bf16-weights",
+                  "--shard-mb", "15", "--max-fill", "16", "--cache", "dual", "--cpu-bf16"]):
+        r = subprocess.run([sys.executable, "-c", blocker, *args], cwd=root, env=env,
+                           capture_output=True, timeout=600)
+        assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert load_model(tmp_path / "out").profile.max_fill == 16
