@@ -265,7 +265,8 @@ def test_the_gpu_recipes_commands_need_nothing_the_device_lacks(tmp_path):
     import subprocess
     import sys
     run = tmp_path / "run"
-    prepare_run(run, TrainConfig(**TINY), texts_override=[s * 4 for s in helpers.CODE_SNIPPETS] * 4)
+    prepare_run(run, TrainConfig(**TINY),
+                texts_override=[s * 4 for s in helpers.CODE_SNIPPETS] * 4)
     blocker = (
         "import sys, importlib.abc, runpy\n"
         f"BLOCKED = {NOT_ON_THE_DEVICE!r}\n"
