@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .post import identifiers
+
 CHARS_PER_TOKEN_BOUND = 12
 """Generous upper bound of characters per token, to read only what a budget can use."""
 
@@ -131,6 +133,30 @@ def suffix_window(tokenizer, text: str, cursor: int, budget: int) -> tuple[str, 
         if len(encode(tokenizer, kept)) <= budget or keep <= 1:
             return kept, cursor + len(kept)
         lines = lines[:keep - 1]
+
+
+def related_snippet(text: str, query: str, lines: int = 40, max_chars: int = 3000) -> str:
+    """The stretch of ``lines`` lines of another file that shares the most identifiers with
+    ``query`` (the lines before the cursor): Jaccard similarity of identifier sets over windows
+    moved half a window at a time, the first best one kept, then cut to ``max_chars`` at a
+    line end. The choice behind Copilot's "neighboring tabs": what the cursor is about is
+    likely defined or used in the same words elsewhere."""
+    rows = text.splitlines(keepends=True)
+    want = identifiers(query)
+    best, best_score = 0, -1.0
+    step = max(1, lines // 2)
+    for start in range(0, max(1, len(rows) - lines + step), step):
+        seen = identifiers("".join(rows[start:start + lines]))
+        union = seen | want
+        score = len(seen & want) / len(union) if union else 0.0
+        if score > best_score:
+            best, best_score = start, score
+    out = ""
+    for row in rows[best:best + lines]:
+        if len(out) + len(row) > max_chars:
+            break
+        out += row
+    return out
 
 
 def format_extra(chunks: Sequence[tuple[str, str]]) -> str:

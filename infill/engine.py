@@ -347,7 +347,7 @@ class Engine:
         """The result of a request's completions: ranked, and those under ``min_confidence``
         withheld (completions only: a rewrite was asked for and is always shown)."""
         self._rank(items, req.text, post.language_of(req.language, req.path),
-                   check_names=s.check_names)
+                   check_names=s.check_names, extra=req.extra)
         withheld = 0
         if mode != "rewrite":
             floor = self.min_confidence(s, mode)
@@ -388,16 +388,18 @@ class Engine:
     # ------------------------------------------------------------ ranking
 
     def _rank(self, items: list[Completion], text: str, language: str | None,
-              check_names: bool = True) -> None:
+              check_names: bool = True, extra: Sequence[tuple[str, str]] = ()) -> None:
         """Best first: candidates that leave the document parseable, then ones that use no
-        name defined nowhere in the document, then ones the model ended itself, then by
-        model score."""
+        name defined nowhere in the document (or in the ``extra`` chunks of other files),
+        then ones the model ended itself, then by model score."""
         if language == "python" and check_names:
             defined: set[str] | None = None  # the document's names, read once if needed
             for it in items:
                 free = post.free_names(it.text, self._known_names)
                 if free and defined is None:
                     defined = post.identifiers(text)
+                    for _, chunk in extra:
+                        defined |= post.identifiers(chunk)
                 it.unknown = tuple(n for n in free if n not in defined) if free else ()
         if language is not None and len(text) <= SYNTAX_CHECK_LIMIT:
             for it in items:

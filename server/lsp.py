@@ -14,6 +14,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from lsprotocol import types
@@ -22,6 +23,7 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.workspace.position_codec import PositionCodec
 
+from infill.context import related_snippet
 from infill.text import PositionError, line_bounds, line_starts, past_line_end, position_of
 
 from . import protocol as P
@@ -36,6 +38,10 @@ FULL_TEXT_LIMIT = 1_000_000
 """Documents up to this size go to the daemon whole (syntax checks need the whole file);
 larger ones as a slice around the cursor."""
 SLICE_CHARS = 64_000
+NEIGHBOURS = 3
+"""Other open documents that lend a stretch of extra context to a request."""
+QUERY_CHARS = 1_500
+"""How far back from the cursor the lines that choose each neighbour's stretch reach."""
 CONVERTER = get_converter()
 
 
@@ -108,6 +114,8 @@ class State:
     typed_ahead: int = 0
     """Requests answered from a shown suggestion, with no model call."""
     typing: dict[str, Typing] = field(default_factory=dict)
+    recent: dict[str, None] = field(default_factory=dict)
+    """Documents by when they were last opened or changed, most recent last (extra context)."""
     """Per document: its keystroke rhythm (the adaptive debounce)."""
 
 
@@ -203,6 +211,29 @@ class DiffillServer(LanguageServer):
             self.report_once(f"settings: {p}", show=True)
         return old
 
+    def neighbours(self, uri: str, text: str, cursor: int) -> list[list[str]]:
+        """Extra context: from each of the other open documents of the same language, most
+        recently touched first (at most ``NEIGHBOURS``), the stretch that shares the most names
+        with the lines before the cursor, as ``[name, text]``; the most recent comes last,
+        nearest the prefix, where a budget that cuts the extra context keeps it."""
+        if self.state.settings.extraTokens <= 0:
+            return []
+        language = self.document(uri).language_id
+        query = text[text.rfind("\n", 0, max(0, cursor - QUERY_CHARS)) + 1:cursor]
+        out: list[list[str]] = []
+        for other in reversed(self.state.recent):
+            if len(out) == NEIGHBOURS:
+                break
+            if other == uri or other not in self.workspace.text_documents:
+                continue
+            doc = self.workspace.get_text_document(other)
+            if doc.language_id != language:
+                continue
+            snippet = related_snippet(doc.source, query)
+            if snippet.strip():
+                out.append([Path(doc.path).name if doc.path else other, snippet])
+        return out[::-1]
+
     def slice_for(self, text: str, start: int, end: int) -> tuple[str, int]:
         """The text to send and its offset in the document."""
         if len(text) <= FULL_TEXT_LIMIT:
@@ -231,7 +262,8 @@ class DiffillServer(LanguageServer):
         s = self.state.settings
         request = {"text": piece, "start": start - base,
                    "end": None if end is None else end - base, "action": action,
-                   "language": doc.language_id, "path": doc.path, "instruction": instruction}
+                   "language": doc.language_id, "path": doc.path, "instruction": instruction,
+                   "extra": self.neighbours(uri, text, start)}
         t0 = time.perf_counter()
         params = {"document": uri, "request": request, "model": s.model_spec(),
                   "settings": s.infill_settings(automatic)}
@@ -277,9 +309,14 @@ def create_server() -> DiffillServer:
             ls.state.shown.clear()  # another model's suggestions are not this one's
             ls.state.load_task = asyncio.ensure_future(load_model(ls))
 
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: DiffillServer, params: types.DidOpenTextDocumentParams) -> None:
+        remember(ls.state.recent, params.text_document.uri, None)
+
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
         uri = params.text_document.uri
+        remember(ls.state.recent, uri, None)
         remember(ls.state.typing, uri, ls.state.typing.get(uri) or Typing()).changed(
             time.monotonic())
 

@@ -78,6 +78,11 @@ class Settings:
     """Context budget before the cursor."""
     suffixTokens: int = 512
     """Context budget after the cursor."""
+    extraTokens: int = 0
+    """Context budget for other open files of the same language (the stretch of each that
+    shares the most names with the lines before the cursor), ahead of the prefix; only what
+    the model's trained window leaves after prefix and suffix is used. 0 (the default) sends
+    none: what it gains is unmeasured, since the bundled model's window has no room for it."""
     debounceMs: int | None = None
     """Wait this long after typing (automatic triggers) before asking the model; null:
     adaptive, 1.5 times the user's usual pause between keystrokes, within 100-400 ms."""
@@ -121,13 +126,14 @@ class Settings:
         return {"max_tokens": self.maxTokens, "mode": self.mode, "ensemble": self.ensemble,
                 "steps": self.steps, "schedule": self.schedule, "threshold": self.threshold,
                 "cache": self.cache, "prefix_tokens": self.prefixTokens,
-                "suffix_tokens": self.suffixTokens, "min_confidence": self.minConfidence,
+                "suffix_tokens": self.suffixTokens, "extra_tokens": self.extraTokens,
+                "min_confidence": self.minConfidence,
                 "shed_load": self.shedLoad, "quick_lines": automatic and self.fastTyping}
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
 UPPER = {"maxTokens": 512, "ensemble": 8, "steps": 1024, "prefixTokens": 16384,
-         "suffixTokens": 16384, "debounceMs": 2000, "idleTimeout": 7 * 24 * 3600}
+         "suffixTokens": 16384, "extraTokens": 16384, "debounceMs": 2000, "idleTimeout": 7 * 24 * 3600}
 """Largest accepted value of each numeric setting: the engine's caps, and waits a person
 would still call a delay (a debounce of 11 days was accepted before)."""
 # Keys editor clients keep in the same "diffill" section for themselves (VS Code's executable

@@ -56,6 +56,20 @@ def test_extra_chunks_go_ahead_of_the_prefix_within_their_budget(tok):
     assert w.context_ids[:len(w.extra_ids)] == w.extra_ids
 
 
+def test_the_stretch_of_another_file_that_shares_the_most_names_is_chosen():
+    from infill.context import related_snippet
+    other = "".join(f"noise_{i} = {i}\n" for i in range(60)) + \
+        "def parse_header(buf, limit):\n    return buf[:limit]\n" + \
+        "".join(f"more_{i} = {i}\n" for i in range(60))
+    got = related_snippet(other, "    head = parse_header(buf, limit)", lines=8)
+    assert "def parse_header(buf, limit):" in got and len(got.splitlines()) <= 8
+    # Cut at a line end within the character budget; a short file is taken whole.
+    assert related_snippet(other, "parse_header", lines=8, max_chars=40).endswith("\n")
+    assert len(related_snippet(other, "parse_header", lines=8, max_chars=40)) <= 40
+    assert related_snippet("x = 1\n", "y") == "x = 1\n"
+    assert related_snippet("", "y") == ""
+
+
 def test_positions_round_trip_in_each_encoding():
     from lsprotocol.types import Position, PositionEncodingKind
     from pygls.workspace.position_codec import PositionCodec

@@ -127,6 +127,11 @@ def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
     from infill.post import unknown_names
     assert unknown_names(bad.text, doc) == ["osutil", "filename"]
     assert unknown_names(good.text, doc) == []
+    # A name defined in another open file's stretch (extra context) is not unknown there.
+    items = [bad, good]
+    Engine(pattern_model)._rank(items, doc, "python",
+                                extra=[("util.py", "osutil = None\nfilename = 'x'\n")])
+    assert items[0] is bad and bad.unknown == ()
     # Names the fill binds itself, keywords, builtins and attributes are never unknown.
     assert unknown_names("for p in paths:\n    total += len(p.name)", "total = 0\npaths = []") == []
 

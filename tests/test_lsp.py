@@ -272,6 +272,33 @@ async def test_a_line_asked_for_while_typing_tries_one_mask_count(pattern_ckpt, 
         assert (await status(client))["models"][0]["quick"] == 1
 
 
+async def test_other_open_documents_of_the_language_lend_context(pattern_ckpt, sock):
+    """extraTokens: each request carries a stretch of the other open documents of its language
+    (the model runs more positions for it); an open document of another language, or a closed
+    one, lends nothing, and 0 turns it off. Each ask is on a fresh document, so no answer
+    comes from a cache."""
+    async with session(options(pattern_ckpt, sock, extraTokens=512)) as client:
+        async def positions_run(uri: str) -> int:
+            st = await status(client)
+            before = st["models"][0]["tokens_run"] if st.get("models") else 0
+            open_doc(client, uri=uri)
+            await inline(client, 0, 15, uri=uri)
+            return (await status(client))["models"][0]["tokens_run"] - before
+
+        alone = await positions_run("file:///work/a0.txt")
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri="file:///work/other.py",
+                                                 language_id="python", version=1,
+                                                 text="c1 c2 c3 c4 c5 c6 c7\n" * 20)))
+        client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri="file:///work/a0.txt")))
+        assert await positions_run("file:///work/a1.txt") == alone  # other.py is not text
+        assert await positions_run("file:///work/a2.txt") > alone  # a1 lends its line
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"extraTokens": 0}}))
+        assert await positions_run("file:///work/a3.txt") == alone
+
+
 async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock, schedule="bogus", threshold=5, ensemble=0,
                                nonsense=1)) as client:

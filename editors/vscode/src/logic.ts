@@ -5,7 +5,7 @@ import * as path from "path";
 /** Settings the server understands (server/protocol.py `Settings`), camelCase on the wire. */
 export const SERVER_SETTINGS = [
   "model", "device", "dtype", "family", "maxTokens", "steps", "schedule", "threshold", "cache",
-  "ensemble", "mode", "prefixTokens", "suffixTokens", "debounceMs", "enable",
+  "ensemble", "mode", "prefixTokens", "suffixTokens", "extraTokens", "debounceMs", "enable",
   "completionFallback", "socket", "idleTimeout", "minConfidence", "preview",
   "reviewEdits", "shedLoad", "fastTyping",
 ] as const;
