@@ -332,6 +332,7 @@ class Engine:
                 raw = job.raw_text(self.decode(c.tokens))
                 if raw is None:  # it never wrote the partial word it had to begin with
                     continue
+                raw = post.whole_chars(raw, req.text)
                 fill = post.unstutter(post.clean(raw, mode=job.mode,
                                                  line_before=job.line_before, suffix=suffix),
                                       req.text)

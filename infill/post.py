@@ -113,6 +113,15 @@ def clean(fill: str, *, mode: str, line_before: str, suffix: str) -> str:
     return fill.rstrip() if mode == "line" and not suffix.split("\n", 1)[0].strip() else fill
 
 
+def whole_chars(fill: str, document: str) -> str:
+    """The fill up to its first U+FFFD, unless the document holds that character itself. A
+    byte-level tokenizer's tokens may end inside a multi-byte character (box drawing, CJK,
+    emoji); a fill whose masks ran out there decodes to the replacement character, which is
+    never what was meant."""
+    cut = fill.find("\ufffd")
+    return fill if cut < 0 or "\ufffd" in document else fill[:cut]
+
+
 _STUTTER = re.compile(r"(.{2,40}?)\1+", re.S)
 _SEPARATORS = " \t\n.,;:+-*/%|&^=<>!@([{"
 

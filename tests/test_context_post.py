@@ -150,6 +150,13 @@ def test_python_syntax_check():
     assert post.language_of("Python", None) == "python"
 
 
+def test_a_fill_ends_before_a_character_its_tokens_broke():
+    assert post.whole_chars("recursive\ufffd\u2500\u2500", "tree = 1\n") == "recursive"
+    assert post.whole_chars("plain", "x") == "plain"
+    # A document that holds the replacement character may get it back.
+    assert post.whole_chars("a\ufffdb", "s = 'a\ufffdb'") == "a\ufffdb"
+
+
 @pytest.mark.parametrize("fill,kept", [
     ("name.name.name.name.name.name.name.name", "name"),
     ("return self.items.items.items()", "return self.items"),
