@@ -339,8 +339,11 @@ class Engine:
                 if not fill.strip() or fill in seen:
                     continue
                 seen.add(fill)
+                # A line fill that went on past its line end ended the line itself, whether or
+                # not the masks ran out after it.
+                ended = c.terminated or (job.mode == "line" and "\n" in raw.lstrip("\n"))
                 items.append(Completion(fill, req.start, req.start, c.score,
-                                        tokens=len(c.tokens), terminated=c.terminated))
+                                        tokens=len(c.tokens), terminated=ended))
         return self.result(req, job.mode, items, job.settings, passes, job.started)
 
     def result(self, req: InfillRequest, mode: str, items: list[Completion],
@@ -396,7 +399,10 @@ class Engine:
         if language == "python" and check_names:
             defined: set[str] | None = None  # the document's names, read once if needed
             for it in items:
-                free = post.free_names(it.text, self._known_names)
+                # A fill that goes on with the word at the cursor is checked as that word:
+                # "tr" after "s" is str, not an unknown "tr".
+                free = post.free_names(post.word_before(text, it.start) + it.text,
+                                       self._known_names)
                 if free and defined is None:
                     defined = post.identifiers(text)
                     for _, chunk in extra:

@@ -172,6 +172,16 @@ def identifiers(text: str) -> set[str]:
     return set(_IDENT.findall(text))
 
 
+_WORD_END = re.compile(r"[A-Za-z0-9_]+$")
+
+
+def word_before(text: str, offset: int) -> str:
+    """The identifier characters right before ``offset`` (the part of a word the cursor is
+    in), at most 100."""
+    m = _WORD_END.search(text, max(0, offset - 100), offset)
+    return m.group(0) if m else ""
+
+
 def free_names(fill: str, known: AbstractSet[str] | None = None) -> list[str]:
     """Names the fill uses without defining them, in order, once each: not attributes (after
     a dot), not in strings or comments, not bound by the fill itself (assignment and ``for``

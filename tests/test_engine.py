@@ -127,6 +127,14 @@ def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
     from infill.post import unknown_names
     assert unknown_names(bad.text, doc) == ["osutil", "filename"]
     assert unknown_names(good.text, doc) == []
+    # A fill that goes on with the word at the cursor is checked as the whole word.
+    typed = "def f(sub: s"
+    rest = Completion("tr) -> None:", len(typed), len(typed), score=0.5, parses=None)
+    Engine(pattern_model)._rank([rest], typed, "python")
+    assert rest.unknown == ()  # str, a builtin
+    odd = Completion("trx) -> None:", len(typed), len(typed), score=0.5, parses=None)
+    Engine(pattern_model)._rank([odd], typed, "python")
+    assert odd.unknown == ("strx",)
     # A name defined in another open file's stretch (extra context) is not unknown there.
     items = [bad, good]
     Engine(pattern_model)._rank(items, doc, "python",
@@ -289,3 +297,23 @@ def test_a_documents_next_request_begins_its_window_where_the_last_one_did(diffi
     other = Engine(engine.model)
     other.run_batch([(InfillRequest(typed[-1], len(typed[-1])), None)], s)
     assert not other.prefixes
+
+
+def test_a_line_fill_that_wrote_past_its_line_end_ended_by_itself(diffill_ckpt):
+    """Ranking prefers fills the model ended itself; in line mode, writing the newline ends the
+    line, even when the masks ran out behind it."""
+    from infill.sampler import Candidate
+    engine = Engine(load_model(diffill_ckpt))
+    text = "def f(x):\n    if x\n    return x\n"
+    cursor = text.index("if x") + 4
+    job = engine.prepare(InfillRequest(text, cursor),
+                         InfillSettings(mode="line", ensemble=1, token_healing=False))
+    tok = engine.model.tokenizer
+
+    def cand(fill: str) -> Candidate:
+        return Candidate(tokens=tok(fill, add_special_tokens=False)["input_ids"], length=8,
+                         score=0.5, terminated=False)
+
+    result = engine.finish(job, [cand(" is None:\n        x = 1"), cand(" is not None and")], 1)
+    by_text = {it.text: it.terminated for it in result.items}
+    assert by_text == {" is None:": True, " is not None and": False}
