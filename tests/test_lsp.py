@@ -274,9 +274,9 @@ async def test_a_line_asked_for_while_typing_tries_one_mask_count(pattern_ckpt, 
 
 async def test_other_open_documents_of_the_language_lend_context(pattern_ckpt, sock):
     """extraTokens: each request carries a stretch of the other open documents of its language
-    (the model runs more positions for it); an open document of another language, or a closed
-    one, lends nothing, and 0 turns it off. Each ask is on a fresh document, so no answer
-    comes from a cache."""
+    (the model runs more positions for it); an open document of another language, a closed
+    or a huge one lends nothing, and 0 turns it off. Each ask is on a fresh document, so no
+    answer comes from a cache."""
     async with session(options(pattern_ckpt, sock, extraTokens=512)) as client:
         async def positions_run(uri: str) -> int:
             st = await status(client)
@@ -294,9 +294,15 @@ async def test_other_open_documents_of_the_language_lend_context(pattern_ckpt, s
             text_document=types.TextDocumentIdentifier(uri="file:///work/a0.txt")))
         assert await positions_run("file:///work/a1.txt") == alone  # other.py is not text
         assert await positions_run("file:///work/a2.txt") > alone  # a1 lends its line
+        for uri in ("file:///work/a1.txt", "file:///work/a2.txt"):
+            client.text_document_did_close(types.DidCloseTextDocumentParams(
+                text_document=types.TextDocumentIdentifier(uri=uri)))
+        open_doc(client, "c1 c2 c3 c4 c5 c6 c7\n" * 11_000, uri="file:///work/big.txt")
+        assert await positions_run("file:///work/a3.txt") == alone  # too big to search
+        open_doc(client, uri="file:///work/a4.txt")
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"diffill": {"extraTokens": 0}}))
-        assert await positions_run("file:///work/a3.txt") == alone
+        assert await positions_run("file:///work/a5.txt") == alone
 
 
 async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):
