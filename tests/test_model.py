@@ -274,7 +274,11 @@ def test_small_passes_run_on_one_thread_and_large_ones_on_all(qwen2_ckpt, monkey
 
 
 def test_the_thread_count_can_be_set_and_a_bad_one_is_a_clear_error(qwen2_ckpt, monkeypatch):
+    from model import loader
     folder, _ = qwen2_ckpt
+    monkeypatch.setattr(loader, "_DEFAULT_THREADS", 4)  # torch's count when diffill started
+    monkeypatch.delenv("DIFFILL_THREADS", raising=False)
+    assert load_model(folder).threads == 4
     monkeypatch.setenv("DIFFILL_THREADS", "3")
     assert load_model(folder).threads == 3
     for bad in ("0", "many"):
@@ -302,6 +306,16 @@ def test_a_pass_over_chosen_positions_equals_the_span_pass_while_nothing_has_cha
     others[run] = False
     for k, k0 in zip(cache.keys, before):
         assert torch.equal(k[:, :, others], k0[:, :, others])
+    # A chosen position whose token changed gets its new keys written: at the first layer they
+    # depend on the token and its position alone, so they equal a fresh pass's.
+    changed = ids.clone()
+    p = int(run[0])
+    changed[:, p] = (changed[:, p] + 1) % model.config.vocab_size
+    model.span_logits(changed, 8, 16, cache=cache, columns=columns, positions=run)
+    fresh = KVCache([], [])
+    model.span_logits(changed, 8, 16, cache=fresh)
+    assert torch.allclose(cache.keys[0][:, :, p], fresh.keys[0][:, :, p], atol=1e-5)
+    assert not torch.allclose(cache.keys[0][:, :, p], before[0][:, :, p], atol=1e-5)
 
 
 def test_a_pass_over_chosen_positions_must_cover_the_logits_it_returns(qwen2_ckpt):
