@@ -109,6 +109,9 @@ class State:
     """The client takes change annotations (and so can ask the user to confirm an edit)."""
     reported: set[str] = field(default_factory=set)
     last_latency_ms: float | None = None
+    last_withheld: int = 0
+    """Completions the last answered request held back under ``minConfidence`` while showing
+    none: why an editor showed nothing."""
     model_info: dict[str, Any] = field(default_factory=dict)
     load_task: asyncio.Task | None = None
     """Held only so the event loop's weak reference is not the task's last one."""
@@ -177,7 +180,7 @@ class DiffillServer(LanguageServer):
         self.protocol.notify(P.NOTIFY_STATUS, {
             "state": state, "model": info.get("checkpoint"), "device": info.get("device"),
             "dtype": info.get("dtype"), "lastLatencyMs": self.state.last_latency_ms,
-            "error": error})
+            "withheld": self.state.last_withheld, "error": error})
 
     def daemon(self) -> AsyncDaemonClient:
         s = self.state.settings
@@ -276,6 +279,7 @@ class DiffillServer(LanguageServer):
             on_progress = self.previewer(uri, preview_at)
         result = await self.ask("infill", params, on_progress)
         self.state.last_latency_ms = round((time.perf_counter() - t0) * 1000, 1)
+        self.state.last_withheld = 0 if result["items"] else int(result.get("withheld") or 0)
         for item in result["items"]:
             item["start"] += base
             item["end"] += base
@@ -475,6 +479,7 @@ def create_server() -> DiffillServer:
     async def status(ls: DiffillServer, *args: Any) -> dict[str, Any]:
         st = await ls.ask("status", {})
         st["lastLatencyMs"] = ls.state.last_latency_ms
+        st["withheld"] = ls.state.last_withheld
         st["typedAhead"] = ls.state.typed_ahead
         return st
 

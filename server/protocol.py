@@ -28,7 +28,9 @@ COMMANDS = (CMD_REWRITE, CMD_REFINE, CMD_STATUS)
 
 NOTIFY_STATUS = "$/diffill/status"
 """Server -> client after a model load and after each request: ``{model, device, dtype,
-state, lastLatencyMs, error?}``, for status bars. Clients may ignore it."""
+state, lastLatencyMs, withheld, error?}``, for status bars; ``withheld`` counts the
+completions the last request held back under ``minConfidence`` when it showed none (0
+otherwise). Clients may ignore it."""
 
 NOTIFY_PREVIEW = "$/diffill/preview"
 """Server -> client while a ghost is denoised, only with the ``preview`` setting on:

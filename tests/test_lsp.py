@@ -344,10 +344,14 @@ async def test_min_confidence_hides_unsure_ghosts_and_follows_configuration(patt
         open_doc(client)
         result = await inline(client, 0, 15)
         assert result is None or not result.items
+        # The status says why nothing was shown (editors show "unsure").
+        assert (await status(client))["withheld"] >= 1
+        assert getattr(client.status_notes[-1], "withheld", 0) >= 1
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"diffill": {"minConfidence": 0}}))
         result = await inline(client, 0, 15)  # handled after the notification, in order
         assert result.items[0].insert_text == "c5 c6 c7"
+        assert (await status(client))["withheld"] == 0
 
 
 async def test_typing_what_the_ghost_says_reuses_it_without_a_model_call(pattern_ckpt, sock):

@@ -5,6 +5,19 @@ return {
     assert(config.options.cmd[1] == "diffill")
     assert(config.options.keymaps.accept == "<Tab>")
   end,
+  ["the statusline says when the last request held back everything it had"] = function()
+    local diffill = require("diffill")
+    local note = { state = "ready", model = "/m/diffill-small", device = "cpu", lastLatencyMs = 40,
+                   withheld = 2 }
+    diffill.on_status(note)
+    assert(diffill.statusline() == "diffill: diffill-small cpu 40ms, unsure", diffill.statusline())
+    note.withheld = 0
+    diffill.on_status(note)
+    assert(diffill.statusline() == "diffill: diffill-small cpu 40ms", diffill.statusline())
+    note.withheld = vim.NIL  -- an older server sends none
+    diffill.on_status(note)
+    assert(diffill.statusline() == "diffill: diffill-small cpu 40ms", diffill.statusline())
+  end,
   ["setup merges nested options over the defaults"] = function()
     require("diffill").setup({ ghost_text = { debounce_ms = 40 }, init_options = { maxTokens = 8 } })
     assert(config.options.ghost_text.debounce_ms == 40)

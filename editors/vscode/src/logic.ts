@@ -46,6 +46,8 @@ export interface StatusNote {
   device?: string | null;
   dtype?: string | null;
   lastLatencyMs?: number | null;
+  /** Completions the last request held back under minConfidence, when it showed none. */
+  withheld?: number | null;
   error?: string | null;
 }
 
@@ -176,7 +178,8 @@ export function statusText(note: StatusNote | undefined, off?: string, pending =
   const model = note.model ? path.basename(note.model) : "model";
   if (pending > 0) return `$(sync~spin) diffill: generating (${model})`;
   const latency = note.lastLatencyMs != null ? ` ${Math.round(note.lastLatencyMs)} ms` : "";
-  return `$(sparkle) diffill: ${model} ${note.device ?? ""}${latency}`.replace(/\s+$/, "");
+  const unsure = note.withheld ? ", unsure" : "";
+  return `$(sparkle) diffill: ${model} ${note.device ?? ""}${latency}`.replace(/\s+$/, "") + unsure;
 }
 
 /** The status-bar tooltip. */
@@ -186,6 +189,10 @@ export function statusTooltip(note: StatusNote | undefined): string {
   const parts = [`model: ${note.model ?? "?"}`, `device: ${note.device ?? "?"}`,
                  `dtype: ${note.dtype ?? "?"}`];
   if (note.lastLatencyMs != null) parts.push(`last completion: ${note.lastLatencyMs} ms`);
+  if (note.withheld) {
+    parts.push(`nothing shown: ${note.withheld} completion${note.withheld > 1 ? "s" : ""} ` +
+               "scored under minConfidence");
+  }
   return parts.join("\n");
 }
 

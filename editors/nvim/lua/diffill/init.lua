@@ -157,7 +157,9 @@ function M.statusline()
   local latency = note.lastLatencyMs ~= nil and note.lastLatencyMs ~= vim.NIL
     and (" %dms"):format(math.floor(note.lastLatencyMs + 0.5)) or ""
   local device = (note.device and note.device ~= vim.NIL) and (" " .. note.device) or ""
-  return ("diffill: %s%s%s"):format(model, device, latency)
+  -- The last request held back every completion it had (scored under minConfidence).
+  local unsure = (type(note.withheld) == "number" and note.withheld > 0) and ", unsure" or ""
+  return ("diffill: %s%s%s%s"):format(model, device, latency, unsure)
 end
 
 ---`$/diffill/status`: keep it for |diffill.statusline()| and redraw the statuslines.

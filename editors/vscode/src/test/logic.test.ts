@@ -70,6 +70,12 @@ test("status text and tooltip follow the server's notifications", () => {
   assert.equal(statusText({ state: "ready", model: "/m/diffill-small", device: "cpu",
                             lastLatencyMs: 41.6 }), "$(sparkle) diffill: diffill-small cpu 42 ms");
   assert.match(statusTooltip({ state: "error", error: "no model" }), /no model/);
+  // A request that held back every completion says why nothing was shown.
+  const unsure = { state: "ready", model: "/m/diffill-small", device: "cpu", lastLatencyMs: 40,
+                   withheld: 2 };
+  assert.equal(statusText(unsure), "$(sparkle) diffill: diffill-small cpu 40 ms, unsure");
+  assert.match(statusTooltip(unsure), /nothing shown: 2 completions scored under minConfidence/);
+  assert.doesNotMatch(statusTooltip({ ...unsure, withheld: 0 }), /nothing shown/);
   // While a ghost is being asked for: generating, then back to the model and its latency.
   assert.equal(statusText({ state: "ready", model: "/m/diffill-small" }, undefined, 1),
                "$(sync~spin) diffill: generating (diffill-small)");
