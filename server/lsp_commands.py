@@ -90,7 +90,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for m in st["models"]:
         print(f"model    {m['checkpoint']} ({m['family']}, {m['parameters'] / 1e6:.1f}M "
               f"parameters, {_size(m['memory_bytes'])})")
-        print(f"device   {m['device']} {m['dtype']}; loaded in {m['load_seconds']:.2f}s")
+        n = m.get("threads")
+        threads = f", up to {n} CPU thread{'s' if n != 1 else ''}" if n and \
+            m["device"] == "cpu" else ""
+        print(f"device   {m['device']} {m['dtype']}{threads}; loaded in "
+              f"{m['load_seconds']:.2f}s")
     print(f"memory   process {_size(st['rss_bytes'])}"
           + (f", cuda {_size(st['cuda_bytes'])}" if st.get("cuda_bytes") is not None else ""))
     c = st["counters"]

@@ -167,6 +167,12 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     assert r.stdout.decode() == "c5 c6 c7\n"
     st = client.call("status")
     assert st["counters"]["completed"] == 1 and st["loads"] == 1
+    # `diffill status` for people: the model, its device and how many CPU threads it may use.
+    r = diffill("status", "--socket", str(sock))
+    text = r.stdout.decode()
+    assert r.returncode == 0 and pattern_ckpt.name in text, text
+    n = st["models"][0]["threads"]
+    assert f"device   cpu float32, up to {n} CPU thread" in text, text
     # The daemon's resident memory holds at least its model's weights (and torch beside them).
     assert st["rss_bytes"] > st["models"][0]["memory_bytes"] > 0
     # Answered by the daemon, the CLI never imports torch (it starts in a fraction of the time).
