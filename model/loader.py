@@ -245,9 +245,9 @@ class DiffusionModel:
             hidden = self.transformer.hidden(ids[:, positions], key_mask=key_mask, cache=cache,
                                              positions=positions)
             self.tokens_run += B * positions.shape[0]
-            index = torch.searchsorted(positions, self.feeders(lo, columns))
-            if not bool((positions[index.clamp_max(len(positions) - 1)]
-                         == self.feeders(lo, columns)).all()):
+            feeders = self.feeders(lo, columns)
+            index = torch.searchsorted(positions, feeders)
+            if not bool((positions[index.clamp_max(len(positions) - 1)] == feeders).all()):
                 raise ValueError("positions must include the feeders of every column")
             return self.transformer.logits(hidden[:, index])
         if cache is None or cache.length == 0:

@@ -115,8 +115,9 @@ def detect_family(config: Mapping[str, Any], vocab: Mapping[str, int]) -> str:
 COMPLETION_MODES = ("line", "block")
 
 
-def _floors(raw: Any) -> float | dict[str, float] | None:
-    """config.json's ``min_confidence``: a score for every mode, or one per mode."""
+def parse_floors(raw: Any) -> float | dict[str, float] | None:
+    """config.json's ``min_confidence`` (and an export's ``--min-confidence``), checked: a
+    score in 0..1 for every mode, or one per mode."""
     if raw is None:
         return None
     items = raw.items() if isinstance(raw, dict) else [("all", raw)]
@@ -181,7 +182,7 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
                                 bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None,
                                 filler_order=str(meta.get("filler_order", "left")),
                                 max_fill=int(meta["max_fill"]) if meta.get("max_fill") else None,
-                                min_confidence=_floors(meta.get("min_confidence")),
+                                min_confidence=parse_floors(meta.get("min_confidence")),
                                 cache=str(meta.get("cache", "none")),
                                 extra=extra)
     else:

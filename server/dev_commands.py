@@ -135,20 +135,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def confidence_floors(raw: str) -> "float | dict[str, float]":
-    """``--min-confidence`` of an export: ``0.6`` for every mode, or ``line=0.6,block=0.8``."""
+    """``--min-confidence`` of an export: ``0.6`` for every mode, or ``line=0.6,block=0.8``;
+    checked as the profile checks config.json's value."""
+    from model.profile import ProfileError, parse_floors
     try:
-        if "=" not in raw:
-            value: float | dict[str, float] = float(raw)
-        else:
-            value = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in raw.split(","))}
-        values = value.values() if isinstance(value, dict) else [value]
-        if not all(0 <= v <= 1 for v in values) or \
-                (isinstance(value, dict) and not set(value) <= {"line", "block"}):
-            raise ValueError
-    except ValueError:
+        value = float(raw) if "=" not in raw else \
+            {k.strip(): float(v) for k, v in (p.split("=", 1) for p in raw.split(","))}
+        return parse_floors(value)
+    except (ValueError, ProfileError):
         raise argparse.ArgumentTypeError(
             f"{raw!r}: a score in 0..1, or line=P,block=P") from None
-    return value
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

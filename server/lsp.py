@@ -217,14 +217,13 @@ class DiffillServer(LanguageServer):
             self.report_once(f"settings: {p}", show=True)
         return old
 
-    def neighbours(self, uri: str, text: str, cursor: int) -> list[list[str]]:
+    def neighbours(self, uri: str, language: str, text: str, cursor: int) -> list[list[str]]:
         """Extra context: from each of the other open documents of the same language, most
         recently touched first (at most ``NEIGHBOURS``), the stretch that shares the most names
         with the lines before the cursor, as ``[name, text]``; the most recent comes last,
         nearest the prefix, where a budget that cuts the extra context keeps it."""
         if self.state.settings.extraTokens <= 0:
             return []
-        language = self.document(uri).language_id
         query = text[text.rfind("\n", 0, max(0, cursor - QUERY_CHARS)) + 1:cursor]
         out: list[list[str]] = []
         for other in reversed(self.state.recent):
@@ -269,7 +268,7 @@ class DiffillServer(LanguageServer):
         request = {"text": piece, "start": start - base,
                    "end": None if end is None else end - base, "action": action,
                    "language": doc.language_id, "path": doc.path, "instruction": instruction,
-                   "extra": self.neighbours(uri, text, start)}
+                   "extra": self.neighbours(uri, doc.language_id, text, start)}
         t0 = time.perf_counter()
         params = {"document": uri, "request": request, "model": s.model_spec(),
                   "settings": s.infill_settings(automatic)}
