@@ -46,7 +46,7 @@ GPU_RUN ?= runs/gpu
 GPU_OUT ?= runs/gpu-export
 gpu-train:
 	$(PYTHON) -m server.cli train $(GPU_RUN) --recipe gpu-base --minutes $(MINUTES) --compile --save-every 2
-	$(PYTHON) -m server.cli train $(GPU_RUN) --export $(GPU_OUT) --bf16-weights --shard-mb 15 --max-fill 16 --cache dual --cpu-bf16
+	$(PYTHON) -m server.cli train $(GPU_RUN) --export $(GPU_OUT) --bf16-weights --shard-mb 15 --max-fill 16 --cache dual --cache-blocks 8 --refresh fill --cpu-bf16
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/diffill bench

@@ -18,6 +18,9 @@ ORDERS = ("confidence", "margin", "entropy")
 CACHES = ("auto", "none", "dual")
 FILLER_ORDERS = ("auto", "left", "any")
 PASS_POSITIONS = ("open", "block")
+REFRESHES = ("auto", "block", "fill")
+DEFAULT_BLOCK = 32
+"""Block length where neither the settings nor the checkpoint name one (Fast-dLLM's)."""
 
 
 class Cancelled(Exception):
@@ -34,8 +37,9 @@ class SamplerSettings:
     """Probability at or above which ``threshold`` commits a position."""
     order: str = "confidence"
     """Which masked positions go first: ``confidence`` | ``margin`` | ``entropy``."""
-    block_size: int = 32
-    """Block length of the ``blocks`` schedule (and of cache refreshes)."""
+    block_size: int = 0
+    """Block length of the ``blocks`` schedule and of the dual cache's blocks; 0: the
+    checkpoint's (its profile), else :data:`DEFAULT_BLOCK`."""
     temperature: float = 0.0
     """0 is greedy, as editors want; above 0 samples."""
     top_p: float = 1.0
@@ -63,8 +67,17 @@ class SamplerSettings:
     their logits are read from, and the ones committed by the last pass, whose keys and values
     still show a mask; a committed token's are then kept. ``open`` costs a quarter less on a
     64-token span and two points of exact lines (docs/performance.md)."""
+    refresh: str = "auto"
+    """With the dual cache, when the whole window is run again: ``block`` at the start of
+    every block (Fast-dLLM's dual cache); ``fill`` once per fill: a later block's first pass
+    runs only its own positions and the previous block's last commits, against context keys
+    and values computed beside the older canvas (as dKV-Cache keeps them). Matters only when a
+    fill spans several blocks: ``fill`` saves a full-window pass for each block after the
+    first. ``auto``: the checkpoint's (its profile), else ``block``."""
 
     def __post_init__(self) -> None:
+        if self.refresh not in REFRESHES:
+            raise ValueError(f"refresh must be one of {', '.join(REFRESHES)}")
         if self.pass_positions not in PASS_POSITIONS:
             raise ValueError(f"pass_positions must be one of {', '.join(PASS_POSITIONS)}")
         if self.schedule not in SCHEDULES:
@@ -77,8 +90,8 @@ class SamplerSettings:
             raise ValueError(f"filler_order must be one of {', '.join(FILLER_ORDERS)}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError("threshold must be in (0, 1]")
-        if self.steps < 0 or self.block_size < 1:
-            raise ValueError("steps must be >= 0 and block_size >= 1")
+        if self.steps < 0 or self.block_size < 0:
+            raise ValueError("steps and block_size must be >= 0")
         if self.steps > MAX_STEPS:
             raise ValueError(f"steps {self.steps} is over the cap of {MAX_STEPS} forward passes")
         if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:

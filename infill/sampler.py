@@ -26,7 +26,7 @@ import torch
 
 from model import DiffusionModel, KVCache
 
-from .api import Cancelled, SamplerSettings
+from .api import DEFAULT_BLOCK, Cancelled, SamplerSettings
 
 
 @dataclass
@@ -292,10 +292,20 @@ def cache_mode(settings: SamplerSettings, model: DiffusionModel) -> str:
     return model.profile.cache if settings.cache == "auto" else settings.cache
 
 
-def _blocks(lo: int, hi: int, settings: SamplerSettings, cache: str) -> list[tuple[int, int]]:
+def refresh_mode(settings: SamplerSettings, model: DiffusionModel) -> str:
+    """``block`` or ``fill``: the setting, or the checkpoint's when the setting is ``auto``."""
+    return model.profile.refresh if settings.refresh == "auto" else settings.refresh
+
+
+def block_size(settings: SamplerSettings, model: DiffusionModel) -> int:
+    """The setting, else the checkpoint's, else :data:`DEFAULT_BLOCK`."""
+    return settings.block_size or model.profile.block_size or DEFAULT_BLOCK
+
+
+def _blocks(lo: int, hi: int, settings: SamplerSettings, cache: str,
+            size: int) -> list[tuple[int, int]]:
     if settings.schedule != "blocks" and cache == "none":
         return [(lo, hi)]
-    size = settings.block_size
     return [(b, min(b + size, hi)) for b in range(lo, hi, size)]
 
 
@@ -355,13 +365,22 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     use_cache = cache_mode(settings, model)
     first_cache: KVCache | None = None  # the first block's, once that block has run
     first_done = False
-    for b0, b1 in _blocks(lo, hi, settings, use_cache):
+    carry = use_cache == "dual" and refresh_mode(settings, model) == "fill"
+    cache: KVCache | None = None
+    stale: torch.Tensor | None = None  # window positions committed since their last pass
+    for b0, b1 in _blocks(lo, hi, settings, use_cache, block_size(settings, model)):
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
             continue
         # Steps for this block: its share of the budget, at least one.
         block_steps = max(1, round(budget * int(masked0.max()) / max(1, total_masked)))
-        cache = KVCache([], []) if use_cache == "dual" else None
+        entry: torch.Tensor | None = None  # positions of a carried block's first pass
+        if carry and cache is not None and stale is not None:
+            start = model.feeders(b0, torch.zeros(1, dtype=torch.long, device=ids.device))
+            entry = torch.unique(torch.cat([torch.arange(int(start), b1, device=ids.device),
+                                            stale]))
+        else:
+            cache = KVCache([], []) if use_cache == "dual" else None
         run_from = None
         if cache is not None and not first_done and warm is not None and warm.upto < b0:
             cache, run_from = warm.cache, warm.upto
@@ -384,11 +403,11 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             # Logits only where some row still has a mask: committed positions are final.
             cols = masked.any(dim=0).nonzero().squeeze(-1)  # (M,) columns of the block
             run = open_positions(model, b0, cols, changed) \
-                if local and changed is not None and run_from is None else None
+                if local and changed is not None and run_from is None else entry
             logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache,
                                        columns=cols, run_from=run_from,
                                        positions=run)  # (B, M, V)
-            run_from = None
+            run_from, entry = None, None
             passes += 1
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
             only = _apply_leads(leads, alive, ids, lo, b0, cols, logits, mask_id) \
@@ -420,13 +439,15 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             conf[:, b0:b1][commit] = p_tok[commit].float()
             if in_order:
                 close_after_filler(ids[:, lo:hi], conf[:, lo:hi], mask_id, filler)
-            if local:
+            if local or carry:
                 changed = (masked & (ids[:, b0:b1] != mask_id)).any(dim=0)
             step += 1
             if on_step is not None:
                 on_step(ids, alive)
         if not first_done:
             first_cache, first_done = cache, True
+        if carry and changed is not None:
+            stale = changed.nonzero().view(-1) + b0
     full_ids[alive] = ids
     full_conf[alive] = conf
     whole = len(alive) == full_ids.shape[0] and first_cache is not None and first_cache.length

@@ -42,6 +42,11 @@ class FamilyProfile:
     cache: str = "none"
     """The sampler's ``cache`` when the settings leave it on ``auto``: ``dual`` only where the
     held-out eval showed the cached context keeps the answers."""
+    block_size: int | None = None
+    """The sampler's ``block_size`` when the settings leave it at 0, when measured."""
+    refresh: str = "block"
+    """The sampler's ``refresh`` when the settings leave it on ``auto``: ``fill`` only where
+    the held-out eval showed one full-window pass per fill keeps the answers."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def confidence_floor(self, mode: str) -> float | None:
@@ -66,6 +71,11 @@ class FamilyProfile:
             raise ProfileError("filler_order must be 'left' or 'any'")
         if values.get("cache", self.cache) not in ("none", "dual"):
             raise ProfileError("cache must be 'none' or 'dual'")
+        if values.get("refresh", self.refresh) not in ("block", "fill"):
+            raise ProfileError("refresh must be 'block' or 'fill'")
+        size = values.get("block_size", self.block_size)
+        if size is not None and (type(size) is not int or size < 1):
+            raise ProfileError("block_size must be a whole number of at least 1")
         return replace(self, **values)
 
 
@@ -185,6 +195,8 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
                                 min_confidence=parse_floors(meta.get("min_confidence")),
                                 cache=str(meta.get("cache", "none")),
                                 extra=extra)
+        profile = profile.with_overrides({k: meta[k] for k in ("block_size", "refresh")
+                                          if k in meta})
     else:
         raise ProfileError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     vocab_size = config.get("vocab_size") or config.get("embedding_size")

@@ -768,7 +768,8 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
            min_confidence: float | Mapping[str, float] | None = None,
            max_shard_bytes: int | None = None,
            cache: str | None = None, cpu_bf16: bool = False,
-           dtype: torch.dtype = torch.float32) -> Path:
+           dtype: torch.dtype = torch.float32, block_size: int | None = None,
+           refresh: str | None = None) -> Path:
     """Write the run's model as a checkpoint folder loadable by ``model.load_model``.
 
     ``max_fill`` records the most masks the model's fills do well with (the profile caps the
@@ -806,6 +807,12 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
             if isinstance(min_confidence, Mapping) else float(min_confidence)
     if cache:
         config["diffill"]["cache"] = cache
+    if block_size is not None:
+        if block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        config["diffill"]["block_size"] = int(block_size)
+    if refresh:
+        config["diffill"]["refresh"] = refresh
     if cpu_bf16:
         config["diffill"]["cpu_bf16"] = True
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")

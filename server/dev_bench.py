@@ -161,8 +161,12 @@ def run_bench(args: argparse.Namespace) -> int:
         ("threshold 0.9 + dual cache, open positions only",
          SamplerSettings(schedule="threshold", cache="dual", block_size=span,
                          pass_positions="open"), [span]),
+        ("threshold 0.9 + dual cache, blocks of 8, one full pass per fill",
+         SamplerSettings(schedule="threshold", cache="dual", block_size=8, refresh="fill"),
+         [span]),
         ("blocks of 8, 2 tokens/pass, dual cache",
-         SamplerSettings(schedule="blocks", steps=span // 2, block_size=8, cache="dual"), [span]),
+         SamplerSettings(schedule="blocks", steps=span // 2, block_size=8, cache="dual",
+                         refresh="block"), [span]),
         ("length ensemble x2, threshold", SamplerSettings(schedule="threshold", cache="none"),
          [span // 2, span]),
     ]

@@ -42,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--cache", choices=("none", "dual"),
                    help="record in the export the cache its held-out eval was measured with "
                         "(what cache: auto uses)")
+    t.add_argument("--cache-blocks", type=int, metavar="N",
+                   help="record in the export the dual cache's block length its held-out eval "
+                        "was measured with (what block_size 0 uses)")
+    t.add_argument("--refresh", choices=("block", "fill"),
+                   help="record in the export when the dual cache is refreshed: every block, "
+                        "or once per fill where its eval showed that keeps the answers")
     t.add_argument("--cpu-bf16", action="store_true",
                    help="record in the export that its answers hold in bf16: CPUs with native "
                         "bf16 then run it in bf16 by default")
@@ -206,7 +212,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
         out = export(run, Path(args.export), card, max_fill=args.max_fill,
                      filler_order=args.filler_order, min_confidence=args.min_confidence,
-                     cache=args.cache, cpu_bf16=args.cpu_bf16,
+                     cache=args.cache, block_size=args.cache_blocks, refresh=args.refresh,
+                     cpu_bf16=args.cpu_bf16,
                      max_shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
                      dtype=torch.bfloat16 if args.bf16_weights else torch.float32)
         print(f"exported {out}")

@@ -36,7 +36,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=("fixed", "threshold", "blocks"))
     g.add_argument("--threshold", type=float, help="commit probability for --schedule threshold")
     g.add_argument("--order", choices=("confidence", "margin", "entropy"))
-    g.add_argument("--block-size", type=int)
+    g.add_argument("--block-size", type=int,
+                   help="block length of the blocks schedule and the dual cache (default: the "
+                        "checkpoint's, else 32)")
     g.add_argument("--filler-order", choices=("auto", "left", "any"),
                    help="where a fill may end: left (filler only behind the written part), "
                         "any (wherever the model is surest); auto asks the checkpoint")
@@ -47,6 +49,10 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="with the dual cache, what a pass runs: block (all of it; the default) "
                         "or open (masked positions and those committed by the last pass: faster "
                         "on long spans, slightly less often right)")
+    g.add_argument("--refresh", choices=("auto", "block", "fill"),
+                   help="with the dual cache, when the whole window runs again: at every block "
+                        "or once per fill (faster when a fill spans blocks); auto (the "
+                        "default): what the checkpoint records")
     g.add_argument("--no-prefix-reuse", dest="reuse_prefix", action="store_false",
                    default=None,
                    help="never reuse a document's last window (the cold reference for "
@@ -87,6 +93,7 @@ def settings_from_args(args: argparse.Namespace):
             order=args.order, block_size=args.block_size, cache=args.cache,
             filler_order=args.filler_order, min_confidence=args.min_confidence,
             pass_positions=getattr(args, "pass_positions", None),
+            refresh=getattr(args, "refresh", None),
             check_names=args.check_names, reuse_prefix=getattr(args, "reuse_prefix", None),
             token_healing=getattr(args, "token_healing", None),
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)

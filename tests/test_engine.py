@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import helpers
+import pytest
 from infill import Engine, InfillRequest, InfillSettings
 from infill.text import PositionError
 from model import load_model
@@ -179,7 +180,9 @@ def test_every_request_is_bounded_and_an_oversized_one_names_its_cap(pattern_mod
 
 
 def test_the_cache_default_is_the_checkpoints_recorded_choice(tmp_path, bpe):
-    from infill.sampler import SamplerSettings, cache_mode
+    from infill.api import DEFAULT_BLOCK
+    from infill.sampler import SamplerSettings, block_size, cache_mode, refresh_mode
+    from model.errors import CheckpointError
     folder, _ = helpers.save_checkpoint(tmp_path / "c", "qwen2", tokenizer=bpe, tied=True,
                                         config_updates=helpers.diffill_config(cache="dual"))
     model = load_model(folder)
@@ -189,6 +192,22 @@ def test_the_cache_default_is_the_checkpoints_recorded_choice(tmp_path, bpe):
     plain, _ = helpers.save_checkpoint(tmp_path / "p", "qwen2", tokenizer=bpe, tied=True,
                                        config_updates=helpers.diffill_config())
     assert cache_mode(SamplerSettings(), load_model(plain)) == "none"
+    assert (block_size(SamplerSettings(), model), refresh_mode(SamplerSettings(), model)) == \
+        (DEFAULT_BLOCK, "block")
+    blocks, _ = helpers.save_checkpoint(
+        tmp_path / "b", "qwen2", tokenizer=bpe, tied=True,
+        config_updates=helpers.diffill_config(cache="dual", block_size=8, refresh="fill"))
+    recorded = load_model(blocks)
+    assert (block_size(SamplerSettings(), recorded),
+            refresh_mode(SamplerSettings(), recorded)) == (8, "fill")
+    asked = SamplerSettings(block_size=16, refresh="block")
+    assert (block_size(asked, recorded), refresh_mode(asked, recorded)) == (16, "block")
+    for bad in ({"refresh": "never"}, {"block_size": 0}, {"block_size": "8"}):
+        broken, _ = helpers.save_checkpoint(
+            tmp_path / f"x{len(str(bad))}", "qwen2", tokenizer=bpe,
+            tied=True, config_updates=helpers.diffill_config(**bad))
+        with pytest.raises(CheckpointError, match=next(iter(bad))):
+            load_model(broken)
     result = Engine(model).run(InfillRequest("def f(x):\n    return \n", 20),
                                InfillSettings(max_tokens=8, ensemble=1))
     assert result.forward_passes >= 1

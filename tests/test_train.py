@@ -118,6 +118,12 @@ def test_export_loads_through_the_checkpoint_path(run_dir, tmp_path):
                                min_confidence=confidence_floors("line=0.6,block=0.8")))
     assert floors.profile.confidence_floor("line") == 0.6
     assert floors.profile.confidence_floor("block") == 0.8
+    assert (model.profile.block_size, model.profile.refresh) == (None, "block")
+    blocks = load_model(export(run_dir, tmp_path / "blocks", cache="dual", block_size=8,
+                               refresh="fill"))
+    assert (blocks.profile.block_size, blocks.profile.refresh) == (8, "fill")
+    with pytest.raises(ValueError, match="block_size"):
+        export(run_dir, tmp_path / "bad", block_size=0)
 
 
 def test_export_floors_on_the_command_line_are_checked():
