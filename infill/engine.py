@@ -25,7 +25,8 @@ from .text import InputError, PositionError, check_size
 LINE_LADDER = (4, 8, 16, 32, 64)
 BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
 SYNTAX_CHECK_LIMIT = 1_000_000
-"""Documents above this many characters are not re-parsed per candidate."""
+"""Documents above this many characters are not parsed whole per candidate (the def or class
+around the fill still is)."""
 
 
 @dataclass
@@ -408,8 +409,10 @@ class Engine:
                     for _, chunk in extra:
                         defined |= post.identifiers(chunk)
                 it.unknown = tuple(n for n in free if n not in defined) if free else ()
-        if language is not None and len(text) <= SYNTAX_CHECK_LIMIT:
+        if language is not None:
             for it in items:
-                it.parses = post.parses(language, text[:it.start] + it.text + text[it.end:])
+                it.parses = post.parses_near(language, text[:it.start] + it.text + text[it.end:],
+                                             it.start, it.start + len(it.text),
+                                             SYNTAX_CHECK_LIMIT)
         items.sort(key=lambda it: (it.parses is not True, bool(it.unknown), not it.terminated,
                                    -it.score))

@@ -246,3 +246,74 @@ def parses(language: str | None, document: str) -> bool | None:
         return True
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
+
+
+_HEADER = re.compile(r"[ \t]*(?:async[ \t]+def|def|class)\b")
+
+
+def _lines_back(document: str, offset: int):
+    """(start, line) of the line holding ``offset``, then of each line before it."""
+    start = document.rfind("\n", 0, offset) + 1
+    while True:
+        end = document.find("\n", start)
+        yield start, document[start:end if end >= 0 else len(document)]
+        if start == 0:
+            return
+        start = document.rfind("\n", 0, start - 1) + 1
+
+
+def python_unit(document: str, lo: int, hi: int) -> str | None:
+    """The innermost ``def`` or ``class`` (with its decorators) whose header or body holds
+    ``document[lo:hi]``, dedented to stand alone; None at module level or where the lines do
+    not all share the header's indentation (a string or a bracket running out of it)."""
+    header = None
+    body_indent: int | None = None  # least indentation of the code lines below a candidate
+    lines = _lines_back(document, lo)
+    for start, line in lines:
+        code = line.lstrip(" \t")
+        if not code or code.startswith("#"):
+            continue
+        indent = len(line) - len(code)
+        if _HEADER.match(line) and (body_indent is None or indent < body_indent):
+            header = (start, line[:indent])
+            break
+        body_indent = indent if body_indent is None else min(body_indent, indent)
+        if body_indent == 0:
+            return None  # module level: no def or class holds the span
+    if header is None:
+        return None
+    first, prefix = header
+    for start, line in lines:  # decorators right above the header
+        if not line.startswith(prefix + "@"):
+            break
+        first = start
+    end = document.find("\n", hi - 1 if hi > lo else hi)  # a fill's own last newline counts
+    while end >= 0:  # the unit ends at the next code line indented no deeper than its header
+        nxt = document.find("\n", end + 1)
+        line = document[end + 1:nxt if nxt >= 0 else len(document)]
+        code = line.lstrip(" \t")
+        if code and not code.startswith("#") and len(line) - len(code) <= len(prefix):
+            break
+        end = nxt
+    unit = document[first:end if end >= 0 else len(document)].split("\n")
+    if any(x.strip() and not x.startswith(prefix) for x in unit):
+        return None
+    return "\n".join(x[len(prefix):] for x in unit)
+
+
+def parses_near(language: str | None, document: str, lo: int, hi: int,
+                whole_limit: int | None = None) -> bool | None:
+    """Whether ``document`` parses around ``document[lo:hi]`` (a fill in place): the innermost
+    def or class holding it, parsed alone, or else the whole document. The unit costs a
+    fraction of a big file's parse, and it still answers when the file is broken elsewhere
+    (mid-edit), where the whole file's parse fails for every candidate. A unit that does not
+    parse is checked again as the whole document (a unit cut wrong must not count against the
+    fill), unless the document is over ``whole_limit`` characters: then None (not checked)."""
+    if language != "python":
+        return None
+    unit = python_unit(document, lo, hi)
+    if unit is not None and parses(language, unit):
+        return True
+    if whole_limit is not None and len(document) > whole_limit:
+        return None
+    return parses(language, document)

@@ -142,6 +142,68 @@ def test_block_that_repeats_the_following_lines_is_cut():
     assert out == "y = 2"
 
 
+UNITS = """import os
+
+@decorate
+@again(1)
+def f(x):
+    \"\"\"doc\"\"\"
+    if x:
+        return 1
+    # a comment at any depth
+    return 2
+
+
+class C:
+    a = 1
+
+    def m(self):
+        y = [1,
+             2]
+        return y
+
+z = 3
+"""
+
+
+def _unit(doc, needle):
+    i = doc.index(needle)
+    return post.python_unit(doc, i, i + len(needle))
+
+
+def test_the_unit_checked_is_the_innermost_def_or_class_around_the_fill():
+    assert _unit(UNITS, "return 1").startswith("@decorate\n@again(1)\ndef f(x):\n")
+    assert _unit(UNITS, "return 1").rstrip().endswith("return 2")
+    assert _unit(UNITS, "y = [") == "def m(self):\n    y = [1,\n         2]\n    return y\n"
+    assert _unit(UNITS, "def m") == _unit(UNITS, "y = [")  # on the header line
+    assert _unit(UNITS, "a = 1").startswith("class C:\n    a = 1\n")
+    assert _unit(UNITS, "z = 3") is None and _unit(UNITS, "import os") is None  # module level
+    # A line that leaves the header's indentation (a string's text) makes no unit.
+    odd = "class K:\n    def g(self):\n        s = '''\nraw\n'''\n        return s\n"
+    assert _unit(odd, "return s") is None
+    # A fill that ends with its newline: the unit still ends before the next def.
+    doc = "def a():\n    x = 1\ndef b(:\n    pass\n"
+    i = doc.index("x = 1")
+    assert post.python_unit(doc, i, i + len("x = 1\n")) == "def a():\n    x = 1"
+
+
+def test_the_syntax_check_answers_near_the_fill_when_the_file_is_broken_elsewhere():
+    broken = "def f(x):\n    return x +\n\ndef g(y):\n    return y * 2\n"
+    i = broken.index("y * 2")
+    assert post.parses("python", broken) is False
+    assert post.parses_near("python", broken, i, i + 5) is True  # g itself is fine
+    bad = broken.replace("y * 2", "y * (2")
+    assert post.parses_near("python", bad, i, i + 6) is False
+    # A unit cut wrong (a def inside a string) does not count against a fill: the whole
+    # document decides, unless it is over the limit.
+    inside = 'X = """\n    def fake(:\n        pass\n"""\n'
+    i = inside.index("pass")
+    assert post.python_unit(inside, i, i + 4) == "def fake(:\n    pass"
+    assert post.parses_near("python", inside, i, i + 4) is True
+    assert post.parses_near("python", inside, i, i + 4, whole_limit=10) is None
+    assert post.parses_near("rust", "fn main() {}", 0, 2) is None
+
+
 def test_python_syntax_check():
     assert post.parses("python", "def f():\n    return 1\n") is True
     assert post.parses("python", "def f(:\n") is False

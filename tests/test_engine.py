@@ -128,6 +128,14 @@ def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
     from infill.post import unknown_names
     assert unknown_names(bad.text, doc) == ["osutil", "filename"]
     assert unknown_names(good.text, doc) == []
+    # A file broken elsewhere (mid-edit) still ranks by the syntax around the fill.
+    broken = "def g(:\n\ndef size(path):\n    \n"
+    at = broken.index("    \n") + 4
+    closes = Completion("return len(path)", at, at, score=0.4, parses=None)
+    opens = Completion("return len(path", at, at, score=0.9, parses=None)
+    items = [opens, closes]
+    Engine(pattern_model)._rank(items, broken, "python")
+    assert items[0] is closes and (closes.parses, opens.parses) == (True, False)
     # A fill that goes on with the word at the cursor is checked as the whole word.
     typed = "def f(sub: s"
     rest = Completion("tr) -> None:", len(typed), len(typed), score=0.5, parses=None)

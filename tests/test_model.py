@@ -329,3 +329,32 @@ def test_a_pass_over_chosen_positions_must_cover_the_logits_it_returns(qwen2_ckp
                           positions=torch.tensor([11]))  # column 3 reads position 10
     with pytest.raises(ValueError, match="filled cache"):
         model.span_logits(ids, 8, 16, columns=torch.tensor([3]), positions=torch.tensor([10]))
+
+
+def test_few_query_attention_is_sdpa_with_grouped_heads_and_padding():
+    import torch.nn.functional as F
+
+    from model.transformer import few_query_attention
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 9, 16, generator=gen)
+    k, v = torch.randn(2, 2, 30, 16, generator=gen), torch.randn(2, 2, 30, 16, generator=gen)
+    mask = torch.ones(2, 1, 1, 30, dtype=torch.bool)
+    mask[1, ..., 25:] = False
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert torch.allclose(few_query_attention(q, k, v, mask, 2), want, atol=1e-5)
+    assert torch.allclose(few_query_attention(q, k.repeat_interleave(2, 1),
+                                              v.repeat_interleave(2, 1), None, 1),
+                          F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1),
+                                                         v.repeat_interleave(2, 1)), atol=1e-5)
+
+
+def test_a_pass_of_few_queries_gives_the_logits_of_the_flash_kernel(qwen2_ckpt, monkeypatch):
+    import model.transformer as transformer
+    folder, _ = qwen2_ckpt
+    model = load_model(folder)
+    ids = _ids(model.config.vocab_size, (2, 16))
+    key_mask = torch.ones(2, 16, dtype=torch.bool)
+    key_mask[1, 12:] = False
+    few = model.span_logits(ids, 4, 10, key_mask=key_mask)
+    monkeypatch.setattr(transformer, "FEW_QUERIES", 0)  # every pass through SDPA
+    assert torch.allclose(few, model.span_logits(ids, 4, 10, key_mask=key_mask), atol=1e-5)
