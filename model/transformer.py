@@ -81,7 +81,7 @@ class KVCache:
 
 
 FEW_QUERIES = 128
-"""Queries per key/value head up to which a CPU inference pass uses
+"""Queries per key/value head up to which, and keys above which, a CPU inference pass uses
 :func:`few_query_attention`."""
 
 
@@ -90,8 +90,8 @@ def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Bidirectional attention of few queries (B, H, T, D) over many keys and values
     (B, H/group, T_k, D): the query heads sharing a key/value head go as one, scores and
     softmax in fp32. The same math as SDPA; on a CPU 1.7-3x faster than its flash kernel for a
-    block pass of the dual cache (9-65 queries against 500+ keys, bf16), slower from about
-    130 queries per key/value head on (docs/performance.md, session 9)."""
+    block pass of the dual cache (9-65 queries against 500+ keys, bf16); slower from about
+    130 queries per key/value head on, and under about 130 keys (design.md)."""
     B, H, T, D = q.shape
     grouped = q.reshape(B, H // group, group * T, D)
     scores = torch.matmul(grouped, k.transpose(-1, -2)).float().mul_(D ** -0.5)
@@ -138,7 +138,7 @@ class Attention(nn.Module):
         if key_mask is not None:
             mask = key_mask[:, None, None, :]  # (B, 1, 1, T_k): False = padding, never attended
         group = self.n_heads // self.n_kv
-        if not causal and x.device.type == "cpu" and group * T <= FEW_QUERIES \
+        if not causal and x.device.type == "cpu" and group * T <= FEW_QUERIES < k.shape[2] \
                 and not torch.is_grad_enabled():  # inference only: training keeps SDPA's
             out = few_query_attention(q, k, v, mask, group)
         else:

@@ -349,12 +349,24 @@ def test_few_query_attention_is_sdpa_with_grouped_heads_and_padding():
 
 
 def test_a_pass_of_few_queries_gives_the_logits_of_the_flash_kernel(qwen2_ckpt, monkeypatch):
+    """A span pass of the dual cache (few queries, many cached keys) through
+    few_query_attention gives what SDPA gives."""
     import model.transformer as transformer
     folder, _ = qwen2_ckpt
     model = load_model(folder)
-    ids = _ids(model.config.vocab_size, (2, 16))
-    key_mask = torch.ones(2, 16, dtype=torch.bool)
-    key_mask[1, 12:] = False
-    few = model.span_logits(ids, 4, 10, key_mask=key_mask)
-    monkeypatch.setattr(transformer, "FEW_QUERIES", 0)  # every pass through SDPA
-    assert torch.allclose(few, model.span_logits(ids, 4, 10, key_mask=key_mask), atol=1e-5)
+    ids = _ids(model.config.vocab_size, (2, 200))
+    key_mask = torch.ones(2, 200, dtype=torch.bool)
+    key_mask[1, 180:] = False
+    used = []
+    real = transformer.few_query_attention
+    monkeypatch.setattr(transformer, "few_query_attention",
+                        lambda *a: used.append(1) or real(*a))
+    logits = []
+    for few in (transformer.FEW_QUERIES, 0):  # 0: every pass through SDPA
+        monkeypatch.setattr(transformer, "FEW_QUERIES", few)
+        cache = KVCache([], [])
+        model.span_logits(ids, 100, 106, key_mask=key_mask, cache=cache)
+        logits.append(model.span_logits(ids, 100, 106, key_mask=key_mask, cache=cache))
+        if few:
+            assert len(used) == model.config.num_hidden_layers  # the span pass, every layer
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
