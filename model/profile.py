@@ -71,12 +71,17 @@ class FamilyProfile:
             raise ProfileError("filler_order must be 'left' or 'any'")
         if values.get("cache", self.cache) not in ("none", "dual"):
             raise ProfileError("cache must be 'none' or 'dual'")
-        if values.get("refresh", self.refresh) not in ("block", "fill"):
-            raise ProfileError("refresh must be 'block' or 'fill'")
-        size = values.get("block_size", self.block_size)
-        if size is not None and (type(size) is not int or size < 1):
-            raise ProfileError("block_size must be a whole number of at least 1")
+        check_blocks(values.get("block_size", self.block_size), values.get("refresh", self.refresh))
         return replace(self, **values)
+
+
+def check_blocks(block_size: Any, refresh: Any) -> None:
+    """The dual cache's recorded ``block_size`` (None, or a whole number of at least 1) and
+    ``refresh`` (``block`` or ``fill``), checked for config.json and for an export."""
+    if refresh not in ("block", "fill"):
+        raise ProfileError("refresh must be 'block' or 'fill'")
+    if block_size is not None and (type(block_size) is not int or block_size < 1):
+        raise ProfileError("block_size must be a whole number of at least 1")
 
 
 # Ids of the released checkpoints, used only when neither config nor tokenizer names them.

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .corpus import Corpus, build_corpus, fingerprint, read_source
 from .loader import cpu_has_bf16, parse_device
+from .profile import check_blocks
 from .transformer import Transformer
 from .weights import save_state_dict, weight_files
 
@@ -807,10 +808,9 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
             if isinstance(min_confidence, Mapping) else float(min_confidence)
     if cache:
         config["diffill"]["cache"] = cache
+    check_blocks(block_size, refresh or "block")  # as the profile will check them on load
     if block_size is not None:
-        if block_size < 1:
-            raise ValueError("block_size must be at least 1")
-        config["diffill"]["block_size"] = int(block_size)
+        config["diffill"]["block_size"] = block_size
     if refresh:
         config["diffill"]["refresh"] = refresh
     if cpu_bf16:
