@@ -362,6 +362,7 @@ def load_model(checkpoint: str | os.PathLike[str] | None = None, *,
     except torch.cuda.OutOfMemoryError as exc:
         raise CheckpointError(f"{folder}: out of GPU memory while loading ({exc})") from exc
     transformer.eval()
+    transformer.fuse_projections()
     seconds = time.perf_counter() - t0
     model = DiffusionModel(transformer, cfg, profile, tokenizer, dev, dt, folder, seconds,
                            threads=threads)

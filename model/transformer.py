@@ -80,6 +80,33 @@ class KVCache:
         return KVCache(keys, values)
 
 
+def fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) whose row blocks are ``linears``' own, which become views into
+    it: a pass can then run them as one matmul, and the state dict keeps its names."""
+    with torch.no_grad():
+        weight = torch.cat([m.weight for m in linears])
+        bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
+        at = 0
+        for m in linears:
+            n = m.weight.shape[0]
+            grad = m.weight.requires_grad
+            m.weight = nn.Parameter(weight[at:at + n], requires_grad=grad)
+            if bias is not None:
+                m.bias = nn.Parameter(bias[at:at + n], requires_grad=grad)
+            at += n
+    return weight, bias
+
+
+def fused_for(fused: tuple[torch.Tensor, torch.Tensor | None] | None,
+              first: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``fused`` when an inference pass may use it: no gradient wanted, and the weights still
+    its views (``Module.to`` or an assigning ``load_state_dict`` replaces them)."""
+    if fused is None or torch.is_grad_enabled() or \
+            first.weight.data_ptr() != fused[0].data_ptr():
+        return None
+    return fused
+
+
 FEW_QUERIES = 128
 """Queries per key/value head up to which, and keys above which, a CPU inference pass uses
 :func:`few_query_attention`."""
@@ -111,18 +138,37 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(q_dim, cfg.hidden_size, bias=cfg.o_bias)
+        self.qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def fuse(self) -> None:
+        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries and keys (RoPE applied) and values, (B, heads, T, D) each."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        qkv = fused_for(self.qkv, self.q_proj)
+        if qkv is not None:  # one matmul, and RoPE over queries and keys at once
+            heads = F.linear(x, *qkv).view(B, T, H + 2 * Hkv, D).transpose(1, 2)
+            qk = apply_rope(heads[:, :H + Hkv], cos, sin)
+            return qk[:, :H], qk[:, H:], heads[:, H + Hkv:]
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                 causal: bool, key_mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, start: int, fill_cache: bool,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x, cos, sin)
         if cache is not None:
             if fill_cache:
+                # Stored contiguous: the projections' (B, T, H, D) layout seen as (B, H, T, D)
+                # would be copied again by every span pass's matmuls.
+                k, v = k.contiguous(), v.contiguous()
                 cache.keys.append(k)
                 cache.values.append(v)
             else:
@@ -155,8 +201,17 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def fuse(self) -> None:
+        self.gate_up = fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up = fused_for(self.gate_up, self.gate_proj)
+        if gate_up is not None:
+            both = F.linear(x, gate_up[0])
+            n = both.shape[-1] // 2
+            return self.down_proj(F.silu(both[..., :n]) * both[..., n:])
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -190,6 +245,16 @@ class Transformer(nn.Module):
         self.model = Backbone(cfg)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def fuse_projections(self) -> None:
+        """For inference: each layer's query, key and value projections, and its MLP's gate
+        and up projections, become row blocks of one weight, and a pass without gradients
+        runs each group as one matmul. On a CPU a pass over a few positions is mostly the
+        cost of each call, not of its arithmetic (design.md). Same weights, same memory, same
+        state dict; a module moved or re-assigned afterwards runs them separately again."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def output_weight(self) -> torch.Tensor:
         if self.config.tie_word_embeddings:

@@ -370,3 +370,43 @@ def test_a_pass_of_few_queries_gives_the_logits_of_the_flash_kernel(qwen2_ckpt, 
         if few:
             assert len(used) == model.config.num_hidden_layers  # the span pass, every layer
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["qwen2_ckpt", "llama_tied_ckpt"])
+def test_fused_projections_compute_what_separate_ones_do(fixture, request):
+    """The loader fuses q/k/v and gate/up for inference: its passes (full and cached) give the
+    logits of a transformer of the same weights that runs them one by one, a pass with
+    gradients trains the separate parameters, and a model moved afterwards still computes
+    the same (the fused weights are no longer its own, so they are not used)."""
+    from model.transformer import Transformer, fused_for
+    folder, _ = request.getfixturevalue(fixture)
+    model = load_model(folder)
+    layer = model.transformer.model.layers[0]
+    assert fused_for(layer.self_attn.qkv, layer.self_attn.q_proj) is None  # grad enabled here
+    plain = Transformer(model.config)
+    plain.load_state_dict(model.transformer.state_dict())
+    plain.eval()
+    assert plain.model.layers[0].self_attn.qkv is None
+    ids = _ids(model.config.vocab_size, (2, 40))
+    with torch.inference_mode():
+        assert fused_for(layer.self_attn.qkv, layer.self_attn.q_proj) is not None
+        assert fused_for(layer.mlp.gate_up, layer.mlp.gate_proj) is not None
+        want = plain(ids)
+        assert torch.allclose(model.transformer(ids), want, atol=1e-5)
+        caches = [KVCache([], []), KVCache([], [])]
+        for net, cache in zip((model.transformer, plain), caches):
+            net.hidden(ids, cache=cache)
+        spans = [net.logits(net.hidden(ids[:, 20:30], cache=cache, start=20))
+                 for net, cache in zip((model.transformer, plain), caches)]
+        assert torch.allclose(spans[0], spans[1], atol=1e-5)
+        for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
+            assert torch.allclose(a, b, atol=1e-5)
+    model.transformer.train()
+    model.transformer(ids).sum().backward()
+    assert layer.self_attn.k_proj.weight.grad is not None
+    assert layer.mlp.up_proj.weight.grad is not None
+    model.transformer.eval()
+    moved = model.transformer.to(torch.float64)
+    with torch.inference_mode():
+        assert fused_for(layer.self_attn.qkv, layer.self_attn.q_proj) is None
+        assert torch.allclose(moved(ids).float(), want, atol=1e-4)
