@@ -56,6 +56,9 @@ FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|mask|>", *FIM_TOKENS] + \
     [f"<|pad_{k}|>" for k in range(1, 8)]
 OBJECTIVES = ("mdlm", "ar")
+CERTAINTY_T = 0.5
+"""Temperature of certainty forcing's entropy: below 1 it sharpens the distribution first, so
+the term keeps pulling where the plain softmax is already fairly sure."""
 BUCKETS = (8, 16, 32, 64, 128)
 MAX_SPAN = 128
 
@@ -92,6 +95,10 @@ class TrainConfig:
     """``ar`` runs: share of rows in prefix-suffix-middle order."""
     pad_tokens: int = 1
     """Distinct filler tokens cycled through surplus masks (1: one ``<|pad|>``; more: rainbow)."""
+    certainty: float = 0.0
+    """Certainty forcing (dParallel, arXiv 2509.26488), the weight of its term: the MDLM loss
+    plus this times the entropy, at temperature ``CERTAINTY_T``, of each masked prediction the
+    model already gets right, so a sure token becomes sure sooner and a pass commits several."""
     budget_minutes: float = 0.0
     """When > 0: the run has this much training time in all (on a lent GPU, say). Its speed is
     measured over steps 10-30 of the first call, and ``total_steps`` set so that the schedule
@@ -144,13 +151,16 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int):
 # ---------------------------------------------------------------- objective
 
 def mdlm_loss(model: Transformer, ids: torch.Tensor, region: torch.Tensor, key_mask: torch.Tensor,
-              mask_id: int, gen: torch.Generator, shift: bool = False) -> torch.Tensor:
+              mask_id: int, gen: torch.Generator, shift: bool = False,
+              certainty: float = 0.0) -> torch.Tensor:
     """MDLM loss on ``ids`` (B, T): mask a ratio t of each row's ``region`` and weight by 1/t.
 
     ``region`` (B, T) marks the positions that may be masked (all real tokens for plain
     windows, the middle for infill examples). The loss is normalised by the region size, so
     rows of different kinds weigh the same. ``shift``: a masked token at position i is
     predicted from hidden state i-1 (position 0 from itself), the sampler's ``shift_logits``.
+    ``certainty`` > 0 adds certainty forcing (see ``TrainConfig.certainty``): the mean
+    entropy of the masked predictions whose argmax is already the target.
     """
     B, T = ids.shape
     # Stratified t: one uniform draw spread over the batch (same expectation, much less
@@ -170,10 +180,17 @@ def mdlm_loss(model: Transformer, ids: torch.Tensor, region: torch.Tensor, key_m
     rows, cols = masked.nonzero(as_tuple=True)
     src = (cols - 1).clamp(min=0) if shift else cols
     logits = model.logits(hidden[rows, src])  # (N, V)
-    ce = F.cross_entropy(logits, ids[rows, cols], reduction="none")  # (N,)
+    target = ids[rows, cols]
+    ce = F.cross_entropy(logits, target, reduction="none")  # (N,)
     weight = 1.0 / t[rows, 0]
     per_row = torch.zeros(B, device=ids.device).index_add_(0, rows, ce * weight)
-    return (per_row / region.sum(dim=1).clamp(min=1)).mean()
+    loss = (per_row / region.sum(dim=1).clamp(min=1)).mean()
+    if certainty > 0:
+        right = logits.detach().argmax(dim=-1) == target
+        if right.any():
+            logp = F.log_softmax(logits[right].float() / CERTAINTY_T, dim=-1)
+            loss = loss + certainty * -(logp.exp() * logp).sum(dim=-1).mean()
+    return loss
 
 
 def ar_loss(model: Transformer, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -715,7 +732,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
             else:
                 ids, region, key_mask = (x.to(dev, non_blocking=True) for x in tensors)
                 loss = mdlm_loss(model, ids, region, key_mask, mask_id, gen,
-                                 shift=cfg.shift_logits)
+                                 shift=cfg.shift_logits, certainty=cfg.certainty)
                 n_tokens = int(key_mask.sum())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -81,6 +81,41 @@ def test_the_shifted_mdlm_loss_predicts_each_token_from_the_position_before():
     assert 0 < t <= 1
 
 
+def test_certainty_forcing_adds_the_entropy_of_right_predictions_only(tmp_path):
+    """dParallel's term: the loss grows by ``certainty`` times the entropy (at temperature
+    CERTAINTY_T) of a masked prediction that is already right, and not at all for a wrong
+    one; a run with it trains and its held-out loss stays the plain MDLM loss."""
+    from model.train import CERTAINTY_T, _init_weights
+    cfg = TrainConfig(**TINY)
+    model = Transformer(cfg.model_config()).eval()
+    _init_weights(model, 0)  # a run's start: small weights, a spread-out prediction
+    ids = torch.randint(5, 300, (1, 12))
+    region = torch.zeros(1, 12, dtype=torch.bool)
+    region[0, 6] = True
+    keys = torch.ones(1, 12, dtype=torch.bool)
+    noisy = ids.clone()
+    noisy[0, 6] = 2
+    with torch.no_grad():
+        logits = model(noisy)[0, 5]  # shifted: position 5's state predicts token 6
+        logp = torch.log_softmax(logits / CERTAINTY_T, dim=-1)
+        entropy = -(logp.exp() * logp).sum().item()
+
+        def loss(certainty: float) -> float:
+            return mdlm_loss(model, ids, region, keys, 2, torch.Generator().manual_seed(0),
+                             shift=True, certainty=certainty).item()
+
+        ids[0, 6] = int(logits.argmax())  # the model's answer: right
+        assert entropy > 0.1
+        assert loss(0.5) - loss(0.0) == pytest.approx(0.5 * entropy, rel=1e-4)
+        ids[0, 6] = int(logits.argsort()[-2])  # its second choice: wrong
+        assert loss(0.5) == pytest.approx(loss(0.0), rel=1e-6)
+    run = new_run(tmp_path / "cf", objective="ar", ar_fraction=0.25, certainty=0.5)
+    state = train(run, steps=40, threads=1)
+    assert [h["phase"] for h in state.history] == ["mdlm", "mdlm"]
+    assert all(h["loss"] > 0 for h in state.history)
+    assert TrainConfig(**json.loads((run / "train_config.json").read_text())).certainty == 0.5
+
+
 def test_rainbow_padding_fills_surplus_with_distinct_pads_and_the_profile_knows_them(tmp_path):
     run = new_run(tmp_path / "rb", pad_tokens=4)
     from tokenizers import Tokenizer
