@@ -7,7 +7,9 @@ chunks (other open files, recently edited regions) go ahead of the prefix in the
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Sequence
 
 from .post import identifiers
@@ -48,14 +50,45 @@ class Window:
 
 
 def _count(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Tokens of each of ``texts`` (consecutive lines): one tokenisation of the lines
+    together, each token counted in the line where it begins, which is also closer to the
+    window's real count than tokenising each line alone (a newline joins the next line's
+    indentation). A tokenizer without offsets tokenises each line."""
     if not texts:
         return []
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [len(e) for e in enc]
+    try:
+        offsets = tokenizer("".join(texts), add_special_tokens=False,
+                            return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        return [len(e) for e in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    ends = list(accumulate(len(t) for t in texts))
+    counts = [0] * len(texts)
+    for begin, _ in offsets:
+        counts[min(bisect_right(ends, begin), len(texts) - 1)] += 1
+    return counts
 
 
 def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+class _Remembering:
+    """A tokenizer that keeps the ids of each whole text it encodes, for one window's build:
+    the text a budget check tokenised is the window's own, and is not tokenised again."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.seen: dict[str, dict] = {}
+
+    def __call__(self, text, **kw):
+        if not isinstance(text, str) or kw != {"add_special_tokens": False}:
+            return self.tokenizer(text, **kw)
+        if text not in self.seen:
+            self.seen[text] = self.tokenizer(text, **kw)
+        return self.seen[text]
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
 
 
 def _fit_lines(tokenizer, lines: list[str], budget: int, from_end: bool) -> int:
@@ -175,6 +208,7 @@ def build_window(tokenizer, text: str, start: int, end: int | None = None,
     """The window around ``text[start:end]`` (a cursor when ``end`` is None); ``keep``: see
     :func:`prefix_window`."""
     end = start if end is None else end
+    tokenizer = _Remembering(tokenizer)
     prefix, p0 = prefix_window(tokenizer, text, start, budget.prefix_tokens, keep)
     suffix, s1 = suffix_window(tokenizer, text, end, budget.suffix_tokens)
     extra_ids: list[int] = []

@@ -147,13 +147,15 @@ def unstutter(fill: str, document: str) -> str:
 
 # ---------------------------------------------------------------- names
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FREE_IDENT = re.compile(r"(?<![\w.])[A-Za-z_][A-Za-z0-9_]*")
+_IDENT = re.compile(r"[^\W\d]\w*")
+"""A Python identifier: a letter or underscore (any script's, as Python allows), then word
+characters."""
+_FREE_IDENT = re.compile(r"(?<![\w.])[^\W\d]\w*")
 """An identifier that is not an attribute (after a dot) nor the tail of a number (``1e5``)."""
 _DOT_SPACE = re.compile(r"\.\s+")
 _STRING_OR_COMMENT = re.compile(r"#[^\n]*|(?:[rbfuRBFU]{0,2})(?:'[^'\n]*'|\"[^\"\n]*\")")
 _BINDERS = re.compile(
-    r"\b(?:def|class|as|import|global|nonlocal)\s+([A-Za-z_]\w*)"
+    r"\b(?:def|class|as|import|global|nonlocal)\s+([^\W\d]\w*)"
     r"|\bfor\s+([\w\s,()]+?)\s+in\b"
     r"|\blambda\s*([\w\s,*=]*):"
     r"|^\s*([\w\s,*]+?)\s*(?:[-+*/%&|^@]|//|\*\*|>>|<<)?=(?!=)", re.M)
@@ -172,7 +174,7 @@ def identifiers(text: str) -> set[str]:
     return set(_IDENT.findall(text))
 
 
-_WORD_END = re.compile(r"[A-Za-z0-9_]+$")
+_WORD_END = re.compile(r"\w+$")
 
 
 def word_before(text: str, offset: int) -> str:

@@ -617,11 +617,12 @@ def infill_many(model: DiffusionModel,
             owner.append(j)
             leads.append(lead[0] if lead else None)
     ids, key_mask, lo = layout_rows(model, rows)
-    row_cancel = None
+    row_cancel: RowCancel | None = None
     if cancel:
-        def row_cancel() -> list[bool]:
+        def cancelled_rows() -> list[bool]:
             flags = [bool(c()) if c else False for c in cancel]
             return [flags[j] for j in owner]
+        row_cancel = cancelled_rows
     prof = model.profile
     on_step = _preview_steps(model, previews, [n for _, _, n in rows], owner, lo) \
         if previews and any(previews) else None
@@ -697,3 +698,23 @@ def refine(model: DiffusionModel, prefix: Sequence[int], selection: Sequence[int
     filler = set(model.profile.filler_ids)
     tokens = [t for i, t in enumerate(new) if not (i in doubtful and t in filler)]
     return Refined(tokens, sorted(doubtful), p_orig.tolist(), out.forward_passes + 1)
+
+
+def teacher(model: DiffusionModel) -> Callable[[list[int], list[int], int], list[int]]:
+    """``fill(prefix, suffix, n)``: ``model``'s own ``n`` tokens for a gap between those ids,
+    filler included, as the editor would get them (the checkpoint's recorded settings). The
+    middles of self-distilled training rows (``TrainConfig.self_distill``). Its passes leave
+    the calling thread's thread count as they found it."""
+    mask = model.profile.mask_id
+
+    def fill(prefix: list[int], suffix: list[int], n: int) -> list[int]:
+        threads = torch.get_num_threads()
+        model.threads = threads  # the training run's count, not the machine's
+        ids = torch.tensor([prefix + [mask] * n + suffix], device=model.device)
+        try:
+            out = denoise(model, ids, len(prefix), len(prefix) + n, settings=SamplerSettings())
+        finally:
+            torch.set_num_threads(threads)
+        return out.ids[0, len(prefix):len(prefix) + n].tolist()
+
+    return fill

@@ -99,6 +99,14 @@ class TrainConfig:
     """Certainty forcing (dParallel, arXiv 2509.26488), the weight of its term: the MDLM loss
     plus this times the entropy, at temperature ``CERTAINTY_T``, of each masked prediction the
     model already gets right, so a sure token becomes sure sooner and a pass commits several."""
+    self_distill: float = 0.0
+    """Share of infill rows whose middle is not the corpus's but ``teacher``'s own fill of
+    the gap, decoded by the sampler with the checkpoint's settings (dParallel's teacher
+    trajectories: a model's greedy answers are far more predictable than the corpus, so it
+    can learn to be sure of several of them at once). Plain rows keep the corpus."""
+    teacher: str = ""
+    """Checkpoint folder that writes the ``self_distill`` rows (``--init-from``'s by
+    default): fixed for the whole run, so a resumed run distils from the same model."""
     budget_minutes: float = 0.0
     """When > 0: the run has this much training time in all (on a lent GPU, say). Its speed is
     measured over steps 10-30 of the first call, and ``total_steps`` set so that the schedule
@@ -110,6 +118,10 @@ class TrainConfig:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}")
         if not 1 <= self.pad_tokens <= 8:
             raise ValueError("pad_tokens must be between 1 and 8")
+        if not 0 <= self.self_distill <= 1:
+            raise ValueError("self_distill must be between 0 and 1")
+        if self.self_distill > 0 and not self.teacher:
+            raise ValueError("self_distill needs a teacher checkpoint (or --init-from)")
 
     @property
     def shift_logits(self) -> bool:
@@ -223,8 +235,11 @@ class Batcher:
     """Plain windows from a token stream plus infill-shaped examples cut from raw text."""
 
     def __init__(self, tokenizer, stream: np.ndarray, texts: list[str], cfg: TrainConfig,
-                 seed: int) -> None:
+                 seed: int, fill: Callable[[list[int], list[int], int], list[int]] | None = None
+                 ) -> None:
         self.tok = tokenizer
+        self.fill = fill
+        """``fill(prefix, suffix, n)``: a teacher's ``n`` tokens for the gap (self_distill)."""
         self.stream = stream
         self.texts = texts
         self.cfg = cfg
@@ -305,6 +320,8 @@ class Batcher:
         fits = [b for b in usable if b >= max(len(mid), 1)]
         bucket = fits[0] if rng.random() < 0.6 else rng.choice(fits)
         pre, suf = self._context(prefix, suffix, cfg.seq_len - bucket)
+        if self.fill is not None and rng.random() < cfg.self_distill:
+            return pre + self.fill(pre, suf, bucket) + suf, len(pre), len(pre) + bucket
         filler = [self.fillers[k % len(self.fillers)] for k in range(bucket - len(mid))]
         return pre + mid + filler + suf, len(pre), len(pre) + bucket
 
@@ -522,6 +539,8 @@ def continued_config(folder: Path, overrides: dict | None = None) -> dict:
     ``ar_fraction``) keeps the step at which the run converted from autoregressive to
     diffusion, so a converted model is never sent back to causal training."""
     base = shape_of_checkpoint(folder)
+    for own in ("self_distill", "teacher"):  # a run's own choice, never inherited
+        base.pop(own, None)
     overrides = dict(overrides or {})
     if base.get("objective") == "ar" and "total_steps" in overrides \
             and "ar_fraction" not in overrides:
@@ -614,7 +633,8 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
           threads: int | None = None, init_from: Path | None = None,
           device: str | None = None, compile_model: bool = False,
           precision: str = "auto", save_every_minutes: float | None = None,
-          prefetch: int | None = None) -> RunState:
+          prefetch: int | None = None,
+          fill: Callable[[list[int], list[int], int], list[int]] | None = None) -> RunState:
     """Train from the run folder's state for ``minutes`` or ``steps`` more, then save.
 
     A run without ``state.pt`` starts from random weights, or from the weights of the
@@ -626,7 +646,8 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     compiling, then about 1.3x on a CPU). ``save_every_minutes`` writes ``state.pt`` during the
     run too, so a run cut off loses at most that much. ``prefetch`` batches are made ahead
     by a background thread (default: 4 on CUDA, none on a CPU, where the thread would only
-    take a core from the model).
+    take a core from the model). ``fill(prefix, suffix, n)`` writes the middles of
+    ``self_distill`` rows (the teacher's answers; ``infill.sampler.teacher`` makes one).
     """
     from tokenizers import Tokenizer
     dev = parse_device(device)  # before any work: a device that is not here is a clear error
@@ -667,7 +688,11 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])  # moves its state to the parameters' device
         del saved
-    batcher = Batcher(tok, stream, texts, cfg, seed=cfg.seed + state.step)
+    if cfg.self_distill > 0 and fill is None:
+        raise ValueError("self_distill needs the teacher's fill (diffill train makes it from "
+                         "the run's teacher checkpoint: infill.sampler.teacher)")
+    batcher = Batcher(tok, stream, texts, cfg, seed=cfg.seed + state.step,
+                      fill=fill if cfg.self_distill > 0 else None)
     pin = dev.type == "cuda"
 
     def make_batch(step: int) -> tuple[str, tuple[torch.Tensor, ...]]:

@@ -202,7 +202,8 @@ def _bundled_model_hint(checkpoint: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from model.train import RECIPES, TrainConfig, export, prepare_run, continued_config, train
+    from model.train import (RECIPES, TrainConfig, continued_config, export,
+                             load_train_config, prepare_run, train)
     logging.getLogger("diffill").setLevel(logging.INFO)
     run = Path(args.run_dir)
     if args.export:
@@ -233,6 +234,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides["budget_minutes"] = args.budget_minutes
         if init is not None:  # the checkpoint's shape and schedule, unless --config says otherwise
             overrides = continued_config(init, overrides)
+            if overrides.get("self_distill") and not overrides.get("teacher"):
+                overrides["teacher"] = str(init.resolve())
         try:
             cfg = TrainConfig(**overrides)
         except (TypeError, ValueError) as exc:
@@ -246,10 +249,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         prepare_run(run, cfg, corpus=corpus, tokenizer_from=tokenizer)
     if args.minutes is None and args.steps is None:
         raise UsageError("give --minutes or --steps (or --export DIR)")
+    fill = None
+    cfg = load_train_config(run)
+    if cfg.self_distill > 0:  # the teacher writes the middles of self-distilled rows
+        from infill.sampler import teacher
+        from model import load_model
+        fill = teacher(load_model(cfg.teacher, device=args.device))
     state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,
                   init_from=init, device=args.device, compile_model=args.compile,
                   precision=args.precision, save_every_minutes=args.save_every,
-                  prefetch=args.prefetch)
+                  prefetch=args.prefetch, fill=fill)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"step": state.step, "tokens_seen": state.tokens_seen,
                       "seconds": round(state.seconds, 1), "loss": last.get("loss")}))

@@ -263,3 +263,13 @@ def test_a_documents_window_keeps_its_start_while_the_user_types(tok):
     longer = typed + "".join(f"\nmore_{i} = {i}" for i in range(30))
     far, start5 = prefix_window(tok, longer, len(longer), 120, keep=mark)
     assert start5 > start and len(encode(tok, far)) <= 120 - STICKY_SLACK
+
+
+def test_names_and_the_word_before_the_cursor_are_python_identifiers_in_any_script():
+    """Python identifiers may be non-ASCII: a fill's free names and the partial word at the
+    cursor see them whole (as token healing's ``\\w+`` does), not cut at the first accent."""
+    assert post.word_before("x = naï", 7) == "naï"
+    assert post.word_before("y = 1 + ", 8) == ""
+    assert post.free_names("total = αβ + naïve(x1) + 2e5", frozenset()) == ["αβ", "naïve", "x1"]
+    assert post.free_names("for ñ in range(3): print(ñ)", post.python_names()) == []
+    assert post.identifiers("déf = 1; _x2 = 3") == {"déf", "_x2"}

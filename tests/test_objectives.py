@@ -155,6 +155,50 @@ def test_a_run_resumes_from_its_exported_checkpoint_when_its_folder_is_gone(tmp_
     assert second.history[-1]["phase"] == "mdlm"  # step 40 of 60 is past the conversion
 
 
+def test_self_distilled_rows_hold_the_teachers_own_fill_of_the_gap(tmp_path):
+    """self_distill: an infill row's middle is what the teacher checkpoint's sampler writes
+    into that gap (content, then filler), not the corpus's; a run with it trains, and a run
+    continued from its export does not inherit the teacher."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from infill.sampler import infill, teacher as teacher_fill
+    from model.train import Batcher
+    run = new_run(tmp_path / "t", objective="ar", ar_fraction=0.25)
+    train(run, steps=20, threads=1)
+    teacher = export(run, tmp_path / "teacher")
+    model = load_model(teacher)
+    fill = teacher_fill(model)
+    tok = Tokenizer.from_file(str(run / "tokenizer.json"))
+    pre, suf = tok.encode("def area(w, h):\n    return ").ids, tok.encode("\n\nx = 1\n").ids
+    written = fill(pre, suf, 8)
+    assert len(written) == 8 and model.profile.mask_id not in written
+    cands, _ = infill(model, pre, suf, [8])
+    assert cands[0].tokens == [t for t in written if t not in model.profile.filler_ids]
+    calls = []
+    cfg = TrainConfig(**{**TINY, "infill_fraction": 1.0, "self_distill": 1.0,
+                         "teacher": str(teacher)})
+    b = Batcher(tok, np.load(run / "tokens.npy"), TEXTS, cfg, seed=0,
+                fill=lambda p, s, n: calls.append((p, s, n)) or fill(p, s, n))
+    ids, region, _ = b.batch()
+    assert len(calls) == cfg.batch_size
+    for row, reg, (p, s, n) in zip(ids.tolist(), region.tolist(), calls):
+        lo = reg.index(True)
+        assert row[:lo] == p and sum(reg) == n
+        assert row[lo:lo + n] == fill(p, s, n)  # the teacher's answer, deterministic
+    with pytest.raises(ValueError, match="teacher"):
+        TrainConfig(**{**TINY, "self_distill": 0.5})
+    student = tmp_path / "student"
+    prepare_run(student, cfg, texts_override=TEXTS, tokenizer_from=teacher)
+    with pytest.raises(ValueError, match="teacher"):
+        train(student, steps=1, threads=1, init_from=teacher)
+    state = train(student, steps=20, threads=1, init_from=teacher, fill=fill)
+    assert state.history[-1]["phase"] == "mdlm" and state.history[-1]["loss"] > 0
+    assert torch.get_num_threads() == 1  # the teacher's passes left the run's thread count
+    out = export(student, tmp_path / "student-ckpt")
+    assert "self_distill" not in continued_config(out)
+
+
 def test_a_stretched_schedule_keeps_a_converted_run_converted(tmp_path):
     run = new_run(tmp_path / "run", objective="ar", ar_fraction=0.5, total_steps=40)
     train(run, steps=25, threads=1)  # past the conversion at step 20
