@@ -235,11 +235,13 @@ class Batcher:
     """Plain windows from a token stream plus infill-shaped examples cut from raw text."""
 
     def __init__(self, tokenizer, stream: np.ndarray, texts: list[str], cfg: TrainConfig,
-                 seed: int, fill: Callable[[list[int], list[int], int], list[int]] | None = None
+                 seed: int,
+                 fill: Callable[[list[int], list[int], int], list[int] | None] | None = None
                  ) -> None:
         self.tok = tokenizer
         self.fill = fill
-        """``fill(prefix, suffix, n)``: a teacher's ``n`` tokens for the gap (self_distill)."""
+        """``fill(prefix, suffix, n)``: a teacher's ``n`` tokens for the gap (self_distill),
+        or None where it has none to give (the row keeps the corpus's middle)."""
         self.stream = stream
         self.texts = texts
         self.cfg = cfg
@@ -321,7 +323,9 @@ class Batcher:
         bucket = fits[0] if rng.random() < 0.6 else rng.choice(fits)
         pre, suf = self._context(prefix, suffix, cfg.seq_len - bucket)
         if self.fill is not None and rng.random() < cfg.self_distill:
-            return pre + self.fill(pre, suf, bucket) + suf, len(pre), len(pre) + bucket
+            written = self.fill(pre, suf, bucket)
+            if written is not None:
+                return pre + written + suf, len(pre), len(pre) + bucket
         filler = [self.fillers[k % len(self.fillers)] for k in range(bucket - len(mid))]
         return pre + mid + filler + suf, len(pre), len(pre) + bucket
 
@@ -634,7 +638,8 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
           device: str | None = None, compile_model: bool = False,
           precision: str = "auto", save_every_minutes: float | None = None,
           prefetch: int | None = None,
-          fill: Callable[[list[int], list[int], int], list[int]] | None = None) -> RunState:
+          fill: Callable[[list[int], list[int], int], list[int] | None] | None = None
+          ) -> RunState:
     """Train from the run folder's state for ``minutes`` or ``steps`` more, then save.
 
     A run without ``state.pt`` starts from random weights, or from the weights of the

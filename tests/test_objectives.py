@@ -166,7 +166,7 @@ def test_self_distilled_rows_hold_the_teachers_own_fill_of_the_gap(tmp_path):
     from model.train import Batcher
     run = new_run(tmp_path / "t", objective="ar", ar_fraction=0.25)
     train(run, steps=20, threads=1)
-    teacher = export(run, tmp_path / "teacher")
+    teacher = export(run, tmp_path / "teacher", max_fill=8)
     model = load_model(teacher)
     fill = teacher_fill(model)
     tok = Tokenizer.from_file(str(run / "tokenizer.json"))
@@ -175,6 +175,7 @@ def test_self_distilled_rows_hold_the_teachers_own_fill_of_the_gap(tmp_path):
     assert len(written) == 8 and model.profile.mask_id not in written
     cands, _ = infill(model, pre, suf, [8])
     assert cands[0].tokens == [t for t in written if t not in model.profile.filler_ids]
+    assert fill(pre, suf, 16) is None  # longer than the checkpoint's max_fill: none given
     calls = []
     cfg = TrainConfig(**{**TINY, "infill_fraction": 1.0, "self_distill": 1.0,
                          "teacher": str(teacher)})
@@ -182,10 +183,15 @@ def test_self_distilled_rows_hold_the_teachers_own_fill_of_the_gap(tmp_path):
                 fill=lambda p, s, n: calls.append((p, s, n)) or fill(p, s, n))
     ids, region, _ = b.batch()
     assert len(calls) == cfg.batch_size
+    assert {n for _, _, n in calls} > {8}  # short gaps and long ones
     for row, reg, (p, s, n) in zip(ids.tolist(), region.tolist(), calls):
         lo = reg.index(True)
         assert row[:lo] == p and sum(reg) == n
-        assert row[lo:lo + n] == fill(p, s, n)  # the teacher's answer, deterministic
+        if n <= 8:
+            assert row[lo:lo + n] == fill(p, s, n)  # the teacher's answer, deterministic
+        else:  # the corpus's middle, then filler
+            text = tok.decode([t for t in row[lo:lo + n] if t not in model.profile.filler_ids])
+            assert any(text in t for t in TEXTS)
     with pytest.raises(ValueError, match="teacher"):
         TrainConfig(**{**TINY, "self_distill": 0.5})
     student = tmp_path / "student"
