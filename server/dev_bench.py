@@ -93,9 +93,10 @@ def timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def ar_twin(model):
+def ar_twin(model, dtype=None):
     """transformers' causal decoder of the same shape holding the same weights (Qwen2 when the
-    checkpoint has q/k/v biases only, LLaMA otherwise), for the autoregressive baseline."""
+    checkpoint has q/k/v biases only, LLaMA otherwise), for the autoregressive baseline, in
+    ``dtype`` (the model's by default)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
     c = model.config
@@ -110,9 +111,11 @@ def ar_twin(model):
         cls, cfg = Qwen2ForCausalLM, Qwen2Config(**common)
     else:
         cls, cfg = LlamaForCausalLM, LlamaConfig(attention_bias=c.qkv_bias, **common)
+    dtype = dtype or model.dtype
     with torch.device(model.device):
-        net = cls(cfg).to(model.dtype)
-    missing, unexpected = net.load_state_dict(model.transformer.state_dict(), strict=False)
+        net = cls(cfg).to(dtype)
+    weights = {k: v.to(dtype) for k, v in model.transformer.state_dict().items()}
+    missing, unexpected = net.load_state_dict(weights, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise UsageError(f"the autoregressive twin does not match the checkpoint: missing "
                          f"{missing[:3]}, unexpected {unexpected[:3]}")
@@ -190,27 +193,34 @@ def run_bench(args: argparse.Namespace) -> int:
         rows.append((name, t * 1000, span / t, passes, base_time / t, agree))
     ar = None
     if not args.no_ar:
-        twin = ar_twin(model)
         ctx = torch.tensor([list(prefix) + list(suffix)], device=model.device)
-
-        def decode():
-            with torch.inference_mode():
-                twin.generate(ctx, max_new_tokens=span, min_new_tokens=span, do_sample=False,
-                              attention_mask=torch.ones_like(ctx), pad_token_id=0)
-
-        # The decoder gets its best CPU thread count: its steps are one position each, which
-        # the diffusion passes' own rule would run on one thread (model.loader.PARALLEL_FLOPS).
-        counts = sorted({1, model.threads}) if model.device.type == "cpu" else [0]
+        # The decoder gets its best CPU thread count (its steps are one position each, which
+        # the diffusion passes' own rule would run on one thread, model.loader.PARALLEL_FLOPS)
+        # and, on a CPU, its best of the model's dtype and fp32 (a matmul of one row can be
+        # cheaper in fp32 than in bf16).
+        cpu = model.device.type == "cpu"
+        counts = sorted({1, model.threads}) if cpu else [0]
+        dtypes = list(dict.fromkeys([model.dtype, torch.float32])) if cpu else [model.dtype]
         best = []
-        for n in counts:
-            if n:
-                torch.set_num_threads(n)
-            best.append((timed(decode, model.device, args.repeats), n))
-        ar, ar_threads = min(best)
+        for dtype in dtypes:
+            twin = ar_twin(model, dtype)
+
+            def decode(twin=twin):
+                with torch.inference_mode():
+                    twin.generate(ctx, max_new_tokens=span, min_new_tokens=span,
+                                  do_sample=False, attention_mask=torch.ones_like(ctx),
+                                  pad_token_id=0)
+
+            for n in counts:
+                if n:
+                    torch.set_num_threads(n)
+                best.append((timed(decode, model.device, args.repeats), n, dtype,
+                             type(twin).__name__))
+        ar, ar_threads, ar_dtype, kind = min(best, key=lambda b: b[0])
         on = f", {ar_threads} thread{'s' if ar_threads > 1 else ''}" if ar_threads else ""
-        rows.append((f"autoregressive decoder, same weights ({type(twin).__name__}, KV cache, "
-                     f"{span} tokens after the same {len(ctx[0])}{on})", ar * 1000, span / ar,
-                     span, base_time / ar, None))
+        rows.append((f"autoregressive decoder, same weights ({kind}, KV cache, "
+                     f"{str(ar_dtype).replace('torch.', '')}, {span} tokens after the same "
+                     f"{len(ctx[0])}{on})", ar * 1000, span / ar, span, base_time / ar, None))
     header = ("| variant | ms / fill | masked tok/s | passes | speed-up | agrees with baseline |"
               + (" vs autoregressive |" if ar else "") + "\n"
               "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if ar else ""))

@@ -155,6 +155,7 @@ def test_bench_writes_a_table_of_ratios_against_the_plain_sampler(tmp_path, diff
     # tokens/s as a ratio of its tokens/s.
     ar = rows[-1]
     assert ar[0].strip().startswith("autoregressive decoder, same weights (Qwen2ForCausalLM")
+    assert "float32" in ar[0]  # the dtype it ran in (its best of the model's and fp32)
     assert ar[3].strip() == "8" and ar[5].strip() == "—" and ar[6].strip() == "1.00x"
     assert all(float(c[6].strip().rstrip("x")) > 0 for c in rows[2:])
 
