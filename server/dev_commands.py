@@ -10,6 +10,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from infill.api import CACHES, FILLER_ORDERS, REFRESHES
+
 from .errors import EXIT_OK, BadInput, UsageError
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -39,19 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="record in the export the calibrated score under which completions "
                         "are not shown (diffill eval --calibrate): one score, or one per "
                         "mode as line=P,block=P")
-    t.add_argument("--cache", choices=("none", "dual"),
+    t.add_argument("--cache", choices=[c for c in CACHES if c != "auto"],
                    help="record in the export the cache its held-out eval was measured with "
                         "(what cache: auto uses)")
     t.add_argument("--cache-blocks", type=int, metavar="N",
                    help="record in the export the dual cache's block length its held-out eval "
                         "was measured with (what block_size 0 uses)")
-    t.add_argument("--refresh", choices=("block", "fill"),
+    t.add_argument("--refresh", choices=[r for r in REFRESHES if r != "auto"],
                    help="record in the export when the dual cache is refreshed: every block, "
                         "or once per fill where its eval showed that keeps the answers")
     t.add_argument("--cpu-bf16", action="store_true",
                    help="record in the export that its answers hold in bf16: CPUs with native "
                         "bf16 then run it in bf16 by default")
-    t.add_argument("--filler-order", choices=("left", "any"),
+    t.add_argument("--filler-order", choices=[f for f in FILLER_ORDERS if f != "auto"],
                    help="record in the export the filler order its fills do best with")
     t.add_argument("--bf16-weights", action="store_true",
                    help="export the weights in bf16 (half the size; loads as any dtype)")

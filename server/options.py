@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from infill.api import CACHES, FILLER_ORDERS, ORDERS, PASS_POSITIONS, REFRESHES, SCHEDULES
+from infill.post import MODES
+
 from .errors import BadInput, UsageError
 
 MARKER = "<|fill|>"
@@ -33,23 +36,23 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler")
     g.add_argument("--steps", type=int, help="forward passes for fixed/blocks schedules")
     g.add_argument("--max-tokens", type=int, help="most tokens a completion may take")
-    g.add_argument("--schedule", choices=("fixed", "threshold", "blocks"))
+    g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--threshold", type=float, help="commit probability for --schedule threshold")
-    g.add_argument("--order", choices=("confidence", "margin", "entropy"))
+    g.add_argument("--order", choices=ORDERS)
     g.add_argument("--block-size", type=int,
                    help="block length of the blocks schedule and the dual cache (default: the "
                         "checkpoint's, else 32)")
-    g.add_argument("--filler-order", choices=("auto", "left", "any"),
+    g.add_argument("--filler-order", choices=FILLER_ORDERS,
                    help="where a fill may end: left (filler only behind the written part), "
                         "any (wherever the model is surest); auto asks the checkpoint")
-    g.add_argument("--cache", choices=("auto", "none", "dual"),
+    g.add_argument("--cache", choices=CACHES,
                    help="dual: reuse the context's keys/values between passes; auto (the "
                         "default): what the checkpoint records")
-    g.add_argument("--pass-positions", choices=("open", "block"),
+    g.add_argument("--pass-positions", choices=PASS_POSITIONS,
                    help="with the dual cache, what a pass runs: block (all of it; the default) "
                         "or open (masked positions and those committed by the last pass: faster "
                         "on long spans, slightly less often right)")
-    g.add_argument("--refresh", choices=("auto", "block", "fill"),
+    g.add_argument("--refresh", choices=REFRESHES,
                    help="with the dual cache, when the whole window runs again: at every block "
                         "or once per fill (faster when a fill spans blocks); auto (the "
                         "default): what the checkpoint records")
@@ -60,7 +63,7 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
-    g.add_argument("--mode", choices=("auto", "line", "block"))
+    g.add_argument("--mode", choices=MODES)
     g.add_argument("--ensemble", type=int, help="mask counts tried at once (length ensemble)")
     g.add_argument("--lengths", help="explicit mask counts, comma-separated")
     g.add_argument("--prefix-tokens", type=int, help="context budget before the cursor")
