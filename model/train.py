@@ -103,7 +103,8 @@ class TrainConfig:
     """Share of infill rows whose middle is not the corpus's but ``teacher``'s own fill of
     the gap, decoded by the sampler with the checkpoint's settings (dParallel's teacher
     trajectories: a model's greedy answers are far more predictable than the corpus, so it
-    can learn to be sure of several of them at once). Plain rows keep the corpus."""
+    can learn to be sure of several of them at once). Plain rows, and gaps longer than the
+    teacher's ``max_fill``, keep the corpus."""
     teacher: str = ""
     """Checkpoint folder that writes the ``self_distill`` rows (``--init-from``'s by
     default): fixed for the whole run, so a resumed run distils from the same model."""
