@@ -130,6 +130,10 @@ class InfillSettings:
     None: the checkpoint's calibrated value, or 0 when it records none."""
     check_names: bool = True
     """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
+    hide_unknown_names: bool = True
+    """Do not show a completion that uses a name defined nowhere (with ``check_names``): on
+    the bundled model's held-out lines such ghosts were right 0-12% of the time, the others
+    30-37% (docs/performance.md, session 10). Rewrites are always shown."""
     quick_lines: bool = False
     """Asked for while the user types: a line completion tries one mask count (the shorter
     rung of its ensemble) to answer sooner; a block keeps its ensemble (``fastTyping``)."""
@@ -161,8 +165,9 @@ class InfillSettings:
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
         if not all(isinstance(v, bool) for v in (self.shed_load, self.quick_lines,
-                                                  self.token_healing)):
-            raise ValueError("shed_load, quick_lines and token_healing must be true or false")
+                                                  self.token_healing, self.hide_unknown_names)):
+            raise ValueError("shed_load, quick_lines, token_healing and hide_unknown_names "
+                             "must be true or false")
 
 
 @dataclass(frozen=True)

@@ -350,13 +350,15 @@ class Engine:
     def result(self, req: InfillRequest, mode: str, items: list[Completion],
                s: InfillSettings, passes: int, started: float) -> InfillResult:
         """The result of a request's completions: ranked, and those under ``min_confidence``
-        withheld (completions only: a rewrite was asked for and is always shown)."""
+        withheld, and those naming something defined nowhere unless ``hide_unknown_names`` is
+        off (completions only: a rewrite was asked for and is always shown)."""
         self._rank(items, req.text, post.language_of(req.language, req.path),
                    check_names=s.check_names, extra=req.extra)
         withheld = 0
         if mode != "rewrite":
             floor = self.min_confidence(s, mode)
-            shown = [it for it in items if it.score >= floor]
+            hide = s.hide_unknown_names and s.check_names
+            shown = [it for it in items if it.score >= floor and not (hide and it.unknown)]
             withheld, items = len(items) - len(shown), shown
         return InfillResult(items, mode, passes, time.perf_counter() - started,
                             withheld=withheld)

@@ -43,16 +43,21 @@ class ModeReport:
     seconds: list[float] = field(default_factory=list)
     passes: list[int] = field(default_factory=list)
     similarity: list[float] = field(default_factory=list)
-    candidates: list[list[tuple[float, bool]]] = field(default_factory=list)
-    """Per span, every candidate's (score, exact) in ranked order, before ``min_confidence``."""
+    candidates: list[list[tuple[float, bool, bool]]] = field(default_factory=list)
+    """Per span, every candidate's (score, exact, names something defined nowhere) in ranked
+    order, before ``min_confidence``."""
     min_confidence: float = 0.0
+    hide_unknown: bool = True
+    """Whether the engine's ``hide_unknown_names`` would withhold those naming the unknown."""
 
     def shown_at(self, floor: float) -> tuple[int, int]:
         """(spans that would show a completion, how many of those are exact) at ``floor``:
-        each span shows its best-ranked candidate scored at least ``floor``."""
+        each span shows its best-ranked candidate scored at least ``floor`` (and naming
+        nothing defined nowhere, with ``hide_unknown``)."""
         shown = exact = 0
         for cands in self.candidates:
-            pick = next((ex for score, ex in cands if score >= floor), None)
+            pick = next((ex for score, ex, unknown in cands
+                         if score >= floor and not (unknown and self.hide_unknown)), None)
             if pick is not None:
                 shown += 1
                 exact += pick
@@ -172,9 +177,10 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
     report = ModeReport(spans[0].mode if spans else "none",
                         min_confidence=engine.min_confidence(
                             settings, settings.mode if settings.mode != "auto" or not spans
-                            else spans[0].mode))
+                            else spans[0].mode),
+                        hide_unknown=settings.hide_unknown_names and settings.check_names)
     for k, sp in enumerate(spans):
-        s = replace(settings, min_confidence=0.0,
+        s = replace(settings, min_confidence=0.0, hide_unknown_names=False,
                     mode=sp.mode if settings.mode == "auto" else settings.mode)
         request = InfillRequest(sp.text, sp.cursor, language="python", path=sp.path)
         docs = [f"span-{k}"] if typing else None
@@ -188,7 +194,8 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
         report.passes.append(result.forward_passes)
         report.n += 1
         # Only exactness per candidate: parsing the whole file again for each is not needed.
-        report.candidates.append([(it.score, is_exact(sp, it.text)) for it in result.items])
+        report.candidates.append([(it.score, is_exact(sp, it.text), bool(it.unknown))
+                                  for it in result.items])
         exact, parsed, empty = score(sp, result.best.text if result.best else "")
         report.similarity.append(similarity(sp, result.best.text if result.best else ""))
         report.exact += exact

@@ -219,6 +219,7 @@ def settings_to_wire(settings) -> dict[str, Any]:
             "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
             "refine_threshold": settings.refine_threshold,
             "min_confidence": settings.min_confidence, "check_names": settings.check_names,
+            "hide_unknown_names": settings.hide_unknown_names,
             "shed_load": settings.shed_load, "token_healing": settings.token_healing,
             "quick_lines": settings.quick_lines,
             "prefix_tokens": settings.budget.prefix_tokens,

@@ -164,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t_load = time.perf_counter() - t0
     settings = settings_from_args(args)
     # The demo shows the model's answer even when an editor would withhold it, and says so.
-    result = engine.run(req, replace(settings, min_confidence=0.0))
+    result = engine.run(req, replace(settings, min_confidence=0.0, hide_unknown_names=False))
     floor = engine.min_confidence(settings, result.mode)
     model = engine.model.describe()
     print(f"# diffill demo: {Path(name).name} with {Path(model['checkpoint']).name} "
@@ -184,6 +184,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         same = f", equals the removed text: {best.text.strip() == want}"
     shown = "an editor shows it" if best.score >= floor else \
         f"an editor would not show it: under minConfidence {floor:.2f}"
+    if best.unknown and settings.hide_unknown_names and settings.check_names:
+        shown = f"an editor would not show it: it names {', '.join(best.unknown)}, defined " \
+                f"nowhere in the file"
     print(f"# completion (parses: {best.parses}{same}; score {best.score:.2f}, {shown}):")
     print(best.text)
     if best.parses is False:

@@ -72,7 +72,12 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="show no completion scored below P (0-1; default: the model's "
                         "calibrated value)")
     g.add_argument("--no-name-check", dest="check_names", action="store_false", default=None,
-                   help="do not rank down candidates that use names defined nowhere")
+                   help="do not rank down (or hide) candidates that use names defined "
+                        "nowhere")
+    g.add_argument("--show-unknown-names", dest="hide_unknown_names", action="store_false",
+                   default=None,
+                   help="show a completion even when it uses a name defined nowhere (in the "
+                        "file, the extra context, builtins or keywords); ranked last still")
     g.add_argument("--no-token-healing", dest="token_healing", action="store_false",
                    default=None,
                    help="keep a partial word before the cursor in the context as it is "
@@ -98,6 +103,7 @@ def settings_from_args(args: argparse.Namespace):
             pass_positions=getattr(args, "pass_positions", None),
             refresh=getattr(args, "refresh", None),
             check_names=args.check_names, reuse_prefix=getattr(args, "reuse_prefix", None),
+            hide_unknown_names=getattr(args, "hide_unknown_names", None),
             token_healing=getattr(args, "token_healing", None),
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         if args.prefix_tokens is not None or args.suffix_tokens is not None:

@@ -96,6 +96,9 @@ class Settings:
     """While you type (automatic requests), a line completion tries one mask count instead of
     the ensemble: with the bundled model about 2.5 times faster and 1 point less often
     exact on held-out lines; invoked requests and blocks keep the ensemble."""
+    hideUnknownNames: bool = True
+    """Do not show a ghost that uses a name defined nowhere (in the file, the extra context,
+    builtins or keywords): with the bundled model such ghosts were almost never right."""
     shedLoad: bool = True
     """When completions of several editors wait together, or one comes while a rewrite runs,
     each tries one mask count instead of the ensemble, so all are answered near idle speed
@@ -130,7 +133,8 @@ class Settings:
                 "cache": self.cache, "prefix_tokens": self.prefixTokens,
                 "suffix_tokens": self.suffixTokens, "extra_tokens": self.extraTokens,
                 "min_confidence": self.minConfidence,
-                "shed_load": self.shedLoad, "quick_lines": automatic and self.fastTyping}
+                "shed_load": self.shedLoad, "quick_lines": automatic and self.fastTyping,
+                "hide_unknown_names": self.hideUnknownNames}
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")

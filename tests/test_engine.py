@@ -153,6 +153,29 @@ def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
     assert unknown_names("for p in paths:\n    total += len(p.name)", "total = 0\npaths = []") == []
 
 
+def test_a_completion_that_names_something_defined_nowhere_is_withheld(pattern_model):
+    """hide_unknown_names (on by default): a Python completion using a name that is in
+    neither the file, the extra context, the builtins nor the keywords is not shown, and is
+    counted as withheld; off, it is shown (ranked last); other languages are not checked,
+    and a name the file defines is fine."""
+    from dataclasses import replace
+    engine = Engine(pattern_model)
+    doc = "c0 c1 c2 c3 c4  c8 c9 c10\n"
+    at = doc.index("  c8") + 1
+    s = InfillSettings(max_tokens=8, ensemble=1, mode="line", min_confidence=0.0)
+    shown = engine.run(InfillRequest(doc, at, language="python"),
+                       replace(s, hide_unknown_names=False))
+    assert shown.best is not None and shown.best.text.strip() == "c5 c6 c7"
+    assert shown.best.unknown == ("c5", "c6", "c7")
+    hidden = engine.run(InfillRequest(doc, at, language="python"), s)
+    assert hidden.items == [] and hidden.withheld == len(shown.items)
+    plain = engine.run(InfillRequest(doc, at), s)  # no language: nothing to check against
+    assert plain.best is not None and plain.best.text.strip() == "c5 c6 c7"
+    defined = "c5 = c6 = c7 = 0\n" + doc
+    known = engine.run(InfillRequest(defined, at + 16, language="python"), s)
+    assert known.best is not None and known.best.unknown == ()
+
+
 def test_a_whole_line_fill_in_front_of_code_keeps_its_newline():
     from infill import post
     # Cursor at column 0 (or after the indentation) of a line that goes on: the model wrote a
@@ -300,7 +323,9 @@ def test_a_partial_word_is_healed_the_fill_writes_it_again_as_the_tokenizer_join
     from infill.sampler import infill_many
     (cands,), _ = infill_many(engine.model, [job.sampler_job], settings=s.sampler)
     assert cands and all(engine.decode(c.tokens).startswith(job.lead.text) for c in cands)
-    result = engine.run(InfillRequest(text, cursor, language="python"), s)
+    # (A random model's names are defined nowhere: shown all the same, to see them.)
+    result = engine.run(InfillRequest(text, cursor, language="python"),
+                        replace(s, hide_unknown_names=False, min_confidence=0.0))
     assert result.items  # every candidate began with the lead, so none was dropped
 
 

@@ -76,10 +76,10 @@ def test_coverage_and_precision_follow_the_best_candidate_over_the_floor():
     from infill.evaluate import ModeReport
     rep = ModeReport("line", n=4, min_confidence=0.5)
     rep.candidates = [
-        [(0.9, True)],                # sure and right: shown at every floor up to 0.9
-        [(0.4, False), (0.6, True)],  # the top-ranked one is unsure: 0.5 shows the second
-        [(0.3, False)],               # unsure and wrong: hidden from 0.4 up
-        [],                           # nothing proposed
+        [(0.9, True, False)],                       # sure and right: shown up to 0.9
+        [(0.4, False, False), (0.6, True, False)],  # the first is unsure: 0.5 shows the second
+        [(0.3, False, False)],                      # unsure and wrong: hidden from 0.4 up
+        [],                                         # nothing proposed
     ]
     assert rep.shown_at(0.0) == (3, 1)  # the ranked first of each span
     assert rep.shown_at(0.5) == (2, 2)
@@ -89,6 +89,14 @@ def test_coverage_and_precision_follow_the_best_candidate_over_the_floor():
     rows = {r["min_confidence"]: r for r in rep.calibration()}
     assert rows[0.0]["coverage"] == 0.75 and abs(rows[0.0]["precision"] - 1 / 3) < 1e-3
     assert rows[0.9]["precision"] == 1.0 and rows[0.9]["coverage"] == 0.25
+    # A sure candidate that names something defined nowhere is withheld: the span shows the
+    # next one over the floor, or nothing.
+    rep.candidates[2] = [(0.8, False, True), (0.7, True, False)]
+    assert rep.shown_at(0.5) == (3, 3)
+    rep.candidates[2] = [(0.8, False, True)]
+    assert rep.shown_at(0.5) == (2, 2)
+    rep.hide_unknown = False
+    assert rep.shown_at(0.5) == (3, 2)
 
 
 def test_typing_asks_the_previous_keystroke_first():

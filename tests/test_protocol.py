@@ -62,7 +62,8 @@ def test_daemon_wire_format_round_trips_settings_requests_and_results():
                         with_overrides)
     from server import daemon as D
     s = replace(with_overrides(InfillSettings(), max_tokens=8, lengths=(4, 8), schedule="fixed",
-                               seed=3, cache="dual"), budget=ContextBudget(100, 50, 7))
+                               seed=3, cache="dual", hide_unknown_names=False),
+                budget=ContextBudget(100, 50, 7))
     assert D.settings_from_wire(D.settings_to_wire(s)) == s
     r = InfillRequest("abc", 1, 2, "rewrite", "python", "/x.py", (("a.py", "x"),))
     assert D.request_from_wire(D.request_to_wire(r)) == r
@@ -143,3 +144,11 @@ def test_only_requests_made_while_typing_ask_for_quick_lines():
     assert s.infill_settings()["quick_lines"] is False  # invoked
     off, _ = P.parse_settings({"fastTyping": False})
     assert off.infill_settings(automatic=True)["quick_lines"] is False
+
+
+def test_ghosts_naming_the_unknown_are_hidden_unless_the_setting_says_otherwise():
+    assert P.Settings().infill_settings()["hide_unknown_names"] is True
+    shown, problems = P.parse_settings({"hideUnknownNames": False})
+    assert not problems and shown.infill_settings()["hide_unknown_names"] is False
+    _, problems = P.parse_settings({"hideUnknownNames": "no"})
+    assert problems
