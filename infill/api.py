@@ -132,8 +132,8 @@ class InfillSettings:
     """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
     hide_unknown_names: bool = True
     """Do not show a completion that uses a name defined nowhere (with ``check_names``): on
-    the bundled model's held-out lines such ghosts were right 0-12% of the time, the others
-    30-37% (docs/performance.md, session 10). Rewrites are always shown."""
+    the bundled model's held-out lines such ghosts were right 0-6% of the time, the others
+    32-35% (docs/performance.md, session 10). Rewrites are always shown."""
     quick_lines: bool = False
     """Asked for while the user types: a line completion tries one mask count (the shorter
     rung of its ensemble) to answer sooner; a block keeps its ensemble (``fastTyping``)."""

@@ -402,6 +402,9 @@ class Engine:
         if language == "python" and check_names:
             defined: set[str] | None = None  # the document's names, read once if needed
             for it in items:
+                if post.in_string_or_comment(text, it.start):
+                    it.unknown = ()  # prose or data: its words are not names
+                    continue
                 # A fill that goes on with the word at the cursor is checked as that word:
                 # "tr" after "s" is str, not an unknown "tr".
                 free = post.free_names(post.word_before(text, it.start) + it.text,

@@ -179,9 +179,41 @@ _WORD_END = re.compile(r"\w+$")
 
 def word_before(text: str, offset: int) -> str:
     """The identifier characters right before ``offset`` (the part of a word the cursor is
-    in), at most 100."""
+    in), at most 100; with the dot before them when they follow one (an attribute, which a
+    names check must not take for a free name: ``x.cl`` + ``ear()`` is ``.clear()``)."""
     m = _WORD_END.search(text, max(0, offset - 100), offset)
-    return m.group(0) if m else ""
+    word = m.group(0) if m else ""
+    at = offset - len(word)
+    return ("." + word) if at > 0 and text[at - 1] == "." else word
+
+
+def in_string_or_comment(text: str, offset: int) -> bool:
+    """Whether ``offset`` of Python source is inside a comment or a string literal (a
+    docstring included), judged from the text before it: an odd number of triple quotes of
+    either kind before it, or the cursor's line read up to it ending inside quotes or after a
+    ``#``. A heuristic (an f-string's braces count as string), cheap enough to run per
+    request; a fill there is prose or data, not code."""
+    head = text[:offset]
+    for triple in ('"""', "'''"):
+        if head.count(triple) % 2:
+            return True
+    quote = ""
+    i, line = 0, head[head.rfind("\n") + 1:]
+    while i < len(line):
+        c = line[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif line.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif c == "#":
+            return True
+        elif c in "\"'":
+            quote = line[i:i + 3] if line.startswith(c * 3, i) else c
+            i += len(quote) - 1
+        i += 1
+    return bool(quote)
 
 
 def free_names(fill: str, known: AbstractSet[str] | None = None) -> list[str]:

@@ -273,3 +273,18 @@ def test_names_and_the_word_before_the_cursor_are_python_identifiers_in_any_scri
     assert post.free_names("total = αβ + naïve(x1) + 2e5", frozenset()) == ["αβ", "naïve", "x1"]
     assert post.free_names("for ñ in range(3): print(ñ)", post.python_names()) == []
     assert post.identifiers("déf = 1; _x2 = 3") == {"déf", "_x2"}
+
+
+@pytest.mark.parametrize("text, inside", [
+    ('x = "json_objec', True), ("x = 1  # a comm", True), ('def f():\n    """Ret', True),
+    ('def f():\n    """Doc."""\n    ret', False), ("x = 'a' + b", False), ('x = "a\\"b', True),
+    ("s = '''ab'''\ny = z", False), ("x = y.cl", False), ("d = {'#': 1}; e", False)])
+def test_a_cursor_in_a_string_or_comment_is_told_from_one_in_code(text, inside):
+    assert post.in_string_or_comment(text, len(text)) is inside
+
+
+def test_the_word_before_an_attribute_keeps_its_dot_so_it_is_no_free_name():
+    assert post.word_before("x = y.cl", 8) == ".cl"
+    assert post.free_names(post.word_before("x = y.cl", 8) + "ear()", frozenset()) == []
+    assert post.free_names(post.word_before("x = y.", 6) + "append(z)", frozenset()) == ["z"]
+    assert post.free_names(post.word_before("x = cl", 6) + "ear()", frozenset()) == ["clear"]

@@ -171,6 +171,10 @@ def test_a_completion_that_names_something_defined_nowhere_is_withheld(pattern_m
     assert hidden.items == [] and hidden.withheld == len(shown.items)
     plain = engine.run(InfillRequest(doc, at), s)  # no language: nothing to check against
     assert plain.best is not None and plain.best.text.strip() == "c5 c6 c7"
+    # In a string or a comment a fill is prose or data: its words are no names.
+    quoted = 'x = "c0 c1 c2 c3 c4  c8 c9 c10"\n'
+    inside = engine.run(InfillRequest(quoted, quoted.index("  c8") + 1, language="python"), s)
+    assert inside.best is not None and inside.best.unknown == ()
     defined = "c5 = c6 = c7 = 0\n" + doc
     known = engine.run(InfillRequest(defined, at + 16, language="python"), s)
     assert known.best is not None and known.best.unknown == ()
