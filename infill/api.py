@@ -169,6 +169,12 @@ class InfillSettings:
             raise ValueError("shed_load, quick_lines, token_healing and hide_unknown_names "
                              "must be true or false")
 
+    @property
+    def withholds_unknown_names(self) -> bool:
+        """Whether a completion naming something defined nowhere is withheld: the names check
+        on, and ``hide_unknown_names``."""
+        return self.hide_unknown_names and self.check_names
+
 
 @dataclass(frozen=True)
 class InfillRequest:

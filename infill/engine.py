@@ -357,7 +357,7 @@ class Engine:
         withheld = 0
         if mode != "rewrite":
             floor = self.min_confidence(s, mode)
-            hide = s.hide_unknown_names and s.check_names
+            hide = s.withholds_unknown_names
             shown = [it for it in items if it.score >= floor and not (hide and it.unknown)]
             withheld, items = len(items) - len(shown), shown
         return InfillResult(items, mode, passes, time.perf_counter() - started,
@@ -401,8 +401,11 @@ class Engine:
         then ones the model ended itself, then by model score."""
         if language == "python" and check_names:
             defined: set[str] | None = None  # the document's names, read once if needed
+            quoted: dict[int, bool] = {}  # per start (the items share one): in a string?
             for it in items:
-                if post.in_string_or_comment(text, it.start):
+                if it.start not in quoted:
+                    quoted[it.start] = post.in_string_or_comment(text, it.start)
+                if quoted[it.start]:
                     it.unknown = ()  # prose or data: its words are not names
                     continue
                 # A fill that goes on with the word at the cursor is checked as that word:

@@ -178,7 +178,7 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
                         min_confidence=engine.min_confidence(
                             settings, settings.mode if settings.mode != "auto" or not spans
                             else spans[0].mode),
-                        hide_unknown=settings.hide_unknown_names and settings.check_names)
+                        hide_unknown=settings.withholds_unknown_names)
     for k, sp in enumerate(spans):
         s = replace(settings, min_confidence=0.0, hide_unknown_names=False,
                     mode=sp.mode if settings.mode == "auto" else settings.mode)

@@ -193,12 +193,11 @@ def in_string_or_comment(text: str, offset: int) -> bool:
     either kind before it, or the cursor's line read up to it ending inside quotes or after a
     ``#``. A heuristic (an f-string's braces count as string), cheap enough to run per
     request; a fill there is prose or data, not code."""
-    head = text[:offset]
     for triple in ('"""', "'''"):
-        if head.count(triple) % 2:
+        if text.count(triple, 0, offset) % 2:
             return True
     quote = ""
-    i, line = 0, head[head.rfind("\n") + 1:]
+    i, line = 0, text[text.rfind("\n", 0, offset) + 1:offset]
     while i < len(line):
         c = line[i]
         if quote:

@@ -184,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         same = f", equals the removed text: {best.text.strip() == want}"
     shown = "an editor shows it" if best.score >= floor else \
         f"an editor would not show it: under minConfidence {floor:.2f}"
-    if best.unknown and settings.hide_unknown_names and settings.check_names:
+    if best.unknown and settings.withholds_unknown_names:
         shown = f"an editor would not show it: it names {', '.join(best.unknown)}, defined " \
                 f"nowhere in the file"
     print(f"# completion (parses: {best.parses}{same}; score {best.score:.2f}, {shown}):")
