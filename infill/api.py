@@ -75,7 +75,15 @@ class SamplerSettings:
     fill spans several blocks: ``fill`` saves a full-window pass for each block after the
     first. ``auto``: the checkpoint's (its profile), else ``block``."""
 
+    draft_floor: float = 0.3
+    """A draft token is accepted at this probability or more (``sampler.accepts``)..."""
+    draft_ratio: float = 0.1
+    """... or at this share of the probability of the model's own first choice or more (1:
+    only its first choices)."""
+
     def __post_init__(self) -> None:
+        if not (0.0 < self.draft_floor <= 1.0 and 0.0 < self.draft_ratio <= 1.0):
+            raise ValueError("draft_floor and draft_ratio must be in (0, 1]")
         if self.refresh not in REFRESHES:
             raise ValueError(f"refresh must be one of {', '.join(REFRESHES)}")
         if self.pass_positions not in PASS_POSITIONS:
@@ -140,6 +148,15 @@ class InfillSettings:
     token_healing: bool = True
     """A completion whose cursor ends a partial word takes that word's tokens out of the
     context and writes the word again, as the tokenizer joins it (``sampler.Lead``)."""
+    explicit: bool = False
+    """Asked for by a person (the CLI, an invoked completion) rather than shown by itself:
+    the checkpoint's calibrated floor and the unknown-names hiding do not apply, so the best
+    candidate comes back with its score; an explicit ``min_confidence`` still filters."""
+    drafts: bool = True
+    """Completions first verify drafts taken from the code at hand (``infill.drafts``: the
+    typed line's tail found elsewhere and what followed it, the partial word's completions,
+    the request's own ``drafts``): a draft the model accepts whole is the answer in two
+    passes."""
     shed_load: bool = True
     """Under contention (completions of several editors run as one batch, or one is served
     between a rewrite's steps) a completion tries one mask count instead of the ensemble: the
@@ -165,15 +182,16 @@ class InfillSettings:
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise ValueError("min_confidence must be between 0 and 1")
         if not all(isinstance(v, bool) for v in (self.shed_load, self.quick_lines,
-                                                  self.token_healing, self.hide_unknown_names)):
-            raise ValueError("shed_load, quick_lines, token_healing and hide_unknown_names "
-                             "must be true or false")
+                                                  self.token_healing, self.hide_unknown_names,
+                                                  self.drafts, self.explicit)):
+            raise ValueError("shed_load, quick_lines, token_healing, hide_unknown_names, "
+                             "drafts and explicit must be true or false")
 
     @property
     def withholds_unknown_names(self) -> bool:
         """Whether a completion naming something defined nowhere is withheld: the names check
-        on, and ``hide_unknown_names``."""
-        return self.hide_unknown_names and self.check_names
+        on, ``hide_unknown_names``, and not an explicit ask."""
+        return self.hide_unknown_names and self.check_names and not self.explicit
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,9 @@ class InfillRequest:
     """Extra context chunks, (name, text), placed ahead of the prefix."""
     instruction: str | None = None
     """What a rewrite should do ("add type hints"); followed by chat models only."""
+    drafts: tuple[str, ...] = ()
+    """Continuations of the cursor's line from elsewhere (other open documents, a previous
+    ghost's rest), verified beside the document's own (``InfillSettings.drafts``)."""
 
 
 @dataclass
@@ -217,7 +238,11 @@ class InfillResult:
     remasked: list[int] = field(default_factory=list)
     """Refine only: indices of the selection's tokens that were re-masked."""
     withheld: int = 0
-    """Completions not shown because they scored under ``min_confidence``."""
+    """Completions not shown (any reason of ``withheld_by``)."""
+    withheld_by: dict[str, int] = field(default_factory=dict)
+    """Why completions were not shown, how many each: ``syntax`` (it would break code that
+    parsed), ``unknown name`` (it names something defined nowhere), ``floor`` (scored under
+    ``min_confidence``)."""
 
     @property
     def best(self) -> Completion | None:

@@ -10,20 +10,24 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from model import DiffusionModel
 
+from . import drafts as drafting
 from . import post
 from .context import ContextBudget, Window, build_window, encode
 from .api import (ACTIONS, MAX_MASKS, Completion, InfillRequest, InfillResult,
                   InfillSettings)
-from .sampler import Cancelled, Candidate, Lead, PrefixSlot, Vocab, infill_many, refine
+from .sampler import (Cancelled, Candidate, Gap, Lead, PrefixSlot, Vocab, infill_many,
+                      refine)
 from .text import InputError, PositionError, check_size
 
 LINE_LADDER = (4, 8, 16, 32, 64)
 BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
+BRACKETS_BACK = 2000
+"""Characters above a line read to tell whether it continues an open bracket."""
 SYNTAX_CHECK_LIMIT = 1_000_000
 """Documents above this many characters are not parsed whole per candidate (the def or class
 around the fill still is)."""
@@ -42,10 +46,14 @@ class Job:
     settings: InfillSettings = InfillSettings()
     lead: Lead | None = None
     """The partial word taken out of the context, which the fill writes again (healing)."""
+    drafts: list[list[int]] = field(default_factory=list)
+    """Token ids of the drafts to verify first (the lead's text included)."""
+    draft_length: int = 16
 
     @property
-    def sampler_job(self) -> tuple[list[int], list[int], list[int], Lead | None]:
-        return self.window.context_ids, self.window.suffix_ids, self.lengths, self.lead
+    def sampler_job(self) -> Gap:
+        return Gap(self.window.context_ids, self.window.suffix_ids, self.lengths, self.lead,
+                   self.drafts, self.draft_length)
 
     def raw_text(self, decoded: str) -> str | None:
         """A decoded fill without the lead it had to begin with (None: it did not)."""
@@ -260,7 +268,26 @@ class Engine:
                               req.extra, keep=keep if s.sampler.reuse_prefix else None)
         lead = self.heal(window, before) if s.token_healing and \
             self.model.profile.expand_id is None else None
-        return Job(req, mode, lengths, window, before, t0, s, lead)
+        job = Job(req, mode, lengths, window, before, t0, s, lead)
+        if s.drafts and self.model.profile.expand_id is None:
+            self.add_drafts(job)
+        return job
+
+    def add_drafts(self, job: Job) -> None:
+        """The drafts of a completion (``infill.drafts``) as the token ids the fill would
+        write: the healed word's text, then the draft."""
+        req = job.request
+        found = drafting.find_drafts(req.text, req.start, [t for _, t in req.extra],
+                                     req.drafts)
+        head = job.lead.text if job.lead is not None else ""
+        cap = self.max_fill(job.settings)
+        for d in found:
+            ids = encode(self.tokenizer, head + d)[:cap]
+            if ids and ids not in job.drafts:
+                job.drafts.append(ids)
+        if job.drafts:
+            longest = max(map(len, job.drafts))
+            job.draft_length = max(max(job.lengths), min(cap, longest) + 1)
 
     HEAL_TOKENS = 4
     """Most tokens taken back from the end of the context to heal a partial word."""
@@ -352,22 +379,61 @@ class Engine:
         """The result of a request's completions: ranked, and those under ``min_confidence``
         withheld, and those naming something defined nowhere unless ``hide_unknown_names`` is
         off (completions only: a rewrite was asked for and is always shown)."""
-        self._rank(items, req.text, post.language_of(req.language, req.path),
-                   check_names=s.check_names, extra=req.extra)
-        withheld = 0
+        language = post.language_of(req.language, req.path)
+        self._rank(items, req.text, language, check_names=s.check_names, extra=req.extra)
+        why: dict[str, int] = {}
         if mode != "rewrite":
             floor = self.min_confidence(s, mode)
-            hide = s.withholds_unknown_names
-            shown = [it for it in items if it.score >= floor and not (hide and it.unknown)]
-            withheld, items = len(items) - len(shown), shown
+            breaks = self._breaks(req.text, language)
+            shown = []
+            for it in items:
+                reason = "syntax" if breaks(it) else \
+                    "unknown name" if s.withholds_unknown_names and it.unknown else \
+                    "floor" if it.score < floor else None
+                if reason is None:
+                    shown.append(it)
+                else:
+                    why[reason] = why.get(reason, 0) + 1
+            items = shown
         return InfillResult(items, mode, passes, time.perf_counter() - started,
-                            withheld=withheld)
+                            withheld=sum(why.values()), withheld_by=why)
+
+    def _breaks(self, text: str, language: str | None) -> Callable[[Completion], bool]:
+        """Whether a completion would turn code that parses (or is only unfinished) into code
+        that cannot: its line (``post.breaks_line``), or the def or class around it when
+        that parsed without it. Python only; not in a string or comment."""
+        if language != "python":
+            return lambda it: False
+        unit_parsed: dict[int, bool | None] = {}
+        quoted: dict[int, bool] = {}
+
+        def breaks(it: Completion) -> bool:
+            if it.start not in quoted:
+                quoted[it.start] = post.in_string_or_comment(text, it.start)
+            if quoted[it.start]:
+                return False
+            line_start = text.rfind("\n", 0, it.start) + 1
+            line_end = text.find("\n", it.end)
+            line_end = len(text) if line_end < 0 else line_end
+            if post.breaks_line(text[line_start:it.start], it.text, text[it.end:line_end],
+                                text[max(0, line_start - BRACKETS_BACK):line_start]):
+                return True
+            if it.parses is not False:
+                return False
+            if it.start not in unit_parsed:
+                unit_parsed[it.start] = post.parses_near(language, text, it.start, it.end,
+                                                         SYNTAX_CHECK_LIMIT)
+            return bool(unit_parsed[it.start])
+        return breaks
 
     def min_confidence(self, s: InfillSettings, mode: str) -> float:
-        """The score a completion of ``mode`` needs to be shown: the setting, else the
-        checkpoint's calibrated value for the mode (``min_confidence`` in its profile), else 0."""
+        """The score a completion of ``mode`` needs to be shown: the setting, else (unless
+        asked for explicitly) the checkpoint's calibrated value for the mode
+        (``min_confidence`` in its profile), else 0."""
         if s.min_confidence is not None:
             return s.min_confidence
+        if s.explicit:
+            return 0.0
         return self.model.profile.confidence_floor(mode) or 0.0
 
     def _refine(self, req: InfillRequest, s: InfillSettings,
@@ -408,10 +474,14 @@ class Engine:
                 if quoted[it.start]:
                     it.unknown = ()  # prose or data: its words are not names
                     continue
-                # A fill that goes on with the word at the cursor is checked as that word:
-                # "tr" after "s" is str, not an unknown "tr".
-                free = post.free_names(post.word_before(text, it.start) + it.text,
-                                       self._known_names)
+                # A fill is checked with its line's text before it: "tr" after "s" is str,
+                # not an unknown "tr", and "np" after "import numpy as " is defined there.
+                line_before = text[text.rfind("\n", 0, it.start) + 1:it.start]
+                free = post.free_names(post.word_before(line_before, len(line_before)) +
+                                       it.text, self._known_names)
+                if free:
+                    bound = post.bound_names(line_before + it.text)
+                    free = [n for n in free if n not in bound]
                 if free and defined is None:
                     defined = post.identifiers(text)
                     for _, chunk in extra:

@@ -127,9 +127,10 @@ _SEPARATORS = " \t\n.,;:+-*/%|&^=<>!@([{"
 
 
 def unstutter(fill: str, document: str) -> str:
-    """Cut a fill at its first stutter: a piece with a letter in it written again and again
-    (at least two and a half times in a row: ``name.name.name``, or two copies and the start of
-    a third where the masks ran out), which the document itself never holds. Parallel
+    """Cut a fill at its first stutter: a piece written again and again (at least two and a
+    half times in a row: ``name.name.name``, or two copies and the start of a third where the
+    masks ran out; three times for a piece of digits and punctuation, ``0.0.0.``), which the
+    document itself never holds. Parallel
     decoding of an unsure model does this (neighbouring masks each guess the likeliest token);
     no one writes it. The fill keeps what came before and one copy of the piece, without the
     separator it ends with (``name``)."""
@@ -138,8 +139,13 @@ def unstutter(fill: str, document: str) -> str:
         tail = fill[m.end():m.end() + len(piece)]
         partial = next((k for k in range(len(tail), -1, -1) if piece.startswith(tail[:k])), 0)
         run = m.group(0) + tail[:partial]
-        if len(run) * 2 < len(piece) * 5 or not re.search(r"[A-Za-z_]", piece) or \
-                run in document:
+        worded = re.search(r"[^\W\d]", piece) is not None
+        # Digits and punctuation (``0.0.0.``) stutter too; without a letter a piece must come
+        # three times, mix characters and hold no space (``))))``, ``----`` and
+        # ``[0, 0, 0, 0]`` are code).
+        if len(run) * 2 < len(piece) * 5 or run in document or \
+                (not worded and (len(run) < 3 * len(piece) or len(set(piece)) < 2 or
+                                 any(ch.isspace() for ch in piece))):
             continue
         return (fill[:m.start()] + piece).rstrip(_SEPARATORS)
     return fill
@@ -221,22 +227,32 @@ def free_names(fill: str, known: AbstractSet[str] | None = None) -> list[str]:
     targets, ``def``/``class``/``as``/``import``, parameters, keyword arguments), not in
     ``known`` (keywords and builtins by default)."""
     code = _STRING_OR_COMMENT.sub(" ", fill)
-    bound: set[str] = set()
-    for m in _BINDERS.finditer(code):
-        for group in m.groups():
-            if group:
-                bound.update(_IDENT.findall(group))
-    # Keyword arguments name parameters of the callee: ``f(key=1)``.
-    bound.update(re.findall(r"[(,]\s*([A-Za-z_]\w*)\s*=(?!=)", code))
-    # Parameters of a function the fill defines.
-    for params in re.findall(r"\bdef\s+\w+\s*\(([^)]*)", code):
-        bound.update(_IDENT.findall(params))
+    bound = bound_names(code)
     known = known if known is not None else python_names()
     out: list[str] = []
     for name in _FREE_IDENT.findall(_DOT_SPACE.sub(".", code)):
         if name not in known and name not in bound and name not in out:
             out.append(name)
     return out
+
+
+def bound_names(code: str) -> set[str]:
+    """Names a piece of code defines: assignment, ``for`` and ``with``/``except``/``import``
+    ``as`` targets, ``def``/``class`` names and their parameters, lambda parameters, keyword
+    arguments (they name the callee's parameters)."""
+    code = _STRING_OR_COMMENT.sub(" ", code)
+    bound: set[str] = set()
+    for m in _BINDERS.finditer(code):
+        for group in m.groups():
+            if group:
+                bound.update(_IDENT.findall(group))
+    bound.update(re.findall(r"[(,]\s*([^\W\d]\w*)\s*=(?!=)", code))
+    for params in re.findall(r"\bdef\s+\w+\s*\(([^)]*)", code):
+        for param in params.split(","):  # the name, not its annotation or default
+            m = re.match(r"\s*\**\s*([^\W\d]\w*)", param)
+            if m:
+                bound.add(m.group(1))
+    return bound
 
 
 def unknown_names(fill: str, document: str | AbstractSet[str],
@@ -332,6 +348,66 @@ def python_unit(document: str, lo: int, hi: int) -> str | None:
     if any(x.strip() and not x.startswith(prefix) for x in unit):
         return None
     return "\n".join(x[len(prefix):] for x in unit)
+
+
+_INCOMPLETE = ("was never closed", "unexpected EOF", "expected an indented block",
+               "unterminated triple-quoted")
+"""Parser messages of code that is only unfinished: more typing can still make it parse."""
+
+
+_CLAUSES = frozenset({"else", "elif", "except", "finally", "case"})
+
+
+def _line_state(code: str) -> str:
+    """``ok`` (parses), ``open`` (unfinished: an open bracket, a block with no body yet) or
+    ``bad`` (no continuation makes it parse) for a line or lines of Python standing alone."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(code)
+        return "ok"
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        msg = getattr(exc, "msg", "") or ""
+        return "open" if any(k in msg for k in _INCOMPLETE) else "bad"
+
+
+def _standalone(line_before: str, middle: str, line_after: str) -> str:
+    """The cursor's line with ``middle`` in place, and any lines ``middle`` adds, dedented by
+    the line's own indentation so it stands alone."""
+    indent = line_before[:len(line_before) - len(line_before.lstrip(" \t"))]
+    lines = (line_before + middle + line_after).split("\n")
+    return "\n".join(x[len(indent):] if x.startswith(indent) else x for x in lines)
+
+
+def inside_brackets(code_before: str) -> bool:
+    """Whether code ending here (the lines before a line) leaves a bracket open, read back
+    from its end with strings and comments left out: the next line continues an expression."""
+    depth = 0
+    for line in reversed(code_before.split("\n")):
+        for ch in reversed(_STRING_OR_COMMENT.sub(" ", line)):
+            if ch in ")]}":
+                depth += 1
+            elif ch in "([{":
+                if depth == 0:
+                    return True
+                depth -= 1
+    return False
+
+
+def breaks_line(line_before: str, fill: str, line_after: str, code_before: str = "") -> bool:
+    """Whether ``fill`` turns the cursor's line (Python) from one that parses or is only
+    unfinished into one no further typing can fix: ``(v - 1.0.0.0.)``, ``chunk.groups().``.
+    The line without the fill is read both as it is and with a name in the gap (``(v - _)``
+    is fine, ``(v - )`` only has a hole); a line that is already broken alone (a
+    continuation line, an ``else:``) is not judged, nor one that continues a bracket
+    ``code_before`` (the lines above it) leaves open."""
+    head = re.match(r"\s*(\w+)", line_before + fill)
+    if head and head.group(1) in _CLAUSES or inside_brackets(code_before):
+        return False  # a clause of a statement above, or an expression's next line
+    before = {_line_state(_standalone(line_before, gap, line_after)) for gap in ("", "_")}
+    if before == {"bad"}:
+        return False
+    return _line_state(_standalone(line_before, fill, line_after)) == "bad"
 
 
 def parses_near(language: str | None, document: str, lo: int, hi: int,

@@ -329,7 +329,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             cancel: RowCancel | None = None,
             on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
             warm: Warm | None = None,
-            leads: Sequence[Lead | None] | None = None) -> Denoised:
+            leads: Sequence[Lead | None] | None = None,
+            fresh: bool | None = None) -> Denoised:
     """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
 
     Positions of the span that are not masks (context, tokens kept by refine) are never changed.
@@ -340,7 +341,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     rows (a preview of what is committed so far). ``warm`` (with the dual cache) gives the
     first block's first pass the keys and values of the window's first positions, computed
     by an earlier request: only the positions after them are run. ``leads`` (one per row, or
-    None) is text a row's fill must begin with (:class:`Lead`, token healing).
+    None) is text a row's fill must begin with (:class:`Lead`, token healing). ``fresh``:
+    the gap is a new fill (masks, or a verified start then masks); None: judged from its
+    first ``min_tokens`` positions being masks.
     """
     mask_id = model.profile.mask_id
     full_ids = ids.clone()
@@ -353,8 +356,10 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     total_masked = int((ids[:, lo:hi] == mask_id).sum(dim=1).max()) if hi > lo else 0
     budget = settings.steps or max(1, (total_masked + 1) // 2)
     passes = 0
-    # Only a fresh gap (all masks) gets the no-empty-fill rule; refine keeps its own tokens.
-    fresh = bool((ids[:, lo:lo + settings.min_tokens] == mask_id).all())
+    # Only a fresh gap (all masks, or a verified draft's start then masks: the caller says
+    # so) gets the no-empty-fill rule and the filler order; refine keeps its own tokens.
+    if fresh is None:
+        fresh = bool((ids[:, lo:lo + settings.min_tokens] == mask_id).all())
     no_filler = (lo, lo + settings.min_tokens) if settings.min_tokens and fresh else None
     prof = model.profile
     # Filler order applies to a fresh gap of a truncating family; refine and DreamOn's
@@ -590,15 +595,173 @@ def _preview_steps(model: DiffusionModel, previews: Sequence[Preview | None],
     return on_step
 
 
+# ---------------------------------------------------------------- drafts
+
+
+@dataclass
+class Verified:
+    """A draft after the model has checked it: the start of it the model accepts, with each
+    accepted token's probability, and whether the fill ends right after the whole draft."""
+    tokens: list[int]
+    probs: list[float]
+    drafted: int
+    """Tokens the draft had (after cutting it to the gap)."""
+    end: float | None = None
+    """Whole draft accepted and the model's likeliest next token is filler: that filler's
+    probability (the fill is the draft, finished). None otherwise."""
+    tops: list[float] = field(default_factory=list)
+    """The probability of the model's own first choice at each accepted token's position."""
+    stop: float = 0.0
+    """The probability of the likeliest filler right after the accepted tokens, where the
+    second pass ran there (the fill ending at the cut)."""
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None
+
+    def candidate(self, length: int) -> Candidate:
+        """The accepted start as a candidate, scored like a denoised fill: its tokens'
+        probabilities, and the filler that ends it when the model ends it there (a draft cut
+        short is not ended by the model, and ranks so)."""
+        scored = self.probs + ([self.end] if self.end is not None else [])
+        return Candidate(list(self.tokens), length, sum(scored) / len(scored),
+                         terminated=self.complete)
+
+
+def accepts(p_token: float, p_top: float, floor: float, ratio: float) -> bool:
+    """The draft-acceptance rule: a token the model gives at least ``floor`` of its
+    probability, or at least ``ratio`` times what it gives its own first choice (so its first
+    choice always passes). The ratio makes the model a veto rather than a gate: a draft is
+    what the code at hand says, and a small model that is unsure of every token should not
+    reject it; one that is sure of something else should."""
+    return p_token >= floor or p_token >= ratio * p_top
+
+
+@torch.inference_mode()
+def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
+                  drafts: Sequence[Sequence[int]], length: int, *, floor: float = 0.3,
+                  ratio: float = 1.0, lead: Lead | None = None, warm: Warm | None = None,
+                  cached: bool = True) -> tuple[list[Verified], KVCache | None, int]:
+    """Check drafts the diffusion way: two passes, however many drafts.
+
+    The first runs the window with the gap all masks (its keys and values kept: the dual
+    cache) and judges every draft's first token; the second runs, against that cache, one
+    row per further token of the drafts whose first token passed: the gap holding
+    the draft's first ``i`` tokens and masks after them, prefix and suffix in view. Token
+    ``i`` is scored from row ``i`` (row 0 is the first pass), so each is judged as a
+    left-to-right reading of the gap would meet it, with the code after the gap in view. A
+    draft keeps its longest start of tokens that pass :func:`accepts`; the row after a wholly
+    accepted draft says whether the fill ends there (its likeliest token is filler).
+
+    Returns the verdicts (one per draft), the first pass's cache (row 0, for the sampler's
+    warm start) and the passes run. ``lead``: text the fill must begin with (healing); its
+    positions are scored among the tokens consistent with it, as the sampler draws them.
+    ``cached`` False (a checkpoint whose answers need ``cache="none"``): the second pass runs
+    each row's whole window, since context keys and values computed beside an all-mask gap
+    would tell it the wrong length; no cache is returned then.
+    """
+    prof = model.profile
+    mask_id = prof.mask_id
+    cut = [list(d)[:length - 1] for d in drafts]
+    ids, key_mask, lo = layout(model, prefix, suffix, [length])
+    cache = (warm.cache if warm is not None else KVCache([], [])) if cached else None
+    first = model.span_logits(ids, lo, lo + length, key_mask=key_mask, cache=cache,
+                              run_from=warm.upto if warm is not None and cached
+                              else None)  # (1, L, V)
+    def judged(logits: torch.Tensor, d: list[int], i: int) -> tuple[torch.Tensor, int]:
+        """The distribution at column ``i`` after the draft's first ``i`` tokens (the lead's
+        constraint applied, masks never an answer), and its likeliest token."""
+        logits = logits[i].float()  # (V,)
+        logits[mask_id] = float("-inf")
+        rest = lead.remaining(d[:i] + [mask_id], mask_id) if lead is not None else ""
+        if rest:
+            keep = lead.vocab.consistent(rest, logits.shape[-1], logits.device)
+            logits = logits.masked_fill(~keep, float("-inf"))
+        p = torch.softmax(logits, dim=-1)
+        return p, int(p.argmax())
+
+    # The first pass already judges every draft's first token: rows only for those it passes.
+    alive = []
+    for d in cut:
+        p, top = judged(first[0], d, 0)
+        alive.append(bool(d) and accepts(float(p[d[0]]), float(p[top]), floor, ratio))
+    rows = [(j, i) for j, d in enumerate(cut) if alive[j] for i in range(1, len(d) + 1)]
+    where = {(j, 0): first[0] for j in range(len(cut))}
+    if rows:
+        R = len(rows)
+        batch = ids.repeat(R, 1)
+        for r, (j, i) in enumerate(rows):
+            batch[r, lo:lo + i] = torch.tensor(cut[j][:i], device=ids.device)
+        rows_cache = None
+        if cache is not None:
+            rows_cache = KVCache([k.expand(R, -1, -1, -1).clone() for k in cache.keys],
+                                 [v.expand(R, -1, -1, -1).clone() for v in cache.values])
+        more = model.span_logits(batch, lo, lo + length, key_mask=key_mask.expand(R, -1),
+                                 cache=rows_cache)  # (R, L, V): (R, H_kv, T, D) keys cached
+        where.update({row: more[r] for r, row in enumerate(rows)})
+    filler = set(prof.filler_ids)
+    out = []
+    for j, d in enumerate(cut):
+        v = Verified([], [], len(d))
+        for i in range(len(d) + 1 if alive[j] else 0):
+            p, top = judged(where[(j, i)], d, i)
+            v.stop = max(float(p[f]) for f in filler)
+            if i == len(d):
+                if top in filler:
+                    v.end = float(p[top])
+                break
+            if not accepts(float(p[d[i]]), float(p[top]), floor, ratio):
+                break
+            v.tokens.append(d[i])
+            v.probs.append(float(p[d[i]]))
+            v.tops.append(float(p[top]))
+        out.append(v)
+    return out, cache, 1 + bool(rows)
+
+
+@dataclass
+class Gap:
+    """One request's gap for :func:`infill_many`: its context, the mask counts to try, the
+    text it must begin with (healing) and drafts to verify first (token ids, ``lead`` text
+    included)."""
+    prefix: Sequence[int]
+    suffix: Sequence[int]
+    lengths: Sequence[int]
+    lead: Lead | None = None
+    drafts: Sequence[Sequence[int]] = ()
+    draft_length: int = 16
+    """The gap's mask count while drafts are verified (a draft is cut to one less, so the
+    row after it can say whether the fill ends)."""
+
+
+def _rows_of(gap: Gap, verified: list[Verified]) -> list[tuple[int, list[int], list[float]]]:
+    """``(masks, given tokens, their probabilities)`` of each row a gap runs in the sampler:
+    one per length, and one per draft the model accepted a start of but did not finish
+    (the longest two), its start already committed."""
+    lens = sorted({int(n) for n in gap.lengths if n > 0})
+    if not lens:
+        raise ValueError("at least one positive length is needed")
+    rows = [(n, [], []) for n in lens]
+    begun = sorted((v for v in verified if v.tokens and not v.complete),
+                   key=lambda v: -len(v.tokens))[:2]
+    rows += [(max(gap.draft_length, lens[-1]), v.tokens, v.probs) for v in begun]
+    return rows
+
+
 def infill_many(model: DiffusionModel,
-                jobs: Sequence[tuple], *,
+                jobs: Sequence["Gap | tuple"], *,
                 settings: SamplerSettings = SamplerSettings(),
                 cancel: Sequence[Callable[[], bool]] | None = None,
                 previews: Sequence[Preview | None] | None = None,
                 slot: PrefixSlot | None = None
                 ) -> tuple[list[list[Candidate] | None], int]:
-    """Several gaps (``(prefix, suffix, lengths)`` each, or ``(prefix, suffix, lengths,
-    lead)`` with a :class:`Lead` or None) denoised together in one batch.
+    """Several gaps (:class:`Gap`, or ``(prefix, suffix, lengths[, lead])``) denoised
+    together in one batch.
+
+    A gap with drafts has them verified first (:func:`verify_drafts`, two passes); a draft the
+    model accepts whole and ends is a finished candidate, and then that gap runs no more
+    passes (the plain rows would only repeat what the model just confirmed). Drafts it accepts
+    a start of continue as rows of the batch from that start.
 
     A job whose ``cancel`` turns true is dropped at the next step and comes back as None; the
     others go on. A job's ``previews`` entry, when set, is called after every step with what its
@@ -607,16 +770,75 @@ def infill_many(model: DiffusionModel,
     not run again, and this request's are kept for the next. Returns each job's candidates
     (best first) and the forward passes spent.
     """
-    rows, owner, leads = [], [], []
-    for j, (prefix, suffix, lengths, *lead) in enumerate(jobs):
-        lens = sorted({int(n) for n in lengths if n > 0})
-        if not lens:
-            raise ValueError("at least one positive length is needed")
-        for n in lens:
-            rows.append((prefix, suffix, n))
+    gaps = [j if isinstance(j, Gap) else Gap(*j) for j in jobs]
+    reusing = slot is not None and len(gaps) == 1 and settings.reuse_prefix and \
+        cache_mode(settings, model) == "dual"
+    prof = model.profile
+    bos = [prof.bos_id] if prof.bos_id is not None else []
+    results: list[list[Candidate] | None] = [[] for _ in gaps]
+    verify_passes = 0
+    verified_cache: KVCache | None = None
+    rows, owner, leads, given = [], [], [], []
+    for j, gap in enumerate(gaps):
+        verified: list[Verified] = []
+        if gap.drafts:
+            if cancel and cancel[j] and cancel[j]():
+                results[j] = None
+                continue
+            head = bos + list(gap.prefix)
+            warm = _warm(slot.state, head, torch.Size([1, len(head) + gap.draft_length +
+                                                       len(gap.suffix)]))\
+                if reusing and slot is not None and slot.state else None
+            verified, verified_cache, n = verify_drafts(
+                model, gap.prefix, gap.suffix, gap.drafts, gap.draft_length,
+                floor=settings.draft_floor, ratio=settings.draft_ratio, lead=gap.lead,
+                warm=warm, cached=cache_mode(settings, model) == "dual")
+            verify_passes = max(verify_passes, n)
+            # Every draft the model accepted a start of is a candidate (cut where the model
+            # vetoed it); only when it accepted none does the sampler write a fill of its own.
+            done = [v.candidate(gap.draft_length) for v in verified if v.tokens]
+            if done:
+                results[j] = done
+                if reusing and slot is not None and verified_cache is not None:
+                    # What the next keystroke may reuse.
+                    kept = KVCache([k[:, :, :len(head)].clone() for k in verified_cache.keys],
+                                   [v[:, :, :len(head)].clone() for v in verified_cache.values])
+                    uses = slot.state.uses + 1 if warm is not None and slot.state else 0
+                    slot.state = PrefixState(head, kept, uses)
+                continue
+        for n, toks, probs in _rows_of(gap, verified):
+            rows.append((gap.prefix, gap.suffix, n))
             owner.append(j)
-            leads.append(lead[0] if lead else None)
+            leads.append(gap.lead)
+            given.append((toks, probs))
+    passes = 0
+    if rows:
+        passes = _denoise_rows(model, rows, owner, leads, given, results, settings=settings,
+                               cancel=cancel, previews=previews,
+                               slot=slot if reusing else None,
+                               verified=verified_cache if len(gaps) == 1 else None)
+    for cands in results:
+        if cands is not None:
+            cands.sort(key=lambda c: c.rank_key)
+    return results, verify_passes + passes
+
+
+def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequence[int], int]],
+                  owner: list[int], leads: list[Lead | None],
+                  given: list[tuple[list[int], list[float]]],
+                  results: list[list[Candidate] | None], *, settings: SamplerSettings,
+                  cancel: Sequence[Callable[[], bool]] | None,
+                  previews: Sequence[Preview | None] | None, slot: PrefixSlot | None,
+                  verified: KVCache | None) -> int:
+    """Run ``rows`` (``(prefix, suffix, masks)``, each owned by a job, with its ``given``
+    start committed) in one batch and add each finished row's candidate to its job's
+    ``results`` (None for a job cancelled on the way). ``slot``: the one job's document
+    (prefix reuse); ``verified``: the cache its drafts' verification just computed, whose
+    context positions the first pass then reuses. Returns the passes run."""
     ids, key_mask, lo = layout_rows(model, rows)
+    for r, (toks, _) in enumerate(given):
+        if toks:
+            ids[r, lo:lo + len(toks)] = torch.tensor(toks, device=ids.device)
     row_cancel: RowCancel | None = None
     if cancel:
         def cancelled_rows() -> list[bool]:
@@ -626,20 +848,22 @@ def infill_many(model: DiffusionModel,
     prof = model.profile
     on_step = _preview_steps(model, previews, [n for _, _, n in rows], owner, lo) \
         if previews and any(previews) else None
-    reusing = slot is not None and len(jobs) == 1 and settings.reuse_prefix and \
-        cache_mode(settings, model) == "dual"
     head = ids[0, :lo].tolist()
-    warm = _warm(slot.state, head, ids.shape) if reusing and slot.state else None
+    warm = None
+    if verified is not None and len(set(owner)) == 1:
+        warm = Warm(verified.reuse(lo, ids.shape[1], ids.shape[0]), lo)
+    elif slot is not None and slot.state:
+        warm = _warm(slot.state, head, ids.shape)
     out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
                   key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm,
-                  leads=leads if any(leads) else None)
-    if reusing and out.cache is not None:
+                  leads=leads if any(leads) else None, fresh=True)
+    if slot is not None and out.cache is not None:
         kept = KVCache([k[:1, :, :lo].clone() for k in out.cache.keys],
                        [v[:1, :, :lo].clone() for v in out.cache.values])
-        uses = slot.state.uses + 1 if warm is not None and slot.state else 0
+        state = slot.state
+        uses = state.uses + 1 if warm is not None and state else 0
         slot.state = PrefixState(head, kept, uses)
     done = set(out.rows)
-    results: list[list[Candidate] | None] = [[] for _ in jobs]
     for r, ((_, _, n), j) in enumerate(zip(rows, owner)):
         if r not in done:
             results[j] = None
@@ -648,13 +872,12 @@ def infill_many(model: DiffusionModel,
             continue
         toks = out.ids[r, lo:lo + n].tolist()
         confs = out.confidence[r, lo:lo + n].tolist()
+        start, probs = given[r]
+        confs[:len(start)] = probs  # a verified start scores as the verifier found it
         kept, score = trim_filler(toks, confs, prof.filler_ids, prof.filler_mode)
         ended = any(t in prof.filler_ids for t in toks)
         results[j].append(Candidate(tokens=kept, length=n, score=score, terminated=ended))
-    for cands in results:
-        if cands is not None:
-            cands.sort(key=lambda c: c.rank_key)
-    return results, out.forward_passes
+    return out.forward_passes
 
 
 @dataclass

@@ -32,7 +32,11 @@ log = logging.getLogger("diffill")
 # ---------------------------------------------------------------- infill
 
 def cmd_infill(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    from dataclasses import replace
+
+    # Asked for by a person or a script: the best candidate comes back with its score, under
+    # the calibrated floor too (an explicit --min-confidence still filters).
+    settings = replace(settings_from_args(args), explicit=True)
     if args.jsonl:
         return run_jsonl(args, settings)
     if args.refine and args.rewrite:
@@ -47,14 +51,13 @@ def cmd_infill(args: argparse.Namespace) -> int:
                                language=args.language, instruction=args.instruction)
     backend = make_backend(args)
     result = backend.run(req, settings)
+    best = result.best
     if args.json:
         print(json.dumps(result_json(result, clean, candidates=args.candidates)))
-        return EXIT_OK
-    best = result.best
+        return EXIT_OK if best is not None else 1
     if best is None:
-        why = f" it was sure enough of ({result.withheld} under --min-confidence)" \
-            if result.withheld else ""
-        print(f"diffill: the model proposed no completion{why}", file=sys.stderr)
+        print(f"diffill: the model proposed no completion{withheld_why(result)}",
+              file=sys.stderr)
         return 1
     if args.full:
         sys.stdout.write(apply(clean, best))
@@ -64,6 +67,18 @@ def cmd_infill(args: argparse.Namespace) -> int:
         print(f"diffill: {result.mode}, {result.forward_passes} forward passes, "
               f"{result.seconds * 1000:.0f} ms", file=sys.stderr)
     return EXIT_OK
+
+
+WITHHELD_WORDS = {"floor": "scored under --min-confidence",
+                  "unknown name": "naming something defined nowhere",
+                  "syntax": "that would break code that parses"}
+
+
+def withheld_why(result) -> str:
+    """Why nothing was shown, by check: `` (2 scored under --min-confidence, 1 that would
+    break code that parses)``; empty when nothing was withheld."""
+    parts = [f"{n} {WITHHELD_WORDS.get(k, k)}" for k, n in sorted(result.withheld_by.items())]
+    return f" it would show ({', '.join(parts)})" if parts else ""
 
 
 def iter_jsonl(stream) -> Iterable[tuple[int, dict | Exception]]:

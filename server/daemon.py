@@ -221,7 +221,8 @@ def settings_to_wire(settings) -> dict[str, Any]:
             "min_confidence": settings.min_confidence, "check_names": settings.check_names,
             "hide_unknown_names": settings.hide_unknown_names,
             "shed_load": settings.shed_load, "token_healing": settings.token_healing,
-            "quick_lines": settings.quick_lines,
+            "quick_lines": settings.quick_lines, "explicit": settings.explicit,
+            "drafts": settings.drafts,
             "prefix_tokens": settings.budget.prefix_tokens,
             "suffix_tokens": settings.budget.suffix_tokens,
             "extra_tokens": settings.budget.extra_tokens,
@@ -232,7 +233,7 @@ def request_to_wire(req) -> dict[str, Any]:
     """The inverse of :func:`request_from_wire`."""
     return {"text": req.text, "start": req.start, "end": req.end, "action": req.action,
             "language": req.language, "path": req.path, "extra": [list(e) for e in req.extra],
-            "instruction": req.instruction}
+            "instruction": req.instruction, "drafts": list(req.drafts)}
 
 
 def request_from_wire(raw: dict[str, Any]):
@@ -244,7 +245,8 @@ def request_from_wire(raw: dict[str, Any]):
                              language=raw.get("language"), path=raw.get("path"),
                              extra=tuple((str(a), str(b)) for a, b in raw.get("extra", ())),
                              instruction=None if raw.get("instruction") is None
-                             else str(raw["instruction"]))
+                             else str(raw["instruction"]),
+                             drafts=tuple(str(d) for d in raw.get("drafts") or ()))
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"malformed infill request: {exc}") from None
 
@@ -256,7 +258,7 @@ def result_to_wire(result) -> dict[str, Any]:
                       for c in result.items],
             "mode": result.mode, "forward_passes": result.forward_passes,
             "seconds": result.seconds, "remasked": result.remasked,
-            "withheld": result.withheld}
+            "withheld": result.withheld, "withheld_by": result.withheld_by}
 
 
 def result_from_wire(raw: dict[str, Any]):
@@ -265,7 +267,8 @@ def result_from_wire(raw: dict[str, Any]):
     items = [Completion(i["text"], i["start"], i["end"], i["score"], i["parses"], i["tokens"],
                         i["terminated"], tuple(i.get("unknown", ()))) for i in raw["items"]]
     return InfillResult(items, raw["mode"], raw["forward_passes"], raw["seconds"],
-                        raw["remasked"], raw.get("withheld", 0))
+                        raw["remasked"], raw.get("withheld", 0),
+                        dict(raw.get("withheld_by") or {}))
 
 
 class Daemon:

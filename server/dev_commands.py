@@ -103,6 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ask each span as while typing: the previous keystroke's request runs "
                         "first on the same document (prefix reuse applies; --no-prefix-reuse "
                         "for the cold reference)")
+    e.add_argument("--keystrokes", action="store_true",
+                   help="the typing eval instead: type --n held-out lines back one key at a "
+                        "time, a ghost asked after every key (taken whole, or its first word, "
+                        "when the line goes on with it), for diffill, the buffer's words and "
+                        "the drafts alone on the same keys; keys saved, ghosts shown and taken, "
+                        "tokens per pass, latency")
     e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
                                               "packages")
     add_model_options(e)

@@ -36,6 +36,8 @@ def run_eval(args: argparse.Namespace) -> int:
         files, packages = held_out_files()
     engine = load_engine(args)
     settings = settings_from_args(args)
+    if getattr(args, "keystrokes", False):
+        return run_keystrokes(args, engine, settings, files, packages)
     reports = []
     for mode in modes:
         spans = cut_spans(files, args.n, mode, args.sample_seed)
@@ -68,4 +70,46 @@ def run_eval(args: argparse.Namespace) -> int:
                 + (f", {c['precision']:.0%} exact" if c["precision"] is not None else "")
                 for c in r["calibration"]))
     print("autoregressive baseline: none of the same size is available offline")
+    return 0
+
+
+def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path],
+                   packages: list[str]) -> int:
+    """``diffill eval --keystrokes``: the typing eval (``infill.keystrokes``), diffill as an
+    editor asks it while the user types (automatic requests: ``fastTyping``), beside the
+    completers without a model, on the same lines."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from infill import keystrokes as K
+    lines = K.pick_lines(files, args.n, args.sample_seed)
+    settings = replace(settings, quick_lines=True)
+    model_report = K.TypingReport("diffill")
+    completers = {"buffer words": K.typed_ahead(K.buffer_word),
+                  "drafts alone": K.typed_ahead(K.drafts_alone),
+                  "diffill": K.typed_ahead(K.engine_completer(engine, settings, model_report))}
+    bar = tqdm(total=len(lines) * len(completers), desc="typing", file=sys.stderr, leave=False)
+    reports = K.run_typing(lines, completers, {"diffill": model_report},
+                           progress=lambda k: bar.update(1))
+    bar.close()
+    rows = [r.as_dict() for r in reports]
+    meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
+            "lines": len(lines), "seed": args.sample_seed, "cpu": platform.processor() or
+            platform.machine()}
+    if args.json:
+        print(json.dumps({"meta": meta, "results": rows}, indent=1))
+        return 0
+    print(f"typing eval: {len(lines)} held-out lines ({', '.join(packages)}), model "
+          f"{Path(meta['model']['checkpoint']).name}")
+    print(f"{'completer':<14} {'keys saved':>10} {'shown':>7} {'taken':>7} {'whole':>7} "
+          f"{'tok/pass':>8} {'p50 ms':>7} {'p95 ms':>7}")
+    for r in rows:
+        def pct(v):
+            return f"{v:>7.1%}" if v is not None else f"{'-':>7}"
+        tpp = f"{r['tokens_per_pass']:>8.2f}" if r["tokens_per_pass"] is not None else \
+            f"{'-':>8}"
+        print(f"{r['completer']:<14} {r['keys_saved']:>10.1%} {pct(r['ghosts_shown'])} "
+              f"{pct(r['shown_accepted'])} {pct(r['taken_whole'])} {tpp} "
+              f"{r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}")
     return 0

@@ -23,6 +23,7 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.workspace.position_codec import PositionCodec
 
+from infill import drafts as drafting
 from infill.context import related_snippet
 from infill.text import PositionError, line_bounds, line_starts, past_line_end, position_of
 
@@ -110,8 +111,10 @@ class State:
     reported: set[str] = field(default_factory=set)
     last_latency_ms: float | None = None
     last_withheld: int = 0
-    """Completions the last answered request held back under ``minConfidence`` while showing
-    none: why an editor showed nothing."""
+    """Completions the last answered request held back while showing none: why an editor
+    showed nothing."""
+    last_withheld_by: dict[str, int] = field(default_factory=dict)
+    """The same, by the check that held each back (``syntax``, ``unknown name``, ``floor``)."""
     model_info: dict[str, Any] = field(default_factory=dict)
     load_task: asyncio.Task | None = None
     """Held only so the event loop's weak reference is not the task's last one."""
@@ -180,7 +183,8 @@ class DiffillServer(LanguageServer):
         self.protocol.notify(P.NOTIFY_STATUS, {
             "state": state, "model": info.get("checkpoint"), "device": info.get("device"),
             "dtype": info.get("dtype"), "lastLatencyMs": self.state.last_latency_ms,
-            "withheld": self.state.last_withheld, "error": error})
+            "withheld": self.state.last_withheld, "withheldBy": self.state.last_withheld_by,
+            "error": error})
 
     def daemon(self) -> AsyncDaemonClient:
         s = self.state.settings
@@ -239,6 +243,27 @@ class DiffillServer(LanguageServer):
                 out.append([Path(doc.path).name if doc.path else other, snippet])
         return out[::-1]
 
+    def drafts_elsewhere(self, uri: str, language: str, text: str, cursor: int) -> list[str]:
+        """Drafts the other open documents of the language hold for the cursor's line (the
+        typed tail found there and what followed it, the partial word's completions), most
+        recently touched first; the daemon adds the document's own."""
+        others = []
+        for other in reversed(self.state.recent):
+            if len(others) == NEIGHBOURS:
+                break
+            if other == uri or other not in self.workspace.text_documents:
+                continue
+            doc = self.workspace.get_text_document(other)
+            if doc.language_id == language and len(doc.source) <= NEIGHBOUR_CHARS:
+                others.append(doc.source)
+        if not others:
+            return []
+        # The cursor's line alone stands for the document: the document is the daemon's part.
+        line_start = text.rfind("\n", 0, cursor) + 1
+        line_end = text.find("\n", cursor)
+        line = text[line_start:len(text) if line_end < 0 else line_end]
+        return drafting.find_drafts(line, cursor - line_start, others)
+
     def slice_for(self, text: str, start: int, end: int) -> tuple[str, int]:
         """The text to send and its offset in the document."""
         if len(text) <= FULL_TEXT_LIMIT:
@@ -268,7 +293,9 @@ class DiffillServer(LanguageServer):
         request = {"text": piece, "start": start - base,
                    "end": None if end is None else end - base, "action": action,
                    "language": doc.language_id, "path": doc.path, "instruction": instruction,
-                   "extra": self.neighbours(uri, doc.language_id, text, start)}
+                   "extra": self.neighbours(uri, doc.language_id, text, start),
+                   "drafts": self.drafts_elsewhere(uri, doc.language_id, text, start)
+                   if action == "complete" and s.drafts else []}
         t0 = time.perf_counter()
         params = {"document": uri, "request": request, "model": s.model_spec(),
                   "settings": s.infill_settings(automatic)}
@@ -279,6 +306,8 @@ class DiffillServer(LanguageServer):
         result = await self.ask("infill", params, on_progress)
         self.state.last_latency_ms = round((time.perf_counter() - t0) * 1000, 1)
         self.state.last_withheld = 0 if result["items"] else int(result.get("withheld") or 0)
+        self.state.last_withheld_by = {} if result["items"] else \
+            dict(result.get("withheld_by") or {})
         for item in result["items"]:
             item["start"] += base
             item["end"] += base
@@ -479,6 +508,7 @@ def create_server() -> DiffillServer:
         st = await ls.ask("status", {})
         st["lastLatencyMs"] = ls.state.last_latency_ms
         st["withheld"] = ls.state.last_withheld
+        st["withheldBy"] = ls.state.last_withheld_by
         st["typedAhead"] = ls.state.typed_ahead
         return st
 

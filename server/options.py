@@ -74,6 +74,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-name-check", dest="check_names", action="store_false", default=None,
                    help="do not rank down (or hide) candidates that use names defined "
                         "nowhere")
+    g.add_argument("--no-drafts", dest="drafts", action="store_false", default=None,
+                   help="do not verify drafts from the code at hand (the typed line's tail "
+                        "found elsewhere, the partial word's completions); the model alone")
     g.add_argument("--show-unknown-names", dest="hide_unknown_names", action="store_false",
                    default=None,
                    help="show a completion even when it uses a name defined nowhere (in the "
@@ -105,6 +108,7 @@ def settings_from_args(args: argparse.Namespace):
             check_names=args.check_names, reuse_prefix=getattr(args, "reuse_prefix", None),
             hide_unknown_names=getattr(args, "hide_unknown_names", None),
             token_healing=getattr(args, "token_healing", None),
+            drafts=getattr(args, "drafts", None),
             temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget
@@ -193,7 +197,9 @@ def result_json(result, text: str, request_id: Any = None, candidates: int = 3) 
                        for c in result.items[:candidates]],
         "forward_passes": result.forward_passes,
         "seconds": round(result.seconds, 4),
+        "score": round(best.score, 4) if best else None,
         "withheld": result.withheld,
+        "withheld_by": result.withheld_by,
     })
     if result.mode == "refine":
         out["remasked"] = result.remasked

@@ -99,6 +99,10 @@ class Settings:
     hideUnknownNames: bool = True
     """Do not show a ghost that uses a name defined nowhere (in the file, the extra context,
     builtins or keywords): with the bundled model such ghosts were almost never right."""
+    drafts: bool = True
+    """Verify drafts from the code at hand before the model writes its own: the typed line's
+    tail found elsewhere in the file or the other open files and what followed it there, and
+    the words that complete the partial word; one the model accepts is shown in two passes."""
     shedLoad: bool = True
     """When completions of several editors wait together, or one comes while a rewrite runs,
     each tries one mask count instead of the ensemble, so all are answered near idle speed
@@ -132,9 +136,12 @@ class Settings:
                 "steps": self.steps, "schedule": self.schedule, "threshold": self.threshold,
                 "cache": self.cache, "prefix_tokens": self.prefixTokens,
                 "suffix_tokens": self.suffixTokens, "extra_tokens": self.extraTokens,
-                "min_confidence": self.minConfidence,
+                # The floor is for ghosts that appear by themselves: an invoked request
+                # gets the best candidate (explicit).
+                "min_confidence": self.minConfidence if automatic else None,
                 "shed_load": self.shedLoad, "quick_lines": automatic and self.fastTyping,
-                "hide_unknown_names": self.hideUnknownNames}
+                "hide_unknown_names": self.hideUnknownNames, "explicit": not automatic,
+                "drafts": self.drafts}
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")

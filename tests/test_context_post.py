@@ -230,6 +230,9 @@ def test_a_fill_ends_before_a_character_its_tokens_broke():
     ("[0, 0, 0, 0]", "[0, 0, 0, 0]"),        # numbers repeat in real code
     ("x = f(a, b)", "x = f(a, b)"),
     ("a.b.c", "a.b.c"),
+    ("1.0.0.0.0.0.0.0.", "1.0"),            # digits and punctuation stutter too
+    ("f()))))))", "f()))))))"),             # one character repeated is code
+    ("x, y)\n", "x, y)\n"),
 ])
 def test_a_stutter_is_cut_to_one_copy(fill, kept):
     from infill.post import unstutter
@@ -288,3 +291,33 @@ def test_the_word_before_an_attribute_keeps_its_dot_so_it_is_no_free_name():
     assert post.free_names(post.word_before("x = y.cl", 8) + "ear()", frozenset()) == []
     assert post.free_names(post.word_before("x = y.", 6) + "append(z)", frozenset()) == ["z"]
     assert post.free_names(post.word_before("x = cl", 6) + "ear()", frozenset()) == ["clear"]
+
+
+@pytest.mark.parametrize("before,fill,after,broken", [
+    ("    acc += (v - ", "1.0.0.0.0.0.0.0.", ") ** 2", True),
+    ("    acc += (v - ", "mean", ") ** 2", False),
+    ("    end = chunk", ".groups().", "", True),
+    ("    end = chunk.", "groups()", "", False),
+    ("    x = foo(", "a, b", "", False),          # unfinished is not broken
+    ("    else", ":", "", False),                 # a clause never parses alone: not judged
+    ("        b=2", ")", "", False),              # an open bracket's next line: not judged
+    ("import numpy as ", "np", "", False),
+    ("    if x ", "== 1:", "", False),
+    ("    return ", "value value", "", True),
+])
+def test_a_fill_that_breaks_its_line_is_told_from_one_that_only_leaves_it_unfinished(
+        before, fill, after, broken):
+    from infill.post import breaks_line
+    above = "    call(\n        a=1,\n" if before.startswith("        b") else "def f():\n"
+    assert breaks_line(before, fill, after, above) is broken
+
+
+def test_names_a_line_binds_are_defined_for_its_fill():
+    from infill.post import bound_names
+    assert {"np"} <= bound_names("import numpy as np")
+    assert {"x", "i"} <= bound_names("for i, x in enumerate(items):")
+    assert {"fh"} <= bound_names("with open(path) as fh:")
+    assert {"err"} <= bound_names("except OSError as err:")
+    assert {"f", "a", "b"} <= bound_names("def f(a, b=1):")
+    assert "str" not in bound_names("def f(a: str, *args: strx):")  # annotations use names
+    assert {"total"} <= bound_names("total = 0")

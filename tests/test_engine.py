@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import helpers
 import pytest
-from infill import Engine, InfillRequest, InfillSettings
+from infill import Engine, InfillRequest, InfillSettings, SamplerSettings
 from infill.text import PositionError
 from model import load_model
 
@@ -373,3 +373,75 @@ def test_a_line_fill_that_wrote_past_its_line_end_ended_by_itself(diffill_ckpt):
     result = engine.finish(job, [cand(" is None:\n        x = 1"), cand(" is not None and")], 1)
     by_text = {it.text: it.terminated for it in result.items}
     assert by_text == {" is None:": True, " is not None and": False}
+
+
+def test_names_a_fill_defines_on_its_line_are_not_unknown(pattern_model):
+    """``import numpy as <fill>``: the fill ``np`` is defined by its own line."""
+    from infill import Completion
+    engine = Engine(pattern_model)
+    for line, fill in (("import numpy as ", "np"), ("    for ", "row in rows_of(table):"),
+                       ("    with open(p) as ", "fh:"), ("    except OSError as ", "err:")):
+        doc = f"def f(p, rows_of, table):\n    rows = []\n{line}\n"
+        at = doc.index(line) + len(line)
+        item = Completion(fill, at, at, score=0.5)
+        engine._rank([item], doc, "python")
+        assert item.unknown == (), (line, fill)
+    doc = "y = \n"
+    item = Completion("np.zeros(x)", 4, 4, score=0.5)
+    engine._rank([item], doc, "python")
+    assert item.unknown == ("np", "x")  # used, not bound by this line
+
+
+def test_a_ghost_that_breaks_a_line_is_withheld_and_the_reason_is_named(pattern_model):
+    import time
+    from infill import Completion
+    engine = Engine(pattern_model)
+    doc = "def f(v, mean):\n    acc = 0\n    acc += (v - ) ** 2\n"
+    at = doc.index("(v - ") + 5
+    req = InfillRequest(doc, at, language="python")
+    s = InfillSettings(min_confidence=0.5)
+    items = [Completion("1.0.0.0.0.", at, at, score=0.9), Completion("mean", at, at, score=0.8),
+             Completion("zebra", at, at, score=0.7), Completion("v", at, at, score=0.1)]
+    result = engine.result(req, "line", items, s, 1, time.perf_counter())
+    assert [it.text for it in result.items] == ["mean"]
+    assert result.withheld_by == {"syntax": 1, "unknown name": 1, "floor": 1}
+    assert result.withheld == 3
+
+
+def test_an_explicit_ask_gets_the_best_candidate_under_the_calibrated_floor(tmp_path):
+    """The checkpoint's floor is for ghosts that appear by themselves: the CLI and an invoked
+    completion (explicit) get the best candidate with its score; a floor they set filters."""
+    import json
+    from dataclasses import replace
+    folder = helpers.train_pattern_model(tmp_path / "p", steps=300)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["diffill"]["min_confidence"] = 0.999
+    (folder / "config.json").write_text(json.dumps(cfg))
+    engine = Engine(load_model(folder))
+    quiet = engine.run(InfillRequest(LINES[0], CURSORS[0]), SETTINGS)
+    assert quiet.best is None and quiet.withheld_by == {"floor": quiet.withheld}
+    asked = engine.run(InfillRequest(LINES[0], CURSORS[0]), replace(SETTINGS, explicit=True))
+    assert asked.best is not None and 0 < asked.best.score < 0.999
+    floored = engine.run(InfillRequest(LINES[0], CURSORS[0]),
+                         replace(SETTINGS, explicit=True, min_confidence=0.999))
+    assert floored.best is None
+
+
+def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
+    """The counting line's own earlier run is a draft: the model accepts its start, cuts it
+    where the fill ends, and the fill takes the verifier's two passes."""
+    from dataclasses import replace
+    engine = Engine(pattern_model)
+    doc = "c4 c5 c6 c7 c8\nc0 c1 c2 c3 c4 \nc8 c9 c10"
+    at = doc.index("c4 \n") + 3
+    # Only the model's first choices pass here (the default also passes tokens it finds
+    # likely, which lets this model take c8 as well).
+    s = InfillSettings(max_tokens=8, ensemble=1, mode="line", min_confidence=0.0,
+                       sampler=SamplerSettings(draft_ratio=1.0, draft_floor=1.0))
+    job = engine.prepare(InfillRequest(doc, at), s)
+    assert engine.decode(job.drafts[0]).split() == ["c5", "c6", "c7", "c8"]
+    drafted = engine.run(InfillRequest(doc, at), s)
+    # c8 is where the model ends the fill (it comes after the gap): the draft is cut there.
+    assert drafted.best.text.split() == ["c5", "c6", "c7"] and drafted.forward_passes == 2
+    plain = engine.run(InfillRequest(doc, at), replace(s, drafts=False))
+    assert plain.best.text.split() == ["c5", "c6", "c7"]

@@ -1,0 +1,173 @@
+"""Drafts from the code at hand: continuations of the cursor's line that the document and the
+other texts the editor has already hold, found without a model.
+
+Two kinds, both cheap enough to run on every keystroke:
+
+- **lookup** (prompt lookup, Saxena 2023): the last 1-8 code tokens before the cursor found
+  elsewhere (the nearest earlier place in the document first, then later, then other texts),
+  and what followed them there up to that line's end;
+- **words** (Vim's Ctrl-N, Emacs dabbrev): the rest of every word that completes the partial
+  word at the cursor, the nearest earlier one first.
+
+The model then verifies them (``sampler.verify_drafts``); alone they are the no-model
+completer the typing eval measures the model against. Both are ``str.find``/``rfind``
+over the text (C speed), nearest first, stopping as soon as enough is found: no index to keep
+up to date while the text changes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+MAX_TAIL_TOKENS = 8
+"""Longest tail of the typed line that is looked up."""
+MAX_DRAFTS = 4
+"""Drafts offered per request: each costs the verifier a row per token."""
+MAX_DRAFT_CHARS = 160
+"""A continuation is cut at its line's end, or here."""
+MAX_HITS = 6
+"""Places of one tail looked at (each may give another continuation)."""
+
+_CODE_TOKEN = re.compile(r"[^\W\d]\w*|\d\w*|\s+|[^\w\s]", re.UNICODE)
+_WORD = re.compile(r"[^\W\d]\w*")
+_PARTIAL = re.compile(r"[^\W\d]\w*$")
+
+
+def partial_word(line_before: str) -> str:
+    """The identifier the cursor is in the middle (or at the end) of, '' when none."""
+    m = _PARTIAL.search(line_before)
+    return m.group(0) if m else ""
+
+
+def _line_end(text: str, at: int) -> int:
+    end = text.find("\n", at)
+    return len(text) if end < 0 else end
+
+
+MAX_SCAN = 4000
+"""Occurrences of a partial word looked at per text before giving up on more words."""
+
+
+def _words_from(text: str, partial: str, lo: int, hi: int, backwards: bool,
+                limit: int) -> list[str]:
+    """Distinct words of ``text[lo:hi]`` that begin with ``partial`` and are longer, nearest
+    to ``hi`` first when ``backwards`` (else to ``lo``): ``str.rfind``/``find`` for the
+    partial, a word-boundary check, and the word read on from there."""
+    out: list[str] = []
+    for _ in range(MAX_SCAN):
+        at = text.rfind(partial, lo, hi) if backwards else text.find(partial, lo, hi)
+        if at < 0:
+            break
+        if backwards:
+            hi = at + len(partial) - 1
+        else:
+            lo = at + 1
+        if at > 0 and (text[at - 1].isalnum() or text[at - 1] == "_"):
+            continue
+        m = _WORD.match(text, at)
+        if m and len(m.group(0)) > len(partial) and m.group(0) not in out:
+            out.append(m.group(0))
+            if len(out) == limit:
+                break
+    return out
+
+
+def word_drafts(partial: str, text: str, line_start: int, line_end: int,
+                others: Sequence[str] = (), limit: int = MAX_DRAFTS) -> list[str]:
+    """The rest of each word that completes ``partial``: from the text before the cursor's
+    line (``text[:line_start]``) nearest the cursor first, then after the line nearest first,
+    then ``others`` in order."""
+    if not partial:
+        return []
+    words = _words_from(text, partial, 0, line_start, True, limit)
+    words += _words_from(text, partial, line_end, len(text), False, limit)
+    for other in others:
+        words += _words_from(other, partial, 0, len(other), False, limit)
+    return _distinct((w[len(partial):] for w in words), limit)
+
+
+def tails(line_before: str, most: int = MAX_TAIL_TOKENS) -> list[str]:
+    """Tails of the typed line made of its last 1..``most`` code tokens, longest first; only
+    those with two or more characters of code (a lone ``(`` or ``x`` is everywhere)."""
+    toks = _CODE_TOKEN.findall(line_before)
+    out = []
+    for n in range(min(most, len(toks)), 0, -1):
+        tail = "".join(toks[-n:])
+        if len(tail.strip()) >= 2 and tail not in out:
+            out.append(tail)
+    return out
+
+
+def _starts_clean(text: str, at: int, tail: str) -> bool:
+    """A match of ``tail`` at ``at`` does not begin inside a word (``x = f`` in ``max = f``)."""
+    return at == 0 or not (tail[0].isalnum() or tail[0] == "_") or \
+        not (text[at - 1].isalnum() or text[at - 1] == "_")
+
+
+def _hits(text: str, tail: str, backwards: bool, lo: int = 0, hi: int | None = None
+          ) -> Iterable[int]:
+    """Offsets just after each clean match of ``tail`` in ``text[lo:hi]``, nearest to ``hi``
+    first when ``backwards``, else nearest to ``lo`` first; at most :data:`MAX_HITS`."""
+    hi = len(text) if hi is None else hi
+    found = 0
+    while found < MAX_HITS:
+        at = text.rfind(tail, lo, hi) if backwards else text.find(tail, lo, hi)
+        if at < 0:
+            return
+        if _starts_clean(text, at, tail):
+            found += 1
+            yield at + len(tail)
+        if backwards:
+            hi = at + len(tail) - 1
+        else:
+            lo = at + 1
+
+
+def lookup_drafts(text: str, cursor: int, others: Sequence[str] = (),
+                  limit: int = MAX_DRAFTS) -> list[str]:
+    """Continuations of the cursor's line: each tail of the typed line (longest first) found
+    before the cursor's line (nearest first), after it, then in ``others``, and what followed
+    it there up to that line's end. Distinct, non-empty, at most ``limit``."""
+    line_start = text.rfind("\n", 0, cursor) + 1
+    line_end = _line_end(text, cursor)
+    line_before = text[line_start:cursor]
+    out: list[str] = []
+    for tail in tails(line_before):
+        places = [(text, h) for h in _hits(text, tail, True, 0, line_start)]
+        places += [(text, h) for h in _hits(text, tail, False, line_end)]
+        for other in others:
+            places += [(other, h) for h in _hits(other, tail, False)]
+        for src, h in places:
+            rest = src[h:min(_line_end(src, h), h + MAX_DRAFT_CHARS)].rstrip()
+            if rest.strip():
+                out.append(rest)
+        if len(_distinct(out, limit)) >= limit:
+            break
+    return _distinct(out, limit)
+
+
+def find_drafts(text: str, cursor: int, others: Sequence[str] = (), extra: Sequence[str] = (),
+                limit: int = MAX_DRAFTS) -> list[str]:
+    """Every draft for a completion at ``cursor``: ``extra`` first (a previous ghost's rest,
+    given by the editor's side), then lookups, then the partial word's completions; distinct,
+    at most ``limit``. Nothing inside a line that goes on after the cursor but for a partial
+    word: a line fill there must meet the code after it, which a lookup does not know."""
+    line_start = text.rfind("\n", 0, cursor) + 1
+    line_end = _line_end(text, cursor)
+    partial = partial_word(text[line_start:cursor])
+    drafts = [d for d in extra if d.strip()]
+    if not text[cursor:line_end].strip():
+        drafts += lookup_drafts(text, cursor, others, limit)
+    drafts += word_drafts(partial, text, line_start, line_end, others, limit)
+    return _distinct(drafts, limit)
+
+
+def _distinct(items: Iterable[str], limit: int) -> list[str]:
+    out: list[str] = []
+    for it in items:
+        if it not in out:
+            out.append(it)
+            if len(out) == limit:
+                break
+    return out

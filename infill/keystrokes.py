@@ -1,0 +1,215 @@
+"""The typing eval: does a ghost save a person keystrokes?
+
+Lines of held-out code are typed back one key at a time with the rest of the file as
+context. After every key the completer is asked (as an editor asks automatically) and its
+ghost is taken the way a person would: the whole ghost (one key, Tab) when the rest of the
+line begins with it, else its first word (one key, accept-word) when the line goes on with
+that, else the person types the next character (one key). Keys saved are the characters of
+the lines minus the keys pressed, over the characters.
+
+Every completer meets the same lines, so their figures compare: the buffer's words
+(Vim's Ctrl-N as a ghost), the drafts alone (lookup, else the buffer word: the best completer
+without a model), and diffill itself.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import drafts as drafting
+
+Completer = Callable[[str, int], "str | None"]
+"""``(document, cursor) -> the ghost shown there`` (None: nothing shown)."""
+
+_FIRST_WORD = re.compile(r"[^\w\n]*\w+|\s*[^\w\s]+")
+
+
+@dataclass
+class TypedLine:
+    path: str
+    document: str
+    """The file with the line's text after its indentation removed."""
+    cursor: int
+    """Where the line's text goes (after its indentation)."""
+    target: str
+
+
+@dataclass
+class TypingReport:
+    name: str
+    lines: int = 0
+    chars: int = 0
+    keys: int = 0
+    requests: int = 0
+    shown: int = 0
+    accepted: int = 0
+    """Shown ghosts taken whole or by their first word."""
+    whole: int = 0
+    seconds: list[float] = field(default_factory=list)
+    passes: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    """Per model call: forward passes, and the tokens of the ghost it showed (0: none)."""
+
+    def as_dict(self) -> dict:
+        calls = [(p, t) for p, t in zip(self.passes, self.tokens) if p]
+        return {
+            "completer": self.name, "lines": self.lines, "chars": self.chars,
+            "keys": self.keys,
+            "keys_saved": round(1 - self.keys / self.chars, 4) if self.chars else 0.0,
+            "ghosts_shown": round(self.shown / self.requests, 4) if self.requests else 0.0,
+            "shown_accepted": round(self.accepted / self.shown, 4) if self.shown else None,
+            "taken_whole": round(self.whole / self.shown, 4) if self.shown else None,
+            "p50_ms": round(1000 * statistics.median(self.seconds), 1) if self.seconds else 0,
+            "p95_ms": round(1000 * sorted(self.seconds)[int(0.95 * (len(self.seconds) - 1))], 1)
+            if self.seconds else 0,
+            "tokens_per_pass": round(sum(t for _, t in calls) / sum(p for p, _ in calls), 3)
+            if calls else None,
+        }
+
+
+def pick_lines(files: Iterable[Path], n: int, seed: int = 0) -> list[TypedLine]:
+    """``n`` lines of code (8-120 characters after the indentation, not comments or
+    docstrings) from parseable files, chosen by ``seed``."""
+    import ast
+    rng = random.Random(f"typing-{seed}")
+    docs = []
+    for f in sorted(files):
+        try:
+            text = f.read_text(encoding="utf-8")
+            ast.parse(text)
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        if len(text) > 400:
+            docs.append((f, text))
+    out: list[TypedLine] = []
+    tries = 0
+    while len(out) < n and docs and tries < n * 200:
+        tries += 1
+        path, text = rng.choice(docs)
+        lines = text.split("\n")
+        i = rng.randrange(len(lines))
+        body = lines[i].strip()
+        if not 8 <= len(body) <= 120 or body.startswith(("#", '"""', "'''")):
+            continue
+        line_start = sum(len(x) + 1 for x in lines[:i])
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        cursor = line_start + indent
+        end = line_start + len(lines[i].rstrip())
+        out.append(TypedLine(str(path), text[:cursor] + text[end:], cursor, text[cursor:end]))
+    return out
+
+
+def first_word(ghost: str) -> str:
+    """What accept-word takes of a ghost: any leading non-word characters and the word after
+    them (``.groups`` of ``.groups()``), else the leading punctuation."""
+    m = _FIRST_WORD.match(ghost)
+    return m.group(0) if m else ""
+
+
+def type_line(line: TypedLine, complete: Completer, report: TypingReport) -> None:
+    """Type ``line`` back against ``complete``, adding to ``report``."""
+    typed = 0
+    target = line.target
+    while typed < len(target):
+        doc = line.document[:line.cursor] + target[:typed] + line.document[line.cursor:]
+        ghost = complete(doc, line.cursor + typed)
+        report.requests += 1
+        rest = target[typed:]
+        ghost = (ghost or "").split("\n", 1)[0]
+        report.keys += 1
+        if ghost.strip():
+            report.shown += 1
+            word = first_word(ghost)
+            if rest.startswith(ghost):
+                report.accepted += 1
+                report.whole += 1
+                typed += len(ghost)
+                continue
+            if word and rest.startswith(word):
+                report.accepted += 1
+                typed += len(word)
+                continue
+        typed += 1
+    report.lines += 1
+    report.chars += len(target)
+
+
+def buffer_word(doc: str, cursor: int) -> str | None:
+    """The nearest earlier word of the document that completes the partial word (then the
+    nearest later one): dabbrev as a ghost."""
+    line_start = doc.rfind("\n", 0, cursor) + 1
+    line_end = doc.find("\n", cursor)
+    line_end = len(doc) if line_end < 0 else line_end
+    words = drafting.word_drafts(drafting.partial_word(doc[line_start:cursor]), doc,
+                                 line_start, line_end, limit=1)
+    return words[0] if words else None
+
+
+def drafts_alone(doc: str, cursor: int) -> str | None:
+    """The first draft (a lookup of the typed line's tail, else the buffer word): the
+    completer with no model in it."""
+    found = drafting.find_drafts(doc, cursor, limit=1)
+    return found[0] if found else None
+
+
+def engine_completer(engine, settings, report: TypingReport, language: str = "python"
+                     ) -> Completer:
+    """diffill's ghost: an automatic request to ``engine``; what an editor shows (the best
+    item, after ``min_confidence`` and the names check). The document key lets a request
+    reuse its line's last window, as the daemon does per document."""
+    from .api import InfillRequest
+
+    def complete(doc: str, cursor: int) -> str | None:
+        line_start = doc.rfind("\n", 0, cursor) + 1
+        key = f"{len(doc) - cursor}:{line_start}"
+        t0 = time.perf_counter()
+        (result,) = engine.run_batch([(InfillRequest(doc, cursor, language=language), None)],
+                                     settings, documents=[key])
+        if isinstance(result, BaseException):
+            raise result
+        report.seconds.append(time.perf_counter() - t0)
+        report.passes.append(result.forward_passes)
+        report.tokens.append(result.best.tokens if result.best else 0)
+        return result.best.text if result.best else None
+    return complete
+
+
+def typed_ahead(complete: Completer) -> Completer:
+    """An editor's typed-ahead reuse around ``complete``: while the person types what the
+    last ghost says, its rest is shown again with no call (the LSP server's ``Shown``)."""
+    last: list = [None]
+
+    def wrapped(doc: str, cursor: int) -> str | None:
+        prev = last[0]
+        if prev is not None:
+            before, after, ghost = prev
+            typed = doc[len(before):cursor]
+            if doc.startswith(before) and doc[cursor:] == after and 0 < len(typed) < \
+                    len(ghost) and ghost.startswith(typed):
+                return ghost[len(typed):]
+        ghost = complete(doc, cursor)
+        last[0] = (doc[:cursor], doc[cursor:], ghost) if ghost else None
+        return ghost
+    return wrapped
+
+
+def run_typing(lines: list[TypedLine], completers: dict[str, Completer],
+               reports: dict[str, TypingReport] | None = None,
+               progress: Callable[[int], None] | None = None) -> list[TypingReport]:
+    """Type every line against every completer; one report each."""
+    reports = reports or {}
+    out = []
+    for name, complete in completers.items():
+        rep = reports.get(name) or TypingReport(name)
+        for k, line in enumerate(lines):
+            type_line(line, complete, rep)
+            if progress:
+                progress(k + 1)
+        out.append(rep)
+    return out

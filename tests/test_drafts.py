@@ -1,0 +1,154 @@
+"""Drafts from the code at hand (infill.drafts) and their verification by the model
+(sampler.verify_drafts): found without a model, checked in two passes with one."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import pattern_row
+from infill import drafts as D
+
+DOC = """\
+def total(items, tax):
+    result = compute_total(items, tax)
+    return result
+
+
+def other(items):
+    res
+"""
+
+
+def at_end_of(doc: str, marker: str) -> int:
+    """The offset after the last occurrence of ``marker``."""
+    return doc.rindex(marker) + len(marker)
+
+
+def test_lookup_finds_what_followed_the_typed_tail_elsewhere_in_the_document():
+    doc = DOC.replace("    res\n", "    result = comp\n")
+    cursor = at_end_of(doc, "    result = comp")
+    assert D.lookup_drafts(doc, cursor)[0] == "ute_total(items, tax)"
+
+
+def test_partial_word_drafts_nearest_earlier_word_first_then_later_then_other_documents():
+    doc = "alpha = 1\nalphabet = 2\nal\nalpine = 3\n"
+    cursor = at_end_of(doc, "\nal\n") - 1
+    assert D.word_drafts("al", doc, cursor - 2, cursor, ["alchemy"]) == \
+        ["phabet", "pha", "pine", "chemy"]
+
+
+def test_drafts_come_from_other_open_documents():
+    doc = "import helpers\nhelpers.make_re"
+    other = "def make_request(url, timeout=3):\n    return make_request(url)\n"
+    found = D.find_drafts(doc, len(doc), others=[other])
+    assert "quest(url, timeout=3):" in found  # the lookup of "make_re" in the other text
+    assert "quest" in found  # and the partial word's completion
+
+
+def test_a_line_that_goes_on_after_the_cursor_gets_word_drafts_only():
+    doc = "value = compute(a)\nvalue = com(b)\n"
+    cursor = at_end_of(doc, "\nvalue = com")
+    assert D.find_drafts(doc, cursor) == ["pute"]
+
+
+def test_a_match_inside_a_longer_word_is_not_a_lookup():
+    doc = "maxval = f(1)\nval"
+    assert D.lookup_drafts(doc, len(doc)) == []
+    assert D.lookup_drafts("val = f(1)\nval", 14) == [" = f(1)"]
+
+
+def test_the_requests_own_drafts_come_first_and_repeats_are_dropped():
+    doc = "name = value\nna"
+    assert D.find_drafts(doc, len(doc), extra=["me = other", "me"]) == \
+        ["me = other", "me", "me = value"]
+
+
+# ---------------------------------------------------------------- verification by the model
+
+
+def c(*ks: int) -> list[int]:
+    """Token ids of the counting model's words c_k."""
+    return [3 + k % 12 for k in ks]
+
+
+@pytest.fixture
+def counting_gap():
+    """c0..c4 [gap of 3] c8 c9 c10 c11: the answer is c5 c6 c7."""
+    prefix, middle, suffix = pattern_row(0, 5, 3, 4)
+    return prefix, suffix, middle[:3]
+
+
+def test_a_right_draft_fills_the_gap_in_two_passes(pattern_model, counting_gap):
+    from infill.sampler import Gap, infill_many, verify_drafts
+    prefix, suffix, answer = counting_gap
+    assert answer == c(5, 6, 7)
+    # The counting model's answers need whole-window passes (its profile: no cache), so the
+    # second pass runs a whole window per row.
+    (v,), _, passes = verify_drafts(pattern_model, prefix, suffix, [answer], 8, cached=False)
+    assert (v.tokens, v.complete, passes) == (answer, True, 2)
+    before = pattern_model.tokens_run
+    (cands,), passes = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=[answer],
+                                                       draft_length=8)])
+    assert passes == 2 and cands[0].tokens == answer and cands[0].terminated
+    # Two passes: the window once, then one row per draft token after the first.
+    window = len(prefix) + 8 + len(suffix)
+    assert pattern_model.tokens_run - before == window + 3 * window
+
+
+def test_a_wrong_draft_is_cut_where_the_model_disagrees_and_the_sampler_fills_the_gap(
+        pattern_model, counting_gap):
+    from infill.sampler import Gap, infill_many, verify_drafts
+    prefix, suffix, answer = counting_gap
+    wrong = c(5, 9, 1)
+    (v,), _, _ = verify_drafts(pattern_model, prefix, suffix, [wrong], 8, floor=0.3,
+                               ratio=0.1, cached=False)
+    assert v.tokens == c(5) and not v.complete
+    (v,), _, passes = verify_drafts(pattern_model, prefix, suffix, [c(9, 1)], 8, cached=False)
+    assert v.tokens == [] and passes == 1  # no row for a draft whose first token failed
+    (cands,), passes = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=[c(9, 1)],
+                                                       draft_length=8)])
+    assert cands[0].tokens == answer and passes > 1
+
+
+def test_a_draft_the_model_accepts_only_a_start_of_is_shown_cut_and_ranked_below_ended_fills(
+        pattern_model, counting_gap):
+    from infill.sampler import Gap, infill_many
+    prefix, suffix, answer = counting_gap
+    (cands,), _ = infill_many(pattern_model, [Gap(prefix, suffix, [8],
+                                                  drafts=[c(5, 9, 1), answer],
+                                                  draft_length=8)])
+    assert [x.tokens for x in cands] == [answer, c(5)]
+    assert cands[0].terminated and not cands[1].terminated
+
+
+# ---------------------------------------------------------------- the typing eval
+
+
+def test_the_typing_eval_counts_keys_the_way_a_person_takes_a_ghost():
+    from infill import keystrokes as K
+    doc = "def f():\n    \n    return total\n"
+    line = K.TypedLine("x.py", doc, doc.index("    \n") + 4, "total = compute(1)")
+    rep = K.TypingReport("oracle")
+    K.type_line(line, lambda d, c: line.target[c - line.cursor:], rep)
+    assert (rep.keys, rep.shown, rep.accepted, rep.whole) == (1, 1, 1, 1)
+    rep = K.TypingReport("first word right")
+    K.type_line(line, lambda d, c: "total = other(2)" if c == line.cursor else None, rep)
+    # Accept-word takes "total", then the 13 other characters are typed.
+    assert (rep.keys, rep.shown, rep.accepted, rep.whole) == (1 + 13, 1, 1, 0)
+    assert rep.as_dict()["keys_saved"] == round(1 - 14 / 18, 4)
+    rep = K.TypingReport("buffer words")
+    K.type_line(line, K.buffer_word, rep)
+    assert rep.whole == 1  # "t" -> "otal" (the word below), then the rest typed
+    assert K.first_word(".groups()") == ".groups" and K.first_word("(a, b)") == "(a"
+
+
+def test_typed_ahead_shows_the_rest_of_the_last_ghost_without_asking_again():
+    from infill import keystrokes as K
+    calls = []
+
+    def complete(doc, cursor):
+        calls.append(cursor)
+        return "bcdef"
+    wrapped = K.typed_ahead(complete)
+    assert wrapped("a\n", 1) == "bcdef"
+    assert wrapped("ab\n", 2) == "cdef" and calls == [1]
