@@ -77,7 +77,7 @@ class SamplerSettings:
 
     draft_floor: float = 0.3
     """A draft token is accepted at this probability or more (``sampler.accepts``)..."""
-    draft_ratio: float = 0.1
+    draft_ratio: float = 0.05
     """... or at this share of the probability of the model's own first choice or more (1:
     only its first choices)."""
 

@@ -59,7 +59,8 @@ class Job:
         """A decoded fill without the lead it had to begin with (None: it did not)."""
         if self.lead is None:
             return decoded
-        return decoded[len(self.lead.text):] if decoded.startswith(self.lead.text) else None
+        taken = len(self.lead.text) if self.lead.taken is None else self.lead.taken
+        return decoded[taken:] if decoded.startswith(self.lead.text) else None
 
 
 def ladder_lengths(ladder: Sequence[int], max_tokens: int, count: int) -> list[int]:
@@ -268,6 +269,11 @@ class Engine:
                               req.extra, keep=keep if s.sampler.reuse_prefix else None)
         lead = self.heal(window, before) if s.token_healing and \
             self.model.profile.expand_id is None else None
+        indent = post.missing_indent(text, cur) \
+            if lead is None and post.language_of(req.language, req.path) == "python" and \
+            self.model.profile.expand_id is None else ""
+        if indent:
+            lead = Lead(indent, self.vocab(), taken=0)
         job = Job(req, mode, lengths, window, before, t0, s, lead)
         if s.drafts and self.model.profile.expand_id is None:
             self.add_drafts(job)
@@ -356,14 +362,18 @@ class Engine:
                                         terminated=c.terminated))
         else:
             suffix = req.text[req.start:req.start + 4096]
+            # A whole-line gap's indentation, which the fill had to begin with: the fill is
+            # cleaned as if it were typed, then shown with it.
+            indent = job.lead.text if job.lead is not None and job.lead.taken == 0 else ""
             for c in cands:
                 raw = job.raw_text(self.decode(c.tokens))
                 if raw is None:  # it never wrote the partial word it had to begin with
                     continue
                 raw = post.whole_chars(raw, req.text)
-                fill = post.unstutter(post.clean(raw, mode=job.mode,
-                                                 line_before=job.line_before, suffix=suffix),
-                                      req.text)
+                body = raw[len(indent):].lstrip(" \t") if indent else raw
+                fill = indent + post.unstutter(
+                    post.clean(body, mode=job.mode,
+                               line_before=job.line_before + indent, suffix=suffix), req.text)
                 if not fill.strip() or fill in seen:
                     continue
                 seen.add(fill)

@@ -213,3 +213,51 @@ def run_typing(lines: list[TypedLine], completers: dict[str, Completer],
                 progress(k + 1)
         out.append(rep)
     return out
+
+
+# ---------------------------------------------------------------- calibration by replay
+
+Offered = list[tuple[str, float, bool]]
+"""What a request offers before the display rules: its ranked completions as (text, score,
+names something defined nowhere)."""
+
+
+def record_line(engine, settings, line: TypedLine, language: str = "python"
+                ) -> list[Offered]:
+    """What ``engine`` offers at every position of ``line`` with nothing withheld by the floor
+    or the names check (``settings`` with those off): the floor and the names check only
+    choose among these, so any floor can be replayed on them exactly."""
+    from dataclasses import replace
+
+    from .api import InfillRequest
+    s = replace(settings, min_confidence=0.0, hide_unknown_names=False, explicit=False)
+    out = []
+    for k in range(len(line.target)):
+        doc = line.document[:line.cursor] + line.target[:k] + line.document[line.cursor:]
+        (result,) = engine.run_batch([(InfillRequest(doc, line.cursor + k, language=language),
+                                       None)], s, documents=[f"{line.path}:{line.cursor}"])
+        if isinstance(result, BaseException):
+            raise result
+        out.append([(it.text, it.score, bool(it.unknown)) for it in result.items])
+    return out
+
+
+def replay(lines: list[TypedLine], offered: list[list[Offered]], floor: float,
+           hide_unknown: bool = True) -> TypingReport:
+    """The typing eval of recorded offers under ``floor``: each position shows its best offer
+    scored at least ``floor`` (naming nothing unknown, with ``hide_unknown``)."""
+    rep = TypingReport(f"floor {floor:g}")
+    for line, table in zip(lines, offered):
+        def complete(doc: str, cursor: int, line=line, table=table) -> str | None:
+            return next((text for text, score, unknown in table[cursor - line.cursor]
+                         if score >= floor and not (unknown and hide_unknown)), None)
+        type_line(line, typed_ahead(complete), rep)
+    return rep
+
+
+def best_floor(reports: dict[float, TypingReport], taken: float = 0.5) -> float | None:
+    """The floor that saves the most keys while at least ``taken`` of the shown ghosts are
+    taken (issue 24's rule for the default floors); None when no floor gets there."""
+    ok = [(r.as_dict()["keys_saved"], f) for f, r in reports.items()
+          if (r.as_dict()["shown_accepted"] or 0) >= taken]
+    return max(ok)[1] if ok else None

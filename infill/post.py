@@ -35,6 +35,30 @@ def _indent(line: str) -> int:
     return len(expanded) - len(expanded.lstrip(" "))
 
 
+def missing_indent(text: str, cursor: int) -> str:
+    """The indentation a whole-line gap at ``cursor`` still needs (Python): the cursor on a
+    line with nothing but indentation before it and nothing after it, shallower than the
+    syntax says the line must be: one level deeper than the line above when that line opens
+    a block (ends with ``:``), else as deep as it. '' when nothing is missing (or no line
+    above has code)."""
+    line_start = text.rfind("\n", 0, cursor) + 1
+    line_end = text.find("\n", cursor)
+    before = text[line_start:cursor]
+    if before.strip() or text[cursor:len(text) if line_end < 0 else line_end].strip():
+        return ""
+    for _, line in _lines_back(text, line_start - 1) if line_start else ():
+        code = line.split("#", 1)[0].rstrip()
+        if not code.strip():
+            continue
+        indent = line[:len(line) - len(line.lstrip(" \t"))]
+        if code.endswith(":"):
+            unit = "\t" if indent.startswith("\t") or "\n\t" in text[:4096] else "    "
+            indent += unit
+        return indent[len(before):] if indent.startswith(before) and \
+            len(indent) > len(before) else ""
+    return ""
+
+
 def limit_scope(fill: str, line_before: str) -> str:
     """Cut a block at the first line that dedents out of the cursor's scope.
 

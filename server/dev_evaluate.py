@@ -85,6 +85,8 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
     from infill import keystrokes as K
     lines = K.pick_lines(files, args.n, args.sample_seed)
     settings = replace(settings, quick_lines=True)
+    if args.calibrate:
+        return calibrate_keystrokes(args, engine, settings, lines, packages)
     model_report = K.TypingReport("diffill")
     completers = {"buffer words": K.typed_ahead(K.buffer_word),
                   "drafts alone": K.typed_ahead(K.drafts_alone),
@@ -112,4 +114,42 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
         print(f"{r['completer']:<14} {r['keys_saved']:>10.1%} {pct(r['ghosts_shown'])} "
               f"{pct(r['shown_accepted'])} {pct(r['taken_whole'])} {tpp} "
               f"{r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}")
+    return 0
+
+
+FLOORS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+
+
+def calibrate_keystrokes(args: argparse.Namespace, engine, settings, lines, packages) -> int:
+    """``diffill eval --keystrokes --calibrate``: what diffill offers at every position of
+    the lines is recorded once, and the typing eval is replayed on it for each floor (the
+    floor only chooses among the offers); the floor that saves the most keys with at least
+    half of the shown ghosts taken is the one to record (``--min-confidence line=P``)."""
+    from tqdm import tqdm
+
+    from infill import keystrokes as K
+    bar = tqdm(total=len(lines), desc="recording", file=sys.stderr, leave=False)
+    offered = []
+    for line in lines:
+        offered.append(K.record_line(engine, settings, line))
+        bar.update(1)
+    bar.close()
+    hide = settings.hide_unknown_names and settings.check_names
+    reports = {f: K.replay(lines, offered, f, hide) for f in FLOORS}
+    best = K.best_floor(reports)
+    rows = {f"{f:g}": r.as_dict() for f, r in reports.items()}
+    if args.json:
+        print(json.dumps({"lines": len(lines), "seed": args.sample_seed, "packages": packages,
+                          "hide_unknown_names": hide, "floors": rows, "best": best,
+                          "offered": offered if getattr(args, "record", None) else None},
+                         indent=1))
+        return 0
+    print(f"keystroke calibration: {len(lines)} held-out lines, seed {args.sample_seed}")
+    print(f"{'floor':>6} {'keys saved':>10} {'shown':>7} {'taken':>7} {'whole':>7}")
+    for f, r in rows.items():
+        taken = f"{r['shown_accepted']:>7.1%}" if r["shown_accepted"] is not None else \
+            f"{'-':>7}"
+        print(f"{f:>6} {r['keys_saved']:>10.1%} {r['ghosts_shown']:>7.1%} {taken} "
+              f"{(r['taken_whole'] or 0):>7.1%}")
+    print(f"best floor with at least half of the shown ghosts taken: {best}")
     return 0

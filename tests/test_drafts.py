@@ -152,3 +152,25 @@ def test_typed_ahead_shows_the_rest_of_the_last_ghost_without_asking_again():
     wrapped = K.typed_ahead(complete)
     assert wrapped("a\n", 1) == "bcdef"
     assert wrapped("ab\n", 2) == "cdef" and calls == [1]
+
+
+def test_floors_are_replayed_on_recorded_offers_and_the_best_keeps_half_taken():
+    """A floor only chooses among what the engine offers, so one recording replays every
+    floor; the chosen floor saves the most keys with at least half of the ghosts taken."""
+    from infill import keystrokes as K
+    doc = "x = 1\n\n"
+    line = K.TypedLine("x.py", doc, 6, "abcd")
+    # At every position a wrong sure offer and the right unsure one.
+    offered = [[[("zz", 0.9, False), (line.target[k:], 0.5, False)]
+                for k in range(len(line.target))]]
+    low = K.replay([line], offered, 0.4)
+    high = K.replay([line], offered, 0.95)
+    assert (low.keys, low.whole) == (4, 0)  # "zz" shown every time, never taken
+    assert (high.keys, high.shown) == (4, 0)
+    offered = [[[(line.target[k:], 0.5, False), ("zz", 0.9, False)]
+                for k in range(len(line.target))]]
+    reports = {f: K.replay([line], offered, f) for f in (0.0, 0.6)}
+    assert reports[0.0].keys == 1 and K.best_floor(reports) == 0.0
+    hidden = [[[(line.target[k:], 0.5, True)] for k in range(len(line.target))]]
+    assert K.replay([line], hidden, 0.0).shown == 0
+    assert K.replay([line], hidden, 0.0, hide_unknown=False).keys == 1

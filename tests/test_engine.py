@@ -445,3 +445,25 @@ def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
     assert drafted.best.text.split() == ["c5", "c6", "c7"] and drafted.forward_passes == 2
     plain = engine.run(InfillRequest(doc, at), replace(s, drafts=False))
     assert plain.best.text.split() == ["c5", "c6", "c7"]
+
+
+def test_a_whole_line_gap_takes_its_indentation_from_the_syntax(diffill_ckpt):
+    """At column 0 of an empty line the fill begins with the indentation the code above says
+    (one level deeper after a line ending in ':', else the same), whatever the model thinks."""
+    from dataclasses import replace
+    engine = Engine(load_model(diffill_ckpt))
+    s = InfillSettings(max_tokens=8, ensemble=1, min_confidence=0.0, hide_unknown_names=False,
+                       explicit=True)
+    for doc, indent in (("def f(x):\n    if x:\n\n    return 1\n", "        "),
+                        ("def f(x):\n    y = 1\n\n", "    ")):
+        at = doc.index("\n\n") + 1
+        job = engine.prepare(InfillRequest(doc, at, language="python"), s)
+        assert job.lead is not None and job.lead.text == indent and job.lead.taken == 0
+        result = engine.run(InfillRequest(doc, at, language="python"), s)
+        for item in result.items:
+            assert item.text.startswith(indent) and not item.text[len(indent):].startswith(" ")
+    # A line already indented as deep, or another language, gets nothing added.
+    doc = "def f(x):\n    y = 1\n    \n"
+    job = engine.prepare(InfillRequest(doc, doc.index("    \n") + 4, language="python"),
+                         replace(s, token_healing=False))
+    assert job.lead is None
