@@ -105,7 +105,8 @@ class ResultCache:
         req = job.params.get("request") or {}
         digest = hashlib.sha1()
         for part in (job.model_key, job.settings_key, req.get("start"), req.get("end"),
-                     req.get("language"), req.get("path"), req.get("extra"), req.get("text")):
+                     req.get("language"), req.get("path"), req.get("extra"), req.get("drafts"),
+                     req.get("text")):
             digest.update(json.dumps(part, default=str).encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
         return digest.hexdigest()

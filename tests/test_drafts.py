@@ -174,3 +174,35 @@ def test_floors_are_replayed_on_recorded_offers_and_the_best_keeps_half_taken():
     hidden = [[[(line.target[k:], 0.5, True)] for k in range(len(line.target))]]
     assert K.replay([line], hidden, 0.0).shown == 0
     assert K.replay([line], hidden, 0.0, hide_unknown=False).keys == 1
+
+
+def test_no_ghost_of_the_typing_eval_breaks_a_line_that_parsed(diffill_ckpt):
+    """The typing eval over a real file with a random model showing everything it may: every
+    ghost shown leaves its line parsing, or unfinished, where it parsed or was unfinished
+    without it (post.breaks_line is the engine's own guard; this runs it over the eval)."""
+    from pathlib import Path
+
+    from infill import Engine, InfillSettings
+    from infill import keystrokes as K
+    from infill.post import breaks_line, in_string_or_comment
+    from model import load_model
+    engine = Engine(load_model(diffill_ckpt))
+    sample = Path(__file__).resolve().parents[1] / "infill" / "drafts.py"
+    lines = K.pick_lines([sample], 2, seed=0)
+    rep = K.TypingReport("random")
+    complete = K.engine_completer(engine, InfillSettings(min_confidence=0.0,
+                                                         hide_unknown_names=False,
+                                                         max_tokens=8, ensemble=1), rep)
+    shown = []
+
+    def checked(doc: str, cursor: int) -> str | None:
+        ghost = complete(doc, cursor)
+        if ghost and not in_string_or_comment(doc, cursor):  # prose is not judged
+            start = doc.rfind("\n", 0, cursor) + 1
+            end = doc.find("\n", cursor)
+            shown.append(breaks_line(doc[start:cursor], ghost, doc[cursor:end],
+                                     doc[max(0, start - 2000):start]))
+        return ghost
+    for line in lines:
+        K.type_line(line, checked, rep)
+    assert rep.requests > 20 and len(shown) > 10 and not any(shown)

@@ -305,6 +305,29 @@ async def test_other_open_documents_of_the_language_lend_context(pattern_ckpt, s
         assert await positions_run("file:///work/a5.txt") == alone
 
 
+async def test_other_open_documents_of_the_language_lend_drafts(pattern_ckpt, sock):
+    """The typed line's tail found in another open document of the language, and what
+    followed it there, goes to the daemon as a draft, which the model verifies (more
+    positions run for its rows) and shows; drafts off, it is not sent."""
+    line = "c0 c1 c2 c3 c4 \nc8 c9 c10\n"
+    async with session(options(pattern_ckpt, sock, minConfidence=0.0)) as client:
+        async def ask(uri: str) -> tuple[int, str]:
+            st = await status(client)
+            before = st["models"][0]["tokens_run"] if st.get("models") else 0
+            open_doc(client, line, uri=uri)
+            result = await inline(client, 0, 15, uri=uri)
+            ran = (await status(client))["models"][0]["tokens_run"] - before
+            return ran, result.items[0].insert_text if result.items else ""
+
+        alone, text = await ask("file:///work/b0.txt")
+        open_doc(client, "c3 c4 c5 c6 c7\n", uri="file:///work/lender.txt")
+        drafted, drafted_text = await ask("file:///work/b1.txt")
+        assert drafted > alone and drafted_text.split()[:3] == ["c5", "c6", "c7"]
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"drafts": False}}))
+        assert (await ask("file:///work/b2.txt"))[0] == alone
+
+
 async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock, schedule="bogus", threshold=5, ensemble=0,
                                nonsense=1)) as client:

@@ -152,3 +152,13 @@ def test_ghosts_naming_the_unknown_are_hidden_unless_the_setting_says_otherwise(
     assert not problems and shown.infill_settings()["hide_unknown_names"] is False
     _, problems = P.parse_settings({"hideUnknownNames": "no"})
     assert problems
+
+
+def test_an_invoked_completion_is_an_explicit_ask_and_an_automatic_one_keeps_the_floor():
+    s = P.Settings(minConfidence=0.7)
+    typed, asked = s.infill_settings(automatic=True), s.infill_settings(automatic=False)
+    assert (typed["explicit"], typed["min_confidence"]) == (False, 0.7)
+    assert (asked["explicit"], asked["min_confidence"]) == (True, None)
+    from server.daemon import settings_from_wire
+    assert settings_from_wire(asked).explicit and not settings_from_wire(typed).explicit
+    assert settings_from_wire({**typed, "drafts": False}).drafts is False
