@@ -410,8 +410,9 @@ class Engine:
 
     def _breaks(self, text: str, language: str | None) -> Callable[[Completion], bool]:
         """Whether a completion would turn code that parses (or is only unfinished) into code
-        that cannot: its line (``post.breaks_line``), or the def or class around it when
-        that parsed without it. Python only; not in a string or comment."""
+        that cannot: its line (``post.breaks_line``), or, for a fill of several lines, the
+        def or class around it when that parsed without it. Python only; not in a string or
+        comment."""
         if language != "python":
             return lambda it: False
         unit_parsed: dict[int, bool | None] = {}
@@ -428,8 +429,8 @@ class Engine:
             if post.breaks_line(text[line_start:it.start], it.text, text[it.end:line_end],
                                 text[max(0, line_start - BRACKETS_BACK):line_start]):
                 return True
-            if it.parses is not False:
-                return False
+            if it.parses is not False or "\n" not in it.text.strip("\n"):
+                return False  # a line is judged by its line: unfinished is not broken
             if it.start not in unit_parsed:
                 unit_parsed[it.start] = post.parses_near(language, text, it.start, it.end,
                                                          SYNTAX_CHECK_LIMIT)

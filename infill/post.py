@@ -36,16 +36,15 @@ def _indent(line: str) -> int:
 
 
 def missing_indent(text: str, cursor: int) -> str:
-    """The indentation a whole-line gap at ``cursor`` still needs (Python): the cursor on a
-    line with nothing but indentation before it and nothing after it, shallower than the
-    syntax says the line must be: one level deeper than the line above when that line opens
-    a block (ends with ``:``), else as deep as it. '' when nothing is missing (or no line
-    above has code)."""
+    """The indentation a whole-line gap at ``cursor`` needs (Python), when the cursor is at
+    the start of an empty line: one level deeper than the line above when that line opens a
+    block (ends with ``:``), else as deep as it. '' when the line has indentation already
+    (typed, or put there by the editor), or no line above has code."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = text.find("\n", cursor)
     before = text[line_start:cursor]
-    if before.strip() or text[cursor:len(text) if line_end < 0 else line_end].strip():
-        return ""
+    if before or text[cursor:len(text) if line_end < 0 else line_end].strip():
+        return ""  # indentation typed (or put there by the editor) is the person's choice
     for _, line in _lines_back(text, line_start - 1) if line_start else ():
         code = line.split("#", 1)[0].rstrip()
         if not code.strip():
@@ -420,7 +419,8 @@ def inside_brackets(code_before: str) -> bool:
 
 def breaks_line(line_before: str, fill: str, line_after: str, code_before: str = "") -> bool:
     """Whether ``fill`` turns the cursor's line (Python) from one that parses or is only
-    unfinished into one no further typing can fix: ``(v - 1.0.0.0.)``, ``chunk.groups().``.
+    unfinished (``x =``: typing more makes it parse) into one no further typing can fix:
+    ``(v - 1.0.0.0.)``, ``return value value``.
     The line without the fill is read both as it is and with a name in the gap (``(v - _)``
     is fine, ``(v - )`` only has a hole); a line that is already broken alone (a
     continuation line, an ``else:``) is not judged, nor one that continues a bracket
@@ -428,10 +428,20 @@ def breaks_line(line_before: str, fill: str, line_after: str, code_before: str =
     head = re.match(r"\s*(\w+)", line_before + fill)
     if head and head.group(1) in _CLAUSES or inside_brackets(code_before):
         return False  # a clause of a statement above, or an expression's next line
-    before = {_line_state(_standalone(line_before, gap, line_after)) for gap in ("", "_")}
-    if before == {"bad"}:
+    if not any(_completable(_standalone(line_before, gap, line_after)) for gap in ("", "_")):
         return False
-    return _line_state(_standalone(line_before, fill, line_after)) == "bad"
+    return not _completable(_standalone(line_before, fill, line_after))
+
+
+_ENDINGS = ("", "_", " _", "_)", " _)", "_]", "_}", ":\n pass", " _:\n pass")
+"""What more typing might add to a line, to tell one only unfinished (``x =``, ``import``,
+``for x in``) from one nothing can mend."""
+
+
+def _completable(code: str) -> bool:
+    """Whether some continuation of ``code`` (one of :data:`_ENDINGS`) parses or is only
+    unfinished."""
+    return any(_line_state(code + end) != "bad" for end in _ENDINGS)
 
 
 def parses_near(language: str | None, document: str, lo: int, hi: int,

@@ -742,6 +742,17 @@ class Gap:
     row after it can say whether the fill ends)."""
 
 
+def _writes_past(lead: Lead | None, tokens: Sequence[int], mask_id: int) -> bool:
+    """Whether ``tokens`` write more than the lead's text (an accepted draft that stops inside
+    the healed word would show nothing)."""
+    if lead is None:
+        return True
+    if lead.remaining(list(tokens) + [mask_id], mask_id):
+        return False
+    written = sum(len(lead.vocab.strings[t]) for t in tokens if 0 <= t < len(lead.vocab.strings))
+    return written > len(lead.text)
+
+
 def _rows_of(gap: Gap, verified: list[Verified]) -> list[tuple[int, list[int], list[float]]]:
     """``(masks, given tokens, their probabilities)`` of each row a gap runs in the sampler:
     one per length, and one per draft the model accepted a start of but did not finish
@@ -804,7 +815,8 @@ def infill_many(model: DiffusionModel,
             verify_passes = max(verify_passes, n)
             # Every draft the model accepted a start of is a candidate (cut where the model
             # vetoed it); only when it accepted none does the sampler write a fill of its own.
-            done = [v.candidate(gap.draft_length) for v in verified if v.tokens]
+            done = [v.candidate(gap.draft_length) for v in verified
+                    if v.tokens and _writes_past(gap.lead, v.tokens, prof.mask_id)]
             if done:
                 results[j] = done
                 if reusing and slot is not None and verified_cache is not None:

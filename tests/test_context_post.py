@@ -296,7 +296,10 @@ def test_the_word_before_an_attribute_keeps_its_dot_so_it_is_no_free_name():
 @pytest.mark.parametrize("before,fill,after,broken", [
     ("    acc += (v - ", "1.0.0.0.0.0.0.0.", ") ** 2", True),
     ("    acc += (v - ", "mean", ") ** 2", False),
-    ("    end = chunk", ".groups().", "", True),
+    ("    end = chunk", ".groups() +", "", False),  # unfinished: more typing mends it
+    ("    lines", " =", "", False),
+    ("impor", "t", "", False),
+    ("    end = chunk", ".groups() 2", "", True),
     ("    end = chunk.", "groups()", "", False),
     ("    x = foo(", "a, b", "", False),          # unfinished is not broken
     ("    else", ":", "", False),                 # a clause never parses alone: not judged
