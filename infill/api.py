@@ -150,8 +150,9 @@ class InfillSettings:
     context and writes the word again, as the tokenizer joins it (``sampler.Lead``)."""
     explicit: bool = False
     """Asked for by a person (the CLI, an invoked completion) rather than shown by itself:
-    the checkpoint's calibrated floor and the unknown-names hiding do not apply, so the best
-    candidate comes back with its score; an explicit ``min_confidence`` still filters."""
+    the checkpoint's calibrated floor, the unknown-names hiding and the syntax guard do not
+    apply, so the best candidate (ranked, those that parse first) comes back with its score;
+    an explicit ``min_confidence`` still filters."""
     drafts: bool = True
     """Completions first verify drafts taken from the code at hand (``infill.drafts``: the
     typed line's tail found elsewhere and what followed it, the partial word's completions,

@@ -394,7 +394,9 @@ class Engine:
         why: dict[str, int] = {}
         if mode != "rewrite":
             floor = self.min_confidence(s, mode)
-            breaks = self._breaks(req.text, language)
+            # An explicit ask gets its best candidate even so (ranked: parsing ones first).
+            breaks = self._breaks(req.text, language) if not s.explicit else \
+                (lambda it: False)
             shown = []
             for it in items:
                 reason = "syntax" if breaks(it) else \

@@ -10,7 +10,6 @@ parses when it is not empty and the file with it still parses.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import random
 import statistics
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .engine import Engine, InfillRequest, InfillSettings
+from .keystrokes import parseable_sources
 from .post import parses
 
 
@@ -95,15 +95,7 @@ def _norm(s: str) -> str:
 def cut_spans(files: Iterable[Path], n: int, mode: str, seed: int = 0) -> list[Span]:
     """``n`` spans of ``mode`` from parseable Python files, chosen by ``seed``."""
     rng = random.Random(f"{seed}-{mode}")
-    docs = []
-    for f in sorted(files):
-        try:
-            text = f.read_text(encoding="utf-8")
-            ast.parse(text)
-        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
-            continue
-        if len(text) > 400:
-            docs.append((f, text))
+    docs = parseable_sources(files)
     spans: list[Span] = []
     tries = 0
     while len(spans) < n and docs and tries < n * 200:

@@ -73,11 +73,10 @@ class TypingReport:
         }
 
 
-def pick_lines(files: Iterable[Path], n: int, seed: int = 0) -> list[TypedLine]:
-    """``n`` lines of code (8-120 characters after the indentation, not comments or
-    docstrings) from parseable files, chosen by ``seed``."""
+def parseable_sources(files: Iterable[Path], shortest: int = 400) -> list[tuple[Path, str]]:
+    """(path, text) of the files that read as UTF-8, parse as Python and are longer than
+    ``shortest`` characters, sorted by path: what the evals cut their samples from."""
     import ast
-    rng = random.Random(f"typing-{seed}")
     docs = []
     for f in sorted(files):
         try:
@@ -85,8 +84,16 @@ def pick_lines(files: Iterable[Path], n: int, seed: int = 0) -> list[TypedLine]:
             ast.parse(text)
         except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
             continue
-        if len(text) > 400:
+        if len(text) > shortest:
             docs.append((f, text))
+    return docs
+
+
+def pick_lines(files: Iterable[Path], n: int, seed: int = 0) -> list[TypedLine]:
+    """``n`` lines of code (8-120 characters after the indentation, not comments or
+    docstrings) from parseable files, chosen by ``seed``."""
+    rng = random.Random(f"typing-{seed}")
+    docs = parseable_sources(files)
     out: list[TypedLine] = []
     tries = 0
     while len(out) < n and docs and tries < n * 200:

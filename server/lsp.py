@@ -230,32 +230,30 @@ class DiffillServer(LanguageServer):
             return []
         query = text[text.rfind("\n", 0, max(0, cursor - QUERY_CHARS)) + 1:cursor]
         out: list[list[str]] = []
-        for other in reversed(self.state.recent):
+        for doc in self.other_documents(uri, language):
             if len(out) == NEIGHBOURS:
                 break
+            snippet = related_snippet(doc.source, query)
+            if snippet.strip():
+                out.append([Path(doc.path).name if doc.path else doc.uri, snippet])
+        return out[::-1]
+
+    def other_documents(self, uri: str, language: str):
+        """The other open documents of ``language`` up to ``NEIGHBOUR_CHARS``, most recently
+        opened or changed first (larger ones would hold the request up)."""
+        for other in reversed(self.state.recent):
             if other == uri or other not in self.workspace.text_documents:
                 continue
             doc = self.workspace.get_text_document(other)
-            if doc.language_id != language or len(doc.source) > NEIGHBOUR_CHARS:
-                continue
-            snippet = related_snippet(doc.source, query)
-            if snippet.strip():
-                out.append([Path(doc.path).name if doc.path else other, snippet])
-        return out[::-1]
+            if doc.language_id == language and len(doc.source) <= NEIGHBOUR_CHARS:
+                yield doc
 
     def drafts_elsewhere(self, uri: str, language: str, text: str, cursor: int) -> list[str]:
         """Drafts the other open documents of the language hold for the cursor's line (the
         typed tail found there and what followed it, the partial word's completions), most
         recently touched first; the daemon adds the document's own."""
-        others = []
-        for other in reversed(self.state.recent):
-            if len(others) == NEIGHBOURS:
-                break
-            if other == uri or other not in self.workspace.text_documents:
-                continue
-            doc = self.workspace.get_text_document(other)
-            if doc.language_id == language and len(doc.source) <= NEIGHBOUR_CHARS:
-                others.append(doc.source)
+        others = [doc.source for doc, _ in zip(self.other_documents(uri, language),
+                                               range(NEIGHBOURS))]
         if not others:
             return []
         # The cursor's line alone stands for the document: the document is the daemon's part.

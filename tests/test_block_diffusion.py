@@ -68,9 +68,9 @@ def test_diffill_generate_is_transformers_generate_token_for_token(gemma):
 
 def test_the_engine_answers_with_generates_tokens(gemma):
     engine = make_engine(gemma)
-    # Random weights write names defined nowhere: shown all the same, to compare them.
-    settings = InfillSettings(min_confidence=0.0, ensemble=2, mode="block",
-                              hide_unknown_names=False)
+    # Random weights write names defined nowhere and code that does not parse: asked for
+    # explicitly, they are shown all the same, to compare them.
+    settings = InfillSettings(min_confidence=0.0, ensemble=2, mode="block", explicit=True)
     req = InfillRequest(TEXT, CURSOR_AT, language="python")
     result = engine.run(req, settings)
     p = engine.prompt(req, settings)

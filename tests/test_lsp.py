@@ -363,16 +363,23 @@ async def test_completion_fallback_for_clients_without_inline_completion(pattern
 
 async def test_min_confidence_hides_unsure_ghosts_and_follows_configuration(pattern_ckpt, sock):
     # The counting model fills this gap with c5 c6 c7 at a score of about 0.92.
+    # The floor is for ghosts that appear by themselves (automatic requests).
+    automatic = types.InlineCompletionTriggerKind.Automatic
     async with session(options(pattern_ckpt, sock, minConfidence=0.99)) as client:
         open_doc(client)
-        result = await inline(client, 0, 15)
+        result = await inline(client, 0, 15, trigger=automatic)
         assert result is None or not result.items
-        # The status says why nothing was shown (editors show "unsure").
-        assert (await status(client))["withheld"] >= 1
+        # The status says why nothing was shown (editors show "unsure"), and which check.
+        st = await status(client)
+        assert st["withheld"] >= 1 and st["withheldBy"] == {"floor": st["withheld"]}
         assert getattr(client.status_notes[-1], "withheld", 0) >= 1
+        # Asked for (Alt+\, :DiffillSuggest), the best candidate comes back all the same.
+        open_doc(client, uri="file:///work/asked.txt")
+        asked = await inline(client, 0, 15, uri="file:///work/asked.txt")
+        assert asked.items[0].insert_text == "c5 c6 c7"
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"diffill": {"minConfidence": 0}}))
-        result = await inline(client, 0, 15)  # handled after the notification, in order
+        result = await inline(client, 0, 15, trigger=automatic)  # after the notification
         assert result.items[0].insert_text == "c5 c6 c7"
         assert (await status(client))["withheld"] == 0
 
