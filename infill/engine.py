@@ -386,16 +386,20 @@ class Engine:
 
     def result(self, req: InfillRequest, mode: str, items: list[Completion],
                s: InfillSettings, passes: int, started: float) -> InfillResult:
-        """The result of a request's completions: ranked, and those under ``min_confidence``
-        withheld, and those naming something defined nowhere unless ``hide_unknown_names`` is
-        off (completions only: a rewrite was asked for and is always shown)."""
+        """The result of a request's completions: ranked, and withheld (each counted by its
+        reason) when it would break code that parses, names something defined nowhere
+        (``hide_unknown_names``) or scores under ``min_confidence``; an explicit ask is
+        withheld only under a ``min_confidence`` it set, and a rewrite never (it was asked
+        for)."""
         language = post.language_of(req.language, req.path)
-        self._rank(items, req.text, language, check_names=s.check_names, extra=req.extra)
+        quoted: dict[int, bool] = {}  # per start: in a string or comment (both checks ask)
+        self._rank(items, req.text, language, check_names=s.check_names, extra=req.extra,
+                   quoted=quoted)
         why: dict[str, int] = {}
         if mode != "rewrite":
             floor = self.min_confidence(s, mode)
             # An explicit ask gets its best candidate even so (ranked: parsing ones first).
-            breaks = self._breaks(req.text, language) if not s.explicit else \
+            breaks = self._breaks(req.text, language, quoted) if not s.explicit else \
                 (lambda it: False)
             shown = []
             for it in items:
@@ -410,20 +414,18 @@ class Engine:
         return InfillResult(items, mode, passes, time.perf_counter() - started,
                             withheld=sum(why.values()), withheld_by=why)
 
-    def _breaks(self, text: str, language: str | None) -> Callable[[Completion], bool]:
+    def _breaks(self, text: str, language: str | None,
+                quoted: dict[int, bool]) -> Callable[[Completion], bool]:
         """Whether a completion would turn code that parses (or is only unfinished) into code
         that cannot: its line (``post.breaks_line``), or, for a fill of several lines, the
         def or class around it when that parsed without it. Python only; not in a string or
-        comment."""
+        comment (``quoted``: per start, filled by whichever check asks first)."""
         if language != "python":
             return lambda it: False
         unit_parsed: dict[int, bool | None] = {}
-        quoted: dict[int, bool] = {}
 
         def breaks(it: Completion) -> bool:
-            if it.start not in quoted:
-                quoted[it.start] = post.in_string_or_comment(text, it.start)
-            if quoted[it.start]:
+            if self._quoted(text, it.start, quoted):
                 return False
             line_start = text.rfind("\n", 0, it.start) + 1
             line_end = text.find("\n", it.end)
@@ -473,18 +475,26 @@ class Engine:
 
     # ------------------------------------------------------------ ranking
 
+    @staticmethod
+    def _quoted(text: str, start: int, memo: dict[int, bool]) -> bool:
+        """Whether ``start`` is in a string or comment, asked once per start (a request's
+        items share one; the check reads the document up to it)."""
+        if start not in memo:
+            memo[start] = post.in_string_or_comment(text, start)
+        return memo[start]
+
     def _rank(self, items: list[Completion], text: str, language: str | None,
-              check_names: bool = True, extra: Sequence[tuple[str, str]] = ()) -> None:
+              check_names: bool = True, extra: Sequence[tuple[str, str]] = (),
+              quoted: dict[int, bool] | None = None) -> None:
         """Best first: candidates that leave the document parseable, then ones that use no
         name defined nowhere in the document (or in the ``extra`` chunks of other files),
-        then ones the model ended itself, then by model score."""
+        then ones the model ended itself, then by model score. ``quoted``: see
+        :meth:`_quoted`, shared with the syntax guard."""
         if language == "python" and check_names:
             defined: set[str] | None = None  # the document's names, read once if needed
-            quoted: dict[int, bool] = {}  # per start (the items share one): in a string?
+            quoted = {} if quoted is None else quoted
             for it in items:
-                if it.start not in quoted:
-                    quoted[it.start] = post.in_string_or_comment(text, it.start)
-                if quoted[it.start]:
+                if self._quoted(text, it.start, quoted):
                     it.unknown = ()  # prose or data: its words are not names
                     continue
                 # A fill is checked with its line's text before it: "tr" after "s" is str,

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import warnings
 from collections.abc import Set as AbstractSet
@@ -42,8 +43,7 @@ def missing_indent(text: str, cursor: int) -> str:
     (typed, or put there by the editor), or no line above has code."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = text.find("\n", cursor)
-    before = text[line_start:cursor]
-    if before or text[cursor:len(text) if line_end < 0 else line_end].strip():
+    if cursor > line_start or text[cursor:len(text) if line_end < 0 else line_end].strip():
         return ""  # indentation typed (or put there by the editor) is the person's choice
     for _, line in _lines_back(text, line_start - 1) if line_start else ():
         code = line.split("#", 1)[0].rstrip()
@@ -51,10 +51,8 @@ def missing_indent(text: str, cursor: int) -> str:
             continue
         indent = line[:len(line) - len(line.lstrip(" \t"))]
         if code.endswith(":"):
-            unit = "\t" if indent.startswith("\t") or "\n\t" in text[:4096] else "    "
-            indent += unit
-        return indent[len(before):] if indent.startswith(before) and \
-            len(indent) > len(before) else ""
+            indent += "\t" if indent.startswith("\t") or "\n\t" in text[:4096] else "    "
+        return indent
     return ""
 
 
@@ -402,6 +400,7 @@ def _standalone(line_before: str, middle: str, line_after: str) -> str:
     return "\n".join(x[len(indent):] if x.startswith(indent) else x for x in lines)
 
 
+@functools.lru_cache(maxsize=64)
 def inside_brackets(code_before: str) -> bool:
     """Whether code ending here (the lines before a line) leaves a bracket open, read back
     from its end with strings and comments left out: the next line continues an expression."""
@@ -424,7 +423,8 @@ def breaks_line(line_before: str, fill: str, line_after: str, code_before: str =
     The line without the fill is read both as it is and with a name in the gap (``(v - _)``
     is fine, ``(v - )`` only has a hole); a line that is already broken alone (a
     continuation line, an ``else:``) is not judged, nor one that continues a bracket
-    ``code_before`` (the lines above it) leaves open."""
+    ``code_before`` (the lines above it) leaves open. The candidates of one request share
+    everything but the fill, so the checks of the line without it are cached."""
     head = re.match(r"\s*(\w+)", line_before + fill)
     if head and head.group(1) in _CLAUSES or inside_brackets(code_before):
         return False  # a clause of a statement above, or an expression's next line
@@ -438,6 +438,7 @@ _ENDINGS = ("", "_", " _", "_)", " _)", "_]", "_}", ":\n pass", " _:\n pass")
 ``for x in``) from one nothing can mend."""
 
 
+@functools.lru_cache(maxsize=256)
 def _completable(code: str) -> bool:
     """Whether some continuation of ``code`` (one of :data:`_ENDINGS`) parses or is only
     unfinished."""

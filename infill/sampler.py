@@ -606,18 +606,13 @@ def _preview_steps(model: DiffusionModel, previews: Sequence[Preview | None],
 class Verified:
     """A draft after the model has checked it: the start of it the model accepts, with each
     accepted token's probability, and whether the fill ends right after the whole draft."""
-    tokens: list[int]
-    probs: list[float]
-    drafted: int
-    """Tokens the draft had (after cutting it to the gap)."""
+    tokens: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    tops: list[float] = field(default_factory=list)
+    """The probability of the model's own first choice at each accepted token's position."""
     end: float | None = None
     """Whole draft accepted and the model's likeliest next token is filler: that filler's
     probability (the fill is the draft, finished). None otherwise."""
-    tops: list[float] = field(default_factory=list)
-    """The probability of the model's own first choice at each accepted token's position."""
-    stop: float = 0.0
-    """The probability of the likeliest filler right after the accepted tokens, where the
-    second pass ran there (the fill ending at the cut)."""
 
     @property
     def complete(self) -> bool:
@@ -676,6 +671,7 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
     first = model.span_logits(ids, lo, lo + length, key_mask=key_mask, cache=cache,
                               run_from=warm.upto if warm is not None and cached
                               else None)  # (1, L, V)
+
     def judged(logits: torch.Tensor, d: list[int], i: int) -> tuple[torch.Tensor, int]:
         """The distribution at column ``i`` after the draft's first ``i`` tokens (the lead's
         constraint applied, masks never an answer), and its likeliest token."""
@@ -710,10 +706,9 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
     filler = set(prof.filler_ids)
     out = []
     for j, d in enumerate(cut):
-        v = Verified([], [], len(d))
+        v = Verified()
         for i in range(len(d) + 1 if alive[j] else 0):
             p, top = judged(where[(j, i)], d, i)
-            v.stop = max(float(p[f]) for f in filler)
             if i == len(d):
                 if top in filler:
                     v.end = float(p[top])
@@ -740,6 +735,17 @@ class Gap:
     draft_length: int = 16
     """The gap's mask count while drafts are verified (a draft is cut to one less, so the
     row after it can say whether the fill ends)."""
+
+
+def _keep_prefix(slot: PrefixSlot, head: list[int], cache: KVCache, warmed: bool) -> None:
+    """Leave in ``slot`` what the document's next request may reuse: the keys and values of
+    the window's positions before the gap (``head``, row 0 of ``cache``), counted as one more
+    reuse when this request itself started warm."""
+    n = len(head)
+    kept = KVCache([k[:1, :, :n].clone() for k in cache.keys],
+                   [v[:1, :, :n].clone() for v in cache.values])
+    uses = slot.state.uses + 1 if warmed and slot.state else 0
+    slot.state = PrefixState(head, kept, uses)
 
 
 def _writes_past(lead: Lead | None, tokens: Sequence[int], mask_id: int) -> bool:
@@ -820,11 +826,7 @@ def infill_many(model: DiffusionModel,
             if done:
                 results[j] = done
                 if reusing and slot is not None and verified_cache is not None:
-                    # What the next keystroke may reuse.
-                    kept = KVCache([k[:, :, :len(head)].clone() for k in verified_cache.keys],
-                                   [v[:, :, :len(head)].clone() for v in verified_cache.values])
-                    uses = slot.state.uses + 1 if warm is not None and slot.state else 0
-                    slot.state = PrefixState(head, kept, uses)
+                    _keep_prefix(slot, head, verified_cache, warm is not None)
                 continue
         for n, toks, probs in _rows_of(gap, verified):
             rows.append((gap.prefix, gap.suffix, n))
@@ -878,11 +880,7 @@ def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequenc
                   key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm,
                   leads=leads if any(leads) else None, fresh=True)
     if slot is not None and out.cache is not None:
-        kept = KVCache([k[:1, :, :lo].clone() for k in out.cache.keys],
-                       [v[:1, :, :lo].clone() for v in out.cache.values])
-        state = slot.state
-        uses = state.uses + 1 if warm is not None and state else 0
-        slot.state = PrefixState(head, kept, uses)
+        _keep_prefix(slot, head, out.cache, warm is not None)
     done = set(out.rows)
     for r, ((_, _, n), j) in enumerate(zip(rows, owner)):
         if r not in done:
