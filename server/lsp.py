@@ -21,6 +21,7 @@ from lsprotocol import types
 from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.uris import to_fs_path
 from pygls.workspace.position_codec import PositionCodec
 
 from infill import drafts as drafting
@@ -28,6 +29,7 @@ from infill.context import related_snippet
 from infill.text import PositionError, line_bounds, line_starts, past_line_end, position_of
 
 from . import protocol as P
+from . import workspace as W
 from .daemon_client import AsyncDaemonClient
 from .errors import (REQUEST_FAILED, BadInput, DiffillError, ModelUnavailable,
                      RequestCancelled, UsageError)
@@ -126,6 +128,12 @@ class State:
     """Per document: its keystroke rhythm (the adaptive debounce)."""
     recent: dict[str, None] = field(default_factory=dict)
     """Documents by when they were last opened or changed, most recent last (extra context)."""
+    libraries: dict[str, drafting.Library] = field(default_factory=dict)
+    """Per kind of file (``.py``): the workspace's files read for drafts."""
+    reading: dict[str, asyncio.Future] = field(default_factory=dict)
+    """Per kind: the library being read in a thread (the last one is used meanwhile)."""
+    stale: set[str] = field(default_factory=set)
+    """Kinds whose library a save has made old: read again on the next request."""
 
 
 def client_offset(codec: PositionCodec, text: str, pos: types.Position) -> int:
@@ -248,19 +256,66 @@ class DiffillServer(LanguageServer):
             if doc.language_id == language and len(doc.source) <= NEIGHBOUR_CHARS:
                 yield doc
 
-    def drafts_elsewhere(self, uri: str, language: str, text: str, cursor: int) -> list[str]:
-        """Drafts the other open documents of the language hold for the cursor's line (the
-        typed tail found there and what followed it, the partial word's completions), most
-        recently touched first; the daemon adds the document's own."""
-        others = [doc.source for doc, _ in zip(self.other_documents(uri, language),
-                                               range(NEIGHBOURS))]
-        if not others:
-            return []
-        # The cursor's line alone stands for the document: the document is the daemon's part.
+    def drafts_elsewhere(self, uri: str, language: str, path: str | None, text: str,
+                         cursor: int) -> list[str]:
+        """Drafts for the cursor's line from beyond the document (the daemon adds the
+        document's own): the line as the last ghost shown here would have made it, the
+        other open documents of the language (most recently touched first), then the
+        workspace's files of the document's kind. From each, the typed tail found there and
+        what followed it, and the partial word's completions."""
         line_start = text.rfind("\n", 0, cursor) + 1
         line_end = text.find("\n", cursor)
         line = text[line_start:len(text) if line_end < 0 else line_end]
-        return drafting.find_drafts(line, cursor - line_start, others)
+        others = [doc.source for doc, _ in zip(self.other_documents(uri, language),
+                                               range(NEIGHBOURS))]
+        shown = self.state.shown.get(uri)
+        if shown is not None and len(shown.before) >= line_start and \
+                shown.before.rfind("\n") + 1 == line_start and \
+                text.startswith(shown.before[:line_start]):
+            # Typed past where the ghost went wrong, its rest may still be right further on.
+            others = [shown.before[line_start:] + t for t in shown.texts[:1]] + others
+        library = self.library(path)
+        if not others and library is None:
+            return []
+        # The cursor's line alone stands for the document: the document is the daemon's part.
+        return drafting.find_drafts(line, cursor - line_start, others, library=library,
+                                    skip=path)
+
+    def workspace_roots(self) -> list[Path]:
+        roots = [self.workspace.root_path] if self.workspace.root_path else []
+        for folder in self.workspace.folders.values():
+            if folder.uri.startswith("file:"):
+                roots.append(to_fs_path(folder.uri))
+        return [Path(r) for r in dict.fromkeys(r for r in roots if r)]
+
+    def library(self, path: str | None) -> drafting.Library | None:
+        """The workspace's files of ``path``'s kind, once read; the first request of a kind
+        (or the first after a save) has them read in a thread and goes on without (or with
+        the last reading)."""
+        kind = W.kind_of(path)
+        most = self.state.settings.workspaceFiles
+        if kind is None or most <= 0:
+            return None
+        st = self.state
+        if (kind not in st.libraries or kind in st.stale) and kind not in st.reading:
+            st.stale.discard(kind)
+            roots = self.workspace_roots()
+            if not roots:
+                return None
+            future = asyncio.ensure_future(asyncio.to_thread(W.build_library, roots, kind, most))
+            st.reading[kind] = future
+
+            def done(f: asyncio.Future, kind: str = kind) -> None:
+                st.reading.pop(kind, None)
+                if f.cancelled():
+                    return
+                if f.exception() is not None:
+                    self.report_once(f"workspace files not read: {f.exception()}")
+                elif self.state.settings.workspaceFiles > 0:
+                    st.libraries[kind] = f.result()
+                    log.info("workspace: %d %s files read for drafts", len(f.result()), kind)
+            future.add_done_callback(done)
+        return st.libraries.get(kind)
 
     def slice_for(self, text: str, start: int, end: int) -> tuple[str, int]:
         """The text to send and its offset in the document."""
@@ -292,7 +347,7 @@ class DiffillServer(LanguageServer):
                    "end": None if end is None else end - base, "action": action,
                    "language": doc.language_id, "path": doc.path, "instruction": instruction,
                    "extra": self.neighbours(uri, doc.language_id, text, start),
-                   "drafts": self.drafts_elsewhere(uri, doc.language_id, text, start)
+                   "drafts": self.drafts_elsewhere(uri, doc.language_id, doc.path, text, start)
                    if action == "complete" and s.drafts else []}
         t0 = time.perf_counter()
         params = {"document": uri, "request": request, "model": s.model_spec(),
@@ -338,6 +393,8 @@ def create_server() -> DiffillServer:
                                  params: types.DidChangeConfigurationParams) -> None:
         old = ls.apply_settings(params.settings)
         settings = ls.state.settings
+        if settings.workspaceFiles != old.workspaceFiles:
+            ls.state.libraries.clear()  # read again, to the new bound, when next asked
         if settings.model_spec() != old.model_spec() or settings.socket != old.socket:
             ls.state.shown.clear()  # another model's suggestions are not this one's
             ls.state.load_task = asyncio.ensure_future(load_model(ls))
@@ -345,6 +402,12 @@ def create_server() -> DiffillServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: DiffillServer, params: types.DidOpenTextDocumentParams) -> None:
         remember(ls.state.recent, params.text_document.uri, None)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: DiffillServer, params: types.DidSaveTextDocumentParams) -> None:
+        kind = W.kind_of(to_fs_path(params.text_document.uri))
+        if kind in ls.state.libraries:
+            ls.state.stale.add(kind)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -508,6 +571,7 @@ def create_server() -> DiffillServer:
         st["withheld"] = ls.state.last_withheld
         st["withheldBy"] = ls.state.last_withheld_by
         st["typedAhead"] = ls.state.typed_ahead
+        st["workspaceFiles"] = {kind: len(lib) for kind, lib in ls.state.libraries.items()}
         return st
 
     @server.feature(types.SHUTDOWN)

@@ -103,6 +103,10 @@ class Settings:
     """Verify drafts from the code at hand before the model writes its own: the typed line's
     tail found elsewhere in the file or the other open files and what followed it there, and
     the words that complete the partial word; one the model accepts is shown in two passes."""
+    workspaceFiles: int = 2000
+    """Drafts also come from the workspace's files of the document's kind (by suffix): the
+    most recently modified ones up to this many (and 50 MB), read once in the background and
+    again after a save; hidden, vendored and built folders are skipped. 0: none."""
     shedLoad: bool = True
     """When completions of several editors wait together, or one comes while a rewrite runs,
     each tries one mask count instead of the ensemble, so all are answered near idle speed
@@ -145,7 +149,7 @@ class Settings:
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
-UPPER = {"maxTokens": 512, "ensemble": 8, "steps": 1024, "prefixTokens": 16384,
+UPPER = {"maxTokens": 512, "workspaceFiles": 20000, "ensemble": 8, "steps": 1024, "prefixTokens": 16384,
          "suffixTokens": 16384, "extraTokens": 16384, "debounceMs": 2000, "idleTimeout": 7 * 24 * 3600}
 """Largest accepted value of each numeric setting: the engine's caps, and waits a person
 would still call a delay (a debounce of 11 days was accepted before)."""

@@ -57,10 +57,41 @@ def test_a_match_inside_a_longer_word_is_not_a_lookup():
     assert D.lookup_drafts("val = f(1)\nval", 14) == [" = f(1)"]
 
 
-def test_the_requests_own_drafts_come_first_and_repeats_are_dropped():
+def test_the_documents_lookups_come_before_drafts_found_elsewhere_and_repeats_are_dropped():
     doc = "name = value\nna"
-    assert D.find_drafts(doc, len(doc), extra=["me = other", "me"]) == \
-        ["me = other", "me", "me = value"]
+    assert D.find_drafts(doc, len(doc), elsewhere=["me = other", "me = value", "me"]) == \
+        ["me = value", "me = other", "me"]
+
+
+def library(*texts: str) -> D.Library:
+    return D.Library([(f"f{i}.py", t) for i, t in enumerate(texts)])
+
+
+def test_a_library_continues_the_typed_line_from_its_rarest_word():
+    lib = library("total += 1\n" * 40 + "total = compute_total(items, tax=rate)\n",
+                  "y = compute_total(rows)\n")
+    # "compute_total" is the anchor: the places kept of "total" end long before the match
+    assert len(lib.places["total"]) < lib.counts["total"]
+    assert lib.continuations("    total = compute_total(") == ["items, tax=rate)", "rows)"]
+    assert lib.continuations("z = compute_total(") == ["items, tax=rate)", "rows)"]
+    assert lib.continuations("z = compute_total(", skip="f0.py") == ["rows)"]
+    assert lib.continuations("unknown_name(") == []
+
+
+def test_a_library_completes_a_partial_word_most_used_first():
+    lib = library("alpha alphabet alphabet alps\n", "alphabet beta\n")
+    assert lib.completions("alp") == ["habet", "ha", "s"]
+    assert lib.completions("alphabet") == []
+    assert lib.completions("") == []
+    assert len(lib) == 2 and lib.chars > 0
+
+
+def test_the_library_is_searched_after_the_document_and_skips_its_copy():
+    lib = library("value = make_value(seed)\n", "value = make_value(other)\n")
+    doc = "value = make_value(near)\nvalue = make_value("
+    assert D.find_drafts(doc, len(doc), library=lib) == ["near)", "seed)", "other)"]
+    assert D.find_drafts(doc, len(doc), library=lib, skip="f0.py") == ["near)", "other)"]
+    assert D.find_drafts("v = ma", 6, library=lib) == ["ke_value"]
 
 
 # ---------------------------------------------------------------- verification by the model

@@ -47,7 +47,9 @@ def sock(tmp_path_factory):
 
 
 @contextlib.asynccontextmanager
-async def session(options: dict, caps: types.ClientCapabilities = CAPS):
+async def session(options: dict, caps: types.ClientCapabilities = CAPS, root: Path | None = None):
+    """A real ``diffill lsp`` process as a client sees it; ``root``: the workspace folder (by
+    default none, so no test reads this machine's files for drafts)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     config = ClientServerConfig(server_command=[sys.executable, "-m", "server.cli", "lsp"],
                                 server_env=env)
@@ -74,7 +76,8 @@ async def session(options: dict, caps: types.ClientCapabilities = CAPS):
         client.previews.append(params)
 
     result = await client.initialize_session(types.InitializeParams(
-        capabilities=caps, initialization_options=options, root_uri="file:///work"))
+        capabilities=caps, initialization_options=options,
+        root_uri=root.as_uri() if root is not None else None))
     client.init_result = result
     try:
         yield client
@@ -326,6 +329,76 @@ async def test_other_open_documents_of_the_language_lend_drafts(pattern_ckpt, so
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"diffill": {"drafts": False}}))
         assert (await ask("file:///work/b2.txt"))[0] == alone
+
+
+async def test_the_workspaces_files_lend_drafts_and_a_save_has_them_read_again(
+        pattern_ckpt, sock, tmp_path):
+    """The workspace's files of the document's kind are read in the background (status
+    counts them) and lend drafts like an open document; hidden and vendored folders and other
+    kinds are not read; a save has them read again; ``workspaceFiles: 0`` reads none."""
+    root = tmp_path / "ws"
+    for folder in ("pkg", ".git", "node_modules"):
+        (root / folder).mkdir(parents=True)
+    (root / "pkg" / "lender.txt").write_text("c3 c4 c5 c6 c7\n")
+    for unread in (".git/hidden.txt", "node_modules/vendored.txt", "other.md"):
+        (root / unread).write_text("c3 c4 c5 c6 c7\n")
+    line = "c0 c1 c2 c3 c4 \nc8 c9 c10\n"
+    async with session(options(pattern_ckpt, sock, minConfidence=0.0), root=root) as client:
+        async def ask(name: str) -> tuple[int, str]:
+            st = await status(client)
+            before = st["models"][0]["tokens_run"] if st.get("models") else 0
+            uri = (root / name).as_uri()
+            open_doc(client, line, uri=uri)
+            result = await inline(client, 0, 15, uri=uri)
+            ran = (await status(client))["models"][0]["tokens_run"] - before
+            return ran, result.items[0].insert_text if result.items else ""
+
+        async def files_read(count: int) -> None:
+            # The reading runs in a thread: wait for its count (the status polled, no clock).
+            while (await status(client))["workspaceFiles"].get(".txt") != count:
+                await asyncio.sleep(0.05)
+
+        alone, _ = await ask("d0.txt")  # the first request of the kind starts the reading
+        await asyncio.wait_for(files_read(1), 300)
+        drafted, text = await ask("d1.txt")
+        assert drafted > alone and text.split()[:3] == ["c5", "c6", "c7"]
+
+        (root / "pkg" / "new.txt").write_text("c1 c2\n")
+        client.text_document_did_save(types.DidSaveTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=(root / "d1.txt").as_uri())))
+        await ask("d2.txt")  # starts the second reading
+        await asyncio.wait_for(files_read(2), 300)
+
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"workspaceFiles": 0}}))
+        assert (await status(client))["workspaceFiles"] == {}
+        assert (await ask("d3.txt"))[0] == alone
+
+
+async def test_the_last_ghosts_rest_is_a_draft_once_typing_rejoins_it(pattern_ckpt, sock):
+    """Typed past a word where the ghost was wrong, the line rejoins the ghost: its rest
+    after the rejoined tail goes to the daemon as a draft (verified: more positions run than
+    for the same text asked with no ghost shown before)."""
+    line = "c0 c1 c2 c3 c4 \nc8 c9 c10\n"
+    typed = "c0 c1 c2 c3 c4 c9 c6 \nc8 c9 c10\n"
+    async with session(options(pattern_ckpt, sock, minConfidence=0.0)) as client:
+        async def ran(uri: str) -> int:
+            st = await status(client)
+            before = st["models"][0]["tokens_run"] if st.get("models") else 0
+            await inline(client, 0, 21, uri=uri)
+            return (await status(client))["models"][0]["tokens_run"] - before
+
+        open_doc(client, typed, uri="file:///work/fresh.txt")
+        fresh = await ran("file:///work/fresh.txt")
+        open_doc(client, line, uri=URI)
+        ghost = (await inline(client, 0, 15)).items[0].insert_text
+        assert ghost.startswith("c5 c6 c7")
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+            content_changes=[types.TextDocumentContentChangePartial(
+                range=types.Range(start=types.Position(0, 15), end=types.Position(0, 15)),
+                text="c9 c6 ")]))
+        assert await ran(URI) > fresh
 
 
 async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):

@@ -126,7 +126,8 @@ class Wire:
         caps = caps if caps is not None else {
             "textDocument": {"inlineCompletion": {}, "synchronization": {}},
             "workspace": {"applyEdit": True, "workspaceEdit": {"documentChanges": True}}}
-        reply = await self.call("initialize", {"processId": None, "rootUri": "file:///work",
+        # No workspace folder: the workspace's files would be read for drafts.
+        reply = await self.call("initialize", {"processId": None, "rootUri": None,
                                                "capabilities": caps,
                                                "initializationOptions": options})
         self.notify("initialized", {})

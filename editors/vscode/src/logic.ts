@@ -7,7 +7,7 @@ export const SERVER_SETTINGS = [
   "model", "device", "dtype", "family", "maxTokens", "steps", "schedule", "threshold", "cache",
   "ensemble", "mode", "prefixTokens", "suffixTokens", "extraTokens", "debounceMs", "enable",
   "completionFallback", "socket", "idleTimeout", "minConfidence", "preview",
-  "reviewEdits", "shedLoad", "fastTyping", "hideUnknownNames", "drafts",
+  "reviewEdits", "shedLoad", "fastTyping", "hideUnknownNames", "drafts", "workspaceFiles",
 ] as const;
 
 /** Commands the server registers (workspace/executeCommand). */
