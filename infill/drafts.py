@@ -85,7 +85,7 @@ def word_drafts(partial: str, text: str, line_start: int, line_end: int,
     words += _words_from(text, partial, line_end, len(text), False, limit)
     for other in others:
         words += _words_from(other, partial, 0, len(other), False, limit)
-    return _distinct((w[len(partial):] for w in words), limit)
+    return [w for w, _ in _distinct(((w[len(partial):], 0) for w in words), limit)]
 
 
 def tails(line_before: str, most: int = MAX_TAIL_TOKENS) -> list[str]:
@@ -125,15 +125,36 @@ def _hits(text: str, tail: str, backwards: bool, lo: int = 0, hi: int | None = N
             lo = at + 1
 
 
-def lookup_drafts(text: str, cursor: int, others: Sequence[str] = (),
-                  limit: int = MAX_DRAFTS) -> list[str]:
-    """Continuations of the cursor's line: each tail of the typed line (longest first) found
-    before the cursor's line (nearest first), after it, then in ``others``, and what followed
-    it there up to that line's end. Distinct, non-empty, at most ``limit``."""
+Found = tuple[str, int]
+"""A draft and its support: the code tokens (spaces between them included) of the typed
+line's tail it was found after; 1 for a draft found by the editor's side, 0 for a partial
+word's completion."""
+
+
+_LEADING_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s])")
+
+
+def first_tokens(text: str, n: int) -> str:
+    """``text`` up to the end of its first ``n`` code tokens (a word, or one punctuation
+    character, each with the spaces before it)."""
+    end = 0
+    for _ in range(n):
+        m = _LEADING_TOKEN.match(text, end)
+        if not m:
+            break
+        end = m.end()
+    return text[:end]
+
+
+def support_of(tail: str) -> int:
+    return len(_CODE_TOKEN.findall(tail.strip()))
+
+
+def _lookups(text: str, cursor: int, others: Sequence[str], limit: int) -> list[Found]:
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
     line_before = text[line_start:cursor]
-    out: list[str] = []
+    out: list[Found] = []
     for tail in tails(line_before):
         places = [(text, h) for h in _hits(text, tail, True, 0, line_start)]
         places += [(text, h) for h in _hits(text, tail, False, line_end)]
@@ -142,10 +163,18 @@ def lookup_drafts(text: str, cursor: int, others: Sequence[str] = (),
         for src, h in places:
             rest = src[h:min(_line_end(src, h), h + MAX_DRAFT_CHARS)].rstrip()
             if rest.strip():
-                out.append(rest)
+                out.append((rest, support_of(tail)))
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
+
+
+def lookup_drafts(text: str, cursor: int, others: Sequence[str] = (),
+                  limit: int = MAX_DRAFTS) -> list[str]:
+    """Continuations of the cursor's line: each tail of the typed line (longest first) found
+    before the cursor's line (nearest first), after it, then in ``others``, and what followed
+    it there up to that line's end. Distinct, non-empty, at most ``limit``."""
+    return [d for d, _ in _lookups(text, cursor, others, limit)]
 
 
 class Library:
@@ -197,7 +226,12 @@ class Library:
         """What followed the typed line's tails (longest first) in the texts, up to each
         line's end: the places of the tail's rarest whole word (not the word being typed)
         are checked for the whole tail."""
-        out: list[str] = []
+        return [d for d, _ in self.lookups(line_before, limit, skip)]
+
+    def lookups(self, line_before: str, limit: int = MAX_DRAFTS,
+                skip: str | None = None) -> list[Found]:
+        """:meth:`continuations` with their support."""
+        out: list[Found] = []
         for tail in tails(line_before):
             toks = _CODE_TOKEN.findall(tail)
             anchors = [(self.counts.get(t, 0), k) for k, t in enumerate(toks[:-1])
@@ -215,7 +249,7 @@ class Library:
                 h = start + len(tail)
                 rest = text[h:min(_line_end(text, h), h + MAX_DRAFT_CHARS)].rstrip()
                 if rest.strip():
-                    out.append(rest)
+                    out.append((rest, support_of(tail)))
             if len(_distinct(out, limit)) >= limit:
                 break
         return _distinct(out, limit)
@@ -231,31 +265,42 @@ def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
     document), then the partial word's completions from the same texts in the same order.
     No lookup inside a line that goes on after the cursor: a line fill there must meet the
     code after it, which a lookup does not know."""
+    return [d for d, _ in found_drafts(text, cursor, others, elsewhere, limit, library, skip)]
+
+
+def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
+                 elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
+                 library: Library | None = None, skip: str | None = None) -> list[Found]:
+    """:func:`find_drafts` with each draft's support."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
     line_before = text[line_start:cursor]
     partial = partial_word(line_before)
     at_end = not text[cursor:line_end].strip()
-    drafts = lookup_drafts(text, cursor, (), limit) if at_end else []
-    drafts += [d for d in elsewhere if d.strip()]
+    drafts = _lookups(text, cursor, (), limit) if at_end else []
+    drafts += [(d, 1) for d in elsewhere if d.strip()]
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit
     if at_end and others and short():
-        drafts += lookup_drafts(line_before, len(line_before), others, limit)
+        drafts += _lookups(line_before, len(line_before), others, limit)
     if at_end and library is not None and short():
-        drafts += library.continuations(line_before, limit, skip)
+        drafts += library.lookups(line_before, limit, skip)
     if short():
-        drafts += word_drafts(partial, text, line_start, line_end, others, limit)
+        drafts += [(w, 0) for w in word_drafts(partial, text, line_start, line_end, others,
+                                               limit)]
     if library is not None and short():
-        drafts += library.completions(partial, limit)
+        drafts += [(w, 0) for w in library.completions(partial, limit)]
     return _distinct(drafts, limit)
 
 
-def _distinct(items: Iterable[str], limit: int) -> list[str]:
-    out: list[str] = []
+def _distinct(items: Iterable[Found], limit: int) -> list[Found]:
+    """The first of each draft text (the strongest support: tails come longest first)."""
+    out: list[Found] = []
+    seen: set[str] = set()
     for it in items:
-        if it not in out:
+        if it[0] not in seen:
+            seen.add(it[0])
             out.append(it)
             if len(out) == limit:
                 break

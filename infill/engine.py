@@ -20,10 +20,14 @@ from . import post
 from .context import ContextBudget, Window, build_window, encode
 from .api import (ACTIONS, MAX_MASKS, Completion, InfillRequest, InfillResult,
                   InfillSettings)
-from .sampler import (Cancelled, Candidate, Gap, Lead, PrefixSlot, Vocab, infill_many,
+from .sampler import (Cancelled, Candidate, Draft, Gap, Lead, PrefixSlot, Vocab, infill_many,
                       refine)
 from .text import InputError, PositionError, check_size
 
+STRONG_SUPPORT = 5
+"""Drafts found after this many code tokens of the typed line are verified whole."""
+WEAK_DRAFT_TOKENS = 2
+"""Code tokens a draft found after a shorter match is cut to (``add_drafts``)."""
 LINE_LADDER = (4, 8, 16, 32, 64)
 BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
 BRACKETS_BACK = 2000
@@ -46,8 +50,8 @@ class Job:
     settings: InfillSettings = InfillSettings()
     lead: Lead | None = None
     """The partial word taken out of the context, which the fill writes again (healing)."""
-    drafts: list[list[int]] = field(default_factory=list)
-    """Token ids of the drafts to verify first (the lead's text included)."""
+    drafts: list[Draft] = field(default_factory=list)
+    """The drafts to verify (their ids include the lead's text)."""
     draft_length: int = 16
 
     @property
@@ -280,20 +284,41 @@ class Engine:
         return job
 
     def add_drafts(self, job: Job) -> None:
-        """The drafts of a completion (``infill.drafts``) as the token ids the fill would
-        write: the healed word's text, then the draft."""
+        """The drafts of a completion (``infill.drafts``) as the verifier takes them
+        (:class:`Draft`): the healed word's text, then the draft, in token ids. A draft
+        found after fewer than :data:`STRONG_SUPPORT` code tokens is cut to its first
+        :data:`WEAK_DRAFT_TOKENS`: measured on the typing eval, what follows a short match is
+        rarely what is typed, and a short ghost taken lets the next request look again with
+        a longer tail (docs/performance.md, session 12)."""
         req = job.request
-        found = drafting.find_drafts(req.text, req.start, [t for _, t in req.extra],
-                                     req.drafts)
+        found = drafting.found_drafts(req.text, req.start, [t for _, t in req.extra],
+                                      req.drafts)
         head = job.lead.text if job.lead is not None else ""
         cap = self.max_fill(job.settings)
-        for d in found:
-            ids = encode(self.tokenizer, head + d)[:cap]
-            if ids and ids not in job.drafts:
-                job.drafts.append(ids)
+        seen: set[tuple[int, ...]] = set()
+        for text, support in found:
+            if support < STRONG_SUPPORT:
+                text = drafting.first_tokens(text, WEAK_DRAFT_TOKENS)
+            ids = encode(self.tokenizer, head + text)[:cap]
+            if not ids or tuple(ids) in seen:
+                continue
+            seen.add(tuple(ids))
+            word = len(head + drafting.first_tokens(text, 1))
+            upto = self._tokens_within(ids, word)
+            if len(self.decode(ids[:upto])) < word:
+                upto += 1  # the token that finishes the word writes past it too
+            job.drafts.append(Draft(ids, support, self._tokens_within(ids, len(head)),
+                                    max(1, upto)))
         if job.drafts:
-            longest = max(map(len, job.drafts))
+            longest = max(len(d.ids) for d in job.drafts)
             job.draft_length = max(max(job.lengths), min(cap, longest) + 1)
+
+    def _tokens_within(self, ids: Sequence[int], chars: int) -> int:
+        """How many of ``ids``' first tokens write no more than ``chars`` characters."""
+        n = 0
+        while n < len(ids) and len(self.decode(ids[:n + 1])) <= chars:
+            n += 1
+        return n
 
     HEAL_TOKENS = 4
     """Most tokens taken back from the end of the context to heal a partial word."""

@@ -25,7 +25,9 @@ from typing import Callable, Iterable
 from . import drafts as drafting
 
 Completer = Callable[[str, int], "str | None"]
-"""``(document, cursor) -> the ghost shown there`` (None: nothing shown)."""
+"""``(document, cursor) -> the ghost shown there`` (None: nothing shown). One with a
+``begin(line)`` method is told each :class:`TypedLine` before its first key (an editor
+opening the file)."""
 
 _FIRST_WORD = re.compile(r"[^\w\n]*\w+|\s*[^\w\s]+")
 
@@ -165,18 +167,58 @@ def drafts_alone(doc: str, cursor: int) -> str | None:
     return found[0] if found else None
 
 
-def engine_completer(engine, settings, report: TypingReport, language: str = "python"
-                     ) -> Completer:
+class WorkspaceDrafts:
+    """:func:`drafts_alone` with a workspace: each line's package's other files (a
+    ``Library`` from ``read(root)``, kept per root) lend drafts after the document's own,
+    the line's own file left out as the LSP server leaves out the disk copy of the document
+    being edited."""
+
+    def __init__(self, root_of: Callable[[str], "Path | None"],
+                 read: Callable[[Path], drafting.Library]) -> None:
+        self.root_of, self.read = root_of, read
+        self.libraries: dict[Path, drafting.Library] = {}
+        self.library: drafting.Library | None = None
+        self.path: str | None = None
+
+    def begin(self, line: TypedLine) -> None:
+        root = self.root_of(line.path)
+        if root is not None and root not in self.libraries:
+            self.libraries[root] = self.read(root)
+        self.library = self.libraries.get(root) if root is not None else None
+        self.path = line.path
+
+    def __call__(self, doc: str, cursor: int) -> str | None:
+        found = drafting.find_drafts(doc, cursor, limit=1, library=self.library,
+                                     skip=self.path)
+        return found[0] if found else None
+
+    def elsewhere(self, doc: str, cursor: int) -> list[str]:
+        """What the LSP server would send as a request's drafts: the workspace's, for the
+        cursor's line."""
+        if self.library is None:
+            return []
+        line_start = doc.rfind("\n", 0, cursor) + 1
+        end = doc.find("\n", cursor)
+        line = doc[line_start:len(doc) if end < 0 else end]
+        return drafting.find_drafts(line, cursor - line_start, library=self.library,
+                                    skip=self.path)
+
+
+def engine_completer(engine, settings, report: TypingReport, language: str = "python",
+                     workspace: WorkspaceDrafts | None = None) -> Completer:
     """diffill's ghost: an automatic request to ``engine``; what an editor shows (the best
     item, after ``min_confidence`` and the names check). The document key lets a request
-    reuse its line's last window, as the daemon does per document."""
+    reuse its line's last window, as the daemon does per document. ``workspace``: its
+    drafts go with each request, as the LSP server sends them."""
     from .api import InfillRequest
 
     def complete(doc: str, cursor: int) -> str | None:
         line_start = doc.rfind("\n", 0, cursor) + 1
         key = f"{len(doc) - cursor}:{line_start}"
         t0 = time.perf_counter()
-        (result,) = engine.run_batch([(InfillRequest(doc, cursor, language=language), None)],
+        found = tuple(workspace.elsewhere(doc, cursor)) if workspace is not None else ()
+        (result,) = engine.run_batch([(InfillRequest(doc, cursor, language=language,
+                                                     drafts=found), None)],
                                      settings, documents=[key])
         if isinstance(result, BaseException):
             raise result
@@ -184,6 +226,8 @@ def engine_completer(engine, settings, report: TypingReport, language: str = "py
         report.passes.append(result.forward_passes)
         report.tokens.append(result.best.tokens if result.best else 0)
         return result.best.text if result.best else None
+    if workspace is not None:
+        complete.begin = workspace.begin  # type: ignore[attr-defined]
     return complete
 
 
@@ -191,6 +235,7 @@ def typed_ahead(complete: Completer) -> Completer:
     """An editor's typed-ahead reuse around ``complete``: while the person types what the
     last ghost says, its rest is shown again with no call (the LSP server's ``Shown``)."""
     last: list = [None]
+    begin = getattr(complete, "begin", None)
 
     def wrapped(doc: str, cursor: int) -> str | None:
         prev = last[0]
@@ -203,6 +248,8 @@ def typed_ahead(complete: Completer) -> Completer:
         ghost = complete(doc, cursor)
         last[0] = (doc[:cursor], doc[cursor:], ghost) if ghost else None
         return ghost
+    if begin is not None:
+        wrapped.begin = begin  # type: ignore[attr-defined]
     return wrapped
 
 
@@ -214,7 +261,10 @@ def run_typing(lines: list[TypedLine], completers: dict[str, Completer],
     out = []
     for name, complete in completers.items():
         rep = reports.get(name) or TypingReport(name)
+        begin = getattr(complete, "begin", None)
         for k, line in enumerate(lines):
+            if begin is not None:
+                begin(line)
             type_line(line, complete, rep)
             if progress:
                 progress(k + 1)

@@ -603,36 +603,72 @@ def _preview_steps(model: DiffusionModel, previews: Sequence[Preview | None],
 
 
 @dataclass
+class Draft:
+    """A draft as the verifier takes it."""
+    ids: Sequence[int]
+    """Its token ids, the lead's text (healing) first."""
+    support: int = 1
+    """Code tokens of the typed line found before it where it was found (0: it completes the
+    partial word only): the evidence the code at hand gives it."""
+    lead_tokens: int = 0
+    """Its first tokens that only write the lead's text."""
+    word_tokens: int = 1
+    """Its first tokens up to the end of the draft's first word: kept whatever the model
+    says (the score says whether to show it)."""
+
+
+DRAFT_WEIGHTS = (0.558, 0.718, 0.745)
+"""``draft_score``'s logistic weights: intercept, log2(support + 1), log10(first ratio),
+fitted on the typing eval's recorded drafts of held-out seed 0 (3,400 positions: whether the
+draft's first word is what was typed next; log-loss 0.46, seed 1 0.56 against 0.55 and 0.63
+for the base rate) (docs/performance.md, session 12)."""
+
+
+def draft_score(support: int, first_ratio: float) -> float:
+    """How likely a draft's first word is what the person types next: its support (a longer
+    matched tail is a stronger lead) and the model's verdict on its first token past the
+    lead (its probability over that of the model's own first choice). A calibrated
+    probability, so ``minConfidence`` compares it as it compares a denoised fill's score."""
+    import math
+    w0, w1, w2 = DRAFT_WEIGHTS
+    z = w0 + w1 * math.log2(max(0, support) + 1) + w2 * math.log10(max(first_ratio, 1e-3))
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+@dataclass
 class Verified:
-    """A draft after the model has checked it: the start of it the model accepts, with each
-    accepted token's probability, and whether the fill ends right after the whole draft."""
+    """A draft after the model has checked it: the start of it kept (cut before the first
+    token the model vetoes after the draft's first word), each kept token's probability and
+    the model's first choice's there, and whether the fill ends right after the whole draft."""
     tokens: list[int] = field(default_factory=list)
     probs: list[float] = field(default_factory=list)
     tops: list[float] = field(default_factory=list)
-    """The probability of the model's own first choice at each accepted token's position."""
+    """The probability of the model's own first choice at each kept token's position."""
+    first: float = 0.0
+    """The model's verdict on the draft's first token past the lead: its probability over
+    that of the model's first choice there."""
+    support: int = 1
     end: float | None = None
-    """Whole draft accepted and the model's likeliest next token is filler: that filler's
+    """Whole draft kept and the model's likeliest next token is filler: that filler's
     probability (the fill is the draft, finished). None otherwise."""
 
     @property
     def complete(self) -> bool:
         return self.end is not None
 
+    @property
+    def score(self) -> float:
+        return draft_score(self.support, self.first)
+
     def candidate(self, length: int) -> Candidate:
-        """The accepted start as a candidate. Its score is how near the draft is to what the
-        model would write itself: per token its probability over that of the model's first
-        choice (1 where they agree, as every token of a denoised fill does), and the filler
-        that ends it when the model ends it there (a draft cut short is not ended by the
-        model, and ranks so). Measured on the typing eval against the plain mean probability,
-        it shows more of the drafts that are taken (docs/performance.md, session 11)."""
-        scored = [min(1.0, p / t) if t > 0 else 0.0 for p, t in zip(self.probs, self.tops)] + \
-            ([self.end] if self.end is not None else [])
-        return Candidate(list(self.tokens), length, sum(scored) / len(scored),
-                         terminated=self.complete)
+        """The kept start as a candidate, scored by :func:`draft_score`. It counts as ended:
+        a draft ends where the code at hand (or the model's veto) ends it, and ranks among
+        the others by its score alone."""
+        return Candidate(list(self.tokens), length, self.score, terminated=True)
 
 
 def accepts(p_token: float, p_top: float, floor: float, ratio: float) -> bool:
-    """The draft-acceptance rule: a token the model gives at least ``floor`` of its
+    """The veto rule: a draft token passes when the model gives it at least ``floor`` of its
     probability, or at least ``ratio`` times what it gives its own first choice (so its first
     choice always passes). The ratio makes the model a veto rather than a gate: a draft is
     what the code at hand says, and a small model that is unsure of every token should not
@@ -642,19 +678,21 @@ def accepts(p_token: float, p_top: float, floor: float, ratio: float) -> bool:
 
 @torch.inference_mode()
 def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
-                  drafts: Sequence[Sequence[int]], length: int, *, floor: float = 0.3,
+                  drafts: Sequence["Draft | Sequence[int]"], length: int, *, floor: float = 0.3,
                   ratio: float = 1.0, lead: Lead | None = None, warm: Warm | None = None,
                   cached: bool = True) -> tuple[list[Verified], KVCache | None, int]:
     """Check drafts the diffusion way: two passes, however many drafts.
 
     The first runs the window with the gap all masks (its keys and values kept: the dual
     cache) and judges every draft's first token; the second runs, against that cache, one
-    row per further token of the drafts whose first token passed: the gap holding
-    the draft's first ``i`` tokens and masks after them, prefix and suffix in view. Token
-    ``i`` is scored from row ``i`` (row 0 is the first pass), so each is judged as a
-    left-to-right reading of the gap would meet it, with the code after the gap in view. A
-    draft keeps its longest start of tokens that pass :func:`accepts`; the row after a wholly
-    accepted draft says whether the fill ends there (its likeliest token is filler).
+    row per further token of every draft: the gap holding the draft's first ``i`` tokens
+    and masks after them, prefix and suffix in view. Token ``i`` is scored from row ``i``
+    (row 0 is the first pass), so each is judged as a left-to-right reading of the gap
+    would meet it, with the code after the gap in view. A draft keeps its first word
+    (:attr:`Draft.word_tokens`) and every token after it up to the first that fails
+    :func:`accepts`; the row after a wholly kept draft says whether the fill ends there (its
+    likeliest token is filler). Plain id lists are drafts of support 1 whose first token is
+    their first word.
 
     Returns the verdicts (one per draft), the first pass's cache (row 0, for the sampler's
     warm start) and the passes run. ``lead``: text the fill must begin with (healing); its
@@ -665,7 +703,8 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
     """
     prof = model.profile
     mask_id = prof.mask_id
-    cut = [list(d)[:length - 1] for d in drafts]
+    given = [d if isinstance(d, Draft) else Draft(list(d)) for d in drafts]
+    cut = [list(d.ids)[:length - 1] for d in given]
     ids, key_mask, lo = layout(model, prefix, suffix, [length])
     cache = (warm.cache if warm is not None else KVCache([], [])) if cached else None
     first = model.span_logits(ids, lo, lo + length, key_mask=key_mask, cache=cache,
@@ -684,12 +723,7 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
         p = torch.softmax(logits, dim=-1)
         return p, int(p.argmax())
 
-    # The first pass already judges every draft's first token: rows only for those it passes.
-    alive = []
-    for d in cut:
-        p, top = judged(first[0], d, 0)
-        alive.append(bool(d) and accepts(float(p[d[0]]), float(p[top]), floor, ratio))
-    rows = [(j, i) for j, d in enumerate(cut) if alive[j] for i in range(1, len(d) + 1)]
+    rows = [(j, i) for j, d in enumerate(cut) for i in range(1, len(d) + 1)]
     where = {(j, 0): first[0] for j in range(len(cut))}
     if rows:
         R = len(rows)
@@ -706,18 +740,21 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
     filler = set(prof.filler_ids)
     out = []
     for j, d in enumerate(cut):
-        v = Verified()
-        for i in range(len(d) + 1 if alive[j] else 0):
+        v = Verified(support=given[j].support)
+        for i in range(len(d) + 1):
             p, top = judged(where[(j, i)], d, i)
             if i == len(d):
                 if top in filler:
                     v.end = float(p[top])
                 break
-            if not accepts(float(p[d[i]]), float(p[top]), floor, ratio):
+            p_tok, p_top = float(p[d[i]]), float(p[top])
+            if i == min(given[j].lead_tokens, len(d) - 1):
+                v.first = p_tok / p_top if p_top > 0 else 0.0
+            if i >= given[j].word_tokens and not accepts(p_tok, p_top, floor, ratio):
                 break
             v.tokens.append(d[i])
-            v.probs.append(float(p[d[i]]))
-            v.tops.append(float(p[top]))
+            v.probs.append(p_tok)
+            v.tops.append(p_top)
         out.append(v)
     return out, cache, 1 + bool(rows)
 
@@ -731,7 +768,7 @@ class Gap:
     suffix: Sequence[int]
     lengths: Sequence[int]
     lead: Lead | None = None
-    drafts: Sequence[Sequence[int]] = ()
+    drafts: Sequence["Draft | Sequence[int]"] = ()
     draft_length: int = 16
     """The gap's mask count while drafts are verified (a draft is cut to one less, so the
     row after it can say whether the fill ends)."""
@@ -759,20 +796,6 @@ def _writes_past(lead: Lead | None, tokens: Sequence[int], mask_id: int) -> bool
     return written > len(lead.text)
 
 
-def _rows_of(gap: Gap, verified: list[Verified]) -> list[tuple[int, list[int], list[float]]]:
-    """``(masks, given tokens, their probabilities)`` of each row a gap runs in the sampler:
-    one per length, and one per draft the model accepted a start of but did not finish
-    (the longest two), its start already committed."""
-    lens = sorted({int(n) for n in gap.lengths if n > 0})
-    if not lens:
-        raise ValueError("at least one positive length is needed")
-    rows = [(n, [], []) for n in lens]
-    begun = sorted((v for v in verified if v.tokens and not v.complete),
-                   key=lambda v: -len(v.tokens))[:2]
-    rows += [(max(gap.draft_length, lens[-1]), v.tokens, v.probs) for v in begun]
-    return rows
-
-
 def infill_many(model: DiffusionModel,
                 jobs: Sequence["Gap | tuple"], *,
                 settings: SamplerSettings = SamplerSettings(),
@@ -783,10 +806,10 @@ def infill_many(model: DiffusionModel,
     """Several gaps (:class:`Gap`, or ``(prefix, suffix, lengths[, lead])``) denoised
     together in one batch.
 
-    A gap with drafts has them verified first (:func:`verify_drafts`, two passes); a draft the
-    model accepts whole and ends is a finished candidate, and then that gap runs no more
-    passes (the plain rows would only repeat what the model just confirmed). Drafts it accepts
-    a start of continue as rows of the batch from that start.
+    A gap with drafts has them verified (:func:`verify_drafts`, two passes) instead: each
+    draft, cut where the model vetoes it, is a candidate scored by :func:`draft_score`, and
+    that gap runs no more passes. Measured on the typing eval, a draft's kept start beat the
+    model's own fill from there (docs/performance.md, session 12).
 
     A job whose ``cancel`` turns true is dropped at the next step and comes back as None; the
     others go on. A job's ``previews`` entry, when set, is called after every step with what its
@@ -803,9 +826,8 @@ def infill_many(model: DiffusionModel,
     results: list[list[Candidate] | None] = [[] for _ in gaps]
     verify_passes = 0
     verified_cache: KVCache | None = None
-    rows, owner, leads, given = [], [], [], []
+    rows, owner, leads = [], [], []
     for j, gap in enumerate(gaps):
-        verified: list[Verified] = []
         if gap.drafts:
             if cancel and cancel[j] and cancel[j]():
                 results[j] = None
@@ -819,23 +841,25 @@ def infill_many(model: DiffusionModel,
                 floor=settings.draft_floor, ratio=settings.draft_ratio, lead=gap.lead,
                 warm=warm, cached=cache_mode(settings, model) == "dual")
             verify_passes = max(verify_passes, n)
-            # Every draft the model accepted a start of is a candidate (cut where the model
-            # vetoed it); only when it accepted none does the sampler write a fill of its own.
-            done = [v.candidate(gap.draft_length) for v in verified
+            # Equal scores: the drafts the model ends first (the sort by score is stable).
+            done = [v.candidate(gap.draft_length)
+                    for v in sorted(verified, key=lambda v: not v.complete)
                     if v.tokens and _writes_past(gap.lead, v.tokens, prof.mask_id)]
             if done:
                 results[j] = done
                 if reusing and slot is not None and verified_cache is not None:
                     _keep_prefix(slot, head, verified_cache, warm is not None)
                 continue
-        for n, toks, probs in _rows_of(gap, verified):
+        lens = sorted({int(n) for n in gap.lengths if n > 0})
+        if not lens:
+            raise ValueError("at least one positive length is needed")
+        for n in lens:
             rows.append((gap.prefix, gap.suffix, n))
             owner.append(j)
             leads.append(gap.lead)
-            given.append((toks, probs))
     passes = 0
     if rows:
-        passes = _denoise_rows(model, rows, owner, leads, given, results, settings=settings,
+        passes = _denoise_rows(model, rows, owner, leads, results, settings=settings,
                                cancel=cancel, previews=previews,
                                slot=slot if reusing else None,
                                verified=verified_cache if len(gaps) == 1 else None)
@@ -847,20 +871,15 @@ def infill_many(model: DiffusionModel,
 
 def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequence[int], int]],
                   owner: list[int], leads: list[Lead | None],
-                  given: list[tuple[list[int], list[float]]],
                   results: list[list[Candidate] | None], *, settings: SamplerSettings,
                   cancel: Sequence[Callable[[], bool]] | None,
                   previews: Sequence[Preview | None] | None, slot: PrefixSlot | None,
                   verified: KVCache | None) -> int:
-    """Run ``rows`` (``(prefix, suffix, masks)``, each owned by a job, with its ``given``
-    start committed) in one batch and add each finished row's candidate to its job's
+    """Run ``rows`` (``(prefix, suffix, masks)``, each owned by a job) in one batch and add each finished row's candidate to its job's
     ``results`` (None for a job cancelled on the way). ``slot``: the one job's document
     (prefix reuse); ``verified``: the cache its drafts' verification just computed, whose
     context positions the first pass then reuses. Returns the passes run."""
     ids, key_mask, lo = layout_rows(model, rows)
-    for r, (toks, _) in enumerate(given):
-        if toks:
-            ids[r, lo:lo + len(toks)] = torch.tensor(toks, device=ids.device)
     row_cancel: RowCancel | None = None
     if cancel:
         def cancelled_rows() -> list[bool]:
@@ -890,8 +909,6 @@ def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequenc
             continue
         toks = out.ids[r, lo:lo + n].tolist()
         confs = out.confidence[r, lo:lo + n].tolist()
-        start, probs = given[r]
-        confs[:len(start)] = probs  # a verified start scores as the verifier found it
         kept, score = trim_filler(toks, confs, prof.filler_ids, prof.filler_mode)
         ended = any(t in prof.filler_ids for t in toks)
         results[j].append(Candidate(tokens=kept, length=n, score=score, terminated=ended))

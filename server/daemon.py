@@ -594,6 +594,9 @@ class Daemon:
                         self._reply_error(job, res)
                 else:
                     self.counters["completed"] += 1
+                    # Work against what it showed: tokens per pass, as the typing eval reports.
+                    self.counters["forward_passes"] += res.forward_passes
+                    self.counters["tokens_shown"] += res.best.tokens if res.best else 0
                     wire = result_to_wire(res)
                     if job.cache_key is not None:
                         self.cache.put(job.cache_key, wire)

@@ -109,6 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "when the line goes on with it), for diffill, the buffer's words and "
                         "the drafts alone on the same keys; keys saved, ghosts shown and taken, "
                         "tokens per pass, latency")
+    e.add_argument("--lsp", action="store_true",
+                   help="with --keystrokes: diffill answers through a real diffill lsp process "
+                        "(every key a didChange and an automatic inline completion), with the "
+                        "server's default settings (the sampler options do not apply)")
+    e.add_argument("--workspace", action="store_true",
+                   help="with --keystrokes: each line's held-out package (its other files) is "
+                        "the workspace, for the drafts alone and diffill")
     e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
                                               "packages")
     add_model_options(e)

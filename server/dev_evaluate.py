@@ -83,27 +83,53 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
     from tqdm import tqdm
 
     from infill import keystrokes as K
+
+    from .dev_typing import LspTyping
+    from .workspace import build_library
     lines = K.pick_lines(files, args.n, args.sample_seed)
     settings = replace(settings, quick_lines=True)
     if args.calibrate:
         return calibrate_keystrokes(args, engine, settings, lines, packages)
     model_report = K.TypingReport("diffill")
+    root_of = package_root(packages) if args.workspace else (lambda path: None)
+    if args.workspace:  # each package read once, as its LSP server would
+        lines.sort(key=lambda line: str(root_of(line.path)))
+    drafts = K.WorkspaceDrafts(root_of, lambda root: build_library([root], ".py")) \
+        if args.workspace else K.drafts_alone
     completers = {"buffer words": K.typed_ahead(K.buffer_word),
-                  "drafts alone": K.typed_ahead(K.drafts_alone),
-                  "diffill": K.typed_ahead(K.engine_completer(engine, settings, model_report))}
+                  "drafts alone": K.typed_ahead(drafts)}
+    lsp = None
+    if args.lsp:
+        # The product's own settings: those of the sampler options are the server's to choose.
+        lsp = LspTyping(str(engine.model.path), None if settings.drafts else {"drafts": False},
+                        root_of)
+        completers["diffill"] = lsp
+    else:
+        completers["diffill"] = K.typed_ahead(K.engine_completer(
+            engine, settings, model_report,
+            workspace=drafts if args.workspace else None))
     bar = tqdm(total=len(lines) * len(completers), desc="typing", file=sys.stderr, leave=False)
-    reports = K.run_typing(lines, completers, {"diffill": model_report},
-                           progress=lambda k: bar.update(1))
+    try:
+        reports = K.run_typing(lines, completers, {"diffill": model_report},
+                               progress=lambda k: bar.update(1))
+    finally:
+        counters = lsp.close() if lsp is not None else {}
     bar.close()
+    if lsp is not None:
+        model_report.seconds = lsp.seconds
+        model_report.passes = [counters.get("forward_passes", 0)]
+        model_report.tokens = [counters.get("tokens_shown", 0)]
     rows = [r.as_dict() for r in reports]
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
             "lines": len(lines), "seed": args.sample_seed, "cpu": platform.processor() or
-            platform.machine()}
+            platform.machine(), "through": "diffill lsp" if lsp else "the engine in process",
+            "workspace": bool(args.workspace)}
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=1))
         return 0
     print(f"typing eval: {len(lines)} held-out lines ({', '.join(packages)}), model "
-          f"{Path(meta['model']['checkpoint']).name}")
+          f"{Path(meta['model']['checkpoint']).name}, diffill through {meta['through']}"
+          + (", the package's other files as the workspace" if args.workspace else ""))
     print(f"{'completer':<14} {'keys saved':>10} {'shown':>7} {'taken':>7} {'whole':>7} "
           f"{'tok/pass':>8} {'p50 ms':>7} {'p95 ms':>7}")
     for r in rows:
@@ -115,6 +141,15 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
               f"{pct(r['shown_accepted'])} {pct(r['taken_whole'])} {tpp} "
               f"{r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f}")
     return 0
+
+
+def package_root(packages: list[str]):
+    """``path -> the folder of the held-out package it belongs to`` (the outermost folder
+    named like one), None when none."""
+    def root_of(path: str) -> Path | None:
+        found = [p for p in Path(path).parents if p.name in packages]
+        return found[-1] if found else None
+    return root_of
 
 
 FLOORS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)

@@ -126,30 +126,54 @@ def test_a_right_draft_fills_the_gap_in_two_passes(pattern_model, counting_gap):
     assert pattern_model.tokens_run - before == window + 3 * window
 
 
-def test_a_wrong_draft_is_cut_where_the_model_disagrees_and_the_sampler_fills_the_gap(
+def test_a_wrong_draft_is_cut_where_the_model_vetoes_it_and_scores_low(
         pattern_model, counting_gap):
-    from infill.sampler import Gap, infill_many, verify_drafts
+    """Past its first word a draft is cut before the first token the model vetoes; a draft
+    whose first word the model vetoes keeps it, scored low (the floor withholds it)."""
+    from infill.sampler import Gap, draft_score, infill_many, verify_drafts
     prefix, suffix, answer = counting_gap
-    wrong = c(5, 9, 1)
-    (v,), _, _ = verify_drafts(pattern_model, prefix, suffix, [wrong], 8, floor=0.3,
+    (v,), _, _ = verify_drafts(pattern_model, prefix, suffix, [c(5, 9, 1)], 8, floor=0.3,
                                ratio=0.1, cached=False)
-    assert v.tokens == c(5) and not v.complete
-    (v,), _, passes = verify_drafts(pattern_model, prefix, suffix, [c(9, 1)], 8, cached=False)
-    assert v.tokens == [] and passes == 1  # no row for a draft whose first token failed
+    assert v.tokens == c(5) and not v.complete and v.first == 1.0
+    (v,), _, passes = verify_drafts(pattern_model, prefix, suffix, [c(9, 1)], 8, ratio=0.1,
+                                    cached=False)
+    assert v.tokens == c(9) and passes == 2 and v.first < 0.01
+    assert v.score < 0.5 < draft_score(1, 1.0)
     (cands,), passes = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=[c(9, 1)],
                                                        draft_length=8)])
-    assert cands[0].tokens == answer and passes > 1
+    assert cands[0].tokens == c(9) and cands[0].score == v.score and passes == 2
 
 
-def test_a_draft_the_model_accepts_only_a_start_of_is_shown_cut_and_ranked_below_ended_fills(
-        pattern_model, counting_gap):
+def test_a_drafts_score_grows_with_its_support_and_the_models_verdict():
+    from infill.sampler import draft_score
+    assert draft_score(0, 1.0) < draft_score(1, 1.0) < draft_score(8, 1.0)
+    assert draft_score(1, 0.001) < draft_score(1, 0.1) < draft_score(1, 1.0)
+    assert draft_score(1, 0.0) == draft_score(1, 0.001)  # a veto is bounded, not -inf
+    assert all(0 < draft_score(s, r) < 1 for s in (0, 3, 100) for r in (0.0, 0.5, 1.0))
+
+
+def test_drafts_of_one_score_rank_the_one_the_model_ends_first(pattern_model, counting_gap):
     from infill.sampler import Gap, infill_many
     prefix, suffix, answer = counting_gap
     (cands,), _ = infill_many(pattern_model, [Gap(prefix, suffix, [8],
                                                   drafts=[c(5, 9, 1), answer],
                                                   draft_length=8)])
     assert [x.tokens for x in cands] == [answer, c(5)]
-    assert cands[0].terminated and not cands[1].terminated
+    assert cands[0].score == cands[1].score
+
+
+def test_a_draft_is_cut_to_its_first_code_tokens():
+    assert D.first_tokens("o(x, y)", 2) == "o("
+    assert D.first_tokens(" = compute(a)", 2) == " = compute"
+    assert D.first_tokens("abc", 5) == "abc" and D.first_tokens("", 2) == ""
+
+
+def test_drafts_carry_their_support():
+    doc = "total = compute_total(items)\nx = 1\ntotal = compute_total("
+    found = D.found_drafts(doc, len(doc), elsewhere=["rows)"])
+    assert found[0] == ("items)", D.support_of("total = compute_total("))
+    assert found[1] == ("rows)", 1)
+    assert D.found_drafts("name = 1\nna", 11) == [("me = 1", 1), ("me", 0)]
 
 
 # ---------------------------------------------------------------- the typing eval

@@ -428,23 +428,27 @@ def test_an_explicit_ask_gets_the_best_candidate_under_the_calibrated_floor(tmp_
 
 
 def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
-    """The counting line's own earlier run is a draft: the model accepts its start, cuts it
-    where the fill ends, and the fill takes the verifier's two passes."""
+    """The counting line's own earlier run is a draft (found after 7 code tokens: verified
+    whole): every token is the model's first choice, so it is kept whole, and the fill
+    takes the verifier's two passes. Found after one token only, the draft is cut to its
+    first two code tokens."""
     from dataclasses import replace
     engine = Engine(pattern_model)
-    doc = "c4 c5 c6 c7 c8\nc0 c1 c2 c3 c4 \nc8 c9 c10"
+    weak = "c4 c5 c6 c7 c8\nc0 c1 c2 c3 c4 \nc8 c9 c10"
+    job = engine.prepare(InfillRequest(weak, weak.index("c4 \n") + 3),
+                         InfillSettings(max_tokens=8, ensemble=1, mode="line"))
+    assert engine.decode(job.drafts[0].ids).split() == ["c5", "c6"]
+    doc = "c1 c2 c3 c4 c5 c6 c7 c8\nc0 c1 c2 c3 c4 \nc8 c9 c10"
     at = doc.index("c4 \n") + 3
-    # Only the model's first choices pass here (the default also passes tokens it finds
-    # likely, which lets this model take c8 as well).
+    # Only the model's first choices pass here.
     s = InfillSettings(max_tokens=8, ensemble=1, mode="line", min_confidence=0.0,
                        sampler=SamplerSettings(draft_ratio=1.0, draft_floor=1.0))
     job = engine.prepare(InfillRequest(doc, at), s)
-    assert engine.decode(job.drafts[0]).split() == ["c5", "c6", "c7", "c8"]
+    assert engine.decode(job.drafts[0].ids).split() == ["c5", "c6", "c7", "c8"]
     drafted = engine.run(InfillRequest(doc, at), s)
-    # c8 is where the model ends the fill (it comes after the gap): the draft is cut there.
-    assert drafted.best.text.split() == ["c5", "c6", "c7"] and drafted.forward_passes == 2
+    assert drafted.best.text.split() == ["c5", "c6", "c7", "c8"] and drafted.forward_passes == 2
     plain = engine.run(InfillRequest(doc, at), replace(s, drafts=False))
-    assert plain.best.text.split() == ["c5", "c6", "c7"]
+    assert plain.best.text.split()[:4] == ["c5", "c6", "c7", "c8"]
 
 
 def test_a_whole_line_gap_takes_its_indentation_from_the_syntax(diffill_ckpt):
