@@ -160,13 +160,21 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int) -> list[
         places += [(text, h) for h in _hits(text, tail, False, line_end)]
         for other in others:
             places += [(other, h) for h in _hits(other, tail, False)]
-        for src, h in places:
-            rest = src[h:min(_line_end(src, h), h + MAX_DRAFT_CHARS)].rstrip()
-            if rest.strip():
-                out.append((rest, support_of(tail)))
+        out += _continuations(places, tail)
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
+
+
+def _continuations(places: Iterable[tuple[str, int]], tail: str) -> list[Found]:
+    """What follows each place (a text and an offset just after a match of ``tail``) up to
+    its line's end (at most :data:`MAX_DRAFT_CHARS`), when that is not blank."""
+    out = []
+    for src, h in places:
+        rest = src[h:min(_line_end(src, h), h + MAX_DRAFT_CHARS)].rstrip()
+        if rest.strip():
+            out.append((rest, support_of(tail)))
+    return out
 
 
 def lookup_drafts(text: str, cursor: int, others: Sequence[str] = (),
@@ -240,16 +248,11 @@ class Library:
                 continue
             _, k = min(anchors)
             before = len("".join(toks[:k]))
-            for i, at in self.places[toks[k]]:
-                text = self.texts[i]
-                start = at - before
-                if self.names[i] == skip or start < 0 or not text.startswith(tail, start) or \
-                        not _starts_clean(text, start, tail):
-                    continue
-                h = start + len(tail)
-                rest = text[h:min(_line_end(text, h), h + MAX_DRAFT_CHARS)].rstrip()
-                if rest.strip():
-                    out.append((rest, support_of(tail)))
+            starts = ((self.texts[i], at - before) for i, at in self.places[toks[k]]
+                      if self.names[i] != skip)
+            out += _continuations(((text, start + len(tail)) for text, start in starts
+                                   if start >= 0 and text.startswith(tail, start) and
+                                   _starts_clean(text, start, tail)), tail)
             if len(_distinct(out, limit)) >= limit:
                 break
         return _distinct(out, limit)

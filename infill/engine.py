@@ -285,19 +285,24 @@ class Engine:
 
     def add_drafts(self, job: Job) -> None:
         """The drafts of a completion (``infill.drafts``) as the verifier takes them
-        (:class:`Draft`): the healed word's text, then the draft, in token ids. A draft
-        found after fewer than :data:`STRONG_SUPPORT` code tokens is cut to its first
-        :data:`WEAK_DRAFT_TOKENS`: measured on the typing eval, what follows a short match is
-        rarely what is typed, and a short ghost taken lets the next request look again with
-        a longer tail (docs/performance.md, session 12)."""
+        (:class:`Draft`): the healed word's text, then the draft, in token ids. For a ghost
+        that appears by itself, a draft found after fewer than :data:`STRONG_SUPPORT` code
+        tokens is cut to its first :data:`WEAK_DRAFT_TOKENS`: measured on the typing eval,
+        what follows a short match is rarely what is typed, and a short ghost taken lets the
+        next keystroke look again with a longer tail (docs/performance.md, session 12). An
+        explicit ask has no next keystroke: it gets the whole draft."""
         req = job.request
         found = drafting.found_drafts(req.text, req.start, [t for _, t in req.extra],
                                       req.drafts)
         head = job.lead.text if job.lead is not None else ""
         cap = self.max_fill(job.settings)
         seen: set[tuple[int, ...]] = set()
+        longest = 0
         for text, support in found:
-            if support < STRONG_SUPPORT:
+            # The gap is as long as the whole drafts would need, cut or not: the model's
+            # verdicts (and the score fitted on them) depend on the mask count.
+            longest = max(longest, len(encode(self.tokenizer, head + text)[:cap]))
+            if support < STRONG_SUPPORT and not job.settings.explicit:
                 text = drafting.first_tokens(text, WEAK_DRAFT_TOKENS)
             ids = encode(self.tokenizer, head + text)[:cap]
             if not ids or tuple(ids) in seen:
@@ -310,7 +315,6 @@ class Engine:
             job.drafts.append(Draft(ids, support, self._tokens_within(ids, len(head)),
                                     max(1, upto)))
         if job.drafts:
-            longest = max(len(d.ids) for d in job.drafts)
             job.draft_length = max(max(job.lengths), min(cap, longest) + 1)
 
     def _tokens_within(self, ids: Sequence[int], chars: int) -> int:

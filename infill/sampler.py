@@ -617,21 +617,24 @@ class Draft:
     says (the score says whether to show it)."""
 
 
-DRAFT_WEIGHTS = (0.558, 0.718, 0.745)
-"""``draft_score``'s logistic weights: intercept, log2(support + 1), log10(first ratio),
-fitted on the typing eval's recorded drafts of held-out seed 0 (3,400 positions: whether the
-draft's first word is what was typed next; log-loss 0.46, seed 1 0.56 against 0.55 and 0.63
-for the base rate) (docs/performance.md, session 12)."""
+DRAFT_WEIGHTS = (1.06, 0.449, 0.964, -0.234)
+"""``draft_score``'s logistic weights: intercept, log2(support + 1), log10(first ratio), and
+the draft's rank among the request's drafts (0: found first, nearest), fitted on the typing
+eval's recorded drafts of held-out seed 0 (every draft at 1,350 positions: whether its first
+word is what was typed next; log-loss 0.530, and 0.554 on seed 1 against 0.560 without the
+rank) (docs/performance.md, session 12)."""
 
 
-def draft_score(support: int, first_ratio: float) -> float:
+def draft_score(support: int, first_ratio: float, rank: int = 0) -> float:
     """How likely a draft's first word is what the person types next: its support (a longer
-    matched tail is a stronger lead) and the model's verdict on its first token past the
-    lead (its probability over that of the model's own first choice). A calibrated
-    probability, so ``minConfidence`` compares it as it compares a denoised fill's score."""
+    matched tail is a stronger lead), the model's verdict on its first token past the lead
+    (its probability over that of the model's own first choice) and its rank (the drafts
+    found nearer come first). A calibrated probability, so ``minConfidence`` compares it as it
+    compares a denoised fill's score."""
     import math
-    w0, w1, w2 = DRAFT_WEIGHTS
-    z = w0 + w1 * math.log2(max(0, support) + 1) + w2 * math.log10(max(first_ratio, 1e-3))
+    w0, w1, w2, w3 = DRAFT_WEIGHTS
+    z = w0 + w1 * math.log2(max(0, support) + 1) + \
+        w2 * math.log10(max(first_ratio, 1e-3)) + w3 * rank
     return 1.0 / (1.0 + math.exp(-z))
 
 
@@ -648,6 +651,8 @@ class Verified:
     """The model's verdict on the draft's first token past the lead: its probability over
     that of the model's first choice there."""
     support: int = 1
+    rank: int = 0
+    """Its place among the request's drafts (0: found first)."""
     end: float | None = None
     """Whole draft kept and the model's likeliest next token is filler: that filler's
     probability (the fill is the draft, finished). None otherwise."""
@@ -658,7 +663,7 @@ class Verified:
 
     @property
     def score(self) -> float:
-        return draft_score(self.support, self.first)
+        return draft_score(self.support, self.first, self.rank)
 
     def candidate(self, length: int) -> Candidate:
         """The kept start as a candidate, scored by :func:`draft_score`. It counts as ended:
@@ -740,7 +745,7 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
     filler = set(prof.filler_ids)
     out = []
     for j, d in enumerate(cut):
-        v = Verified(support=given[j].support)
+        v = Verified(support=given[j].support, rank=j)
         for i in range(len(d) + 1):
             p, top = judged(where[(j, i)], d, i)
             if i == len(d):
@@ -841,9 +846,7 @@ def infill_many(model: DiffusionModel,
                 floor=settings.draft_floor, ratio=settings.draft_ratio, lead=gap.lead,
                 warm=warm, cached=cache_mode(settings, model) == "dual")
             verify_passes = max(verify_passes, n)
-            # Equal scores: the drafts the model ends first (the sort by score is stable).
-            done = [v.candidate(gap.draft_length)
-                    for v in sorted(verified, key=lambda v: not v.complete)
+            done = [v.candidate(gap.draft_length) for v in verified
                     if v.tokens and _writes_past(gap.lead, v.tokens, prof.mask_id)]
             if done:
                 results[j] = done

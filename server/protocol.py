@@ -101,8 +101,10 @@ class Settings:
     builtins or keywords): with the bundled model such ghosts were almost never right."""
     drafts: bool = True
     """Verify drafts from the code at hand before the model writes its own: the typed line's
-    tail found elsewhere in the file or the other open files and what followed it there, and
-    the words that complete the partial word; one the model accepts is shown in two passes."""
+    tail found elsewhere (the file, the other open files, the workspace's files, the line as
+    the last ghost would have made it) and what followed it there, and the words that
+    complete the partial word; each is cut where the model vetoes it, scored by how likely
+    its first word is typed next, and shown after two passes."""
     workspaceFiles: int = 2000
     """Drafts also come from the workspace's files of the document's kind (by suffix): the
     most recently modified ones up to this many (and 50 MB), read once in the background and

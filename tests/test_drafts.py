@@ -149,17 +149,20 @@ def test_a_drafts_score_grows_with_its_support_and_the_models_verdict():
     assert draft_score(0, 1.0) < draft_score(1, 1.0) < draft_score(8, 1.0)
     assert draft_score(1, 0.001) < draft_score(1, 0.1) < draft_score(1, 1.0)
     assert draft_score(1, 0.0) == draft_score(1, 0.001)  # a veto is bounded, not -inf
+    assert draft_score(3, 1.0, rank=2) < draft_score(3, 1.0, rank=0)
     assert all(0 < draft_score(s, r) < 1 for s in (0, 3, 100) for r in (0.0, 0.5, 1.0))
 
 
-def test_drafts_of_one_score_rank_the_one_the_model_ends_first(pattern_model, counting_gap):
+def test_of_two_drafts_the_model_takes_alike_the_one_found_first_ranks_first(
+        pattern_model, counting_gap):
     from infill.sampler import Gap, infill_many
     prefix, suffix, answer = counting_gap
-    (cands,), _ = infill_many(pattern_model, [Gap(prefix, suffix, [8],
-                                                  drafts=[c(5, 9, 1), answer],
-                                                  draft_length=8)])
-    assert [x.tokens for x in cands] == [answer, c(5)]
-    assert cands[0].score == cands[1].score
+    for drafts in ([c(5, 9, 1), answer], [answer, c(5, 9, 1)]):
+        (cands,), _ = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=drafts,
+                                                      draft_length=8)])
+        kept = {tuple(c(5, 9, 1)): c(5), tuple(answer): answer}
+        assert [x.tokens for x in cands] == [kept[tuple(d)] for d in drafts]
+        assert cands[0].score > cands[1].score
 
 
 def test_a_draft_is_cut_to_its_first_code_tokens():
@@ -207,6 +210,44 @@ def test_typed_ahead_shows_the_rest_of_the_last_ghost_without_asking_again():
     wrapped = K.typed_ahead(complete)
     assert wrapped("a\n", 1) == "bcdef"
     assert wrapped("ab\n", 2) == "cdef" and calls == [1]
+
+
+def test_the_workspace_drafts_of_the_typing_eval_leave_out_the_lines_own_file(tmp_path):
+    from infill import keystrokes as K
+    (tmp_path / "own.py").write_text("value = make_value(secret)\n")
+    (tmp_path / "lender.py").write_text("value = make_value(lent)\n")
+    ws = K.WorkspaceDrafts(lambda path: tmp_path,
+                           lambda root: D.Library([(str(p), p.read_text())
+                                                   for p in sorted(root.glob("*.py"))]))
+    doc = "x = 1\n\n"
+    ws.begin(K.TypedLine(str(tmp_path / "own.py"), doc, 6, "value = make_value(secret)"))
+    typed = "x = 1\nvalue = make_value(\n"
+    assert ws(typed, len(typed) - 1) == "lent)"
+    assert ws.elsewhere(typed, len(typed) - 1) == ["lent)"]
+
+
+def test_the_typing_eval_through_a_real_diffill_lsp_saves_keys(pattern_ckpt, tmp_path):
+    """``diffill eval --keystrokes --lsp``'s completer: every key a didChange and an
+    automatic inline completion to a real ``diffill lsp`` (and its daemon); the counting
+    line's rest is shown and taken, and the daemon's counters come back."""
+    import os
+
+    from infill import keystrokes as K
+    from server.dev_typing import LspTyping
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    path = tmp_path / "count.txt"
+    doc = "c0 c1 c2 c3 \nc8 c9 c10\n"
+    path.write_text(doc)
+    line = K.TypedLine(str(path), doc, doc.index(" \n") + 1, "c4 c5 c6 c7")
+    lsp = LspTyping(str(pattern_ckpt), {"maxTokens": 8, "ensemble": 1, "minConfidence": 0.0,
+                                        "hideUnknownNames": False})
+    try:
+        (rep,) = K.run_typing([line], {"diffill": lsp})
+    finally:
+        counters = lsp.close()
+    assert rep.shown >= 1 and rep.accepted >= 1 and rep.keys < rep.chars
+    assert counters["forward_passes"] > 0 and counters["completed"] >= 1
+    assert len(lsp.seconds) == rep.requests
 
 
 def test_floors_are_replayed_on_recorded_offers_and_the_best_keeps_half_taken():
@@ -261,3 +302,25 @@ def test_no_ghost_of_the_typing_eval_breaks_a_line_that_parsed(diffill_ckpt):
     for line in lines:
         K.type_line(line, checked, rep)
     assert rep.requests > 20 and len(shown) > 10 and not any(shown)
+
+
+def test_the_workspace_is_read_by_kind_newest_first_within_its_bounds(tmp_path):
+    import os
+
+    from server.workspace import build_library, kind_of
+    assert kind_of("a/b.pyi") == kind_of("x.py") == ".py" and kind_of("Makefile") is None
+    for i, name in enumerate(("old.py", "mid.pyi", "new.py", "notes.md", "bad.py")):
+        path = tmp_path / "pkg" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"\xff\xfe" if name == "bad.py" else f"x{i} = {i}\n".encode())
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    for skipped in (".git/h.py", "node_modules/v.py", "build/b.py", "pkg/empty.py"):
+        (tmp_path / skipped).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / skipped).write_text("" if "empty" in skipped else "y = 1\n")
+    lib = build_library([tmp_path], ".py")
+    assert [os.path.basename(n) for n in lib.names] == ["new.py", "mid.pyi", "old.py"]
+    assert [os.path.basename(n) for n in build_library([tmp_path], ".py", max_files=2).names] \
+        == ["new.py", "mid.pyi"]
+    assert [os.path.basename(n) for n in build_library([tmp_path], ".py", max_bytes=14).names] \
+        == ["new.py", "mid.pyi"]
+    assert len(build_library([tmp_path / "missing"], ".py")) == 0

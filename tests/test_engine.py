@@ -435,9 +435,13 @@ def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
     from dataclasses import replace
     engine = Engine(pattern_model)
     weak = "c4 c5 c6 c7 c8\nc0 c1 c2 c3 c4 \nc8 c9 c10"
-    job = engine.prepare(InfillRequest(weak, weak.index("c4 \n") + 3),
-                         InfillSettings(max_tokens=8, ensemble=1, mode="line"))
+    ghost = InfillSettings(max_tokens=8, ensemble=1, mode="line")
+    job = engine.prepare(InfillRequest(weak, weak.index("c4 \n") + 3), ghost)
     assert engine.decode(job.drafts[0].ids).split() == ["c5", "c6"]
+    # An explicit ask has no next keystroke to look again: it gets the whole draft.
+    job = engine.prepare(InfillRequest(weak, weak.index("c4 \n") + 3),
+                         replace(ghost, explicit=True))
+    assert engine.decode(job.drafts[0].ids).split() == ["c5", "c6", "c7", "c8"]
     doc = "c1 c2 c3 c4 c5 c6 c7 c8\nc0 c1 c2 c3 c4 \nc8 c9 c10"
     at = doc.index("c4 \n") + 3
     # Only the model's first choices pass here.
