@@ -150,16 +150,29 @@ def support_of(tail: str) -> int:
     return len(_CODE_TOKEN.findall(tail.strip()))
 
 
+def _keys(text: str, line_start: int, line_before: str) -> list[tuple[str, str]]:
+    """``(key, tail)`` pairs to look up, longest first: the typed line's tails; or, when only
+    indentation is typed, the previous line's tails with the line break and that indentation
+    after them (what followed the same line elsewhere is a draft of this whole line). The
+    support counts the tail's tokens."""
+    if line_before.strip():
+        return [(t, t) for t in tails(line_before)]
+    if line_start == 0:
+        return []
+    prev = text[text.rfind("\n", 0, line_start - 1) + 1:line_start - 1]
+    return [(t + "\n" + line_before, t) for t in tails(prev)] if prev.strip() else []
+
+
 def _lookups(text: str, cursor: int, others: Sequence[str], limit: int) -> list[Found]:
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
-    line_before = text[line_start:cursor]
     out: list[Found] = []
-    for tail in tails(line_before):
-        places = [(text, h) for h in _hits(text, tail, True, 0, line_start)]
-        places += [(text, h) for h in _hits(text, tail, False, line_end)]
+    for key, tail in _keys(text, line_start, text[line_start:cursor]):
+        # Before the line: a key that ends in the line break must not meet this line's own.
+        places = [(text, h) for h in _hits(text, key, True, 0, max(0, line_start - 1))]
+        places += [(text, h) for h in _hits(text, key, False, line_end)]
         for other in others:
-            places += [(other, h) for h in _hits(other, tail, False)]
+            places += [(other, h) for h in _hits(other, key, False)]
         out += _continuations(places, tail)
         if len(_distinct(out, limit)) >= limit:
             break

@@ -298,7 +298,10 @@ class Engine:
         cap = self.max_fill(job.settings)
         seen: set[tuple[int, ...]] = set()
         longest = 0
+        indent_lead = job.lead is not None and job.lead.taken == 0
         for text, support in found:
+            if indent_lead:  # the indentation is the lead's: a whole line found elsewhere
+                text = text.lstrip(" \t")  # brings its own
             # The gap is as long as the whole drafts would need, cut or not: the model's
             # verdicts (and the score fitted on them) depend on the mask count.
             longest = max(longest, len(encode(self.tokenizer, head + text)[:cap]))

@@ -19,6 +19,7 @@ Special token ids come from the family profile; cancellation is checked between 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -631,7 +632,6 @@ def draft_score(support: int, first_ratio: float, rank: int = 0) -> float:
     (its probability over that of the model's own first choice) and its rank (the drafts
     found nearer come first). A calibrated probability, so ``minConfidence`` compares it as it
     compares a denoised fill's score."""
-    import math
     w0, w1, w2, w3 = DRAFT_WEIGHTS
     z = w0 + w1 * math.log2(max(0, support) + 1) + \
         w2 * math.log10(max(first_ratio, 1e-3)) + w3 * rank
@@ -641,12 +641,9 @@ def draft_score(support: int, first_ratio: float, rank: int = 0) -> float:
 @dataclass
 class Verified:
     """A draft after the model has checked it: the start of it kept (cut before the first
-    token the model vetoes after the draft's first word), each kept token's probability and
-    the model's first choice's there, and whether the fill ends right after the whole draft."""
+    token the model vetoes after the draft's first word), the model's verdict on its first
+    token, and whether the fill ends right after the whole draft."""
     tokens: list[int] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)
-    tops: list[float] = field(default_factory=list)
-    """The probability of the model's own first choice at each kept token's position."""
     first: float = 0.0
     """The model's verdict on the draft's first token past the lead: its probability over
     that of the model's first choice there."""
@@ -758,8 +755,6 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
             if i >= given[j].word_tokens and not accepts(p_tok, p_top, floor, ratio):
                 break
             v.tokens.append(d[i])
-            v.probs.append(p_tok)
-            v.tops.append(p_top)
         out.append(v)
     return out, cache, 1 + bool(rows)
 

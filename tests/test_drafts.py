@@ -324,3 +324,13 @@ def test_the_workspace_is_read_by_kind_newest_first_within_its_bounds(tmp_path):
     assert [os.path.basename(n) for n in build_library([tmp_path], ".py", max_bytes=14).names] \
         == ["new.py", "mid.pyi"]
     assert len(build_library([tmp_path / "missing"], ".py")) == 0
+
+
+def test_with_only_indentation_typed_the_line_after_the_same_previous_line_is_a_draft():
+    doc = "def f(x):\n    y = g(x)\n    return y\n\ndef h(x):\n    y = g(x)\n    "
+    assert D.found_drafts(doc, len(doc)) == [("return y", D.support_of("y = g(x)"))]
+    # the previous line's own next line is not a match of itself (column 0, no indentation)
+    assert D.find_drafts("import os\nimport sys\n\nimport os\n", 32) == ["import sys"]
+    assert D.find_drafts("a = 1\n", 6) == [] and D.find_drafts("\n\nx", 1) == []
+    # a blank previous line looks nothing up
+    assert D.find_drafts("y = 1\nz = 2\n\n", 13) == []

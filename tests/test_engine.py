@@ -470,6 +470,10 @@ def test_a_whole_line_gap_takes_its_indentation_from_the_syntax(diffill_ckpt):
         result = engine.run(InfillRequest(doc, at, language="python"), s)
         for item in result.items:
             assert item.text.startswith(indent) and not item.text[len(indent):].startswith(" ")
+    # The line that followed the same line elsewhere is a draft, with the lead's indentation.
+    doc = "def g(x):\n    y = 1\n    return y\n\ndef f(x):\n    y = 1\n\n"
+    job = engine.prepare(InfillRequest(doc, len(doc) - 1, language="python"), s)
+    assert engine.decode(job.drafts[0].ids) == "    return y"
     # A line already indented as deep, or another language, gets nothing added.
     doc = "def f(x):\n    y = 1\n    \n"
     job = engine.prepare(InfillRequest(doc, doc.index("    \n") + 4, language="python"),
