@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import queue
 import random
 import threading
@@ -423,6 +424,16 @@ class Prefetch:
 
 # ---------------------------------------------------------------- run folder
 
+def load_state(path: Path) -> dict:
+    """A run's ``state.pt`` (weights, optimizer state, numbers), read with torch's
+    weights-only unpickler: a run folder from elsewhere must not be able to run code here."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path} holds more than weights and numbers; not loaded, since "
+                         f"unpickling it could run code ({str(exc).splitlines()[0]})") from None
+
+
 @dataclass
 class RunState:
     step: int = 0
@@ -672,7 +683,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     ckpt = run_dir / "state.pt"
     saved = None
     if ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = load_state(ckpt)
         model.load_state_dict(saved["model"])
         state = RunState(**saved["run"])
         log.info("resumed at step %d on %s", state.step, dev)
@@ -826,7 +837,7 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
     """
     cfg = load_train_config(run_dir)
     mc = cfg.model_config()
-    saved = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)
+    saved = load_state(run_dir / "state.pt")
     model = Transformer(mc)
     model.load_state_dict(saved["model"])
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ buggy client could stall or fool it (upstream, ``pygls.io_.run_async`` and
   comes after ``shutdown``, and accepts a second ``initialize``. :class:`DiffillProtocol`
   answers each with the JSON-RPC error the spec names (ParseError, InvalidRequest,
   InvalidParams, ServerNotInitialized), without a traceback in the log for a user's mistake.
+  A message that cannot be read (not UTF-8, not JSON, an empty body, nested too deeply for
+  the parser) is answered with ``id: null``, as JSON-RPC 2.0 asks.
 - **Cancellation.** pygls runs ``workspace/executeCommand`` as a generator around the
   command, so ``$/cancelRequest`` cancelled the wrapper and the command ran on (a rewrite
   applied its edit after the client had cancelled it). Here the command is the request's own
@@ -55,7 +57,6 @@ CHUNK = 65536
 
 HEADER = re.compile(rb"content-length[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 DECODER = json.JSONDecoder()
-ID_IN_FRAGMENT = re.compile(rb'"id"\s*:\s*(-?\d{1,15}|"(?:[^"\\]|\\.){0,200}")')
 
 
 class FrameReader:
@@ -135,9 +136,9 @@ async def read_messages(reader: FrameReader, protocol: "DiffillProtocol",
         if length is None:
             continue  # a blank line outside a frame
         body = await reader.readexactly(length)
+        if len(body) < length:
+            return  # the stream ended inside the frame: nobody is left to answer
         length = None
-        if not body:
-            return
         try:
             rest = protocol.feed(body)
         except Exception:  # noqa: BLE001 - a bug here must not end the session
@@ -186,20 +187,6 @@ def serve_tcp(server, host: str, port: int) -> None:
         pass
 
 
-def _fragment_id(body: bytes) -> Any:
-    """The id of a request whose body could not be read whole, when it can be seen (so the
-    client still gets its one answer); None for anything that may not be a request."""
-    if b'"method"' not in body or b'"$/' in body:
-        return None
-    match = ID_IN_FRAGMENT.search(body)
-    if not match:
-        return None
-    try:
-        return json.loads(match.group(1))
-    except ValueError:
-        return None
-
-
 def structure_problem(exc: BaseException, path: str = "$") -> str:
     """What failed when JSON was structured into LSP types: cattrs' path to each bad field
     (the first five), else the exception itself."""
@@ -221,20 +208,23 @@ class DiffillProtocol(LanguageServerProtocol):
     def feed(self, body: bytes) -> bytes | None:
         """Handle one frame's body. Returns bytes that belong to the next frame: a
         Content-Length too long runs into the next header, which must not be lost."""
+        # A message that cannot be read has no id the server may trust: its error goes out
+        # with ``id: null``, as JSON-RPC 2.0 says (a guess could answer someone else's id).
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            self._reject(_fragment_id(body), JsonRpcParseError,
-                         f"the message is not UTF-8 (byte {exc.start})")
+            self._reject(None, JsonRpcParseError, f"the message is not UTF-8 (byte {exc.start})")
             return None
         stripped = text.lstrip()
         try:
             data, end = DECODER.raw_decode(stripped)
+        except RecursionError:
+            self._reject(None, JsonRpcInvalidRequest, "the message is nested too deeply")
+            return None
         except ValueError as exc:
             nxt = HEADER.search(body, 1)  # cut short: the next frame may start inside
-            head, rest = (body[:nxt.start()], body[nxt.start():]) if nxt else (body, None)
-            self._reject(_fragment_id(head), JsonRpcParseError,
-                         f"the message is not JSON: {exc}")
+            rest = body[nxt.start():] if nxt else None
+            self._reject(None, JsonRpcParseError, f"the message is not JSON: {exc}")
             return rest
         self._dispatch(data)
         rest = stripped[end:]

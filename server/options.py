@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,18 @@ def settings_from_args(args: argparse.Namespace):
                 args.suffix_tokens if args.suffix_tokens is not None else b.suffix_tokens,
                 b.extra_tokens))
     except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_as_flags(str(exc))) from None
     return s
+
+
+_SETTING_NAME = re.compile(r"\b(max_tokens|min_confidence|ensemble|steps|threshold|block_size|"
+                           r"top_p|temperature|prefix_tokens|suffix_tokens|lengths)\b")
+
+
+def _as_flags(message: str) -> str:
+    """A settings error in the words of the command line: ``min_confidence`` is
+    ``--min-confidence`` there."""
+    return _SETTING_NAME.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def load_engine(args: argparse.Namespace):

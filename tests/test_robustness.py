@@ -83,16 +83,25 @@ async def test_the_reader_resynchronises_after_every_kind_of_bad_frame(pattern_c
     assert await wire.close() == 0
 
 
-async def test_a_short_frame_still_answers_its_request(pattern_ckpt, sock, tmp_path):
+async def test_unreadable_frames_are_answered_with_a_null_id_and_the_server_goes_on(
+        pattern_ckpt, sock, tmp_path):
+    """A short frame, an empty one (Content-Length: 0) and one nested deeper than the parser
+    goes: each gets its error with ``id: null`` (JSON-RPC 2.0: an id that could not be read
+    is null, never guessed), and the session goes on."""
     wire = await started(tmp_path, opts(pattern_ckpt, sock))
     body = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "textDocument/hover",
                        "params": {"textDocument": {"uri": URI}}}).encode()
     wire.send_raw(b"Content-Length: %d\r\n\r\n%s" % (len(body) - 3, body))
-    reply = await wire.answer(5)
-    assert reply["error"]["code"] == PARSE_ERROR
+    wire.send_raw(b"Content-Length: 0\r\n\r\n")
+    deep = b'{"jsonrpc": "2.0", "id": 6, "method": "x", "params": ' + b"[" * 100_000 + \
+        b"]" * 100_000 + b"}"
+    wire.send_raw(b"Content-Length: %d\r\n\r\n%s" % (len(deep), deep))
+    await wire.until(lambda: len(wire.answers.get(None, [])) >= 3, "three id-less errors")
+    codes = sorted(a["error"]["code"] for a in wire.answers[None])
+    assert codes == [PARSE_ERROR, PARSE_ERROR, INVALID_REQUEST]
     wire.open(URI, TEXT)
     assert "result" in await wire.answer(code_action(wire))
-    assert len(wire.answers[5]) == 1
+    assert 5 not in wire.answers and 6 not in wire.answers
     assert await wire.close() == 0
 
 
@@ -122,7 +131,8 @@ async def test_malformed_requests_get_the_error_the_spec_names(pattern_ckpt, soc
     assert codes == [PARSE_ERROR, INVALID_REQUEST, INVALID_REQUEST]
     bad_utf8 = b'{"jsonrpc": "2.0", "id": 34, "method": "textDocument/hover", "x": "\xff"}'
     wire.send_raw(b"Content-Length: %d\r\n\r\n%s" % (len(bad_utf8), bad_utf8))
-    assert (await wire.answer(34))["error"]["code"] == PARSE_ERROR
+    await wire.until(lambda: len(wire.answers.get(None, [])) >= 4, "the bad UTF-8's error")
+    assert wire.answers[None][-1]["error"]["code"] == PARSE_ERROR and 34 not in wire.answers
     assert "Traceback" not in wire.log()
     assert await wire.close() == 0
 

@@ -75,8 +75,26 @@ def test_training_reduces_the_loss_and_resumes(run_dir):
     second = train(run_dir, steps=30, threads=1)  # resumes from state.pt
     assert second.step == 60 and second.tokens_seen > first.tokens_seen
     after = Transformer(cfg.model_config())
-    after.load_state_dict(torch.load(run_dir / "state.pt", weights_only=False)["model"])
+    after.load_state_dict(torch.load(run_dir / "state.pt", weights_only=True)["model"])
     assert _fixed_loss(after, run_dir) < _fixed_loss(before, run_dir) * 0.8
+
+
+class _Payload:
+    """What a hostile state.pt could carry: unpickling it would call os.system."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_state_file_that_holds_more_than_weights_is_refused(run_dir, monkeypatch):
+    train(run_dir, steps=2, threads=1)
+    saved = torch.load(run_dir / "state.pt", weights_only=True)
+    torch.save({**saved, "extra": _Payload()}, run_dir / "state.pt")
+    monkeypatch.chdir(run_dir)
+    with pytest.raises(ValueError, match="holds more than weights"):
+        train(run_dir, steps=4, threads=1)
+    assert not (run_dir / "PWNED").exists()
 
 
 def test_a_device_that_is_not_here_is_a_clear_error(run_dir):
