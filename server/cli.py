@@ -155,8 +155,14 @@ def make_backend(args: argparse.Namespace):
         from .daemon_client import DaemonClient
         from .errors import DaemonUnavailable, UnsafeSocket
         from .protocol import socket_path
+        from .daemon_client import other_build
         try:
-            return DaemonBackend(DaemonClient(socket_path(args.socket)), args)
+            client = DaemonClient(socket_path(args.socket))
+            why = other_build(client.call("hello", {"name": "cli"}))
+            if why is None:
+                return DaemonBackend(client, args)
+            client.close()
+            print(f"diffill: warning: {why}; running in this process", file=sys.stderr)
         except UnsafeSocket as exc:
             print(f"diffill: warning: {exc}; running in this process", file=sys.stderr)
         except DaemonUnavailable:

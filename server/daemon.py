@@ -26,7 +26,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .errors import RequestCancelled, UnsafeSocket, UsageError, describe
-from .protocol import VERSION, is_message_id
+from .protocol import VERSION, build_id, is_message_id
 from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.daemon")
@@ -274,13 +274,16 @@ def result_from_wire(raw: dict[str, Any]):
 
 class Daemon:
     def __init__(self, socket_path: Path, *, idle_timeout: float = 1800, keep_models: int = 1,
-                 preload: dict[str, Any] | None = None) -> None:
+                 preload: dict[str, Any] | None = None, autostarted: bool = False) -> None:
         self.socket_path = socket_path
         self.idle_timeout = idle_timeout
         self.registry = Registry(keep_models)
         self.cache = ResultCache()
         self.registry.on_load = self.cache.clear
         self.preload = preload
+        self.autostarted = autostarted
+        """Started by a client for itself (not by a person's ``diffill serve``): a client of
+        other code may replace it while it is idle."""
         self.started = time.time()
         self.last_activity = time.monotonic()
         self.clients: list[Client] = []
@@ -311,6 +314,7 @@ class Daemon:
             info["quick"] = engine.quick
             models.append(info)
         return {"pid": os.getpid(), "version": VERSION, "socket": str(self.socket_path),
+                "build": build_id(), "autostarted": self.autostarted,
                 "uptime_s": round(time.time() - self.started, 1), "state": self.state,
                 "models": models, "loads": self.registry.loads,
                 "load_seconds": round(self.registry.load_seconds, 3),
@@ -387,7 +391,13 @@ class Daemon:
             return
         if method == "hello":
             client.name = str(params.get("name", "client"))
-            client.send({"id": mid, "result": {"pid": os.getpid(), "version": VERSION}})
+            # What a client needs to decide whether this daemon is one it may use, or replace.
+            busy = len(self.clients) > 1 or bool(self.running) or \
+                any(self.queues.values())
+            client.send({"id": mid, "result": {
+                "pid": os.getpid(), "version": VERSION, "build": build_id(),
+                "root": str(Path(__file__).resolve().parents[1]),
+                "autostarted": self.autostarted, "busy": busy}})
         elif method == "status":
             client.send({"id": mid, "result": self.status()})
         elif method == "shutdown":
@@ -749,12 +759,12 @@ def prepare_socket(path: Path) -> FileLock:
 
 
 def run_daemon(path: Path, *, idle_timeout: float, preload: dict[str, Any] | None,
-               keep_models: int = 1) -> int:
+               keep_models: int = 1, autostarted: bool = False) -> int:
     lock = prepare_socket(path)
     old_umask = os.umask(0o077)
     try:
         daemon = Daemon(path, idle_timeout=idle_timeout, keep_models=keep_models,
-                        preload=preload)
+                        preload=preload, autostarted=autostarted)
         asyncio.run(daemon.serve())
     finally:
         os.umask(old_umask)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DaemonUnavailable, RequestCancelled, UnsafeSocket, from_kind
+from .protocol import build_id
 from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.client")
@@ -34,7 +35,7 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
     own_paths(path)
     log_path = path.parent / (path.name + ".log")
     cmd = [sys.executable, "-m", "server.cli", "-v", "serve", "--socket", str(path),
-           "--idle-timeout", str(int(idle_timeout))]
+           "--idle-timeout", str(int(idle_timeout)), "--autostarted"]
     if preload is None:
         # Started on demand: the client's own "load" or "infill" names the model to load;
         # preloading the default would load a model nobody asked for.
@@ -53,6 +54,18 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
     threading.Thread(target=proc.wait, name="diffill-reaper", daemon=True).start()
     log.info("started diffill daemon (pid %d) on %s; log %s", proc.pid, path, log_path)
     return proc
+
+
+def other_build(hello: dict[str, Any]) -> str | None:
+    """None when the daemon that said ``hello`` runs this code; else what to tell the user:
+    both builds and how to stop the daemon."""
+    theirs = hello.get("build") or f"{hello.get('version', '?')} (from before builds were named)"
+    if theirs == build_id():
+        return None
+    where = f" from {hello['root']}" if hello.get("root") else ""
+    return (f"the diffill daemon (pid {hello.get('pid')}) runs other code: {theirs}{where}, "
+            f"and this is {build_id()}; stop it with `diffill serve --stop` (it also exits "
+            f"after its idle timeout)")
 
 
 class ConnectionLost(DaemonUnavailable):
@@ -111,28 +124,49 @@ class AsyncDaemonClient:
         return True
 
     async def ensure(self) -> None:
-        """Connect, starting the daemon if nobody listens on the socket."""
+        """Connect, starting the daemon if nobody listens on the socket. A daemon running
+        other code (another checkout, an older install) is replaced when a client started it
+        and it is idle; otherwise the connection is refused with a message saying so."""
         async with self.connect_lock:
-            if self.connected:
-                return
-            if not await self._open():
-                if not self.autostart:
-                    raise DaemonUnavailable(f"no diffill daemon listens on {self.path}")
-                proc = spawn_daemon(self.path, self.idle_timeout)
+            for attempt in range(2):
+                if self.connected:
+                    return
+                await self._open_or_start()
+                self.reader_task = asyncio.create_task(self._read_loop())
+                hello = await self._call("hello", {"name": self.name})
+                why = other_build(hello)
+                if why is None:
+                    return
+                if attempt or not (self.autostart and hello.get("autostarted") and
+                                   not hello.get("busy")):
+                    self._lost(why)
+                    raise DaemonUnavailable(why)
+                log.warning("replacing the idle diffill daemon %s on %s with %s",
+                            hello.get("build") or hello.get("version"), self.path, build_id())
+                await self._call("shutdown", {})
+                self._lost("replaced by a daemon of this build")
                 deadline = time.monotonic() + START_TIMEOUT
-                while not await self._open():
-                    if proc.poll() is not None and not self.path.exists():
-                        # It exited: either it failed, or another one won the lock; retry once.
-                        if await self._open():
-                            break
-                        raise DaemonUnavailable("the diffill daemon did not start: "
-                                                + (_log_tail(self.path) or f"exit {proc.returncode}"))
-                    if time.monotonic() > deadline:
-                        raise DaemonUnavailable(f"the diffill daemon did not listen on "
-                                                f"{self.path} within {START_TIMEOUT:.0f}s")
-                    await asyncio.sleep(0.1)
-            self.reader_task = asyncio.create_task(self._read_loop())
-            await self._call("hello", {"name": self.name})
+                while os.path.lexists(self.path) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)  # it removes its socket as it exits
+
+    async def _open_or_start(self) -> None:
+        if await self._open():
+            return
+        if not self.autostart:
+            raise DaemonUnavailable(f"no diffill daemon listens on {self.path}")
+        proc = spawn_daemon(self.path, self.idle_timeout)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not await self._open():
+            if proc.poll() is not None and not self.path.exists():
+                # It exited: either it failed, or another one won the lock; retry once.
+                if await self._open():
+                    break
+                raise DaemonUnavailable("the diffill daemon did not start: "
+                                        + (_log_tail(self.path) or f"exit {proc.returncode}"))
+            if time.monotonic() > deadline:
+                raise DaemonUnavailable(f"the diffill daemon did not listen on "
+                                        f"{self.path} within {START_TIMEOUT:.0f}s")
+            await asyncio.sleep(0.1)
 
     async def _read_loop(self) -> None:
         reader, writer = self.reader, self.writer

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--stop", action="store_true", help="ask a running daemon to exit")
     s.add_argument("--no-preload", action="store_true",
                    help="load the model on the first request instead of at start")
+    s.add_argument("--autostarted", action="store_true", help=argparse.SUPPRESS)
     add_model_options(s)
     s.set_defaults(func=cmd_serve)
 
@@ -53,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             "dtype": args.dtype, "family": args.family}
     try:
         return run_daemon(path, idle_timeout=args.idle_timeout, preload=preload,
-                          keep_models=args.keep_models)
+                          keep_models=args.keep_models, autostarted=args.autostarted)
     except AlreadyRunning as exc:
         print(f"diffill: {exc}", file=sys.stderr)
         return EXIT_OK
@@ -78,8 +79,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     except DaemonUnavailable:
         print(f"diffill: no daemon running on {path}", file=sys.stderr)
         return EXIT_DAEMON
+    from .daemon_client import other_build
+    why = other_build(client.call("hello", {"name": "status"}))
     st = client.call("status")
     client.close()
+    if why is not None:
+        print(f"diffill: {why}", file=sys.stderr)
     if args.json:
         print(json.dumps(st, indent=1))
         return EXIT_OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,20 @@ from typing import Any, Literal, Mapping
 
 SERVER_NAME = "diffill"
 VERSION = "0.1.0"
+
+
+@functools.cache
+def build_id() -> str:
+    """The version and a fingerprint of the code this process runs (every ``.py`` file of
+    ``server``, ``infill`` and ``model``): two checkouts, or one before and after an upgrade,
+    differ, so a client never talks to a daemon running other code."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha1()
+    for package in ("server", "infill", "model"):
+        for f in sorted((root / package).rglob("*.py")):
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return f"{VERSION}+{digest.hexdigest()[:12]}"
+
 
 # ---------------------------------------------------------------- LSP custom names
 

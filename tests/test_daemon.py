@@ -344,3 +344,63 @@ def test_consecutive_completions_of_a_document_reuse_its_window(slow_daemon):
     other = dict(make({"text": text, "start": len(text) - 1}, dual), document="file:///b.py")
     client.call("infill", other)
     assert client.call("status")["models"][0]["prefix_reuses"] == 1
+
+
+def _other_checkout(tmp: Path) -> Path:
+    """The code of this checkout with one comment changed: another build of diffill."""
+    import shutil
+    other = tmp / "other"
+    for package in ("server", "infill", "model"):
+        shutil.copytree(ROOT / package, other / package,
+                        ignore=lambda d, names: [n for n in names if n in ("checkpoints",
+                                                                           "__pycache__")])
+    with open(other / "server" / "__init__.py", "a") as f:
+        f.write("# another build\n")
+    return other
+
+
+def _serve_from(folder: Path, sock: Path, *flags: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(folder), HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--socket", str(sock),
+                             "--no-preload", *flags], cwd=folder, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_daemon_of_other_code_is_refused_or_when_idle_and_autostarted_replaced(
+        tmp_path, sock):
+    """A daemon started from another checkout is never used: one a person started is
+    refused with both builds named (the CLI then runs in-process, ``status`` says so); one a
+    client started for itself and idle is shut down and replaced by this build's."""
+    from server.daemon_client import AsyncDaemonClient
+    from server.errors import DaemonUnavailable
+    from server.protocol import build_id
+    other = _other_checkout(tmp_path)
+    by_hand = _serve_from(other, sock)
+    client = wait_for(sock)
+    theirs = client.call("hello", {"name": "test"})
+    client.close()
+    assert theirs["build"] != build_id() and not theirs["autostarted"]
+
+    async def connect() -> dict:
+        c = AsyncDaemonClient(sock, name="test")
+        try:
+            await c.ensure()
+            return await c.request("status", {})
+        finally:
+            await c.close()
+    with pytest.raises(DaemonUnavailable) as err:
+        asyncio.run(connect())
+    assert theirs["build"] in str(err.value) and build_id() in str(err.value)
+    assert "diffill serve --stop" in str(err.value) and by_hand.poll() is None
+    st = subprocess.run([sys.executable, "-m", "server.cli", "status", "--socket", str(sock)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert st.returncode == 0 and "runs other code" in st.stderr
+    stop_daemon(sock)
+    assert by_hand.wait(120) == 0
+
+    autostarted = _serve_from(other, sock, "--autostarted")
+    wait_for(sock).close()
+    mine = asyncio.run(connect())
+    assert mine["build"] == build_id() and mine["pid"] != autostarted.pid
+    assert autostarted.wait(120) == 0
