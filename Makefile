@@ -23,7 +23,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/diffill demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # Opt-in: the extension in a real VS Code (code-server + headless Chromium; see
 # editors/vscode/e2e/setup.sh for why it is not part of `make test`).

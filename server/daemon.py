@@ -425,7 +425,9 @@ class Daemon:
             if hit is not None:  # the same request lately (backspace, a reconnect): no model
                 self.counters["cache_hits"] += 1
                 self._supersede(job)
-                client.send({"id": mid, "result": dict(hit, cached=True)})
+                # This answer's own cost: no pass, no model time (not the first answer's).
+                client.send({"id": mid, "result": dict(hit, cached=True, forward_passes=0,
+                                                       seconds=0.0)})
                 return
             self.counters["cache_misses"] += 1
         client.jobs[mid] = job
@@ -693,7 +695,7 @@ class Daemon:
         os.chmod(self.socket_path, 0o600)
         st = os.lstat(self.socket_path)
         self.socket_id = (st.st_dev, st.st_ino)
-        log.info("diffill daemon %s listening on %s (pid %d)", VERSION, self.socket_path,
+        log.info("diffill daemon %s listening on %s (pid %d)", build_id(), self.socket_path,
                  os.getpid())
         worker = threading.Thread(target=self.worker, name="diffill-worker", daemon=True)
         self.worker_thread = worker

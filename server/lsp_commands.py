@@ -50,6 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         client.close()
         print(f"diffill daemon on {path} is stopping", file=sys.stderr)
         return EXIT_OK
+    import logging
+    if not args.verbose:  # a service says where it listens, what it loads and why it stops
+        logging.getLogger("diffill").setLevel(logging.INFO)
     preload = None if args.no_preload else {"checkpoint": args.model, "device": args.device,
                                             "dtype": args.dtype, "family": args.family}
     try:
