@@ -543,7 +543,10 @@ def create_server() -> DiffillServer:
                 edits=[edit])], change_annotations=notes)
         else:
             wedit = types.WorkspaceEdit(changes={uri: [edit]})
-        sent = asyncio.ensure_future(ls.workspace_apply_edit_async(
+        # Written now, in this step of the request's task: a cancel that came in before it
+        # has already stopped the task at its last await (a task sending it later could
+        # send an edit for a request already cancelled).
+        sent = asyncio.wrap_future(ls.workspace_apply_edit(
             types.ApplyWorkspaceEditParams(edit=wedit, label=label)))
         try:
             reply = await asyncio.shield(sent)
