@@ -390,6 +390,8 @@ async def test_the_last_ghosts_rest_is_a_draft_once_typing_rejoins_it(pattern_ck
 
         open_doc(client, typed, uri="file:///work/fresh.txt")
         fresh = await ran("file:///work/fresh.txt")
+        client.text_document_did_close(types.DidCloseTextDocumentParams(  # it would lend drafts
+            text_document=types.TextDocumentIdentifier(uri="file:///work/fresh.txt")))
         open_doc(client, line, uri=URI)
         ghost = (await inline(client, 0, 15)).items[0].insert_text
         assert ghost.startswith("c5 c6 c7")
