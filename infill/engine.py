@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from model import DiffusionModel
@@ -54,10 +54,13 @@ class Job:
     """The drafts to verify (their ids include the lead's text)."""
     draft_length: int = 16
 
+    sample_under: float = 0.0
+    """See :attr:`Gap.sample_under` (the floor, for an explicit ask)."""
+
     @property
     def sampler_job(self) -> Gap:
         return Gap(self.window.context_ids, self.window.suffix_ids, self.lengths, self.lead,
-                   self.drafts, self.draft_length)
+                   self.drafts, self.draft_length, self.sample_under)
 
     def raw_text(self, decoded: str) -> str | None:
         """A decoded fill without the lead it had to begin with (None: it did not)."""
@@ -281,6 +284,8 @@ class Engine:
         job = Job(req, mode, lengths, window, before, t0, s, lead)
         if s.drafts and self.model.profile.expand_id is None:
             self.add_drafts(job)
+            if s.explicit:  # asked for: drafts a ghost's floor would withhold get company
+                job.sample_under = self.min_confidence(replace(s, explicit=False), mode)
         return job
 
     def add_drafts(self, job: Job) -> None:

@@ -772,6 +772,9 @@ class Gap:
     draft_length: int = 16
     """The gap's mask count while drafts are verified (a draft is cut to one less, so the
     row after it can say whether the fill ends)."""
+    sample_under: float = 0.0
+    """When no draft scores at least this, the sampler writes its own fill too and both are
+    ranked together (an explicit ask: the floor would withhold every draft)."""
 
 
 def _keep_prefix(slot: PrefixSlot, head: list[int], cache: KVCache, warmed: bool) -> None:
@@ -845,9 +848,10 @@ def infill_many(model: DiffusionModel,
                     if v.tokens and _writes_past(gap.lead, v.tokens, prof.mask_id)]
             if done:
                 results[j] = done
-                if reusing and slot is not None and verified_cache is not None:
-                    _keep_prefix(slot, head, verified_cache, warm is not None)
-                continue
+                if max(c.score for c in done) >= gap.sample_under:
+                    if reusing and slot is not None and verified_cache is not None:
+                        _keep_prefix(slot, head, verified_cache, warm is not None)
+                    continue
         lens = sorted({int(n) for n in gap.lengths if n > 0})
         if not lens:
             raise ValueError("at least one positive length is needed")

@@ -479,3 +479,28 @@ def test_a_whole_line_gap_takes_its_indentation_from_the_syntax(diffill_ckpt):
     job = engine.prepare(InfillRequest(doc, doc.index("    \n") + 4, language="python"),
                          replace(s, token_healing=False))
     assert job.lead is None
+
+
+def test_an_explicit_ask_whose_drafts_all_score_low_also_gets_the_models_fill(pattern_model):
+    """Another line's wrong continuation is the only draft: a ghost shows that draft or
+    nothing (the model writes no fill of its own beside drafts), while an explicit ask,
+    whose drafts all score under the ghosts' floor, gets the model's fill too, ranked with
+    them."""
+    from dataclasses import replace
+    doc = "c0 c1 c2 c3 c4 c9 c6\nc0 c1 c2 c3 c4 \nc8 c9 c10"
+    at = doc.index("c4 \n") + 3
+    engine = Engine(pattern_model)
+    profile = pattern_model.profile
+    pattern_model.profile = replace(profile, min_confidence={"line": 0.95})
+    try:
+        s = InfillSettings(max_tokens=8, ensemble=1, mode="line")
+        ghost = engine.run(InfillRequest(doc, at), replace(s, min_confidence=0.0))
+        assert [it.text.split()[0] for it in ghost.items] == ["c9"]
+        assert ghost.forward_passes == 2
+        job = engine.prepare(InfillRequest(doc, at), replace(s, explicit=True))
+        assert job.sample_under == 0.95
+        asked = engine.run(InfillRequest(doc, at), replace(s, explicit=True))
+        assert asked.items[0].text.split()[:3] == ["c5", "c6", "c7"]
+        assert "c9" in [it.text.split()[0] for it in asked.items] and asked.forward_passes > 2
+    finally:
+        pattern_model.profile = profile
