@@ -430,8 +430,11 @@ def load_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = str(exc).splitlines()
+        why = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0] if lines
+                   else "")
         raise ValueError(f"{path} holds more than weights and numbers; not loaded, since "
-                         f"unpickling it could run code ({str(exc).splitlines()[0]})") from None
+                         f"unpickling it could run code ({why})") from None
 
 
 @dataclass

@@ -87,14 +87,17 @@ class _Payload:
         return (os.system, ("touch PWNED",))
 
 
-def test_a_state_file_that_holds_more_than_weights_is_refused(run_dir, monkeypatch):
-    train(run_dir, steps=2, threads=1)
-    saved = torch.load(run_dir / "state.pt", weights_only=True)
-    torch.save({**saved, "extra": _Payload()}, run_dir / "state.pt")
-    monkeypatch.chdir(run_dir)
+def test_a_state_file_that_holds_more_than_weights_is_refused(run_dir, tmp_path, monkeypatch):
+    import shutil
+    run = tmp_path / "run"  # a copy: the module's run folder is shared by the other tests
+    shutil.copytree(run_dir, run)
+    train(run, steps=2, threads=1)
+    saved = torch.load(run / "state.pt", weights_only=True)
+    torch.save({**saved, "extra": _Payload()}, run / "state.pt")
+    monkeypatch.chdir(run)
     with pytest.raises(ValueError, match="holds more than weights"):
-        train(run_dir, steps=4, threads=1)
-    assert not (run_dir / "PWNED").exists()
+        train(run, steps=4, threads=1)
+    assert not (run / "PWNED").exists()
 
 
 def test_a_device_that_is_not_here_is_a_clear_error(run_dir):
