@@ -18,6 +18,7 @@ up to date while the text changes.
 from __future__ import annotations
 
 import bisect
+import heapq
 import re
 from typing import Iterable, Sequence
 
@@ -236,11 +237,9 @@ class Library:
             return []
         lo = bisect.bisect_right(self.words, partial)
         hi = bisect.bisect_left(self.words, partial[:-1] + chr(ord(partial[-1]) + 1))
-        found = self.words[lo:hi]
-        if len(found) > 256:  # a one-letter partial: keep the sort cheap
-            found = sorted(found, key=self.counts.__getitem__, reverse=True)[:256]
-        found.sort(key=lambda w: -self.counts[w])
-        return [w[len(partial):] for w in found[:limit]]
+        # Ties keep their alphabetical order (nlargest is a stable sort's first ``limit``).
+        found = heapq.nlargest(limit, self.words[lo:hi], key=self.counts.__getitem__)
+        return [w[len(partial):] for w in found]
 
     def continuations(self, line_before: str, limit: int = MAX_DRAFTS,
                       skip: str | None = None) -> list[str]:
@@ -282,6 +281,15 @@ def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
     No lookup inside a line that goes on after the cursor: a line fill there must meet the
     code after it, which a lookup does not know."""
     return [d for d, _ in found_drafts(text, cursor, others, elsewhere, limit, library, skip)]
+
+
+def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
+                library: Library | None = None, skip: str | None = None) -> list[str]:
+    """:func:`find_drafts` from beyond the document (``others``, the ``library``): the
+    cursor's line alone stands for the document, whose own drafts the daemon finds."""
+    line_start = text.rfind("\n", 0, cursor) + 1
+    line = text[line_start:_line_end(text, cursor)]
+    return find_drafts(line, cursor - line_start, others, library=library, skip=skip)
 
 
 def found_drafts(text: str, cursor: int, others: Sequence[str] = (),

@@ -307,12 +307,14 @@ class Engine:
         for text, support in found:
             if indent_lead:  # the indentation is the lead's: a whole line found elsewhere
                 text = text.lstrip(" \t")  # brings its own
+            ids = encode(self.tokenizer, head + text)[:cap]
             # The gap is as long as the whole drafts would need, cut or not: the model's
             # verdicts (and the score fitted on them) depend on the mask count.
-            longest = max(longest, len(encode(self.tokenizer, head + text)[:cap]))
+            longest = max(longest, len(ids))
             if support < STRONG_SUPPORT and not job.settings.explicit:
-                text = drafting.first_tokens(text, WEAK_DRAFT_TOKENS)
-            ids = encode(self.tokenizer, head + text)[:cap]
+                cut = drafting.first_tokens(text, WEAK_DRAFT_TOKENS)
+                if cut != text:
+                    text, ids = cut, encode(self.tokenizer, head + cut)[:cap]
             if not ids or tuple(ids) in seen:
                 continue
             seen.add(tuple(ids))

@@ -197,11 +197,7 @@ class WorkspaceDrafts:
         cursor's line."""
         if self.library is None:
             return []
-        line_start = doc.rfind("\n", 0, cursor) + 1
-        end = doc.find("\n", cursor)
-        line = doc[line_start:len(doc) if end < 0 else end]
-        return drafting.find_drafts(line, cursor - line_start, library=self.library,
-                                    skip=self.path)
+        return drafting.line_drafts(doc, cursor, library=self.library, skip=self.path)
 
 
 def engine_completer(engine, settings, report: TypingReport, language: str = "python",

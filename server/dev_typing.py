@@ -140,7 +140,8 @@ class LspCompleter:
 class LspTyping:
     """The typing eval's diffill through ``diffill lsp``: one :class:`LspCompleter`, started
     again with another workspace folder when a line's ``root_of`` differs from the last
-    line's (None: no workspace). ``counters()`` sums the daemons' work counters."""
+    line's (None: no workspace). :meth:`close` stops it and sums the daemons' work
+    counters."""
 
     def __init__(self, model: str | None, settings: dict | None = None,
                  root_of=lambda path: None) -> None:

@@ -264,8 +264,6 @@ class DiffillServer(LanguageServer):
         workspace's files of the document's kind. From each, the typed tail found there and
         what followed it, and the partial word's completions."""
         line_start = text.rfind("\n", 0, cursor) + 1
-        line_end = text.find("\n", cursor)
-        line = text[line_start:len(text) if line_end < 0 else line_end]
         others = [doc.source for doc, _ in zip(self.other_documents(uri, language),
                                                range(NEIGHBOURS))]
         shown = self.state.shown.get(uri)
@@ -277,9 +275,7 @@ class DiffillServer(LanguageServer):
         library = self.library(path)
         if not others and library is None:
             return []
-        # The cursor's line alone stands for the document: the document is the daemon's part.
-        return drafting.find_drafts(line, cursor - line_start, others, library=library,
-                                    skip=path)
+        return drafting.line_drafts(text, cursor, others, library, path)
 
     def workspace_roots(self) -> list[Path]:
         roots = [self.workspace.root_path] if self.workspace.root_path else []
