@@ -35,6 +35,9 @@ BRACKETS_BACK = 2000
 SYNTAX_CHECK_LIMIT = 1_000_000
 """Documents above this many characters are not parsed whole per candidate (the def or class
 around the fill still is)."""
+TRIM_LIMIT = 200_000
+"""Documents above this many characters are not parsed whole to cut a block back to the lines
+that parse (each shorter cut is a parse: bounded, unlike the one check per candidate)."""
 
 
 @dataclass
@@ -404,6 +407,7 @@ class Engine:
             # A whole-line gap's indentation, which the fill had to begin with: the fill is
             # cleaned as if it were typed, then shown with it.
             indent = job.lead.text if job.lead is not None and job.lead.taken == 0 else ""
+            language = post.language_of(req.language, req.path)
             for c in cands:
                 raw = job.raw_text(self.decode(c.tokens))
                 if raw is None:  # it never wrote the partial word it had to begin with
@@ -413,6 +417,8 @@ class Engine:
                 fill = indent + post.unstutter(
                     post.clean(body, mode=job.mode,
                                line_before=job.line_before + indent, suffix=suffix), req.text)
+                if job.mode == "block":  # a block keeps the whole lines that still parse
+                    fill = post.parsing_lines(language, req.text, req.start, fill, TRIM_LIMIT)
                 if not fill.strip() or fill in seen:
                     continue
                 seen.add(fill)

@@ -461,3 +461,26 @@ def parses_near(language: str | None, document: str, lo: int, hi: int,
     if whole_limit is not None and len(document) > whole_limit:
         return None
     return parses(language, document)
+
+
+def parsing_lines(language: str | None, document: str, start: int, fill: str,
+                  whole_limit: int | None = None) -> str:
+    """``fill`` (several lines, put at ``start``) cut back to its longest run of whole first
+    lines that leaves the code around it parsing, when the whole of it does not: a block whose
+    third line is nonsense still shows its first two. ``fill`` unchanged when it parses, when
+    nothing shorter does, or where no parser answers (see :func:`parses_near`)."""
+    lines = fill.split("\n")
+    if len(lines) < 2 or language != "python":
+        return fill
+
+    def ok(piece: str) -> bool | None:
+        return parses_near(language, document[:start] + piece + document[start:], start,
+                           start + len(piece), whole_limit)
+
+    if ok(fill) is not False:
+        return fill
+    for keep in range(len(lines) - 1, 0, -1):
+        piece = "\n".join(lines[:keep])
+        if piece.strip() and ok(piece):
+            return piece
+    return fill

@@ -103,6 +103,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ask each span as while typing: the previous keystroke's request runs "
                         "first on the same document (prefix reuse applies; --no-prefix-reuse "
                         "for the cold reference)")
+    e.add_argument("--asked", action="store_true",
+                   help="ask each span as the CLI and an invoked completion do (explicit: "
+                        "drafts whole, the syntax guard off), not as a ghost that appears by "
+                        "itself")
     e.add_argument("--keystrokes", action="store_true",
                    help="the typing eval instead: type --n held-out lines back one key at a "
                         "time, a ghost asked after every key (taken whole, or its first word, "

@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import BadInput, UsageError
@@ -38,6 +39,8 @@ def run_eval(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if getattr(args, "keystrokes", False):
         return run_keystrokes(args, engine, settings, files, packages)
+    if args.asked:
+        settings = replace(settings, explicit=True)
     reports = []
     for mode in modes:
         spans = cut_spans(files, args.n, mode, args.sample_seed)
@@ -48,6 +51,7 @@ def run_eval(args: argparse.Namespace) -> int:
         reports.append({**rep.as_dict(), "calibration": rep.calibration()})
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
             "python": platform.python_version(), "seed": args.sample_seed,
+            "asked": args.asked,
             "autoregressive_baseline": None}
     if args.json:
         print(json.dumps({"meta": meta, "results": reports}, indent=1))
@@ -78,7 +82,6 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
     """``diffill eval --keystrokes``: the typing eval (``infill.keystrokes``), diffill as an
     editor asks it while the user types (automatic requests: ``fastTyping``), beside the
     completers without a model, on the same lines."""
-    from dataclasses import replace
 
     from tqdm import tqdm
 

@@ -204,6 +204,20 @@ def test_the_syntax_check_answers_near_the_fill_when_the_file_is_broken_elsewher
     assert post.parses_near("rust", "fn main() {}", 0, 2) is None
 
 
+def test_a_block_that_stops_parsing_keeps_its_first_lines_that_parse():
+    doc = "def f(items):\n    total = 0\n    \n    return total\n"
+    at = doc.index("    \n    return") + 4
+    fill = "for x in items:\n        total += x\n    total = (total +"
+    assert post.parsing_lines("python", doc, at, fill) == \
+        "for x in items:\n        total += x"
+    # Whole: it parses; nothing shorter parses (a header alone): unchanged, the guard decides.
+    assert post.parsing_lines("python", doc, at, "total += 1\n    total -= 1") == \
+        "total += 1\n    total -= 1"
+    assert post.parsing_lines("python", doc, at, "for x in items:\n    ]") == \
+        "for x in items:\n    ]"
+    assert post.parsing_lines("rust", doc, at, fill) == fill
+
+
 def test_python_syntax_check():
     assert post.parses("python", "def f():\n    return 1\n") is True
     assert post.parses("python", "def f(:\n") is False
