@@ -61,6 +61,10 @@ class SamplerSettings:
     gap, and then closes the rest of it; ``any``: filler commits wherever it is surest, as any
     other token (plain confidence order); ``auto``: what the checkpoint's profile says."""
 
+    faithful: bool = False
+    """Decode as the checkpoint's authors do: no ``min_tokens`` rule and no ``left`` filler
+    order (the commit counts and scores of a released family are its authors' either way)."""
+
     pass_positions: str = "block"
     """With the dual cache, what each pass after a block's first runs: ``block`` every position
     of the block (Fast-dLLM's dual cache); ``open`` only the positions still masked, the ones

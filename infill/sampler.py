@@ -205,6 +205,14 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     return tokens, probs
 
 
+def top_k_probs(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The softmax over each position's ``k`` likeliest tokens (the rest at the dtype's lowest
+    value first, as Dream's ``top_k_logits`` does): the distribution Dream scores positions on."""
+    k = min(k, logits.shape[-1])
+    low = logits < logits.topk(k, dim=-1).values[..., -1:]
+    return torch.softmax(logits.masked_fill(low, torch.finfo(logits.dtype).min), dim=-1)
+
+
 def position_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str) -> torch.Tensor:
     """How sure the model is at each position (B, N); higher is committed first.
 
@@ -220,13 +228,34 @@ def position_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str) -> to
     return (probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
 
 
-def fixed_commit_counts(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: int,
-                        steps: int) -> torch.Tensor:
-    """How many masks each row commits at ``step`` of ``steps`` on a linear time grid.
+COMMIT_RULES = ("diffill", "dream", "llada")
 
-    After step s (0-based) ``floor(n0 * (1 - (s+1)/S))`` masks remain; at least one is committed
-    while any remain, so the loop always ends in ``S`` steps or fewer.
+DREAM_EPS = 1e-3
+"""The end of Dream's time grid (``eps`` of its generation config)."""
+
+
+def fixed_commit_counts(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: int,
+                        steps: int, rule: str = "diffill") -> torch.Tensor:
+    """How many masks each row commits at ``step`` (0-based) of ``steps``.
+
+    - ``diffill``: after step s, ``floor(n0 * (1 - (s+1)/S))`` masks remain, at least one
+      committed while any remain (the loop ends in ``S`` steps or fewer);
+    - ``dream``: ``int(m * (1 - s/t))`` of the ``m`` masks left, ``t`` and ``s`` this and the
+      next point of ``linspace(1, eps, S+1)`` in float32, and all that are left at the last
+      step; zero is allowed (Dream's ``_sample``);
+    - ``llada``: ``n0 // S`` per step, the remainder one each on the first steps (LLaDA's
+      ``get_num_transfer_tokens``), counted from the block's masks at its start.
+    Past the last step whatever is left is committed.
     """
+    if step >= steps - 1 and rule != "diffill":
+        return masked_now.clone()
+    if rule == "dream":
+        grid = torch.linspace(1, DREAM_EPS, steps + 1)  # float32, as Dream's timesteps
+        share = 1 - grid[step + 1] / grid[step]
+        return (masked_now.float().cpu() * share).long().to(masked_now.device)
+    if rule == "llada":
+        base, extra = masked_at_start // steps, masked_at_start % steps
+        return torch.minimum(base + (step < extra).long(), masked_now)
     remain_after = (masked_at_start.float() * (1.0 - (step + 1) / steps)).floor().long()
     k = masked_now - remain_after
     return torch.where(masked_now > 0, k.clamp(min=1), torch.zeros_like(k))
@@ -367,10 +396,14 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
         fresh = bool((ids[:, lo:lo + settings.min_tokens] == mask_id).all())
     no_filler = (lo, lo + settings.min_tokens) if settings.min_tokens and fresh else None
     prof = model.profile
+    rule = prof.commit_rule
+    if settings.faithful:  # the authors' decoder: none of diffill's own rules for a fill
+        no_filler = None
     # Filler order applies to a fresh gap of a truncating family; refine and DreamOn's
     # delete-filler mean "no token here", which may sit anywhere.
     order = prof.filler_order if settings.filler_order == "auto" else settings.filler_order
-    in_order = order == "left" and fresh and prof.filler_mode == "truncate"
+    in_order = order == "left" and fresh and prof.filler_mode == "truncate" and \
+        not settings.faithful
     filler = torch.tensor(prof.filler_ids, dtype=torch.long, device=ids.device)
     use_cache = cache_mode(settings, model)
     first_cache: KVCache | None = None  # the first block's, once that block has run
@@ -378,12 +411,15 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     carry = use_cache == "dual" and refresh_mode(settings, model) == "fill"
     cache: KVCache | None = None
     stale: torch.Tensor | None = None  # window positions committed since their last pass
-    for b0, b1 in _blocks(lo, hi, settings, use_cache, block_size(settings, model)):
+    spans = _blocks(lo, hi, settings, use_cache, block_size(settings, model))
+    for b0, b1 in spans:
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
             continue
-        # Steps for this block: its share of the budget, at least one.
-        block_steps = max(1, round(budget * int(masked0.max()) / max(1, total_masked)))
+        # Steps for this block: its share of the budget, at least one (LLaDA: the budget
+        # split evenly over the blocks, as its generate() does).
+        block_steps = max(1, budget // len(spans) if rule == "llada" else
+                          round(budget * int(masked0.max()) / max(1, total_masked)))
         entry: torch.Tensor | None = None  # positions of a carried block's first pass
         if carry and cache is not None and stale is not None:
             start = model.feeders(b0, torch.zeros(1, dtype=torch.long, device=ids.device))
@@ -419,6 +455,10 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                                        positions=run)  # (B, M, V)
             run_from, entry = None, None
             passes += 1
+            # A released family's positions are scored as its authors' decoder scores them:
+            # on the model's own distribution, the mask token's share included, and Dream's
+            # over its top k (the profile's ``score_top_k``).
+            judged = logits.clone() if rule != "diffill" else None
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
             only = _apply_leads(leads, alive, ids, lo, b0, cols, logits, mask_id) \
                 if leads is not None and any(leads) else {}
@@ -427,9 +467,13 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                 early = ((cols >= first) & (cols < last)).nonzero()  # (k, 1) rows of cols
                 logits[:, early, filler[None, :]] = float("-inf")
             sub_tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
+            if judged is not None:
+                judged = top_k_probs(judged, prof.score_top_k) if prof.score_top_k \
+                    else torch.softmax(judged, dim=-1)
             tokens, p_tok, scores = spread(cols, masked.shape, mask_id, sub_tokens,
                                            probs.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1),
-                                           position_scores(probs, sub_tokens, settings.order))
+                                           position_scores(probs if judged is None else judged,
+                                                           sub_tokens, settings.order))
             allowed = masked
             if in_order:
                 allowed = masked & filler_allowed(ids[:, lo:hi] == mask_id,
@@ -442,7 +486,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                 commit = threshold_commits(p_tok, scores, allowed, settings.threshold)
             else:
                 k = fixed_commit_counts(masked.sum(dim=1), masked0, min(step, block_steps - 1),
-                                        block_steps)
+                                        block_steps, rule)
                 commit = choose_commits(scores, allowed, k)
             span = ids[:, b0:b1]
             span[commit] = tokens[commit]

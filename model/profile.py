@@ -47,6 +47,12 @@ class FamilyProfile:
     refresh: str = "block"
     """The sampler's ``refresh`` when the settings leave it on ``auto``: ``fill`` only where
     the held-out eval showed one full-window pass per fill keeps the answers."""
+    commit_rule: str = "diffill"
+    """How many masks a fixed or blocks schedule commits per step (``sampler.
+    fixed_commit_counts``): ``dream`` and ``llada`` as their authors' decoders, ``diffill``
+    (diffill's own checkpoints) at least one per step on a linear grid."""
+    score_top_k: int | None = None
+    """Dream's decoder scores positions on the softmax over the top k tokens only."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def confidence_floor(self, mode: str) -> float | None:
@@ -69,6 +75,8 @@ class FamilyProfile:
             raise ProfileError("filler_mode must be 'truncate' or 'delete'")
         if values.get("filler_order", self.filler_order) not in ("left", "any"):
             raise ProfileError("filler_order must be 'left' or 'any'")
+        if values.get("commit_rule", self.commit_rule) not in ("diffill", "dream", "llada"):
+            raise ProfileError("commit_rule must be 'diffill', 'dream' or 'llada'")
         if values.get("cache", self.cache) not in ("none", "dual"):
             raise ProfileError("cache must be 'none' or 'dual'")
         check_blocks(values.get("block_size", self.block_size), values.get("refresh", self.refresh))
@@ -146,6 +154,25 @@ def parse_floors(raw: Any) -> float | dict[str, float] | None:
     return out.pop("all") if "all" in out else out
 
 
+DREAM_TOP_K = 50
+"""The ``top_k`` Dream's decoder ends up with when neither the call nor the checkpoint sets
+one: its generation config is built from the model config, whose transformers 4.x defaults
+carry ``top_k=50`` (Dream's ``from_model_config``; the pinned transformers of its release)."""
+
+
+def dream_top_k(config: Mapping[str, Any]) -> int | None:
+    """The Dream family's scoring ``top_k``: config.json's (0 or null: none), else
+    :data:`DREAM_TOP_K`."""
+    if "top_k" not in config:
+        return DREAM_TOP_K
+    value = config["top_k"]
+    if value is None or value == 0:
+        return None
+    if type(value) is not int or value < 0:
+        raise ProfileError(f"top_k in config.json must be a whole number; got {value!r}")
+    return value
+
+
 def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
                   family: str | None = None,
                   overrides: Mapping[str, Any] | None = None) -> FamilyProfile:
@@ -164,13 +191,16 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
             name=family, mask_id=int(mask), filler_ids=filler, shift_logits=True,
             filler_mode="delete" if family == "dreamon" else "truncate",
             expand_id=(_id(vocab, "<|expand|>") or DREAMON_EXPAND) if family == "dreamon" else None,
+            commit_rule="dream", score_top_k=dream_top_k(config),
         )
     elif family == "llada":
         mask = cfg_mask if cfg_mask is not None else (_id(vocab, "<|mdm_mask|>") or LLADA_MASK)
         eos_id = config.get("eos_token_id", LLADA_EOS)
         profile = FamilyProfile(name="llada", mask_id=int(mask),
                                 filler_ids=_ids(eos_id, _id(vocab, "<|eot_id|>")),
-                                shift_logits=False, bos_id=config.get("bos_token_id"))
+                                shift_logits=False, commit_rule="llada",
+                                bos_id=config.get("bos_token_id",
+                                                  _id(vocab, "<|startoftext|>")))
     elif family == "open-dcoder":
         mask = _id(vocab, "<M>")
         if mask is None:

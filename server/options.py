@@ -61,6 +61,11 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
                    default=None,
                    help="never reuse a document's last window (the cold reference for "
                         "diffill eval --typing)")
+    g.add_argument("--faithful", action="store_true", default=None,
+                   help="decode as the checkpoint's authors do (a paper's setting): none of "
+                        "diffill's own rules for a fill (no empty-fill ban, no left filler "
+                        "order, no drafts, no token healing); pair it with the paper's "
+                        "--schedule, --steps and --order")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
@@ -110,7 +115,10 @@ def settings_from_args(args: argparse.Namespace):
             hide_unknown_names=getattr(args, "hide_unknown_names", None),
             token_healing=getattr(args, "token_healing", None),
             drafts=getattr(args, "drafts", None),
-            temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+            temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+            faithful=getattr(args, "faithful", None))
+        if s.sampler.faithful:
+            s = replace(s, drafts=False, token_healing=False)
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget
             s = replace(s, budget=ContextBudget(

@@ -173,6 +173,23 @@ def test_the_filler_order_and_max_fill_come_from_the_checkpoint():
     assert (recorded.filler_order, recorded.max_fill) == ("any", 16)
 
 
+def test_released_families_take_their_authors_scoring_and_bos_from_the_checkpoint():
+    vocab = {"<|endoftext|>": 1, "<|mask|>": 2}
+    # Dream scores on the top 50 unless config.json says otherwise (0 or null: no cut).
+    assert build_profile({"model_type": "Dream"}, vocab).score_top_k == 50
+    assert build_profile({"model_type": "Dream", "top_k": 20}, vocab).score_top_k == 20
+    assert build_profile({"model_type": "Dream", "top_k": None}, vocab).score_top_k is None
+    with pytest.raises(ProfileError, match="top_k"):
+        build_profile({"model_type": "Dream", "top_k": "many"}, vocab)
+    # LLaDA's config has no bos_token_id; its tokenizer's BOS is <|startoftext|>.
+    llada = {"model_type": "llada", "d_model": 64, "mask_token_id": 9, "eos_token_id": 1}
+    assert build_profile(llada, {"<|startoftext|>": 7, "<|endoftext|>": 1}).bos_id == 7
+    assert build_profile({**llada, "bos_token_id": 3}, {"<|startoftext|>": 7}).bos_id == 3
+    assert build_profile(llada, {}).commit_rule == "llada"
+    with pytest.raises(ProfileError, match="commit_rule"):
+        build_profile(llada, {}, overrides={"commit_rule": "random"})
+
+
 def test_profile_can_be_forced_and_overridden():
     cfg = {"model_type": "qwen2", "diffill": {}}
     prof = build_profile(cfg, VOCAB, overrides={"shift_logits": True, "filler_ids": [10]})
