@@ -15,9 +15,11 @@ The rules follow DreamOn's paper and released sampler (read, not copied):
   (DreamOn's ``pad_delete_to_right`` is off by default, and off here);
 - a committed expand token is replaced by two masks in its place; committed tokens keep their
   order, only their positions shift;
-- expansion stops when the gap reaches ``max_length`` masks or the expansion budget
-  (``2 * max_length``, DreamOn's default) is spent: from then on the expand token is never
-  drawn;
+- expansion stops when the gap reaches ``max_length`` masks or the expansion budget is spent:
+  from then on the expand token is never drawn. The budget is DreamOn's default, twice the
+  room after the prefix: ``2 * (max_length + the suffix's tokens + its EOS)``;
+- the window is ``[BOS] prefix gap suffix [EOS]`` (the profile's framing), and positions are
+  scored on the top-k distribution as Dream's decoder does (``score_top_k``);
 - the loop ends when no mask is left.
 
 Positions change between steps, so no K/V is kept across them: every step is one full pass.
@@ -33,7 +35,7 @@ from model import DiffusionModel
 
 from .api import MAX_STEPS, Cancelled, SamplerSettings
 from .sampler import (Candidate, choose_commits, layout, position_scores, sample_tokens,
-                      threshold_commits)
+                      threshold_commits, top_k_probs)
 
 
 def commit_count(masked: int, initial: int, steps: int) -> int:
@@ -65,7 +67,7 @@ def infill_variable(model: DiffusionModel, prefix: Sequence[int], suffix: Sequen
     gen = None
     if settings.seed is not None:
         gen = torch.Generator(device=model.device).manual_seed(settings.seed)
-    budget = 2 * max_length
+    budget = 2 * (max_length + len(suffix) + (prof.end_id is not None))
     stops: list[float] = []
     passes = 0
     while bool((gap == mask_id).any()):
@@ -77,10 +79,12 @@ def infill_variable(model: DiffusionModel, prefix: Sequence[int], suffix: Sequen
         ids[0, lo:lo + len(gap)] = gap.to(ids.device)
         logits = model.span_logits(ids, lo, lo + len(gap), key_mask=key_mask)[0].float()
         passes += 1
+        judged = logits.clone()  # scored as the authors' decoder: the mask token's share in
         logits[:, mask_id] = float("-inf")
         if len(gap) >= max_length or budget <= 0:
             logits[:, expand_id] = float("-inf")
-        if settings.min_tokens and not bool(((gap != mask_id) & ~torch.isin(gap, delete)).any()):
+            judged[:, expand_id] -= 1e9  # DreamOn's own way of blocking it
+        if settings.min_tokens and not settings.faithful and not bool(((gap != mask_id) & ~torch.isin(gap, delete)).any()):
             # Nothing written yet: the first open mask may not vanish (an empty fill is never
             # what an editor asks for).
             first = int((gap == mask_id).nonzero()[0])
@@ -88,7 +92,9 @@ def infill_variable(model: DiffusionModel, prefix: Sequence[int], suffix: Sequen
         tokens, probs = sample_tokens(logits[None], settings.temperature, settings.top_p, gen)
         tokens, probs = tokens[0].cpu(), probs[0].float().cpu()
         p_tok = probs.gather(-1, tokens[:, None]).squeeze(-1)
-        scores = position_scores(probs[None], tokens[None], settings.order)
+        judged = (top_k_probs(judged, prof.score_top_k) if prof.score_top_k
+                  else torch.softmax(judged, dim=-1)).cpu()
+        scores = position_scores(judged[None], tokens[None], settings.order)
         masked = (gap == mask_id)[None]
         if settings.schedule == "threshold":
             commit = threshold_commits(p_tok[None], scores, masked, settings.threshold)[0]

@@ -338,7 +338,12 @@ def block_size(settings: SamplerSettings, model: DiffusionModel) -> int:
 
 def _blocks(lo: int, hi: int, settings: SamplerSettings, cache: str,
             size: int) -> list[tuple[int, int]]:
-    if settings.schedule != "blocks" and cache == "none":
+    """The blocks a span is decoded in, left to right: the blocks schedule's, the dual
+    cache's, or the threshold schedule's when a block size is asked for (Fast-dLLM's
+    semi-autoregressive threshold decoding); else one."""
+    blocked = settings.schedule == "blocks" or cache != "none" or \
+        (settings.schedule == "threshold" and settings.block_size > 0)
+    if not blocked:
         return [(lo, hi)]
     return [(b, min(b + size, hi)) for b in range(lo, hi, size)]
 
@@ -469,11 +474,15 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             sub_tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
             if judged is not None:
                 judged = top_k_probs(judged, prof.score_top_k) if prof.score_top_k \
-                    else torch.softmax(judged, dim=-1)
+                    else torch.softmax(judged.double(), dim=-1)  # LLaDA's: float64
             tokens, p_tok, scores = spread(cols, masked.shape, mask_id, sub_tokens,
                                            probs.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1),
                                            position_scores(probs if judged is None else judged,
                                                            sub_tokens, settings.order))
+            p_sure = p_tok  # what the threshold compares: the authors' probability, for theirs
+            if judged is not None:
+                p_sure = torch.zeros_like(p_tok, dtype=judged.dtype)
+                p_sure[:, cols] = judged.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1)
             allowed = masked
             if in_order:
                 allowed = masked & filler_allowed(ids[:, lo:hi] == mask_id,
@@ -483,7 +492,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                 allowed[i] = False
                 allowed[i, column] = True
             if settings.schedule == "threshold":
-                commit = threshold_commits(p_tok, scores, allowed, settings.threshold)
+                commit = threshold_commits(p_sure, scores, allowed, settings.threshold)
             else:
                 k = fixed_commit_counts(masked.sum(dim=1), masked0, min(step, block_steps - 1),
                                         block_steps, rule)
@@ -525,7 +534,7 @@ def _still_wanted(verdict: "bool | Sequence[bool]", alive: torch.Tensor) -> torc
 
 def layout(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
            lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One row per length: ``[bos] prefix [MASK x L] suffix``, right-padded to one width.
+    """One row per length: ``[bos] prefix [MASK x L] suffix [end]``, right-padded to one width.
 
     Returns ids (B, T), key_mask (B, T) (False on padding, never attended) and the position
     where the masks start.
@@ -542,9 +551,10 @@ def layout_rows(model: DiffusionModel, rows: Sequence[tuple[Sequence[int], Seque
     """
     prof = model.profile
     bos = [prof.bos_id] if prof.bos_id is not None else []
+    end = [prof.end_id] if prof.end_id is not None else []
     heads = [bos + list(p) for p, _, _ in rows]
     lo = max(map(len, heads))
-    built = [[None] * (lo - len(h)) + h + [prof.mask_id] * n + list(s)
+    built = [[None] * (lo - len(h)) + h + [prof.mask_id] * n + list(s) + end
              for h, (_, s, n) in zip(heads, rows)]
     width = max(map(len, built))
     pad = prof.filler_ids[0]

@@ -29,6 +29,9 @@ class FamilyProfile:
     """``truncate``: the fill ends at the first filler; ``delete``: filler anywhere is dropped."""
     bos_id: int | None = None
     """Prepended to every window when the family was trained with it."""
+    end_id: int | None = None
+    """Appended after every window's suffix when the family was trained with it (DreamOn:
+    ``[BOS] prefix masks suffix [EOS]``, as its quickstart and eval frame an infill)."""
     expand_id: int | None = None
     """DreamOn's ``<|expand|>``: one mask asks to become two."""
     filler_order: str = "any"
@@ -192,6 +195,9 @@ def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
             filler_mode="delete" if family == "dreamon" else "truncate",
             expand_id=(_id(vocab, "<|expand|>") or DREAMON_EXPAND) if family == "dreamon" else None,
             commit_rule="dream", score_top_k=dream_top_k(config),
+            # DreamOn frames an infill with Dream's BOS and EOS.
+            bos_id=_id(vocab, "<|beginoftext|>") if family == "dreamon" else None,
+            end_id=filler[0] if family == "dreamon" else None,
         )
     elif family == "llada":
         mask = cfg_mask if cfg_mask is not None else (_id(vocab, "<|mdm_mask|>") or LLADA_MASK)

@@ -27,6 +27,23 @@ def checkpoints(out: Path) -> None:
         helpers.save_checkpoint(out / f"dream-{seed}", "qwen2", tokenizer=tok, seed=seed,
                                 config_updates=DREAM_CONFIG)
     helpers.save_llada_checkpoint(out / "llada-1", tok)
+    dreamon(out / "dreamon-0")
+
+
+def dreamon(folder: Path) -> None:
+    """A DreamOn-shaped checkpoint: Dream's architecture, <|expand|> and <|beginoftext|> in
+    its tokenizer, and lm_head rows for expand and EOS made louder copies of two tokens' rows,
+    so a random model expands and deletes now and then."""
+    from safetensors.torch import load_file, save_file
+    sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).parents[1])]
+    import helpers
+    tok = helpers.bpe_tokenizer(extra_special=["<|expand|>", "<|beginoftext|>"])
+    helpers.save_checkpoint(folder, "qwen2", tokenizer=tok, seed=3, config_updates=DREAM_CONFIG)
+    state = load_file(str(folder / "model.safetensors"))
+    head = state["lm_head.weight"]
+    head[tok.token_to_id("<|expand|>")] = 1.05 * head[70]
+    head[tok.token_to_id("<|endoftext|>")] = 1.05 * head[14]
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 DREAM_CONFIG = {"architectures": ["DreamModel"], "model_type": "Dream", "mask_token_id": MASK}
@@ -156,7 +173,68 @@ def run(ckpt: Path, refs: Path, out_path: Path) -> None:
                           "order": "confidence", "schedule": "blocks" if block < gen_len else "fixed",
                           "steps": steps, "block_size": block, "prefix": prompt, "masks": gen_len,
                           "suffix": [], "out": out[0, pre:].tolist()})
-    print(len(cases), {f: sum(c["family"] == f for c in cases) for f in ("dream", "llada")})
+    # Fast-dLLM's LLaDA decoders: threshold decoding in blocks without a cache, and its
+    # dual cache (fixed counts, and threshold). The threshold is set per case to the median of
+    # the first block's first-pass confidences, so a pass commits several.
+    from fast_llada_generate import generate as fast_generate, generate_with_dual_cache
+    gen = torch.Generator().manual_seed(300)
+    for pre, gen_len, block, steps, how in (
+            (6, 8, 8, 4, "threshold"), (5, 12, 4, 3, "threshold"), (9, 12, 6, 2, "threshold"),
+            (4, 16, 8, 2, "threshold"), (7, 16, 4, 4, "threshold"), (3, 10, 5, 2, "threshold"),
+            (6, 8, 8, 4, "dual"), (5, 12, 4, 6, "dual"), (9, 12, 6, 4, "dual"),
+            (4, 16, 8, 4, "dual"), (7, 16, 4, 8, "dual"), (3, 10, 5, 6, "dual"),
+            (6, 12, 6, 2, "dual-threshold"), (5, 16, 8, 2, "dual-threshold"),
+            (8, 12, 4, 3, "dual-threshold"), (4, 10, 10, 1, "dual-threshold")):
+        prompt = ids(gen, pre, vocab)
+        tau = None
+        if how.endswith("threshold"):
+            x = torch.tensor([prompt + [MASK] * gen_len])
+            with torch.no_grad():
+                p = torch.softmax(m(x).logits[0, pre:pre + block].double(), -1).max(-1).values
+            tau = round(float(p.median()), 9)
+        watch = Watch(m, shift=False)
+        watch.device = torch.device("cpu")
+        run_ = fast_generate if how == "threshold" else generate_with_dual_cache
+        out, _ = run_(watch, torch.tensor([prompt]), steps=steps, gen_length=gen_len,
+                      block_length=block, temperature=0., mask_id=MASK, threshold=tau)
+        if watch.bad:
+            continue
+        cases.append({"family": "llada", "checkpoint_seed": 1, "alg": f"fast-dllm-{how}",
+                      "order": "confidence",
+                      "schedule": "threshold" if tau is not None else "blocks",
+                      "cache": "dual" if how.startswith("dual") else "none",
+                      "threshold": tau, "steps": steps, "block_size": block,
+                      "prefix": prompt, "masks": gen_len, "suffix": [],
+                      "out": out[0, pre:].tolist()})
+    # DreamOn's released sampler (expand and delete), as its quickstart frames an infill:
+    # [BOS] prefix masks suffix [EOS], max_new_tokens the most the gap may grow to.
+    import dreamon_ref
+    folder = ckpt / "dreamon-0"
+    m = dream_model(folder)
+    vocab_ids = json.loads((folder / "tokenizer.json").read_text())["added_tokens"]
+    special = {t["content"]: t["id"] for t in vocab_ids}
+    bos, eos, expand = special["<|beginoftext|>"], special["<|endoftext|>"], special["<|expand|>"]
+    gen = torch.Generator().manual_seed(400)
+    for pre, start, suf, cap, alg, order in (
+            (6, 4, 5, 12, "entropy", "entropy"), (5, 2, 4, 10, "entropy", "entropy"),
+            (8, 6, 3, 16, "entropy", "entropy"), (4, 3, 6, 8, "entropy", "entropy"),
+            (7, 5, 5, 12, "maskgit_plus", "confidence"), (5, 8, 4, 14, "maskgit_plus", "confidence"),
+            (6, 3, 7, 9, "topk_margin", "margin"), (9, 4, 2, 12, "topk_margin", "margin"),
+            (3, 4, 4, 4, "entropy", "entropy"), (6, 7, 5, 20, "entropy", "entropy")):
+        prefix, suffix = ids(gen, pre, 320), ids(gen, suf, 320)
+        x = torch.tensor([[bos] + prefix + [MASK] * start + suffix + [eos]])
+        watch = Watch(m, shift=True)
+        window = dreamon_ref.diffusion_generate(
+            watch, x, max_new_tokens=cap, alg=alg, top_k=50, mask_token_id=MASK,
+            expand_token_id=expand, eos_token_id=eos).tolist()
+        if watch.bad:
+            continue
+        gap = window[1 + pre:len(window) - suf - 1]
+        cases.append({"family": "dreamon", "checkpoint_seed": 0, "alg": alg, "order": order,
+                      "schedule": "fixed", "steps": 0, "max_tokens": cap, "prefix": prefix,
+                      "masks": start, "suffix": suffix, "out": gap})
+    print(len(cases), {f: sum(c["family"] == f for c in cases)
+                       for f in ("dream", "llada", "dreamon")})
     data = {
         "about": "Token ids the authors' decoders wrote on diffill's tiny test checkpoints "
                  "(greedy). Made by tests/data/README.md's commands; compared by "
@@ -166,8 +244,14 @@ def run(ckpt: Path, refs: Path, out_path: Path) -> None:
                      "DreamGenerationMixin._sample (Dream's diffusion_generate loop), model "
                      "dream/model/modeling_dream.py, transformers 4.46.3",
             "llada": "ML-GSAI/LLaDA@b7e6c35 generate.py generate() (low_confidence), model "
-                     "NVlabs/Fast-dLLM@24cc59e llada/model/modeling_llada.py"},
-        "checkpoints": {k: digest(ckpt / k) for k in ("dream-0", "dream-1", "llada-1")},
+                     "NVlabs/Fast-dLLM@24cc59e llada/model/modeling_llada.py",
+            "fast-dllm-llada": "NVlabs/Fast-dLLM@24cc59e llada/generate.py generate() with a "
+                               "threshold, generate_with_dual_cache()",
+            "dreamon": "DreamOnGenerationMixin._sample and diffusion_generate's lengths, "
+                       "transcribed outside this repository from a public copy of DreamOn's "
+                       "released generation utilities; model Fast-dLLM's modeling_dream.py"},
+        "checkpoints": {k: digest(ckpt / k)
+                        for k in ("dream-0", "dream-1", "llada-1", "dreamon-0")},
         "cases": cases}
     out_path.write_text(json.dumps(data, separators=(",", ":")))
 

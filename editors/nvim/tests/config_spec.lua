@@ -44,6 +44,28 @@ return {
     assert(#said == 1 and said[1]:find("needs Neovim >= 0.10", 1, true), vim.inspect(said))
     assert(not autostart, "no autostart on an old Neovim")
   end,
+  ["a file opened without the server on PATH says so once, with no Lua error"] = function()
+    -- Neovim's own vim.notify: at error level inside an autocommand it raises.
+    require("diffill").setup({ cmd = { "diffill-not-installed-here" } })
+    local path = vim.fn.tempname() .. ".py"
+    vim.fn.writefile({ "x = 1" }, path)
+    vim.cmd("filetype on")
+    local function said()
+      local _, n = vim.api.nvim_exec2("messages", { output = true }).output
+        :gsub("diffill%-not%-installed%-here` is not executable", "")
+      return n
+    end
+    -- Opening it runs filetype detection, whose FileType autocommand starts the client: an
+    -- error raised in there came back out of :edit as a stack trace.
+    local ok, err = pcall(vim.cmd.edit, path)
+    vim.wait(5000, function() return said() > 0 end)
+    require("diffill").setup({})
+    vim.cmd("bwipeout! " .. vim.fn.fnameescape(path))
+    vim.fn.delete(path)
+    vim.cmd("filetype off")
+    assert(ok, tostring(err))
+    assert(said() == 1, vim.api.nvim_exec2("messages", { output = true }).output)
+  end,
   ["plugin/ defines the commands"] = function()
     for _, name in ipairs({ "DiffillStart", "DiffillStop", "DiffillStatus", "DiffillSuggest",
                             "DiffillRewrite", "DiffillRefine" }) do

@@ -26,7 +26,9 @@ local reported = {} ---@type table<string, boolean>
 local function notify_once(msg, level)
   if reported[msg] then return end
   reported[msg] = true
-  vim.notify("diffill: " .. msg, level or vim.log.levels.WARN)
+  -- Scheduled: an error-level notify inside an autocommand (the FileType one that starts the
+  -- client) is raised as a Lua error, a stack trace and "Press ENTER" instead of a message.
+  vim.schedule(function() vim.notify("diffill: " .. msg, level or vim.log.levels.WARN) end)
 end
 
 ---The diffill client attached to `bufnr`, if any.
