@@ -39,7 +39,8 @@ class SamplerSettings:
     """Which masked positions go first: ``confidence`` | ``margin`` | ``entropy``."""
     block_size: int = 0
     """Block length of the ``blocks`` schedule and of the dual cache's blocks; 0: the
-    checkpoint's (its profile), else :data:`DEFAULT_BLOCK`."""
+    checkpoint's (its profile), else :data:`DEFAULT_BLOCK`. Set, it also makes ``threshold``
+    decode block after block without the cache."""
     temperature: float = 0.0
     """0 is greedy, as editors want; above 0 samples."""
     top_p: float = 1.0

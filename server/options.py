@@ -42,7 +42,8 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--order", choices=ORDERS)
     g.add_argument("--block-size", type=int,
                    help="block length of the blocks schedule and the dual cache (default: the "
-                        "checkpoint's, else 32)")
+                        "checkpoint's, else 32); given with --schedule threshold, that schedule "
+                        "decodes block after block too (Fast-dLLM's way)")
     g.add_argument("--filler-order", choices=FILLER_ORDERS,
                    help="where a fill may end: left (filler only behind the written part), "
                         "any (wherever the model is surest); auto asks the checkpoint")
