@@ -15,7 +15,6 @@ without a model), and diffill itself.
 from __future__ import annotations
 
 import random
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,14 +22,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import drafts as drafting
+from .text import first_word, typed_through
 
 Completer = Callable[[str, int], "str | None"]
 """``(document, cursor) -> the ghost shown there`` (None: nothing shown). One with a
 ``begin(line)`` method is told each :class:`TypedLine` before its first key (an editor
 opening the file)."""
-
-_FIRST_WORD = re.compile(r"[^\w\n]*\w+|\s*[^\w\s]+")
-
 
 @dataclass
 class TypedLine:
@@ -112,13 +109,6 @@ def pick_lines(files: Iterable[Path], n: int, seed: int = 0) -> list[TypedLine]:
         end = line_start + len(lines[i].rstrip())
         out.append(TypedLine(str(path), text[:cursor] + text[end:], cursor, text[cursor:end]))
     return out
-
-
-def first_word(ghost: str) -> str:
-    """What accept-word takes of a ghost: any leading non-word characters and the word after
-    them (``.groups`` of ``.groups()``), else the leading punctuation."""
-    m = _FIRST_WORD.match(ghost)
-    return m.group(0) if m else ""
 
 
 def type_line(line: TypedLine, complete: Completer, report: TypingReport) -> None:
@@ -228,8 +218,9 @@ def engine_completer(engine, settings, report: TypingReport, language: str = "py
 
 
 def typed_ahead(complete: Completer) -> Completer:
-    """An editor's typed-ahead reuse around ``complete``: while the person types what the
-    last ghost says, its rest is shown again with no call (the LSP server's ``Shown``)."""
+    """An editor's typed-ahead reuse around ``complete``: once the person has typed through
+    the first word of what the last ghost says, its rest is shown again with no call (the LSP
+    server's ``Shown``; :func:`infill.text.typed_through`)."""
     last: list = [None]
     begin = getattr(complete, "begin", None)
 
@@ -239,7 +230,7 @@ def typed_ahead(complete: Completer) -> Completer:
             before, after, ghost = prev
             typed = doc[len(before):cursor]
             if doc.startswith(before) and doc[cursor:] == after and 0 < len(typed) < \
-                    len(ghost) and ghost.startswith(typed):
+                    len(ghost) and typed_through(typed, ghost):
                 return ghost[len(typed):]
         ghost = complete(doc, cursor)
         last[0] = (doc[:cursor], doc[cursor:], ghost) if ghost else None

@@ -26,7 +26,8 @@ from pygls.workspace.position_codec import PositionCodec
 
 from infill import drafts as drafting
 from infill.context import related_snippet
-from infill.text import PositionError, line_bounds, line_starts, past_line_end, position_of
+from infill.text import (PositionError, line_bounds, line_starts, past_line_end, position_of,
+                         typed_through)
 
 from . import protocol as P
 from . import workspace as W
@@ -68,13 +69,16 @@ class Shown:
     texts: list[str]
 
     def forward(self, text: str, cursor: int) -> list[str] | None:
-        """The rest of each suggestion when the user has since typed its beginning (or
-        nothing: the same request again) and changed nothing else; None otherwise."""
+        """The rest of each suggestion when the user has since typed through its first word
+        (``infill.text.typed_through``), or nothing (the same request again), and changed
+        nothing else; None otherwise: inside a suggestion's first word the next request asks
+        the model again, with the letters typed since."""
         typed = text[len(self.before):cursor]
         if cursor < len(self.before) or len(typed) > TYPE_AHEAD_CHARS or \
                 text[cursor:] != self.after or not text.startswith(self.before):
             return None
-        rest = [t[len(typed):] for t in self.texts if t.startswith(typed) and len(t) > len(typed)]
+        rest = [t[len(typed):] for t in self.texts
+                if len(t) > len(typed) and (not typed or typed_through(typed, t))]
         return rest or None
 
 
