@@ -228,8 +228,6 @@ def position_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str) -> to
     return (probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
 
 
-COMMIT_RULES = ("diffill", "dream", "llada")
-
 DREAM_EPS = 1e-3
 """The end of Dream's time grid (``eps`` of its generation config)."""
 
