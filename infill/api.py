@@ -32,7 +32,9 @@ class SamplerSettings:
     schedule: str = "threshold"
     """``fixed`` | ``threshold`` | ``blocks``."""
     steps: int = 0
-    """Forward passes for ``fixed``/``blocks`` over the whole span; 0 means one per 2 tokens."""
+    """Forward passes for ``fixed``/``blocks`` over the whole span; 0 means one per 2 tokens.
+    Given for ``threshold`` on a Dream-family checkpoint, a pass commits at most masks/steps
+    plus what earlier passes held back, as Fast-dLLM's Dream decoder does."""
     threshold: float = 0.9
     """Probability at or above which ``threshold`` commits a position."""
     order: str = "confidence"

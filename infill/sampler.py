@@ -309,10 +309,14 @@ def close_after_filler(gap: torch.Tensor, gap_conf: torch.Tensor, mask_id: int,
 
 
 def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked: torch.Tensor,
-                      tau: float) -> torch.Tensor:
-    """Every masked position whose token has probability >= tau, plus each row's best one."""
+                      tau: float, most: torch.Tensor | None = None) -> torch.Tensor:
+    """Every masked position whose token has probability >= tau, plus each row's best one;
+    with ``most`` (B,), only among each row's ``most`` best (Dream's ``confidence_threshold``,
+    which commits at most its quota per pass)."""
     sure = (probs_of_token >= tau) & masked
     best = choose_commits(scores, masked, masked.any(dim=-1).long())
+    if most is not None:
+        sure &= choose_commits(scores, masked, most)
     return sure | best
 
 
@@ -415,6 +419,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     cache: KVCache | None = None
     stale: torch.Tensor | None = None  # window positions committed since their last pass
     spans = _blocks(lo, hi, settings, use_cache, block_size(settings, model))
+    # Dream's threshold decoding with a step count: a quota of masks/steps per pass, and what a
+    # pass left under the threshold carried to the next (after the last step, the carry only).
+    capped = settings.schedule == "threshold" and settings.steps > 0 and rule == "dream"
     for b0, b1 in spans:
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
@@ -423,6 +430,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
         # split evenly over the blocks, as its generate() does).
         block_steps = max(1, budget // len(spans) if rule == "llada" else
                           round(budget * int(masked0.max()) / max(1, total_masked)))
+        owed = torch.zeros_like(masked0)  # (B,) capped: the quota left over so far
         entry: torch.Tensor | None = None  # positions of a carried block's first pass
         if carry and cache is not None and stale is not None:
             start = model.feeders(b0, torch.zeros(1, dtype=torch.long, device=ids.device))
@@ -444,6 +452,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                 keep = _still_wanted(cancel(), alive)
                 if keep is not None:  # some rows were cancelled: drop them, go on with the rest
                     ids, conf, alive, masked0 = ids[keep], conf[keep], alive[keep], masked0[keep]
+                    owed = owed[keep]
                     masked = masked[keep]
                     key_mask = key_mask[keep] if key_mask is not None else None
                     if cache is not None and cache.length:
@@ -490,7 +499,12 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                 allowed[i] = False
                 allowed[i, column] = True
             if settings.schedule == "threshold":
-                commit = threshold_commits(p_sure, scores, allowed, settings.threshold)
+                most = None
+                if capped:
+                    most = owed + (masked0 // block_steps if step < block_steps else 0)
+                commit = threshold_commits(p_sure, scores, allowed, settings.threshold, most)
+                if most is not None:
+                    owed = most - commit.sum(dim=1)
             else:
                 k = fixed_commit_counts(masked.sum(dim=1), masked0, min(step, block_steps - 1),
                                         block_steps, rule)

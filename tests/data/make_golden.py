@@ -155,6 +155,38 @@ def run(ckpt: Path, refs: Path, out_path: Path) -> None:
                                   "order": order, "schedule": "fixed", "steps": steps,
                                   "top_k": cfg.top_k, "prefix": prefix, "masks": gap,
                                   "suffix": suffix, "out": out[0, pre:pre + gap].tolist()})
+            # Fast-dLLM's Dream threshold decoding (alg confidence_threshold): a quota of
+            # masks/steps per pass plus the carry; the threshold set per case to the median
+            # of the first pass's confidences (top-k renormalised), so passes hold some back.
+            from dreamref.generation_utils import sample_tokens as dream_scores
+            for pre, gap, suf, steps in ((6, 8, 4, 4), (5, 12, 3, 3), (9, 12, 5, 4),
+                                         (4, 10, 6, 5), (7, 16, 2, 8), (3, 8, 8, 2)):
+                prefix, suffix = ids(gen, pre, vocab), ids(gen, suf, vocab)
+                x = torch.tensor([prefix + [MASK] * gap + suffix])
+                logits = m(x, "full", None).logits
+                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)[0, pre:pre + gap]
+                conf, _ = dream_scores(logits, temperature=0.0, top_k=50)
+                tau = round(float(conf.median()), 9)
+                cfg = m._prepare_generation_config(None, steps=steps, alg="confidence_threshold",
+                                                   temperature=0.0, max_length=x.shape[1],
+                                                   mask_token_id=MASK)
+                m._prepare_special_tokens(cfg, device="cpu")
+                watch = Watch(m, shift=True)
+                class Proxy:  # noqa: E306
+                    device = torch.device("cpu")
+                    def __call__(self, *a, **k):
+                        return watch(*a, **k)
+                out = m._sample.__func__(Proxy(), x, attention_mask=None, generation_config=cfg,
+                                         generation_tokens_hook_func=lambda s, x, l: x,
+                                         generation_logits_hook_func=lambda s, x, l: l,
+                                         threshold=tau)
+                if watch.bad:
+                    continue
+                cases.append({"family": "dream", "checkpoint_seed": seed,
+                              "alg": "confidence_threshold", "order": "confidence",
+                              "schedule": "threshold", "threshold": tau, "steps": steps,
+                              "top_k": cfg.top_k, "prefix": prefix, "masks": gap,
+                              "suffix": suffix, "out": out[0, pre:pre + gap].tolist()})
         m = llada_model(ckpt / "llada-1")
         vocab = m.config.vocab_size
         gen = torch.Generator().manual_seed(200)
@@ -241,7 +273,8 @@ def run(ckpt: Path, refs: Path, out_path: Path) -> None:
                  "tests/test_golden.py.",
         "references": {
             "dream": "NVlabs/Fast-dLLM@24cc59e dream/model/generation_utils.py "
-                     "DreamGenerationMixin._sample (Dream's diffusion_generate loop), model "
+                     "DreamGenerationMixin._sample (Dream's diffusion_generate loop, and "
+                     "Fast-dLLM's confidence_threshold alg in it), model "
                      "dream/model/modeling_dream.py, transformers 4.46.3",
             "llada": "ML-GSAI/LLaDA@b7e6c35 generate.py generate() (low_confidence), model "
                      "NVlabs/Fast-dLLM@24cc59e llada/model/modeling_llada.py",
