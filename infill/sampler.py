@@ -421,7 +421,15 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     spans = _blocks(lo, hi, settings, use_cache, block_size(settings, model))
     # Dream's threshold decoding with a step count: a quota of masks/steps per pass, and what a
     # pass left under the threshold carried to the next (after the last step, the carry only).
-    capped = settings.schedule == "threshold" and settings.steps > 0 and rule == "dream"
+    capped = settings.schedule == "threshold" and settings.steps > 0 and rule == "dream" and \
+        use_cache == "none"
+    # Fast-dLLM's Dream block sampler, what a Dream-family model with the dual cache is measured
+    # with: each block's full pass commits only the block's first position; the passes after
+    # it run the block alone (position b0-1 keeps its keys and values from the full pass), and
+    # rank positions by entropy (fixed counts) or confidence (threshold), whatever the order.
+    leading = rule == "dream" and use_cache == "dual" and prof.shift_logits
+    order_of = settings.order if not leading else \
+        "confidence" if settings.schedule == "threshold" else "entropy"
     for b0, b1 in spans:
         masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
         if int(masked0.max()) == 0:
@@ -462,6 +470,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             cols = masked.any(dim=0).nonzero().squeeze(-1)  # (M,) columns of the block
             run = open_positions(model, b0, cols, changed) \
                 if local and changed is not None and run_from is None else entry
+            if leading and step > 0 and run is None and run_from is None and int(cols[0]) > 0:
+                run = torch.arange(b0, b1, device=ids.device)
             logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache,
                                        columns=cols, run_from=run_from,
                                        positions=run)  # (B, M, V)
@@ -485,7 +495,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             tokens, p_tok, scores = spread(cols, masked.shape, mask_id, sub_tokens,
                                            probs.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1),
                                            position_scores(probs if judged is None else judged,
-                                                           sub_tokens, settings.order))
+                                                           sub_tokens, order_of))
             p_sure = p_tok  # what the threshold compares: the authors' probability, for theirs
             if judged is not None:
                 p_sure = torch.zeros_like(p_tok, dtype=judged.dtype)
@@ -498,7 +508,10 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                 allowed = allowed.clone() if allowed is masked else allowed
                 allowed[i] = False
                 allowed[i, column] = True
-            if settings.schedule == "threshold":
+            if leading and step == 0:  # the block's full pass: its first position alone
+                commit = torch.zeros_like(allowed)
+                commit[:, 0] = allowed[:, 0]
+            elif settings.schedule == "threshold":
                 most = None
                 if capped:
                     most = owed + (masked0 // block_steps if step < block_steps else 0)

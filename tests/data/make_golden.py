@@ -187,6 +187,45 @@ def run(ckpt: Path, refs: Path, out_path: Path) -> None:
                               "schedule": "threshold", "threshold": tau, "steps": steps,
                               "top_k": cfg.top_k, "prefix": prefix, "masks": gap,
                               "suffix": suffix, "out": out[0, pre:pre + gap].tolist()})
+            # Fast-dLLM's Dream block sampler with its dual cache (generation_utils_block.py):
+            # a prompt then masks, decoded block after block; fixed counts (its entropy order)
+            # and its threshold (confidence).
+            from dreamref import generation_utils_block as block_mod
+            for pre, gen_len, block, steps, tau_on in (
+                    (6, 8, 8, 4, False), (5, 12, 4, 6, False), (9, 12, 6, 4, False),
+                    (4, 16, 8, 6, False), (7, 16, 4, 8, False), (3, 10, 5, 4, False),
+                    (6, 8, 8, 4, True), (5, 12, 4, 3, True), (9, 12, 6, 2, True),
+                    (4, 16, 8, 2, True), (7, 16, 4, 4, True), (3, 10, 5, 2, True)):
+                prompt = ids(gen, pre, vocab)
+                x = torch.tensor([prompt])
+                tau = None
+                if tau_on:
+                    full = torch.tensor([prompt + [MASK] * gen_len])
+                    logits = m(full, "full", None).logits
+                    logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)[0, pre:pre + block]
+                    conf, _ = dream_scores(logits, temperature=0.0, top_k=50)
+                    tau = round(float(conf.median()), 9)
+                cfg = m._prepare_generation_config(
+                    None, steps=steps, temperature=0.0, max_length=pre + gen_len,
+                    mask_token_id=MASK, alg="confidence_threshold" if tau_on else "entropy")
+                m._prepare_special_tokens(cfg, device="cpu")
+                watch = Watch(m, shift=True)
+                class BlockProxy:  # noqa: E306  the model, seen through the watch
+                    device = torch.device("cpu")
+                    def __call__(self, *a, **k):
+                        return watch(*a, **k)
+                out = block_mod.DreamGenerationMixin._sample(
+                    BlockProxy(), x, attention_mask=None, generation_config=cfg,
+                    threshold=tau if tau_on else 0.9, block_length=block, dual_cache=True)
+                if watch.bad:
+                    continue
+                cases.append({"family": "dream", "checkpoint_seed": seed,
+                              "alg": "fast-dllm-dual-" + ("threshold" if tau_on else "entropy"),
+                              "order": "confidence" if tau_on else "entropy",
+                              "schedule": "threshold" if tau_on else "blocks", "cache": "dual",
+                              "threshold": tau, "steps": steps, "block_size": block,
+                              "top_k": cfg.top_k, "prefix": prompt, "masks": gen_len,
+                              "suffix": [], "out": out[0, pre:].tolist()})
         m = llada_model(ckpt / "llada-1")
         vocab = m.config.vocab_size
         gen = torch.Generator().manual_seed(200)
@@ -274,8 +313,9 @@ def run(ckpt: Path, refs: Path, out_path: Path) -> None:
         "references": {
             "dream": "NVlabs/Fast-dLLM@24cc59e dream/model/generation_utils.py "
                      "DreamGenerationMixin._sample (Dream's diffusion_generate loop, and "
-                     "Fast-dLLM's confidence_threshold alg in it), model "
-                     "dream/model/modeling_dream.py, transformers 4.46.3",
+                     "Fast-dLLM's confidence_threshold alg in it), and "
+                     "dream/model/generation_utils_block.py's block sampler with dual_cache, "
+                     "model dream/model/modeling_dream.py, transformers 4.46.3",
             "llada": "ML-GSAI/LLaDA@b7e6c35 generate.py generate() (low_confidence), model "
                      "NVlabs/Fast-dLLM@24cc59e llada/model/modeling_llada.py",
             "fast-dllm-llada": "NVlabs/Fast-dLLM@24cc59e llada/generate.py generate() with a "
