@@ -65,8 +65,9 @@ class SamplerSettings:
     other token (plain confidence order); ``auto``: what the checkpoint's profile says."""
 
     faithful: bool = False
-    """Decode as the checkpoint's authors do: no ``min_tokens`` rule and no ``left`` filler
-    order (the commit counts and scores of a released family are its authors' either way)."""
+    """Decode as the checkpoint's authors do: no ``min_tokens`` rule, no ``left`` filler order,
+    one token per step when ``steps`` is 0, and the engine shows the decode unprocessed (the
+    commit counts and scores of a released family are its authors' either way)."""
 
     pass_positions: str = "block"
     """With the dual cache, what each pass after a block's first runs: ``block`` every position

@@ -412,13 +412,10 @@ class Engine:
                 raw = job.raw_text(self.decode(c.tokens))
                 if raw is None:  # it never wrote the partial word it had to begin with
                     continue
-                raw = post.whole_chars(raw, req.text)
-                body = raw[len(indent):].lstrip(" \t") if indent else raw
-                fill = indent + post.unstutter(
-                    post.clean(body, mode=job.mode,
-                               line_before=job.line_before + indent, suffix=suffix), req.text)
-                if job.mode == "block":  # a block keeps the whole lines that still parse
-                    fill = post.parsing_lines(language, req.text, req.start, fill, TRIM_LIMIT)
+                if job.settings.sampler.faithful:  # the decode as its authors would read it
+                    fill = raw
+                else:
+                    fill = self._post_process(job, raw, indent, suffix, language)
                 if not fill.strip() or fill in seen:
                     continue
                 seen.add(fill)
@@ -428,6 +425,21 @@ class Engine:
                 items.append(Completion(fill, req.start, req.start, c.score,
                                         tokens=len(c.tokens), terminated=ended))
         return self.result(req, job.mode, items, job.settings, passes, job.started)
+
+    def _post_process(self, job: Job, raw: str, indent: str, suffix: str,
+                      language: str | None) -> str:
+        """What an editor should show of a decoded fill (``infill.post``): whole characters,
+        cut to its line or block, stutters and the suffix's start dropped, a block cut back
+        to the lines that still parse; a whole-line gap's ``indent`` put back in front."""
+        req = job.request
+        raw = post.whole_chars(raw, req.text)
+        body = raw[len(indent):].lstrip(" \t") if indent else raw
+        fill = indent + post.unstutter(
+            post.clean(body, mode=job.mode, line_before=job.line_before + indent,
+                       suffix=suffix), req.text)
+        if job.mode == "block":  # a block keeps the whole lines that still parse
+            fill = post.parsing_lines(language, req.text, req.start, fill, TRIM_LIMIT)
+        return fill
 
     def result(self, req: InfillRequest, mode: str, items: list[Completion],
                s: InfillSettings, passes: int, started: float) -> InfillResult:

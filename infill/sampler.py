@@ -395,7 +395,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     if settings.seed is not None:
         gen = torch.Generator(device=ids.device).manual_seed(settings.seed)
     total_masked = int((ids[:, lo:hi] == mask_id).sum(dim=1).max()) if hi > lo else 0
-    budget = settings.steps or max(1, (total_masked + 1) // 2)
+    # Papers decode one token per step unless they say otherwise; diffill, one per two.
+    budget = settings.steps or (max(1, total_masked) if settings.faithful
+                                else max(1, (total_masked + 1) // 2))
     passes = 0
     # Only a fresh gap (all masks, or a verified draft's start then masks: the caller says
     # so) gets the no-empty-fill rule and the filler order; refine keeps its own tokens.

@@ -65,8 +65,9 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--faithful", action="store_true", default=None,
                    help="decode as the checkpoint's authors do (a paper's setting): none of "
                         "diffill's own rules for a fill (no empty-fill ban, no left filler "
-                        "order, no drafts, no token healing); pair it with the paper's "
-                        "--schedule, --steps and --order")
+                        "order, no drafts, no token healing, no post-processing: the decode "
+                        "up to its first EOS), the fixed schedule with one token per step "
+                        "unless --schedule/--steps say otherwise; add the paper's --order")
     g.add_argument("--temperature", type=float)
     g.add_argument("--top-p", type=float)
     g.add_argument("--seed", type=int)
@@ -118,8 +119,9 @@ def settings_from_args(args: argparse.Namespace):
             drafts=getattr(args, "drafts", None),
             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
             faithful=getattr(args, "faithful", None))
-        if s.sampler.faithful:
-            s = replace(s, drafts=False, token_healing=False)
+        if s.sampler.faithful:  # the authors' decoders take a fixed number of steps
+            s = replace(s, drafts=False, token_healing=False, sampler=replace(
+                s.sampler, schedule=args.schedule or "fixed"))
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget
             s = replace(s, budget=ContextBudget(

@@ -57,6 +57,17 @@ def test_infill_at_a_position_prints_text_and_json(count_file, pattern_ckpt):
     assert plain.returncode == 0 and plain.stdout.decode() == "c5 c6 c7\n"
 
 
+def test_faithful_decodes_one_token_per_step_with_the_fixed_schedule(count_file, pattern_ckpt):
+    args = ("infill", str(count_file), "--at", "1:16", "--lengths", "6", "--json")
+    ours = json.loads(diffill(*args, model=pattern_ckpt).stdout)
+    r = diffill(*args, "--faithful", model=pattern_ckpt)
+    assert r.returncode == 0, r.stderr.decode()
+    theirs = json.loads(r.stdout)
+    assert theirs["text"] == ours["text"] == "c5 c6 c7"
+    # Six masks, one committed per pass (diffill's threshold schedule took fewer).
+    assert theirs["forward_passes"] == 6 > ours["forward_passes"]
+
+
 def test_marker_on_stdin_and_full_output(pattern_ckpt):
     doc = "c9 c10 c11 <|fill|> c3 c4 c5\nc1 c2\n"
     r = diffill("infill", "-", "--full", "--max-tokens", "8", "--ensemble", "1",
