@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from . import drafts as drafting
-from .text import first_word, typed_through
+from .text import first_word, passed_over, typed_through
 
 Completer = Callable[[str, int], "str | None"]
 """``(document, cursor) -> the ghost shown there`` (None: nothing shown). One with a
@@ -218,21 +218,27 @@ def engine_completer(engine, settings, report: TypingReport, language: str = "py
 
 
 def typed_ahead(complete: Completer) -> Completer:
-    """An editor's typed-ahead reuse around ``complete``: once the person has typed through
-    the first word of what the last ghost says, its rest is shown again with no call (the LSP
-    server's ``Shown``; :func:`infill.text.typed_through`)."""
+    """An editor's typed-ahead reuse around ``complete`` (the LSP server's ``Shown``): once the
+    person has typed through the first word of what the last ghost says, its rest is shown
+    again with no call (:func:`infill.text.typed_through`); while they type inside that word
+    instead of taking it, the same rest is not offered again (:func:`infill.text.passed_over`)."""
     last: list = [None]
     begin = getattr(complete, "begin", None)
 
     def wrapped(doc: str, cursor: int) -> str | None:
         prev = last[0]
+        passed = None
         if prev is not None:
             before, after, ghost = prev
             typed = doc[len(before):cursor]
             if doc.startswith(before) and doc[cursor:] == after and 0 < len(typed) < \
-                    len(ghost) and typed_through(typed, ghost):
-                return ghost[len(typed):]
+                    len(ghost):
+                if typed_through(typed, ghost):
+                    return ghost[len(typed):]
+                passed = passed_over(typed, ghost)
         ghost = complete(doc, cursor)
+        if passed is not None and ghost == passed:
+            return None  # the one just passed over: the last ghost stays the reference
         last[0] = (doc[:cursor], doc[cursor:], ghost) if ghost else None
         return ghost
     if begin is not None:

@@ -136,3 +136,13 @@ def typed_through(typed: str, ghost: str) -> bool:
     that it was wrong than right (on the typing eval, 8 of 91 such re-shown rests were taken),
     and the next keystroke's own request sees the letters typed since."""
     return ghost.startswith(typed) and len(typed) >= len(first_word(ghost))
+
+
+def passed_over(typed: str, ghost: str) -> str | None:
+    """The rest of ``ghost`` when ``typed`` went along it but stopped inside its first word:
+    the person typed letters they could have taken in one key, so that rest is not offered
+    again while they type on in the word. None when ``typed`` left the ghost or went through
+    its first word."""
+    if not typed or not ghost.startswith(typed) or typed_through(typed, ghost):
+        return None
+    return ghost[len(typed):]

@@ -26,8 +26,8 @@ from pygls.workspace.position_codec import PositionCodec
 
 from infill import drafts as drafting
 from infill.context import related_snippet
-from infill.text import (PositionError, line_bounds, line_starts, past_line_end, position_of,
-                         typed_through)
+from infill.text import (PositionError, line_bounds, line_starts, passed_over, past_line_end,
+                         position_of, typed_through)
 
 from . import protocol as P
 from . import workspace as W
@@ -80,6 +80,15 @@ class Shown:
         rest = [t[len(typed):] for t in self.texts
                 if len(t) > len(typed) and (not typed or typed_through(typed, t))]
         return rest or None
+
+    def passed(self, text: str, cursor: int) -> set[str]:
+        """The rests of the suggestions the user has typed into without taking them, still
+        inside their first word (``infill.text.passed_over``): not offered again."""
+        typed = text[len(self.before):cursor]
+        if cursor < len(self.before) or text[cursor:] != self.after or \
+                not text.startswith(self.before):
+            return set()
+        return {r for t in self.texts if (r := passed_over(typed, t)) is not None}
 
 
 class Typing:
@@ -448,7 +457,15 @@ def create_server() -> DiffillServer:
         if ls.document(doc.uri).version != version:
             return None  # the buffer changed while the model worked: this fill is stale
         texts = [it["text"] for it in result["items"]]
-        if texts:
+        passed = shown.passed(text, cursor) if shown is not None else set()
+        if passed and any(t in passed for t in texts):
+            # What the user just typed past: not again, and the suggestion they passed over
+            # stays one their next keys are compared with.
+            texts = [t for t in texts if t not in passed]
+            if texts:
+                remember(ls.state.shown, doc.uri,
+                         Shown(text[:cursor], text[cursor:], texts + sorted(passed)))
+        elif texts:
             remember(ls.state.shown, doc.uri, Shown(text[:cursor], text[cursor:], texts))
         else:
             ls.state.shown.pop(doc.uri, None)

@@ -200,7 +200,7 @@ def test_the_typing_eval_counts_keys_the_way_a_person_takes_a_ghost():
     assert K.first_word(".groups()") == ".groups" and K.first_word("(a, b)") == "(a"
 
 
-def test_typed_ahead_shows_the_rest_once_the_ghosts_first_word_is_typed_through():
+def test_typed_ahead_shows_the_rest_once_the_first_word_is_typed_through_not_inside_it():
     from infill import keystrokes as K
     from server.lsp import Shown
     calls = []
@@ -210,16 +210,21 @@ def test_typed_ahead_shows_the_rest_once_the_ghosts_first_word_is_typed_through(
         return "abc(de)"[cursor:]
     wrapped = K.typed_ahead(complete)
     assert wrapped("a\n", 1) == "bc(de)"
-    # Inside the ghost's first word the person passed over it: asked again.
-    assert wrapped("ab\n", 2) == "c(de)" and calls == [1, 2]
-    # Through it: the rest is shown again unasked.
+    # Inside the ghost's first word the person passed over it: asked again, and the same
+    # rest is not offered again...
+    assert wrapped("ab\n", 2) is None and calls == [1, 2]
+    # ... through the word, the rest is shown again unasked.
     assert wrapped("abc\n", 3) == "(de)" and calls == [1, 2]
-    # The LSP server's own typed-ahead follows the same rule, per suggestion.
+    # Another answer after a pass-over is shown.
+    other = K.typed_ahead(lambda doc, cursor: "bc(de)" if cursor == 1 else "ed")
+    assert other("a\n", 1) == "bc(de)" and other("ab\n", 2) == "ed"
+    # The LSP server's own typed-ahead follows the same rules, per suggestion.
     shown = Shown("x = a", "\n", ["bc(de)", "b"])
     assert shown.forward("x = a\n", 5) == ["bc(de)", "b"]  # the same request again
     assert shown.forward("x = ab\n", 6) is None
-    assert shown.forward("x = abc(\n", 8) == ["de)"]
-    assert shown.forward("x = abd\n", 7) is None
+    assert shown.passed("x = ab\n", 6) == {"c(de)"}
+    assert shown.forward("x = abc(\n", 8) == ["de)"] and shown.passed("x = abc(\n", 8) == set()
+    assert shown.forward("x = abd\n", 7) is None and shown.passed("x = abd\n", 7) == set()
 
 
 def test_the_workspace_drafts_of_the_typing_eval_leave_out_the_lines_own_file(tmp_path):

@@ -459,32 +459,39 @@ async def test_min_confidence_hides_unsure_ghosts_and_follows_configuration(patt
         assert (await status(client))["withheld"] == 0
 
 
-async def test_typing_what_the_ghost_says_reuses_it_without_a_model_call(pattern_ckpt, sock):
+async def test_a_ghost_typed_through_is_reused_and_one_typed_into_is_asked_again(
+        pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock)) as client:
-        open_doc(client)
-        first = await inline(client, 0, 15)
-        assert first.items[0].insert_text == "c5 c6 c7"
-        requests = (await status(client))["counters"]["requests"]
-        for version, typed, col, rest in ((2, "c", 16, "5 c6 c7"), (3, "5 c", 19, "6 c7")):
+        def type_in(uri: str, version: int, col: int, typed: str) -> None:
             client.text_document_did_change(types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=version),
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
                 content_changes=[types.TextDocumentContentChangePartial(
-                    range=types.Range(start=types.Position(0, col - len(typed)),
-                                      end=types.Position(0, col - len(typed))),
+                    range=types.Range(start=types.Position(0, col), end=types.Position(0, col)),
                     text=typed)]))
-            result = await inline(client, 0, col)
-            assert result.items[0].insert_text == rest
-        st = await status(client)
-        assert st["typedAhead"] == 2 and st["counters"]["requests"] == requests
+
+        async def counts() -> tuple[int, int]:
+            st = await status(client)
+            return st["typedAhead"], st["counters"]["requests"]
+
+        open_doc(client)
+        assert (await inline(client, 0, 15)).items[0].insert_text == "c5 c6 c7"
+        _, requests = await counts()
+        # Typed through its first word: the rest is shown again with no model call.
+        type_in(URI, 2, 15, "c5 ")
+        assert (await inline(client, 0, 18)).items[0].insert_text == "c6 c7"
+        assert await counts() == (1, requests)
         # Typing something else asks the model again.
-        client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=4),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(start=types.Position(0, 19), end=types.Position(0, 19)),
-                text="c9 ")]))
-        await inline(client, 0, 22)
-        st = await status(client)
-        assert st["typedAhead"] == 2 and st["counters"]["requests"] == requests + 1
+        type_in(URI, 3, 18, "c9 ")
+        await inline(client, 0, 21)
+        assert await counts() == (1, requests + 1)
+        # Typed into its first word instead of taking it ("c" of "c5"): asked again (and what
+        # it answers, were it the rest passed over, is left out: Shown.passed).
+        other = "file:///work/other.txt"
+        open_doc(client, uri=other)
+        assert (await inline(client, 0, 15, uri=other)).items[0].insert_text == "c5 c6 c7"
+        type_in(other, 2, 15, "c")
+        await inline(client, 0, 16, uri=other)
+        assert await counts() == (1, requests + 3)
 
 
 async def test_previews_stream_the_committed_tokens_before_the_answer(pattern_ckpt, sock):
