@@ -21,15 +21,16 @@ def _fill(model, start, gap, **kw):
 
 
 # Semi-AR blocks commit the left block before the right block's tokens exist, so where the
-# filler starts (which depends on the suffix) is decided with less to go on: a real cost.
-@pytest.mark.parametrize("schedule,at_least", [("threshold", 0.9), ("fixed", 0.9),
-                                               ("blocks", 0.75)])
-def test_the_trained_gap_is_filled_exactly_and_surplus_masks_become_filler(pattern_model,
-                                                                           schedule, at_least):
+# filler starts (which depends on the suffix) is decided with less to go on: a real cost. A
+# block size given to the threshold schedule decodes it in blocks too (Fast-dLLM's way).
+@pytest.mark.parametrize("schedule,block,at_least", [
+    ("threshold", 0, 0.9), ("fixed", 0, 0.9), ("blocks", 4, 0.75), ("threshold", 4, 0.75)])
+def test_the_trained_gap_is_filled_exactly_and_surplus_masks_become_filler(
+        pattern_model, schedule, block, at_least):
     exact = 0
     for start, gap in CASES:
         cand, answer, _ = _fill(pattern_model, start, gap, schedule=schedule, steps=8,
-                                block_size=4)
+                                block_size=block)
         exact += cand.tokens == answer
     assert exact / len(CASES) >= at_least
 
