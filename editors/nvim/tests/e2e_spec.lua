@@ -170,6 +170,9 @@ return {
     local text, mark = ghost(buf)
     assert(text == " c6 c7", "ghost text was: " .. tostring(text))
     assert(mark[3] == 17, "at the new cursor")
+    type_at(buf, 17, " ")  -- past its first word, every key typed along keeps it
+    text, mark = ghost(buf)
+    assert(text == "c6 c7" and mark[3] == 18, "ghost text was: " .. tostring(text))
     assert(diffill.accept("all"), "accepted")
     local line = vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1]
     assert(line == "c0 c1 c2 c3 c4 c5 c6 c7 c8 c9 c10", "buffer is: " .. line)
@@ -199,5 +202,9 @@ return {
     suggest_at(buf, 15)
     type_at(buf, 15, "x")
     assert(ghost(buf) == nil, "cleared when the typed text differs from the ghost")
+    vim.api.nvim_buf_set_text(buf, 0, 15, 0, 16, { "" })
+    suggest_at(buf, 15)
+    type_at(buf, 15, "c")
+    assert(ghost(buf) == nil, "cleared when typed into instead of taken (the server is asked)")
   end,
 }

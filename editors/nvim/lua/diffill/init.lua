@@ -14,6 +14,7 @@ local uv = vim.uv or vim.loop
 ---@field after string the line's text after the cursor then
 ---@field items string[] every candidate the server sent (best first)
 ---@field index integer which of them is shown
+---@field through boolean|nil set once the user typed through the first word of its text
 local current = nil
 local pending = {} ---@type table<integer, integer> bufnr -> request id
 local asked = {} ---@type table<integer, {row: integer, col: integer, tick: integer}>
@@ -214,9 +215,17 @@ function M.accept(what)
   return true
 end
 
+---The ghost's first word, as accept-word takes it: leading non-word characters and the word
+---after them, else the leading punctuation (the server's `infill.text.first_word`).
+local function first_word(text)
+  return text:match("^[^%w_\n]*[%w_]+") or text:match("^%s*[^%w_%s]+") or ""
+end
+
 ---Type-through: the user typed the beginning of the ghost text (and changed nothing else), so
----the rest stays shown at the new cursor, with no new request and no flicker. Returns true
----when it did.
+---the rest stays shown at the new cursor, with no new request and no flicker; but only once
+---they have typed through its first word. Typing inside it instead of taking it in one key
+---mostly means it was wrong: the ghost goes and the server is asked again (and leaves the
+---rest passed over out of its answer). Returns true when it kept the ghost.
 local function type_through(bufnr)
   local s = current
   if not s or s.bufnr ~= bufnr or not vim.api.nvim_buf_is_valid(bufnr) then return false end
@@ -230,6 +239,8 @@ local function type_through(bufnr)
   if #typed >= #s.text or s.text:sub(1, #typed) ~= typed or line:sub(col + 1) ~= s.after then
     return false
   end
+  if not s.through and #typed < #first_word(s.text) then return false end
+  s.through = true
   s.text, s.col, s.tick = s.text:sub(#typed + 1), col, vim.api.nvim_buf_get_changedtick(bufnr)
   render(s)
   return true
