@@ -307,6 +307,9 @@ class Engine:
         seen: set[tuple[int, ...]] = set()
         longest = 0
         indent_lead = job.lead is not None and job.lead.taken == 0
+        # Ids that are no code: a draft the tokenizer can only spell with one of them (an
+        # unknown piece, in a tokenizer with an unk token) cannot be read as code by the model.
+        not_code = {*self.model.profile.filler_ids, self.model.profile.mask_id}
         for text, support in found:
             if indent_lead:  # the indentation is the lead's: a whole line found elsewhere
                 text = text.lstrip(" \t")  # brings its own
@@ -318,7 +321,7 @@ class Engine:
                 cut = drafting.first_tokens(text, WEAK_DRAFT_TOKENS)
                 if cut != text:
                     text, ids = cut, encode(self.tokenizer, head + cut)[:cap]
-            if not ids or tuple(ids) in seen:
+            if not ids or tuple(ids) in seen or not_code.intersection(ids):
                 continue
             seen.add(tuple(ids))
             word = len(head + drafting.first_tokens(text, 1))

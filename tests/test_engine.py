@@ -455,6 +455,19 @@ def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
     assert plain.best.text.split()[:4] == ["c5", "c6", "c7", "c8"]
 
 
+def test_a_draft_the_tokenizer_spells_with_a_filler_or_unknown_id_is_not_verified(
+        pattern_model):
+    """The counting tokenizer knows no "5" alone: a draft "5 c6" would be read as its
+    unknown token (EOS here) and come back as the text <|endoftext|>; it is left out."""
+    engine = Engine(pattern_model)
+    doc = "c0 c1 c2 c3 c4 \nc8 c9 c10"
+    s = InfillSettings(max_tokens=8, ensemble=1, mode="line", min_confidence=0.0)
+    job = engine.prepare(InfillRequest(doc, doc.index("c4 \n") + 3, drafts=("5 c6", "c5 c6")),
+                         s)
+    texts = [engine.decode(d.ids) for d in job.drafts]
+    assert "c5 c6" in texts and not any("endoftext" in t for t in texts)
+
+
 def test_a_whole_line_gap_takes_its_indentation_from_the_syntax(diffill_ckpt):
     """At column 0 of an empty line the fill begins with the indentation the code above says
     (one level deeper after a line ending in ':', else the same), whatever the model thinks."""
