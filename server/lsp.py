@@ -457,7 +457,8 @@ def create_server() -> DiffillServer:
         if ls.document(doc.uri).version != version:
             return None  # the buffer changed while the model worked: this fill is stale
         texts = [it["text"] for it in result["items"]]
-        passed = shown.passed(text, cursor) if shown is not None else set()
+        # An explicit ask gets what the model says, passed over or not.
+        passed = shown.passed(text, cursor) if shown is not None and automatic else set()
         if passed and any(t in passed for t in texts):
             # What the user just typed past: not again, and the suggestion they passed over
             # stays one their next keys are compared with.
