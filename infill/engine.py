@@ -277,15 +277,16 @@ class Engine:
             lengths = [min(lengths) if s.lengths else min(ladder[1], self.max_fill(s))]
         window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
                               req.extra, keep=keep if s.sampler.reuse_prefix else None)
-        lead = self.heal(window, before) if s.token_healing and \
-            self.model.profile.expand_id is None else None
+        # A faithful decode (the authors' own) has none of diffill's additions to a fill.
+        additions = self.model.profile.expand_id is None and not s.sampler.faithful
+        lead = self.heal(window, before) if s.token_healing and additions else None
         indent = post.missing_indent(text, cur) \
             if lead is None and post.language_of(req.language, req.path) == "python" and \
             self.model.profile.expand_id is None else ""
         if indent:
             lead = Lead(indent, self.vocab(), taken=0)
         job = Job(req, mode, lengths, window, before, t0, s, lead)
-        if s.drafts and self.model.profile.expand_id is None:
+        if s.drafts and additions:
             self.add_drafts(job)
             if s.explicit:  # asked for: drafts a ghost's floor would withhold get company
                 job.sample_under = self.min_confidence(replace(s, explicit=False), mode)

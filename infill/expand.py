@@ -34,8 +34,8 @@ import torch
 from model import DiffusionModel
 
 from .api import MAX_STEPS, Cancelled, SamplerSettings
-from .sampler import (Candidate, choose_commits, layout, position_scores, sample_tokens,
-                      threshold_commits, top_k_probs)
+from .sampler import (Candidate, authors_probs, choose_commits, layout, position_scores,
+                      sample_tokens, threshold_commits)
 
 
 def commit_count(masked: int, initial: int, steps: int) -> int:
@@ -79,12 +79,16 @@ def infill_variable(model: DiffusionModel, prefix: Sequence[int], suffix: Sequen
         ids[0, lo:lo + len(gap)] = gap.to(ids.device)
         logits = model.span_logits(ids, lo, lo + len(gap), key_mask=key_mask)[0].float()
         passes += 1
-        judged = logits.clone()  # scored as the authors' decoder: the mask token's share in
+        full = len(gap) >= max_length or budget <= 0
+        if full:
+            logits[:, expand_id] -= 1e9  # DreamOn's own way of blocking it, for its scores
+        # Scored as the authors' decoder scores (taken before the mask is ruled out).
+        judged = authors_probs(logits, prof).cpu()
         logits[:, mask_id] = float("-inf")
-        if len(gap) >= max_length or budget <= 0:
+        if full:
             logits[:, expand_id] = float("-inf")
-            judged[:, expand_id] -= 1e9  # DreamOn's own way of blocking it
-        if settings.min_tokens and not settings.faithful and not bool(((gap != mask_id) & ~torch.isin(gap, delete)).any()):
+        written = bool(((gap != mask_id) & ~torch.isin(gap, delete)).any())
+        if settings.min_tokens and not settings.faithful and not written:
             # Nothing written yet: the first open mask may not vanish (an empty fill is never
             # what an editor asks for).
             first = int((gap == mask_id).nonzero()[0])
@@ -92,8 +96,6 @@ def infill_variable(model: DiffusionModel, prefix: Sequence[int], suffix: Sequen
         tokens, probs = sample_tokens(logits[None], settings.temperature, settings.top_p, gen)
         tokens, probs = tokens[0].cpu(), probs[0].float().cpu()
         p_tok = probs.gather(-1, tokens[:, None]).squeeze(-1)
-        judged = (top_k_probs(judged, prof.score_top_k) if prof.score_top_k
-                  else torch.softmax(judged, dim=-1)).cpu()
         scores = position_scores(judged[None], tokens[None], settings.order)
         masked = (gap == mask_id)[None]
         if settings.schedule == "threshold":

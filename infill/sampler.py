@@ -213,6 +213,15 @@ def top_k_probs(logits: torch.Tensor, k: int) -> torch.Tensor:
     return torch.softmax(logits.masked_fill(low, torch.finfo(logits.dtype).min), dim=-1)
 
 
+def authors_probs(logits: torch.Tensor, profile) -> torch.Tensor:
+    """The distribution a released family's own decoder scores positions on, from the raw
+    logits (the mask token's share included): Dream's top-k (``score_top_k``), LLaDA's float64
+    softmax, else the plain softmax."""
+    if profile.score_top_k:
+        return top_k_probs(logits, profile.score_top_k)
+    return torch.softmax(logits.double() if profile.commit_rule == "llada" else logits, dim=-1)
+
+
 def position_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str) -> torch.Tensor:
     """How sure the model is at each position (B, N); higher is committed first.
 
@@ -479,10 +488,9 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                                        positions=run)  # (B, M, V)
             run_from, entry = None, None
             passes += 1
-            # A released family's positions are scored as its authors' decoder scores them:
-            # on the model's own distribution, the mask token's share included, and Dream's
-            # over its top k (the profile's ``score_top_k``).
-            judged = logits.clone() if rule != "diffill" else None
+            # A released family's positions are scored as its authors' decoder scores them
+            # (taken before the mask is ruled out: its share counts there).
+            judged = authors_probs(logits, prof) if rule != "diffill" else None
             logits[..., mask_id] = float("-inf")  # a mask is never an answer
             only = _apply_leads(leads, alive, ids, lo, b0, cols, logits, mask_id) \
                 if leads is not None and any(leads) else {}
@@ -491,9 +499,6 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
                 early = ((cols >= first) & (cols < last)).nonzero()  # (k, 1) rows of cols
                 logits[:, early, filler[None, :]] = float("-inf")
             sub_tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
-            if judged is not None:
-                judged = top_k_probs(judged, prof.score_top_k) if prof.score_top_k \
-                    else torch.softmax(judged.double(), dim=-1)  # LLaDA's: float64
             tokens, p_tok, scores = spread(cols, masked.shape, mask_id, sub_tokens,
                                            probs.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1),
                                            position_scores(probs if judged is None else judged,

@@ -73,9 +73,8 @@ class Shown:
         (``infill.text.typed_through``), or nothing (the same request again), and changed
         nothing else; None otherwise: inside a suggestion's first word the next request asks
         the model again, with the letters typed since."""
-        typed = text[len(self.before):cursor]
-        if cursor < len(self.before) or len(typed) > TYPE_AHEAD_CHARS or \
-                text[cursor:] != self.after or not text.startswith(self.before):
+        typed = self._typed(text, cursor)
+        if typed is None or len(typed) > TYPE_AHEAD_CHARS:
             return None
         rest = [t[len(typed):] for t in self.texts
                 if len(t) > len(typed) and (not typed or typed_through(typed, t))]
@@ -84,11 +83,17 @@ class Shown:
     def passed(self, text: str, cursor: int) -> set[str]:
         """The rests of the suggestions the user has typed into without taking them, still
         inside their first word (``infill.text.passed_over``): not offered again."""
-        typed = text[len(self.before):cursor]
-        if cursor < len(self.before) or text[cursor:] != self.after or \
-                not text.startswith(self.before):
+        typed = self._typed(text, cursor)
+        if typed is None:
             return set()
         return {r for t in self.texts if (r := passed_over(typed, t)) is not None}
+
+    def _typed(self, text: str, cursor: int) -> str | None:
+        """What the user has typed since at the cursor, nothing else changed; else None."""
+        if cursor < len(self.before) or text[cursor:] != self.after or \
+                not text.startswith(self.before):
+            return None
+        return text[len(self.before):cursor]
 
 
 class Typing:

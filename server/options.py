@@ -120,8 +120,7 @@ def settings_from_args(args: argparse.Namespace):
             temperature=args.temperature, top_p=args.top_p, seed=args.seed,
             faithful=getattr(args, "faithful", None))
         if s.sampler.faithful:  # the authors' decoders take a fixed number of steps
-            s = replace(s, drafts=False, token_healing=False, sampler=replace(
-                s.sampler, schedule=args.schedule or "fixed"))
+            s = replace(s, sampler=replace(s.sampler, schedule=args.schedule or "fixed"))
         if args.prefix_tokens is not None or args.suffix_tokens is not None:
             b = s.budget
             s = replace(s, budget=ContextBudget(
