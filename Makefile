@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench soak vscode-e2e gpu-train
+.PHONY: demo test test-quick hooks install clean bench soak vscode-e2e gpu-train
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/diffill demo
 
+# The whole suite (what CI runs), file by file, with the slowest tests listed at the end.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest --durations=10
+
+# The quick tier: every test not marked slow (a few minutes here); the pre-commit check once
+# `make hooks` has pointed git at .githooks.
+test-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not gpu"
+
+hooks:
+	git config core.hooksPath .githooks
 
 # Opt-in: the extension in a real VS Code (code-server + headless Chromium; see
 # editors/vscode/e2e/setup.sh for why it is not part of `make test`).
@@ -34,7 +43,7 @@ vscode-e2e: $(STAMP)
 # The reliability run of docs/reliability.md: 10,000 fuzzed messages, 4 clients x 200
 # completions with 30% cancelled while rewrites run, five faults (about 10 minutes).
 soak: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python tests/soak.py
+	HF_HUB_OFFLINE=1 $(BIN)/python workshop/soak.py
 
 # The bundled model's GPU recipe (docs/training.md), one device command at a time: each call
 # trains MINUTES more (the first also rebuilds the corpus from the machine's own
@@ -45,8 +54,8 @@ MINUTES ?= 9
 GPU_RUN ?= runs/gpu
 GPU_OUT ?= runs/gpu-export
 gpu-train:
-	$(PYTHON) -m server.cli train $(GPU_RUN) --recipe gpu-base --minutes $(MINUTES) --compile --save-every 2
-	$(PYTHON) -m server.cli train $(GPU_RUN) --export $(GPU_OUT) --bf16-weights --shard-mb 15 --max-fill 16 --cache dual --cache-blocks 8 --refresh fill --cpu-bf16
+	$(PYTHON) workshop/from_tree.py train $(GPU_RUN) --recipe gpu-base --minutes $(MINUTES) --compile --save-every 2
+	$(PYTHON) workshop/from_tree.py train $(GPU_RUN) --export $(GPU_OUT) --bf16-weights --shard-mb 15 --max-fill 16 --cache dual --cache-blocks 8 --refresh fill --cpu-bf16
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/diffill bench

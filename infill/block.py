@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from model.block_diffusion import BlockDiffusionModel
+from diffill.model.block_diffusion import BlockDiffusionModel
 
 from . import post
 from .api import (MAX_MASKS, Cancelled, Completion, InfillRequest, InfillResult,

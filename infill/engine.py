@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from model import DiffusionModel
+from diffill.model import DiffusionModel
 
 from . import drafts as drafting
 from . import post

@@ -9,7 +9,7 @@ from .engine import Engine
 def make_engine(model, settings: InfillSettings = InfillSettings()) -> Engine:
     """:class:`~infill.engine.Engine` for mask-diffusion checkpoints,
     :class:`~infill.block.BlockEngine` for block-diffusion chat models (DiffusionGemma)."""
-    from model.block_diffusion import BlockDiffusionModel
+    from diffill.model.block_diffusion import BlockDiffusionModel
     if isinstance(model, BlockDiffusionModel):
         from .block import BlockEngine
         return BlockEngine(model, settings)

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from model import DiffusionModel
+from diffill.model import DiffusionModel
 
 from .api import MAX_STEPS, Cancelled, SamplerSettings
 from .sampler import (Candidate, authors_probs, choose_commits, layout, position_scores,

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from model import DiffusionModel, KVCache
+from diffill.model import DiffusionModel, KVCache
 
 from .api import DEFAULT_BLOCK, Cancelled, SamplerSettings
 
@@ -1045,27 +1045,3 @@ def refine(model: DiffusionModel, prefix: Sequence[int], selection: Sequence[int
     tokens = [t for i, t in enumerate(new) if not (i in doubtful and t in filler)]
     return Refined(tokens, sorted(doubtful), p_orig.tolist(), out.forward_passes + 1)
 
-
-def teacher(model: DiffusionModel) -> Callable[[list[int], list[int], int], list[int] | None]:
-    """``fill(prefix, suffix, n)``: ``model``'s own ``n`` tokens for a gap between those ids,
-    filler included, as the editor would get them (the checkpoint's recorded settings). The
-    middles of self-distilled training rows (``TrainConfig.self_distill``). None for a gap
-    longer than the checkpoint's ``max_fill``: the editor never asks the model for one, and
-    its answers there run on instead of stopping, which a student would learn. Its passes
-    leave the calling thread's thread count as they found it."""
-    mask = model.profile.mask_id
-    longest = model.profile.max_fill
-
-    def fill(prefix: list[int], suffix: list[int], n: int) -> list[int] | None:
-        if longest and n > longest:
-            return None
-        threads = torch.get_num_threads()
-        model.threads = threads  # the training run's count, not the machine's
-        ids = torch.tensor([prefix + [mask] * n + suffix], device=model.device)
-        try:
-            out = denoise(model, ids, len(prefix), len(prefix) + n, settings=SamplerSettings())
-        finally:
-            torch.set_num_threads(threads)
-        return out.ids[0, len(prefix):len(prefix) + n].tolist()
-
-    return fill

@@ -81,7 +81,7 @@ def load_tokenizer(folder: Path):
 
     A ``tokenizer.json`` is loaded with ``PreTrainedTokenizerFast`` directly: ``AutoTokenizer``
     would pick ``Qwen2Tokenizer`` for a qwen2 config and swap in Qwen's own pre-tokenizer, which
-    changes the ids of a tokenizer trained elsewhere (design.md, known pitfalls).
+    changes the ids of a tokenizer trained elsewhere (docs/design.md, "model/").
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     try:

@@ -5,7 +5,8 @@
     diffill infill FILE|-                         fill the <|fill|> marker (stdin with -)
     diffill infill --jsonl IN                     one JSON result per request line
     diffill lsp | serve | status                  editor server, daemon, daemon status
-    diffill train | eval | bench                  bundled model, held-out eval, speed
+    diffill demo                                  infill a sample with the bundled model
+    diffill train | corpus | eval | bench         developer tools (``diffill.workshop``)
 
 Output is the completion on stdout; errors are one line on stderr with a non-zero exit code
 (see ``server/errors.py``), never a traceback unless DIFFILL_DEBUG=1.
@@ -18,10 +19,13 @@ import json
 import logging
 import os
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from .errors import EXIT_OK, BadInput, DiffillError, UsageError, classify
+from . import lsp_commands
 from .options import (add_model_options, add_sampler_options, apply,
                       build_request, load_engine, read_input, result_json,
                       settings_from_args)
@@ -32,8 +36,6 @@ log = logging.getLogger("diffill")
 # ---------------------------------------------------------------- infill
 
 def cmd_infill(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     # Asked for by a person or a script: the best candidate comes back with its score, under
     # the calibrated floor too (an explicit --min-confidence still filters).
     settings = replace(settings_from_args(args), explicit=True)
@@ -194,13 +196,82 @@ class InProcessBackend:
         return self.engine.run(req, settings)
 
 
+# ---------------------------------------------------------------- demo
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``diffill demo``: the bundled model infills a sample file and says how it went."""
+    text, name = read_input(args.file)
+    req, clean = build_request(text, name, language="python")
+    t0 = time.perf_counter()
+    engine = load_engine(args)
+    t_load = time.perf_counter() - t0
+    settings = settings_from_args(args)
+    # The demo shows the model's answer even when an editor would withhold it, and says so.
+    result = engine.run(req, replace(settings, min_confidence=0.0, hide_unknown_names=False))
+    floor = engine.min_confidence(settings, result.mode)
+    model = engine.model.describe()
+    print(f"# diffill demo: {Path(name).name} with {Path(model['checkpoint']).name} "
+          f"({model['parameters'] / 1e6:.1f}M parameters) on {model['device']}")
+    print(f"# model loaded in {t_load:.2f}s; infill took {result.seconds * 1000:.0f} ms "
+          f"({result.forward_passes} forward passes, {result.mode} mode)")
+    if result.best is None:
+        print("# the model proposed no completion: every candidate was empty after "
+              "post-processing.")
+        _bundled_model_hint(model["checkpoint"])
+        return EXIT_OK
+    best = result.best
+    expected = Path(f"{name}.expected")
+    same = ""
+    if expected.is_file():  # the sample's removed text, to say whether the model found it
+        want = expected.read_text(encoding="utf-8").strip()
+        same = f", equals the removed text: {best.text.strip() == want}"
+    shown = "an editor shows it" if best.score >= floor else \
+        f"an editor would not show it: under minConfidence {floor:.2f}"
+    if best.unknown and settings.withholds_unknown_names:
+        shown = f"an editor would not show it: it names {', '.join(best.unknown)}, defined " \
+                f"nowhere in the file"
+    print(f"# completion (parses: {best.parses}{same}; score {best.score:.2f}, {shown}):")
+    print(best.text)
+    if best.parses is False:
+        _bundled_model_hint(model["checkpoint"])
+    print("# file with the completion:")
+    sys.stdout.write(apply(clean, best))
+    return EXIT_OK
+
+
+def _bundled_model_hint(checkpoint: str) -> None:
+    """What to read, or try, when the bundled model's demo answer is empty or broken."""
+    if Path(checkpoint).name == "diffill-small":
+        print("# The bundled diffill-small is undertrained (2.6 hours on two CPU cores); "
+              "see model/checkpoints/diffill-small/README.md, or run any checkpoint of "
+              "the README's table with --model.")
+
+
+
 # ---------------------------------------------------------------- main
 
-def build_parser() -> argparse.ArgumentParser:
+WORKSHOP = {
+    "train": "train the bundled model (resumable runs)",
+    "corpus": "unpack permissively licensed wheels into a corpus folder",
+    "eval": "held-out infill exact match, parse rate and the typing eval",
+    "bench": "speed ratios against the plain sampler, same process",
+}
+"""Developer tools, named here and handed whole to ``diffill.workshop.commands``, which the
+runtime (``lsp``, ``serve``, ``infill``) never imports."""
+
+
+def base_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     p = argparse.ArgumentParser(prog="diffill", description="Code infilling with a "
                                 "masked-diffusion language model.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    return p, p.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = base_parser()
 
     q = sub.add_parser("infill", help="fill a gap, rewrite or refine a selection")
     q.add_argument("file", nargs="?", help="source file, or - for stdin (default: stdin)")
@@ -226,14 +297,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampler_options(q)
     q.set_defaults(func=cmd_infill)
 
-    from . import dev_commands, lsp_commands
+    d = sub.add_parser("demo", help="infill a sample file with the bundled model")
+    d.add_argument("file", nargs="?", default=str(SAMPLES / "demo.py"))
+    add_model_options(d)
+    add_sampler_options(d)
+    d.set_defaults(func=cmd_demo)
+
     lsp_commands.register(sub)  # the editor-facing commands
-    dev_commands.register(sub)  # developer tools: demo, train, corpus, eval, bench
+    for name, help_text in WORKSHOP.items():  # listed in --help; parsed by the workshop
+        sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if command_of(argv) in WORKSHOP:
+        from diffill.workshop.commands import build_parser as workshop_parser
+        return run(workshop_parser(), argv)
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """Parse ``argv`` and run its command: logging on stderr, one line per error, the exit
+    codes of ``server/errors.py``."""
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

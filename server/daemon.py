@@ -155,7 +155,7 @@ class Registry:
         if key in self.engines:
             self.engines.move_to_end(key)
             return self.engines[key]
-        from model.loader import check_checkpoint
+        from diffill.model.loader import check_checkpoint
         check_checkpoint(key[0])  # a bad checkpoint fails here, before anything is unloaded
         evicted = []
         while len(self.engines) >= self.keep:
@@ -175,8 +175,8 @@ class Registry:
 
     def _load(self, key: tuple):
         """Load the model of ``key``, count it and keep its engine."""
-        from infill import make_engine
-        from model import load_model
+        from diffill.infill import make_engine
+        from diffill.model import load_model
         t0 = time.perf_counter()
         model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
         self.load_seconds += time.perf_counter() - t0
@@ -202,7 +202,7 @@ def settings_from_wire(raw: dict[str, Any] | None):
     """Engine settings from the daemon wire format (``Settings.infill_settings``)."""
     from dataclasses import replace
 
-    from infill import ContextBudget, InfillSettings, with_overrides
+    from diffill.infill import ContextBudget, InfillSettings, with_overrides
     raw = dict(raw or {})
     budget = ContextBudget(int(raw.pop("prefix_tokens", 1536)), int(raw.pop("suffix_tokens", 512)),
                            int(raw.pop("extra_tokens", 0)))
@@ -238,7 +238,7 @@ def request_to_wire(req) -> dict[str, Any]:
 
 
 def request_from_wire(raw: dict[str, Any]):
-    from infill import InfillRequest
+    from diffill.infill import InfillRequest
     try:
         return InfillRequest(text=str(raw["text"]), start=int(raw["start"]),
                              end=None if raw.get("end") is None else int(raw["end"]),
@@ -264,7 +264,7 @@ def result_to_wire(result) -> dict[str, Any]:
 
 def result_from_wire(raw: dict[str, Any]):
     """The inverse of :func:`result_to_wire`."""
-    from infill import Completion, InfillResult
+    from diffill.infill import Completion, InfillResult
     items = [Completion(i["text"], i["start"], i["end"], i["score"], i["parses"], i["tokens"],
                         i["terminated"], tuple(i.get("unknown", ()))) for i in raw["items"]]
     return InfillResult(items, raw["mode"], raw["forward_passes"], raw["seconds"],

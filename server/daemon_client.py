@@ -34,7 +34,7 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
     private_folder(path.parent)
     own_paths(path)
     log_path = path.parent / (path.name + ".log")
-    cmd = [sys.executable, "-m", "server.cli", "-v", "serve", "--socket", str(path),
+    cmd = [sys.executable, "-m", "diffill.server.cli", "-v", "serve", "--socket", str(path),
            "--idle-timeout", str(int(idle_timeout)), "--autostarted"]
     if preload is None:
         # Started on demand: the client's own "load" or "infill" names the model to load;
@@ -44,11 +44,10 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
         if preload and preload.get(key):
             cmd += [f"--{'model' if key == 'checkpoint' else key}", str(preload[key])]
     logf = open(log_path, "ab")
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    # The child imports diffill as this process did (the same installed build); its cwd is
+    # the runtime folder so that nothing it resolves depends on where the client ran.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                            start_new_session=True, env=env, cwd=root)
+                            start_new_session=True, cwd=path.parent)
     logf.close()
     # Reap it when it exits (an exited child left unwaited stays a zombie until we exit).
     threading.Thread(target=proc.wait, name="diffill-reaper", daemon=True).start()

@@ -76,8 +76,8 @@ class ErrorInfo:
 
 def classify(exc: BaseException) -> DiffillError:
     """The :class:`DiffillError` for any exception a request can raise."""
-    from infill.api import Cancelled
-    from infill.text import InputError
+    from diffill.infill.api import Cancelled
+    from diffill.infill.text import InputError
     if isinstance(exc, DiffillError):
         return exc
     if isinstance(exc, Cancelled):

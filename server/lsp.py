@@ -24,9 +24,9 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 from pygls.workspace.position_codec import PositionCodec
 
-from infill import drafts as drafting
-from infill.context import related_snippet
-from infill.text import (PositionError, line_bounds, line_starts, passed_over, past_line_end,
+from diffill.infill import drafts as drafting
+from diffill.infill.context import related_snippet
+from diffill.infill.text import (PositionError, line_bounds, line_starts, passed_over, past_line_end,
                          position_of, typed_through)
 
 from . import protocol as P

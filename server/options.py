@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infill.api import CACHES, FILLER_ORDERS, ORDERS, PASS_POSITIONS, REFRESHES, SCHEDULES
-from infill.post import MODES
+from diffill.infill.api import CACHES, FILLER_ORDERS, ORDERS, PASS_POSITIONS, REFRESHES, SCHEDULES
+from diffill.infill.post import MODES
 
 from .errors import BadInput, UsageError
 
@@ -98,7 +98,7 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace):
     from dataclasses import replace
 
-    from infill import ContextBudget, InfillSettings, with_overrides
+    from diffill.infill import ContextBudget, InfillSettings, with_overrides
     lengths = None
     if getattr(args, "lengths", None):
         try:
@@ -143,8 +143,8 @@ def _as_flags(message: str) -> str:
 
 
 def load_engine(args: argparse.Namespace):
-    from infill import make_engine
-    from model import load_model
+    from diffill.infill import make_engine
+    from diffill.model import load_model
     model = load_model(args.model, device=args.device, dtype=args.dtype, family=args.family)
     log.info("model %s", json.dumps(model.describe()))
     return make_engine(model)
@@ -152,7 +152,7 @@ def load_engine(args: argparse.Namespace):
 
 def read_input(path: str | None, stdin=None) -> tuple[str, str]:
     """(text, name) of a file or of stdin ('-' or no path)."""
-    from infill.text import decode_source
+    from diffill.infill.text import decode_source
     if path in (None, "-"):
         stream = stdin if stdin is not None else sys.stdin.buffer
         return decode_source(stream.read(), "stdin"), "stdin"
@@ -172,8 +172,8 @@ def build_request(text: str, name: str, *, at: str | None = None, select: str | 
                   action: str | None = None, language: str | None = None,
                   instruction: str | None = None):
     """An :class:`InfillRequest` from CLI-style specs (1-based positions) or the marker."""
-    from infill import InfillRequest
-    from infill.text import offset_at, parse_position, parse_range
+    from diffill.infill import InfillRequest
+    from diffill.infill.text import offset_at, parse_position, parse_range
     path = None if name == "stdin" else name
     if at and select:
         raise UsageError("give --at or --select, not both")
@@ -200,7 +200,7 @@ def build_request(text: str, name: str, *, at: str | None = None, select: str | 
 
 
 def result_json(result, text: str, request_id: Any = None, candidates: int = 3) -> dict:
-    from infill.text import position_of
+    from diffill.infill.text import position_of
 
     def pos(offset: int) -> dict:
         line, col = position_of(text, offset)

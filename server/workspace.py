@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from infill.drafts import Library
+from diffill.infill.drafts import Library
 
 MAX_BYTES = 50_000_000
 """Most text read per kind of file (issue 24's bound: 2,000 files, 50 MB)."""

@@ -53,5 +53,5 @@ def pattern_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pattern_model(pattern_ckpt):
-    from model import load_model
+    from diffill.model import load_model
     return load_model(pattern_ckpt)

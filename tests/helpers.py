@@ -27,7 +27,7 @@ def bpe_tokenizer(vocab_size: int = 320, extra_special: list[str] = ()):
     """A byte-level BPE trained on a few snippets, with diffill's special tokens."""
     from tokenizers import AddedToken
 
-    from model.train import train_tokenizer
+    from diffill.workshop.train import train_tokenizer
     tok = train_tokenizer(iter(CODE_SNIPPETS * 3), vocab_size)
     if extra_special:
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
@@ -162,7 +162,7 @@ def train_pattern_model(folder: Path, steps: int = 600, seed: int = 0) -> Path:
     ``<|pad|>`` up to 8 slots. The trained model fills the run and pads the rest (about 98% of
     gaps exactly), so sampler tests can assert real answers. Saved as a diffill checkpoint.
     """
-    from model.train import mdlm_loss
+    from diffill.workshop.train import mdlm_loss
 
     def loss(model, gen):
         ids, region, key_mask = pattern_batch(128, gen)
@@ -177,8 +177,8 @@ def train_pattern_model(folder: Path, steps: int = 600, seed: int = 0) -> Path:
 def _fit_counting(loss, steps: int, seed: int):
     """A 3-layer bidirectional model of the counting vocabulary, fitted in seconds by AdamW
     (short warm-up, linear decay) on batches whose ``loss(model, gen)`` it minimises."""
-    from model.train import TrainConfig, _init_weights
-    from model.transformer import Transformer
+    from diffill.workshop.train import TrainConfig, _init_weights
+    from diffill.model.transformer import Transformer
     torch.manual_seed(seed)
     cfg = TrainConfig(vocab_size=16, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, seq_len=24)
@@ -199,7 +199,7 @@ def _fit_counting(loss, steps: int, seed: int):
 
 def _save_counting(folder: Path, model, tokenizer, architecture: str, **extra) -> Path:
     """A counting model as a checkpoint folder: weights, config.json and tokenizer."""
-    from model.weights import save_state_dict
+    from diffill.model.weights import save_state_dict
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(model, folder)
     config = {"architectures": [architecture], "model_type": "qwen2", "vocab_size": 16,

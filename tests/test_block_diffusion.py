@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import helpers
-from infill import Cancelled, InfillRequest, InfillSettings, make_engine
-from infill import block
-from infill.context import ContextBudget
-from infill.text import InputError
-from model import CheckpointError, load_model
-from model import block_diffusion
-from model.loader import check_checkpoint
-from server.daemon_client import spawn_daemon
+from diffill.infill import Cancelled, InfillRequest, InfillSettings, make_engine
+from diffill.infill import block
+from diffill.infill.context import ContextBudget
+from diffill.infill.text import InputError
+from diffill.model import CheckpointError, load_model
+from diffill.model import block_diffusion
+from diffill.model.loader import check_checkpoint
+from diffill.server.daemon_client import spawn_daemon
 from test_cli import diffill
 from test_daemon import wait_for
 from test_lsp import stop_daemon
@@ -37,6 +37,7 @@ def gemma(gemma_dir):
     return load_model(gemma_dir)
 
 
+@pytest.mark.slow
 def test_loads_through_transformers_class_from_safetensors(gemma, gemma_dir):
     from transformers import DiffusionGemmaForBlockDiffusion
     assert isinstance(gemma.net, DiffusionGemmaForBlockDiffusion)
@@ -177,6 +178,7 @@ def test_broken_checkpoints_fail_with_one_line(gemma_dir, tmp_path):
                    family="diffusiongemma")
 
 
+@pytest.mark.slow
 def test_cli_completes_and_rewrites_with_an_instruction(gemma_dir, tmp_path):
     src = tmp_path / "a.py"
     src.write_text(TEXT)
@@ -193,6 +195,7 @@ def test_cli_completes_and_rewrites_with_an_instruction(gemma_dir, tmp_path):
     assert r.returncode != 0 and b"--instruction goes with --rewrite" in r.stderr
 
 
+@pytest.mark.slow
 def test_the_daemon_serves_diffusiongemma(gemma_dir):
     sock = Path(tempfile.mkdtemp(prefix="dfl-")) / "d.sock"
     spawn_daemon(sock, idle_timeout=60)
@@ -215,6 +218,7 @@ def test_the_daemon_serves_diffusiongemma(gemma_dir):
         stop_daemon(sock)
 
 
+@pytest.mark.slow
 def test_bench_compares_the_diffusion_path_with_an_autoregressive_twin(gemma_dir, tmp_path):
     out = tmp_path / "perf.md"
     r = diffill("bench", "--context", "16", "--repeats", "1", "--steps", "2", "--canvases", "2",

@@ -19,7 +19,7 @@ def diffill(*args, stdin: bytes | None = None, model: Path | None = None, timeou
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                DIFFILL_SOCKET="/nonexistent/diffill-test.sock")  # never a user's daemon
     env.update(env_extra or {})
-    cmd = [sys.executable, "-m", "server.cli", *args]
+    cmd = [sys.executable, "-m", "diffill.server.cli", *args]
     if model is not None:
         cmd += ["--model", str(model)]
     return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=env,
@@ -45,6 +45,7 @@ def count_file(tmp_path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_infill_at_a_position_prints_text_and_json(count_file, pattern_ckpt):
     args = ("infill", str(count_file), "--at", "1:16", "--max-tokens", "8", "--ensemble", "1")
     r = diffill(*args, "--json", model=pattern_ckpt)
@@ -57,6 +58,7 @@ def test_infill_at_a_position_prints_text_and_json(count_file, pattern_ckpt):
     assert plain.returncode == 0 and plain.stdout.decode() == "c5 c6 c7\n"
 
 
+@pytest.mark.slow
 def test_faithful_decodes_one_token_per_step_with_the_fixed_schedule(count_file, pattern_ckpt):
     args = ("infill", str(count_file), "--at", "1:16", "--lengths", "6", "--json")
     ours = json.loads(diffill(*args, model=pattern_ckpt).stdout)
@@ -68,6 +70,7 @@ def test_faithful_decodes_one_token_per_step_with_the_fixed_schedule(count_file,
     assert theirs["forward_passes"] == 6 > ours["forward_passes"]
 
 
+@pytest.mark.slow
 def test_marker_on_stdin_and_full_output(pattern_ckpt):
     doc = "c9 c10 c11 <|fill|> c3 c4 c5\nc1 c2\n"
     r = diffill("infill", "-", "--full", "--max-tokens", "8", "--ensemble", "1",
@@ -76,6 +79,7 @@ def test_marker_on_stdin_and_full_output(pattern_ckpt):
     assert r.stdout.decode() == "c9 c10 c11 c0 c1 c2 c3 c4 c5\nc1 c2\n"
 
 
+@pytest.mark.slow
 def test_rewrite_and_refine_a_selection(tmp_path, pattern_ckpt):
     src = tmp_path / "wrong.txt"
     src.write_text("c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10\n")  # c9 at the 7th slot is wrong
@@ -94,6 +98,7 @@ def test_rewrite_and_refine_a_selection(tmp_path, pattern_ckpt):
             assert out["text"] == "c5 c6 c7"
 
 
+@pytest.mark.slow
 def test_jsonl_batch_keeps_order_and_reports_bad_lines(tmp_path, src, diffill_ckpt):
     reqs = tmp_path / "reqs.jsonl"
     reqs.write_text("\n".join([
@@ -124,6 +129,7 @@ def test_jsonl_batch_keeps_order_and_reports_bad_lines(tmp_path, src, diffill_ck
     (["infill", "{src}", "--at", "1:1", "--model", "{corrupt}"], "corrupt", "cannot read", 4),
     (["infill", "{src}", "--refine"], None, "--select", 2),
 ])
+@pytest.mark.slow
 def test_bad_input_gets_one_clear_line_and_no_traceback(tmp_path, src, diffill_ckpt, args, setup,
                                                         message, code):
     import shutil
@@ -146,6 +152,7 @@ def test_bad_input_gets_one_clear_line_and_no_traceback(tmp_path, src, diffill_c
     assert r.stdout == b""
 
 
+@pytest.mark.slow
 def test_bench_writes_a_table_of_ratios_against_the_plain_sampler(tmp_path, diffill_ckpt):
     out = tmp_path / "perf.md"
     out.write_text("# Performance\n")
@@ -171,6 +178,7 @@ def test_bench_writes_a_table_of_ratios_against_the_plain_sampler(tmp_path, diff
     assert all(float(c[6].strip().rstrip("x")) > 0 for c in rows[2:])
 
 
+@pytest.mark.slow
 def test_min_confidence_hides_a_completion_the_model_is_unsure_of(pattern_ckpt):
     doc = b"c0 c1 c2 c3 c4 <|fill|> c8 c9 c10\n"
     args = ("infill", "-", "--max-tokens", "8", "--ensemble", "1", "--json")
@@ -190,6 +198,7 @@ def test_min_confidence_hides_a_completion_the_model_is_unsure_of(pattern_ckpt):
     assert bad.returncode == 2 and b"--min-confidence must be" in bad.stderr
 
 
+@pytest.mark.slow
 def test_bench_e2e_times_the_editor_path_with_a_fresh_daemon(pattern_ckpt, tmp_path):
     table = tmp_path / "perf.md"
     r = diffill("bench", "--e2e", "--places", "3", "--lines", "1", "--keystroke-ms", "1",

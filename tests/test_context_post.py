@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from infill import post
-from infill.context import ContextBudget, build_window, encode
-from infill.text import (InputError, PositionError, decode_source, offset_at, parse_position,
+from diffill.infill import post
+from diffill.infill.context import ContextBudget, build_window, encode
+from diffill.infill.text import (InputError, PositionError, decode_source, offset_at, parse_position,
                          position_of)
 
 
@@ -57,7 +57,7 @@ def test_extra_chunks_go_ahead_of_the_prefix_within_their_budget(tok):
 
 
 def test_the_stretch_of_another_file_that_shares_the_most_names_is_chosen():
-    from infill.context import related_snippet
+    from diffill.infill.context import related_snippet
     other = "".join(f"noise_{i} = {i}\n" for i in range(60)) + \
         "def parse_header(buf, limit):\n    return buf[:limit]\n" + \
         "".join(f"more_{i} = {i}\n" for i in range(60))
@@ -74,7 +74,7 @@ def test_positions_round_trip_in_each_encoding():
     from lsprotocol.types import Position, PositionEncodingKind
     from pygls.workspace.position_codec import PositionCodec
 
-    from server.lsp import client_offset, client_position
+    from diffill.server.lsp import client_offset, client_position
     text = "a = 'é𝄞x'\r\nsecond\n"
     off = text.index("x")
     for enc, col in ((PositionEncodingKind.Utf32, 7), (PositionEncodingKind.Utf16, 8),
@@ -249,19 +249,19 @@ def test_a_fill_ends_before_a_character_its_tokens_broke():
     ("x, y)\n", "x, y)\n"),
 ])
 def test_a_stutter_is_cut_to_one_copy(fill, kept):
-    from infill.post import unstutter
+    from diffill.infill.post import unstutter
     assert unstutter(fill, "class A:\n    pass\n") == kept
 
 
 def test_a_run_the_document_holds_is_not_a_stutter():
-    from infill.post import unstutter
+    from diffill.infill.post import unstutter
     assert unstutter("ab.ab.ab.ab", "x = ab.ab.ab.ab\n") == "ab.ab.ab.ab"
 
 
 def test_a_documents_window_keeps_its_start_while_the_user_types(tok):
     """Typing moves the cursor; the window's start stays where the last one began while the
     text from there still fits, so the two windows share their first positions."""
-    from infill.context import STICKY_SLACK, prefix_window
+    from diffill.infill.context import STICKY_SLACK, prefix_window
     text = "".join(f"value_{i} = compute(value_{i - 1}, {i})\n" for i in range(1, 60))
     # A document typed in whose last window no longer fits: the new start leaves room.
     kept, start = prefix_window(tok, text, len(text), 120, keep=(0, "no such line"))
@@ -324,13 +324,13 @@ def test_the_word_before_an_attribute_keeps_its_dot_so_it_is_no_free_name():
 ])
 def test_a_fill_that_breaks_its_line_is_told_from_one_that_only_leaves_it_unfinished(
         before, fill, after, broken):
-    from infill.post import breaks_line
+    from diffill.infill.post import breaks_line
     above = "    call(\n        a=1,\n" if before.startswith("        b") else "def f():\n"
     assert breaks_line(before, fill, after, above) is broken
 
 
 def test_names_a_line_binds_are_defined_for_its_fill():
-    from infill.post import bound_names
+    from diffill.infill.post import bound_names
     assert {"np"} <= bound_names("import numpy as np")
     assert {"x", "i"} <= bound_names("for i, x in enumerate(items):")
     assert {"fh"} <= bound_names("with open(path) as fh:")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from server.daemon_client import DaemonClient, spawn_daemon
+from diffill.server.daemon_client import DaemonClient, spawn_daemon
 from test_lsp import ROOT, inline, open_doc, options, session, status, stop_daemon
 
 
@@ -38,6 +38,7 @@ def wait_for(path: Path, timeout=60) -> DaemonClient:
             time.sleep(0.1)
 
 
+@pytest.mark.slow
 async def test_two_editor_processes_share_one_model_load(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock)) as a, \
             session(options(pattern_ckpt, sock)) as b:
@@ -102,6 +103,7 @@ def running(path: Path, requests: int = 1) -> dict:
                         st["queued"] == 0 and st["state"] == "busy")
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_request_and_the_next_one_works(slow_daemon, sock):
     client, make = slow_daemon
     params = make({"text": "def f(x):\n    return x\n" * 20, "start": 10}, HOLD)
@@ -118,6 +120,7 @@ def test_cancel_stops_a_running_request_and_the_next_one_works(slow_daemon, sock
     assert result["forward_passes"] >= 1
 
 
+@pytest.mark.slow
 def test_a_newer_request_for_the_same_document_supersedes_the_older(slow_daemon, sock):
     client, make = slow_daemon
     params = make({"text": "x = 1\n" * 50, "start": 4}, HOLD)
@@ -130,6 +133,7 @@ def test_a_newer_request_for_the_same_document_supersedes_the_older(slow_daemon,
     assert second["id"] == 2 and "result" in second
 
 
+@pytest.mark.slow
 async def test_a_request_whose_daemon_is_killed_is_answered_by_a_fresh_one(pattern_ckpt, sock,
                                                                           tmp_path):
     model = slow_checkpoint(tmp_path)
@@ -155,6 +159,7 @@ async def test_a_request_whose_daemon_is_killed_is_answered_by_a_fresh_one(patte
         assert (await status(client))["pid"] != pid
 
 
+@pytest.mark.slow
 def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     from test_cli import diffill
     spawn_daemon(sock, idle_timeout=60)
@@ -176,7 +181,7 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     # The daemon's resident memory holds at least its model's weights (and torch beside them).
     assert st["rss_bytes"] > st["models"][0]["memory_bytes"] > 0
     # Answered by the daemon, the CLI never imports torch (it starts in a fraction of the time).
-    probe = ("import sys; from server.cli import main; "
+    probe = ("import sys; from diffill.server.cli import main; "
              f"rc = main(['infill', '-', '--lengths', '8', '--socket', {str(sock)!r}, "
              f"'--model', {str(pattern_ckpt)!r}]); "
              "print('torch' in sys.modules, 'transformers' in sys.modules, rc, file=sys.stderr)")
@@ -194,6 +199,7 @@ def test_cli_infill_goes_through_a_running_daemon(pattern_ckpt, sock):
     client.close()
 
 
+@pytest.mark.slow
 def test_ghost_text_is_served_between_the_steps_of_a_running_rewrite(slow_daemon, sock):
     client, make = slow_daemon
     text = "x = 1\n" * 50
@@ -215,10 +221,11 @@ def test_ghost_text_is_served_between_the_steps_of_a_running_rewrite(slow_daemon
     other.close()
 
 
+@pytest.mark.slow
 def test_a_failed_load_keeps_the_working_model_serving(pattern_ckpt, sock, tmp_path):
     import shutil
 
-    from server.errors import ModelUnavailable
+    from diffill.server.errors import ModelUnavailable
     spawn_daemon(sock, idle_timeout=120)
     client = wait_for(sock)
     client.call("load", {"model": {"checkpoint": str(pattern_ckpt)}})
@@ -257,6 +264,7 @@ def _poll_status(path: Path, done, limit: int = 6000) -> dict:
         probe.close()
 
 
+@pytest.mark.slow
 def test_compatible_requests_of_different_clients_run_as_one_batch(slow_daemon, sock):
     client, make = slow_daemon
     # Hold the worker with a request far longer than the test needs (it is cancelled).
@@ -288,6 +296,7 @@ def test_an_idle_daemon_exits_and_removes_its_socket(sock):
     assert not sock.exists()
 
 
+@pytest.mark.slow
 def test_a_repeated_completion_is_answered_from_the_cache_until_a_model_loads(pattern_ckpt,
                                                                              sock):
     spawn_daemon(sock, idle_timeout=120)
@@ -333,6 +342,7 @@ def test_malformed_daemon_lines_get_an_error_reply_and_the_connection_stays(sock
     client.close()
 
 
+@pytest.mark.slow
 def test_consecutive_completions_of_a_document_reuse_its_window(slow_daemon):
     """A document's next completion runs only the window positions after the ones it shares
     with the last (dual cache); another document does not get its keys and values."""
@@ -348,33 +358,37 @@ def test_consecutive_completions_of_a_document_reuse_its_window(slow_daemon):
 
 
 def _other_checkout(tmp: Path) -> Path:
-    """The code of this checkout with one comment changed: another build of diffill."""
+    """The code of this checkout with one comment changed, laid out as an installed
+    ``diffill`` package on its own path: another build of diffill."""
     import shutil
     other = tmp / "other"
     for package in ("server", "infill", "model"):
-        shutil.copytree(ROOT / package, other / package,
+        shutil.copytree(ROOT / package, other / "diffill" / package,
                         ignore=lambda d, names: [n for n in names if n in ("checkpoints",
                                                                            "__pycache__")])
-    with open(other / "server" / "__init__.py", "a") as f:
+    # A regular package, so that PYTHONPATH wins over this checkout's editable install.
+    (other / "diffill" / "__init__.py").write_text("")
+    with open(other / "diffill" / "server" / "__init__.py", "a") as f:
         f.write("# another build\n")
     return other
 
 
 def _serve_from(folder: Path, sock: Path, *flags: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(folder), HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--socket", str(sock),
+    return subprocess.Popen([sys.executable, "-m", "diffill.server.cli", "serve", "--socket", str(sock),
                              "--no-preload", *flags], cwd=folder, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_a_daemon_of_other_code_is_refused_or_when_idle_and_autostarted_replaced(
         tmp_path, sock):
     """A daemon started from another checkout is never used: one a person started is
     refused with both builds named (the CLI then runs in-process, ``status`` says so); one a
     client started for itself and idle is shut down and replaced by this build's."""
-    from server.daemon_client import AsyncDaemonClient
-    from server.errors import DaemonUnavailable
-    from server.protocol import build_id
+    from diffill.server.daemon_client import AsyncDaemonClient
+    from diffill.server.errors import DaemonUnavailable
+    from diffill.server.protocol import build_id
     other = _other_checkout(tmp_path)
     by_hand = _serve_from(other, sock)
     client = wait_for(sock)
@@ -393,7 +407,7 @@ def test_a_daemon_of_other_code_is_refused_or_when_idle_and_autostarted_replaced
         asyncio.run(connect())
     assert theirs["build"] in str(err.value) and build_id() in str(err.value)
     assert "diffill serve --stop" in str(err.value) and by_hand.poll() is None
-    st = subprocess.run([sys.executable, "-m", "server.cli", "status", "--socket", str(sock)],
+    st = subprocess.run([sys.executable, "-m", "diffill.server.cli", "status", "--socket", str(sock)],
                         cwd=ROOT, capture_output=True, text=True, timeout=120,
                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert st.returncode == 0 and "runs other code" in st.stderr

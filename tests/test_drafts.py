@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import pattern_row
-from infill import drafts as D
+from diffill.infill import drafts as D
 
 DOC = """\
 def total(items, tax):
@@ -110,7 +110,7 @@ def counting_gap():
 
 
 def test_a_right_draft_fills_the_gap_in_two_passes(pattern_model, counting_gap):
-    from infill.sampler import Gap, infill_many, verify_drafts
+    from diffill.infill.sampler import Gap, infill_many, verify_drafts
     prefix, suffix, answer = counting_gap
     assert answer == c(5, 6, 7)
     # The counting model's answers need whole-window passes (its profile: no cache), so the
@@ -130,7 +130,7 @@ def test_a_wrong_draft_is_cut_where_the_model_vetoes_it_and_scores_low(
         pattern_model, counting_gap):
     """Past its first word a draft is cut before the first token the model vetoes; a draft
     whose first word the model vetoes keeps it, scored low (the floor withholds it)."""
-    from infill.sampler import Gap, draft_score, infill_many, verify_drafts
+    from diffill.infill.sampler import Gap, draft_score, infill_many, verify_drafts
     prefix, suffix, answer = counting_gap
     (v,), _, _ = verify_drafts(pattern_model, prefix, suffix, [c(5, 9, 1)], 8, floor=0.3,
                                ratio=0.1, cached=False)
@@ -145,7 +145,7 @@ def test_a_wrong_draft_is_cut_where_the_model_vetoes_it_and_scores_low(
 
 
 def test_a_drafts_score_grows_with_its_support_and_the_models_verdict():
-    from infill.sampler import draft_score
+    from diffill.infill.sampler import draft_score
     assert draft_score(0, 1.0) < draft_score(1, 1.0) < draft_score(8, 1.0)
     assert draft_score(1, 0.001) < draft_score(1, 0.1) < draft_score(1, 1.0)
     assert draft_score(1, 0.0) == draft_score(1, 0.001)  # a veto is bounded, not -inf
@@ -155,7 +155,7 @@ def test_a_drafts_score_grows_with_its_support_and_the_models_verdict():
 
 def test_of_two_drafts_the_model_takes_alike_the_one_found_first_ranks_first(
         pattern_model, counting_gap):
-    from infill.sampler import Gap, infill_many
+    from diffill.infill.sampler import Gap, infill_many
     prefix, suffix, answer = counting_gap
     for drafts in ([c(5, 9, 1), answer], [answer, c(5, 9, 1)]):
         (cands,), _ = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=drafts,
@@ -183,7 +183,7 @@ def test_drafts_carry_their_support():
 
 
 def test_the_typing_eval_counts_keys_the_way_a_person_takes_a_ghost():
-    from infill import keystrokes as K
+    from diffill.workshop import keystrokes as K
     doc = "def f():\n    \n    return total\n"
     line = K.TypedLine("x.py", doc, doc.index("    \n") + 4, "total = compute(1)")
     rep = K.TypingReport("oracle")
@@ -201,8 +201,8 @@ def test_the_typing_eval_counts_keys_the_way_a_person_takes_a_ghost():
 
 
 def test_typed_ahead_shows_the_rest_once_the_first_word_is_typed_through_not_inside_it():
-    from infill import keystrokes as K
-    from server.lsp import Shown
+    from diffill.workshop import keystrokes as K
+    from diffill.server.lsp import Shown
     calls = []
 
     def complete(doc, cursor):
@@ -228,7 +228,7 @@ def test_typed_ahead_shows_the_rest_once_the_first_word_is_typed_through_not_ins
 
 
 def test_the_workspace_drafts_of_the_typing_eval_leave_out_the_lines_own_file(tmp_path):
-    from infill import keystrokes as K
+    from diffill.workshop import keystrokes as K
     (tmp_path / "own.py").write_text("value = make_value(secret)\n")
     (tmp_path / "lender.py").write_text("value = make_value(lent)\n")
     ws = K.WorkspaceDrafts(lambda path: tmp_path,
@@ -241,14 +241,15 @@ def test_the_workspace_drafts_of_the_typing_eval_leave_out_the_lines_own_file(tm
     assert ws.elsewhere(typed, len(typed) - 1) == ["lent)"]
 
 
+@pytest.mark.slow
 def test_the_typing_eval_through_a_real_diffill_lsp_saves_keys(pattern_ckpt, tmp_path):
     """``diffill eval --keystrokes --lsp``'s completer: every key a didChange and an
     automatic inline completion to a real ``diffill lsp`` (and its daemon); the counting
     line's rest is shown and taken, and the daemon's counters come back."""
     import os
 
-    from infill import keystrokes as K
-    from server.dev_typing import LspTyping
+    from diffill.workshop import keystrokes as K
+    from diffill.workshop.typing_lsp import LspTyping
     os.environ["HF_HUB_OFFLINE"] = "1"
     path = tmp_path / "count.txt"
     doc = "c0 c1 c2 c3 \nc8 c9 c10\n"
@@ -268,7 +269,7 @@ def test_the_typing_eval_through_a_real_diffill_lsp_saves_keys(pattern_ckpt, tmp
 def test_floors_are_replayed_on_recorded_offers_and_the_best_keeps_half_taken():
     """A floor only chooses among what the engine offers, so one recording replays every
     floor; the chosen floor saves the most keys with at least half of the ghosts taken."""
-    from infill import keystrokes as K
+    from diffill.workshop import keystrokes as K
     doc = "x = 1\n\n"
     line = K.TypedLine("x.py", doc, 6, "abcd")
     # At every position a wrong sure offer and the right unsure one.
@@ -287,16 +288,17 @@ def test_floors_are_replayed_on_recorded_offers_and_the_best_keeps_half_taken():
     assert K.replay([line], hidden, 0.0, hide_unknown=False).keys == 1
 
 
+@pytest.mark.slow
 def test_no_ghost_of_the_typing_eval_breaks_a_line_that_parsed(diffill_ckpt):
     """The typing eval over a real file with a random model showing everything it may: every
     ghost shown leaves its line parsing, or unfinished, where it parsed or was unfinished
     without it (post.breaks_line is the engine's own guard; this runs it over the eval)."""
     from pathlib import Path
 
-    from infill import Engine, InfillSettings
-    from infill import keystrokes as K
-    from infill.post import breaks_line, in_string_or_comment
-    from model import load_model
+    from diffill.infill import Engine, InfillSettings
+    from diffill.workshop import keystrokes as K
+    from diffill.infill.post import breaks_line, in_string_or_comment
+    from diffill.model import load_model
     engine = Engine(load_model(diffill_ckpt))
     sample = Path(__file__).resolve().parents[1] / "infill" / "drafts.py"
     lines = K.pick_lines([sample], 2, seed=0)
@@ -322,7 +324,7 @@ def test_no_ghost_of_the_typing_eval_breaks_a_line_that_parsed(diffill_ckpt):
 def test_the_workspace_is_read_by_kind_newest_first_within_its_bounds(tmp_path):
     import os
 
-    from server.workspace import build_library, kind_of
+    from diffill.server.workspace import build_library, kind_of
     assert kind_of("a/b.pyi") == kind_of("x.py") == ".py" and kind_of("Makefile") is None
     for i, name in enumerate(("old.py", "mid.pyi", "new.py", "notes.md", "bad.py")):
         path = tmp_path / "pkg" / name

@@ -34,6 +34,7 @@ def sock():
     stop_daemon(path)
 
 
+@pytest.mark.slow
 def test_vscode_extension_builds_and_passes_its_tests(pattern_ckpt, sock):
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
@@ -56,12 +57,13 @@ def test_the_vscode_extension_forwards_every_server_setting():
     # cannot use (minConfidence was one).
     import dataclasses
 
-    from server.protocol import Settings
+    from diffill.server.protocol import Settings
     logic = (VSCODE / "src" / "logic.ts").read_text()
     block = re.search(r"SERVER_SETTINGS = \[(.*?)\] as const", logic, re.S).group(1)
     assert set(re.findall(r'"(\w+)"', block)) == {f.name for f in dataclasses.fields(Settings)}
 
 
+@pytest.mark.slow
 def test_vscode_extension_packages_from_a_fresh_checkout_as_one_bundle(tmp_path):
     """What the README's step 2 does on a fresh clone: npm ci, npm run package."""
     import zipfile
@@ -134,6 +136,7 @@ def _nvim() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_neovim_plugin_passes_its_headless_specs(pattern_ckpt, sock):
     nvim = _nvim()
     if nvim is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import helpers
 import pytest
-from infill import Engine, InfillRequest, InfillSettings, SamplerSettings
-from infill.text import PositionError
-from model import load_model
+from diffill.infill import Engine, InfillRequest, InfillSettings, SamplerSettings
+from diffill.infill.text import PositionError
+from diffill.model import load_model
 
 LINES = ["c0 c1 c2 c3 c4  c8 c9 c10", "c3 c4 c5 c6 c7 c8  c11 c0 c1", "c9 c10 c11  c3 c4 c5"]
 CURSORS = [15, 18, 11]
@@ -30,7 +30,7 @@ def test_one_bad_or_cancelled_request_does_not_fail_the_batch(pattern_model):
     out = engine.run_batch(items, SETTINGS)
     assert out[0].best.text == "c5 c6 c7"
     assert isinstance(out[1], PositionError)
-    from infill import Cancelled
+    from diffill.infill import Cancelled
     assert isinstance(out[2], Cancelled)
 
 
@@ -82,6 +82,7 @@ def test_min_confidence_withholds_what_the_model_is_unsure_of(pattern_model):
     assert at.best is not None and at.best.text == "c5 c6 c7"
 
 
+@pytest.mark.slow
 def test_a_checkpoints_calibrated_min_confidence_is_the_default(tmp_path):
     import json
     folder = helpers.train_pattern_model(tmp_path / "p", steps=300)
@@ -94,12 +95,13 @@ def test_a_checkpoints_calibrated_min_confidence_is_the_default(tmp_path):
     assert engine.run(InfillRequest(LINES[0], CURSORS[0]), explicit).best is not None
 
 
+@pytest.mark.slow
 def test_a_checkpoints_floor_can_differ_by_mode(tmp_path):
     import json
 
     import pytest
 
-    from model import CheckpointError
+    from diffill.model import CheckpointError
     folder = helpers.train_pattern_model(tmp_path / "p", steps=300)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["diffill"]["min_confidence"] = {"line": 0.0, "block": 0.999}
@@ -118,14 +120,14 @@ def test_a_checkpoints_floor_can_differ_by_mode(tmp_path):
 
 
 def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
-    from infill import Completion
+    from diffill.infill import Completion
     doc = "import os\n\ndef size(path):\n    \n"
     good = Completion("return os.path.getsize(path)", 30, 30, score=0.4, parses=None)
     bad = Completion("return osutil.size(filename)", 30, 30, score=0.9, parses=None)
     items = [bad, good]
     Engine(pattern_model)._rank(items, doc, "python")
     assert items[0] is good  # both parse; the surer one needs two names that exist nowhere
-    from infill.post import unknown_names
+    from diffill.infill.post import unknown_names
     assert unknown_names(bad.text, doc) == ["osutil", "filename"]
     assert unknown_names(good.text, doc) == []
     # A file broken elsewhere (mid-edit) still ranks by the syntax around the fill.
@@ -181,7 +183,7 @@ def test_a_completion_that_names_something_defined_nowhere_is_withheld(pattern_m
 
 
 def test_a_whole_line_fill_in_front_of_code_keeps_its_newline():
-    from infill import post
+    from diffill.infill import post
     # Cursor at column 0 (or after the indentation) of a line that goes on: the model wrote a
     # whole line, which must end before the code that follows.
     assert post.clean("x = 1\n\n", mode="line", line_before="", suffix="y = 2\n") == "x = 1\n"
@@ -198,13 +200,13 @@ def test_a_whole_line_fill_in_front_of_code_keeps_its_newline():
 def test_every_request_is_bounded_and_an_oversized_one_names_its_cap(pattern_model):
     import pytest
 
-    from infill.api import MAX_MASKS
-    from infill.text import InputError
+    from diffill.infill.api import MAX_MASKS
+    from diffill.infill.text import InputError
     for bad in (dict(lengths=(100000,)), dict(max_tokens=10**6), dict(ensemble=50),
                 dict(lengths=tuple(range(1, 20)))):
         with pytest.raises(ValueError, match="cap|at most|between"):
             InfillSettings(**bad)
-    from infill.context import ContextBudget
+    from diffill.infill.context import ContextBudget
     with pytest.raises(ValueError, match="context budgets"):
         InfillSettings(budget=ContextBudget(prefix_tokens=10**7))
     engine = Engine(pattern_model)
@@ -215,9 +217,9 @@ def test_every_request_is_bounded_and_an_oversized_one_names_its_cap(pattern_mod
 
 
 def test_the_cache_default_is_the_checkpoints_recorded_choice(tmp_path, bpe):
-    from infill.api import DEFAULT_BLOCK
-    from infill.sampler import SamplerSettings, block_size, cache_mode, refresh_mode
-    from model.errors import CheckpointError
+    from diffill.infill.api import DEFAULT_BLOCK
+    from diffill.infill.sampler import SamplerSettings, block_size, cache_mode, refresh_mode
+    from diffill.model.errors import CheckpointError
     folder, _ = helpers.save_checkpoint(tmp_path / "c", "qwen2", tokenizer=bpe, tied=True,
                                         config_updates=helpers.diffill_config(cache="dual"))
     model = load_model(folder)
@@ -251,7 +253,7 @@ def test_the_cache_default_is_the_checkpoints_recorded_choice(tmp_path, bpe):
 def test_a_checkpoint_may_run_in_bf16_on_cpus_with_native_bf16(tmp_path, bpe, monkeypatch):
     import torch
 
-    import model.loader as L
+    import diffill.model.loader as L
     folder, _ = helpers.save_checkpoint(tmp_path / "b", "qwen2", tokenizer=bpe, tied=True,
                                         config_updates=helpers.diffill_config(cpu_bf16=True))
     plain, _ = helpers.save_checkpoint(tmp_path / "p", "qwen2", tokenizer=bpe, tied=True,
@@ -289,8 +291,8 @@ def test_under_contention_a_completion_tries_one_mask_count(pattern_model):
 
 
 def test_a_stuttering_fill_is_cut_to_one_copy_unless_the_document_repeats_it(pattern_model):
-    from infill.context import encode
-    from infill.sampler import Candidate
+    from diffill.infill.context import encode
+    from diffill.infill.sampler import Candidate
     engine = Engine(pattern_model)
     job = engine.prepare(InfillRequest(LINES[0], CURSORS[0]), SETTINGS)
     stutter = encode(engine.tokenizer, "c5 c5 c5 c5")
@@ -308,7 +310,7 @@ def test_a_partial_word_is_healed_the_fill_writes_it_again_as_the_tokenizer_join
     """Token healing: the partial word's tokens leave the context, and every fill begins with
     that word (the constraint holds even for a random model), which the answer then drops."""
     from dataclasses import replace
-    from infill.context import encode
+    from diffill.infill.context import encode
     engine = Engine(load_model(diffill_ckpt))
     text = "def total(items):\n    return sum(ite\n"
     cursor = text.index("ite\n") + 3
@@ -324,7 +326,7 @@ def test_a_partial_word_is_healed_the_fill_writes_it_again_as_the_tokenizer_join
     assert spaced.lead is not None and spaced.lead.text.endswith(" ")
     assert engine.decode(spaced.window.prefix_ids) + spaced.lead.text == "x = "
     assert engine.prepare(InfillRequest("if x:\n    ", 10), s).lead is None
-    from infill.sampler import infill_many
+    from diffill.infill.sampler import infill_many
     (cands,), _ = infill_many(engine.model, [job.sampler_job], settings=s.sampler)
     assert cands and all(engine.decode(c.tokens).startswith(job.lead.text) for c in cands)
     # (A random model's names are defined nowhere: shown all the same, to see them.)
@@ -333,6 +335,7 @@ def test_a_partial_word_is_healed_the_fill_writes_it_again_as_the_tokenizer_join
     assert result.items  # every candidate began with the lead, so none was dropped
 
 
+@pytest.mark.slow
 def test_a_documents_next_request_begins_its_window_where_the_last_one_did(diffill_ckpt):
     engine = Engine(load_model(diffill_ckpt))
     s = InfillSettings(max_tokens=8, ensemble=1)
@@ -358,7 +361,7 @@ def test_a_documents_next_request_begins_its_window_where_the_last_one_did(diffi
 def test_a_line_fill_that_wrote_past_its_line_end_ended_by_itself(diffill_ckpt):
     """Ranking prefers fills the model ended itself; in line mode, writing the newline ends the
     line, even when the masks ran out behind it."""
-    from infill.sampler import Candidate
+    from diffill.infill.sampler import Candidate
     engine = Engine(load_model(diffill_ckpt))
     text = "def f(x):\n    if x\n    return x\n"
     cursor = text.index("if x") + 4
@@ -377,7 +380,7 @@ def test_a_line_fill_that_wrote_past_its_line_end_ended_by_itself(diffill_ckpt):
 
 def test_names_a_fill_defines_on_its_line_are_not_unknown(pattern_model):
     """``import numpy as <fill>``: the fill ``np`` is defined by its own line."""
-    from infill import Completion
+    from diffill.infill import Completion
     engine = Engine(pattern_model)
     for line, fill in (("import numpy as ", "np"), ("    for ", "row in rows_of(table):"),
                        ("    with open(p) as ", "fh:"), ("    except OSError as ", "err:")):
@@ -394,7 +397,7 @@ def test_names_a_fill_defines_on_its_line_are_not_unknown(pattern_model):
 
 def test_a_ghost_that_breaks_a_line_is_withheld_and_the_reason_is_named(pattern_model):
     import time
-    from infill import Completion
+    from diffill.infill import Completion
     engine = Engine(pattern_model)
     doc = "def f(v, mean):\n    acc = 0\n    acc += (v - ) ** 2\n"
     at = doc.index("(v - ") + 5
@@ -408,6 +411,7 @@ def test_a_ghost_that_breaks_a_line_is_withheld_and_the_reason_is_named(pattern_
     assert result.withheld == 3
 
 
+@pytest.mark.slow
 def test_an_explicit_ask_gets_the_best_candidate_under_the_calibrated_floor(tmp_path):
     """The checkpoint's floor is for ghosts that appear by themselves: the CLI and an invoked
     completion (explicit) get the best candidate with its score; a floor they set filters."""

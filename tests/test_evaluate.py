@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from infill.evaluate import cut_spans, score
+from diffill.workshop.spans import cut_spans, score
 
 SOURCE = textwrap.dedent('''\
     import os
@@ -73,7 +73,7 @@ def test_a_fill_is_scored_on_exactness_parsing_and_emptiness(tmp_path):
 
 
 def test_coverage_and_precision_follow_the_best_candidate_over_the_floor():
-    from infill.evaluate import ModeReport
+    from diffill.workshop.spans import ModeReport
     rep = ModeReport("line", n=4, min_confidence=0.5)
     rep.candidates = [
         [(0.9, True, False)],                       # sure and right: shown up to 0.9
@@ -100,7 +100,7 @@ def test_coverage_and_precision_follow_the_best_candidate_over_the_floor():
 
 
 def test_typing_asks_the_previous_keystroke_first():
-    from infill.evaluate import Span, previous_keystroke
+    from diffill.workshop.spans import Span, previous_keystroke
     text = "x = 1\nvalue = compute(\n"
     sp = Span("a.py", text, text.index("(") + 1, "x)", "line")
     prev = previous_keystroke(sp)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 import helpers
-from infill import Cancelled, InfillRequest, InfillSettings, make_engine
-from infill.api import SamplerSettings
-from infill.expand import commit_count, infill_variable
-from infill.sampler import infill
-from model import load_model
+from diffill.infill import Cancelled, InfillRequest, InfillSettings, make_engine
+from diffill.infill.api import SamplerSettings
+from diffill.infill.expand import commit_count, infill_variable
+from diffill.infill.sampler import infill
+from diffill.model import load_model
 
 ONE_PER_STEP = SamplerSettings(schedule="fixed")
 """DreamOn's own default: one mask committed per pass."""
@@ -26,6 +26,7 @@ def row(start: int, gap: int):
     return pre, [t for t in mid if t != 1], suf
 
 
+@pytest.mark.slow
 def test_the_checkpoint_is_a_dreamon_profile(dreamon):
     prof = dreamon.profile
     assert prof.name == "dreamon" and prof.expand_id == helpers.DREAMON_EXPAND

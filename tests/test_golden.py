@@ -16,10 +16,10 @@ DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
 import make_golden  # noqa: E402  (the data's own checkpoint builder and hash)
 
-from infill.api import SamplerSettings  # noqa: E402
-from infill.expand import infill_variable  # noqa: E402
-from infill.sampler import denoise, fixed_commit_counts, layout  # noqa: E402
-from model import load_model  # noqa: E402
+from diffill.infill.api import SamplerSettings  # noqa: E402
+from diffill.infill.expand import infill_variable  # noqa: E402
+from diffill.infill.sampler import denoise, fixed_commit_counts, layout  # noqa: E402
+from diffill.model import load_model  # noqa: E402
 
 GOLDEN = json.loads((DATA / "golden_decoding.json").read_text())
 

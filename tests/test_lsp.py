@@ -16,7 +16,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig
 
-from server import protocol as P
+from diffill.server import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 URI = "file:///work/count.txt"
@@ -32,7 +32,7 @@ CAPS = types.ClientCapabilities(
 
 
 def stop_daemon(sock: Path) -> None:
-    subprocess.run([sys.executable, "-m", "server.cli", "serve", "--stop", "--socket", str(sock)],
+    subprocess.run([sys.executable, "-m", "diffill.server.cli", "serve", "--stop", "--socket", str(sock)],
                    cwd=ROOT, capture_output=True, timeout=120)
 
 
@@ -51,7 +51,7 @@ async def session(options: dict, caps: types.ClientCapabilities = CAPS, root: Pa
     """A real ``diffill lsp`` process as a client sees it; ``root``: the workspace folder (by
     default none, so no test reads this machine's files for drafts)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    config = ClientServerConfig(server_command=[sys.executable, "-m", "server.cli", "lsp"],
+    config = ClientServerConfig(server_command=[sys.executable, "-m", "diffill.server.cli", "lsp"],
                                 server_env=env)
     client = await config.start()
     client.edits = []
@@ -127,6 +127,7 @@ async def status(client) -> dict:
         types.ExecuteCommandParams(command=P.CMD_STATUS, arguments=[]))
 
 
+@pytest.mark.slow
 async def test_inline_completion_fills_the_gap_and_follows_incremental_edits(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock)) as client:
         caps = client.init_result.capabilities
@@ -154,6 +155,7 @@ async def test_inline_completion_fills_the_gap_and_follows_incremental_edits(pat
         assert client.progress_reports, "work-done progress while the model loads"
 
 
+@pytest.mark.slow
 async def test_code_actions_apply_an_edit_covering_exactly_the_selection(pattern_ckpt, sock):
     text = "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10"  # c9 at the 7th slot is wrong
     async with session(options(pattern_ckpt, sock)) as client:
@@ -190,6 +192,7 @@ async def test_code_actions_apply_an_edit_covering_exactly_the_selection(pattern
         assert not empty
 
 
+@pytest.mark.slow
 async def test_cancellation_returns_request_cancelled_and_the_next_request_works(pattern_ckpt,
                                                                                  sock):
     async with session(options(pattern_ckpt, sock, debounceMs=2000)) as client:
@@ -210,6 +213,7 @@ async def test_cancellation_returns_request_cancelled_and_the_next_request_works
         assert result.items[0].insert_text == "c5 c6 c7"
 
 
+@pytest.mark.slow
 async def test_bad_requests_get_errors_and_the_server_stays_up(pattern_ckpt, sock, tmp_path):
     async with session(options(pattern_ckpt, sock)) as client:
         open_doc(client)
@@ -238,6 +242,7 @@ async def test_bad_requests_get_errors_and_the_server_stays_up(pattern_ckpt, soc
         assert result.items[0].insert_text == "c5 c6 c7"
 
 
+@pytest.mark.slow
 async def test_positions_count_in_the_encoding_the_client_negotiated(pattern_ckpt, sock):
     """A client that speaks UTF-8 offsets gets UTF-8: the end of a line with 'é' and '𝄞' is at
     its byte length, which a UTF-16 client's end would be past."""
@@ -259,6 +264,7 @@ async def test_positions_count_in_the_encoding_the_client_negotiated(pattern_ckp
     assert len(tail.encode()) > len(tail.encode("utf-16-le")) // 2 + 1
 
 
+@pytest.mark.slow
 async def test_a_line_asked_for_while_typing_tries_one_mask_count(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock, ensemble=2)) as client:
         # Three documents, so no answer comes from an earlier one (typed-ahead, the cache).
@@ -275,6 +281,7 @@ async def test_a_line_asked_for_while_typing_tries_one_mask_count(pattern_ckpt, 
         assert (await status(client))["models"][0]["quick"] == 1
 
 
+@pytest.mark.slow
 async def test_other_open_documents_of_the_language_lend_context(pattern_ckpt, sock):
     """extraTokens: each request carries a stretch of the other open documents of its language
     (the model runs more positions for it); an open document of another language, a closed
@@ -308,6 +315,7 @@ async def test_other_open_documents_of_the_language_lend_context(pattern_ckpt, s
         assert await positions_run("file:///work/a5.txt") == alone
 
 
+@pytest.mark.slow
 async def test_other_open_documents_of_the_language_lend_drafts(pattern_ckpt, sock):
     """The typed line's tail found in another open document of the language, and what
     followed it there, goes to the daemon as a draft, which the model verifies (more
@@ -331,6 +339,7 @@ async def test_other_open_documents_of_the_language_lend_drafts(pattern_ckpt, so
         assert (await ask("file:///work/b2.txt"))[0] == alone
 
 
+@pytest.mark.slow
 async def test_the_workspaces_files_lend_drafts_and_a_save_has_them_read_again(
         pattern_ckpt, sock, tmp_path):
     """The workspace's files of the document's kind are read in the background (status
@@ -375,6 +384,7 @@ async def test_the_workspaces_files_lend_drafts_and_a_save_has_them_read_again(
         assert (await ask("d3.txt"))[0] == alone
 
 
+@pytest.mark.slow
 async def test_the_last_ghosts_rest_is_a_draft_once_typing_rejoins_it(pattern_ckpt, sock):
     """Typed past a word where the ghost was wrong, the line rejoins the ghost: its rest
     after the rejoined tail goes to the daemon as a draft (verified: more positions run than
@@ -403,6 +413,7 @@ async def test_the_last_ghosts_rest_is_a_draft_once_typing_rejoins_it(pattern_ck
         assert await ran(URI) > fresh
 
 
+@pytest.mark.slow
 async def test_invalid_settings_are_reported_and_replaced_by_defaults(pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock, schedule="bogus", threshold=5, ensemble=0,
                                nonsense=1)) as client:
@@ -421,6 +432,7 @@ async def test_disabled_language_gets_no_completion(pattern_ckpt, sock):
         assert await inline(client, 0, 15) is None
 
 
+@pytest.mark.slow
 async def test_completion_fallback_for_clients_without_inline_completion(pattern_ckpt, sock):
     caps = types.ClientCapabilities(
         text_document=types.TextDocumentClientCapabilities(
@@ -436,6 +448,7 @@ async def test_completion_fallback_for_clients_without_inline_completion(pattern
         assert item.text_edit.range.start == types.Position(0, 15)
 
 
+@pytest.mark.slow
 async def test_min_confidence_hides_unsure_ghosts_and_follows_configuration(pattern_ckpt, sock):
     # The counting model fills this gap with c5 c6 c7 at a score of about 0.92.
     # The floor is for ghosts that appear by themselves (automatic requests).
@@ -459,6 +472,7 @@ async def test_min_confidence_hides_unsure_ghosts_and_follows_configuration(patt
         assert (await status(client))["withheld"] == 0
 
 
+@pytest.mark.slow
 async def test_a_ghost_typed_through_is_reused_and_one_typed_into_is_asked_again(
         pattern_ckpt, sock):
     async with session(options(pattern_ckpt, sock)) as client:
@@ -494,6 +508,7 @@ async def test_a_ghost_typed_through_is_reused_and_one_typed_into_is_asked_again
         assert await counts() == (1, requests + 3)
 
 
+@pytest.mark.slow
 async def test_previews_stream_the_committed_tokens_before_the_answer(pattern_ckpt, sock):
     # One token a pass (fixed schedule, 3 passes for a gap of 3): the preview grows c5, c5 c6.
     async with session(options(pattern_ckpt, sock, preview=True, schedule="fixed",
@@ -533,6 +548,7 @@ REVIEW_CAPS = types.ClientCapabilities(
                 groups_on_label=True))))
 
 
+@pytest.mark.slow
 async def test_rewrites_ask_for_confirmation_where_the_client_can_show_one(pattern_ckpt, sock):
     text = "c0 c1 c2 c3 c4 c5 c9 c7 c8 c9 c10"
     sel = types.Range(start=types.Position(0, 15), end=types.Position(0, 23))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import helpers
-from model import CheckpointError, KVCache, load_model
-from model.profile import ProfileError, build_profile, detect_family
+from diffill.model import CheckpointError, KVCache, load_model
+from diffill.model.profile import ProfileError, build_profile, detect_family
 
 
 def _ids(vocab: int, shape=(2, 19), seed=0) -> torch.Tensor:
@@ -268,7 +268,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path, qwen2_ckpt):
 
 
 def test_small_passes_run_on_one_thread_and_large_ones_on_all(qwen2_ckpt, monkeypatch):
-    from model import loader
+    from diffill.model import loader
     folder, _ = qwen2_ckpt
     model = load_model(folder)
     model.threads = 2
@@ -291,7 +291,7 @@ def test_small_passes_run_on_one_thread_and_large_ones_on_all(qwen2_ckpt, monkey
 
 
 def test_the_thread_count_can_be_set_and_a_bad_one_is_a_clear_error(qwen2_ckpt, monkeypatch):
-    from model import loader
+    from diffill.model import loader
     folder, _ = qwen2_ckpt
     monkeypatch.setattr(loader, "_DEFAULT_THREADS", 4)  # torch's count when diffill started
     monkeypatch.delenv("DIFFILL_THREADS", raising=False)
@@ -351,7 +351,7 @@ def test_a_pass_over_chosen_positions_must_cover_the_logits_it_returns(qwen2_ckp
 def test_few_query_attention_is_sdpa_with_grouped_heads_and_padding():
     import torch.nn.functional as F
 
-    from model.transformer import few_query_attention
+    from diffill.model.transformer import few_query_attention
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, 9, 16, generator=gen)
     k, v = torch.randn(2, 2, 30, 16, generator=gen), torch.randn(2, 2, 30, 16, generator=gen)
@@ -368,7 +368,7 @@ def test_few_query_attention_is_sdpa_with_grouped_heads_and_padding():
 def test_a_pass_of_few_queries_gives_the_logits_of_the_flash_kernel(qwen2_ckpt, monkeypatch):
     """A span pass of the dual cache (few queries, many cached keys) through
     few_query_attention gives what SDPA gives."""
-    import model.transformer as transformer
+    import diffill.model.transformer as transformer
     folder, _ = qwen2_ckpt
     model = load_model(folder)
     ids = _ids(model.config.vocab_size, (2, 200))
@@ -395,7 +395,7 @@ def test_fused_projections_compute_what_separate_ones_do(fixture, request):
     logits of a transformer of the same weights that runs them one by one, a pass with
     gradients trains the separate parameters, and a model moved afterwards still computes
     the same (the fused weights are no longer its own, so they are not used)."""
-    from model.transformer import Transformer, fused_for
+    from diffill.model.transformer import Transformer, fused_for
     folder, _ = request.getfixturevalue(fixture)
     model = load_model(folder)
     layer = model.transformer.model.layers[0]

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import helpers
-from model import load_model
-from model.train import (TrainConfig, ar_loss, continued_config, export, mdlm_loss,
+from diffill.model import load_model
+from diffill.workshop.train import (TrainConfig, ar_loss, continued_config, export, mdlm_loss,
                          prepare_run, shape_of_checkpoint, train, use_bf16)
-from model.transformer import Transformer
+from diffill.model.transformer import Transformer
 
 TINY = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, seq_len=64, batch_size=8,
@@ -39,7 +39,7 @@ def test_an_ar_run_trains_causally_then_converts_to_shifted_diffusion(tmp_path):
     assert meta["shift_logits"] is True and meta["train"]["objective"] == "ar"
     model = load_model(ckpt)
     assert model.profile.shift_logits is True
-    from infill import Engine, InfillRequest, InfillSettings
+    from diffill.infill import Engine, InfillRequest, InfillSettings
     result = Engine(model).run(InfillRequest("def f(x):\n    return \n", 20),
                                InfillSettings(max_tokens=4, ensemble=1))
     assert result.forward_passes >= 1
@@ -85,7 +85,7 @@ def test_certainty_forcing_adds_the_entropy_of_right_predictions_only(tmp_path):
     """dParallel's term: the loss grows by ``certainty`` times the entropy (at temperature
     CERTAINTY_T) of a masked prediction that is already right, and not at all for a wrong
     one; a run with it trains and its held-out loss stays the plain MDLM loss."""
-    from model.train import CERTAINTY_T, _init_weights
+    from diffill.workshop.train import CERTAINTY_T, _init_weights
     cfg = TrainConfig(**TINY)
     model = Transformer(cfg.model_config()).eval()
     _init_weights(model, 0)  # a run's start: small weights, a spread-out prediction
@@ -120,7 +120,7 @@ def test_rainbow_padding_fills_surplus_with_distinct_pads_and_the_profile_knows_
     run = new_run(tmp_path / "rb", pad_tokens=4)
     from tokenizers import Tokenizer
 
-    from model.train import Batcher
+    from diffill.workshop.train import Batcher
     import numpy as np
     tok = Tokenizer.from_file(str(run / "tokenizer.json"))
     cfg = TrainConfig(**{**TINY, "pad_tokens": 4, "infill_fraction": 1.0})
@@ -162,8 +162,9 @@ def test_self_distilled_rows_hold_the_teachers_own_fill_of_the_gap(tmp_path):
     import numpy as np
     from tokenizers import Tokenizer
 
-    from infill.sampler import infill, teacher as teacher_fill
-    from model.train import Batcher
+    from diffill.infill.sampler import infill
+    from diffill.workshop.train import teacher as teacher_fill
+    from diffill.workshop.train import Batcher
     run = new_run(tmp_path / "t", objective="ar", ar_fraction=0.25)
     train(run, steps=20, threads=1)
     teacher = export(run, tmp_path / "teacher", max_fill=8)
@@ -216,8 +217,9 @@ def test_a_stretched_schedule_keeps_a_converted_run_converted(tmp_path):
     assert kept.phase(25) == "ar"  # an explicit ar_fraction is the user's choice
 
 
+@pytest.mark.slow
 def test_the_cli_continues_an_exported_run_with_its_recorded_schedule(tmp_path):
-    from server.cli import main
+    from diffill.server.cli import main
     run = new_run(tmp_path / "run", total_steps=77)
     train(run, steps=3, threads=1)
     ckpt = export(run, tmp_path / "ckpt")
@@ -228,7 +230,7 @@ def test_the_cli_continues_an_exported_run_with_its_recorded_schedule(tmp_path):
 
 
 def test_bf16_autocast_is_chosen_by_device_and_cpu_features(monkeypatch):
-    import model.train as T  # use_bf16 reads cpu_has_bf16 from there
+    import diffill.workshop.train as T  # use_bf16 reads cpu_has_bf16 from there
     cpu = torch.device("cpu")
     monkeypatch.setattr(T, "cpu_has_bf16", lambda: False)
     assert use_bf16(cpu) is False and use_bf16(cpu, "bf16") is True
@@ -248,7 +250,7 @@ def _wheel(folder: Path, name: str, license_line: str, files: dict[str, str]) ->
 
 
 def test_the_corpus_takes_permissive_wheels_whole_and_counts_duplicates_once(tmp_path):
-    from model.corpus import build_corpus, unpack_wheels
+    from diffill.workshop.corpus import build_corpus, unpack_wheels
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     shared = "def shared():\n    return 1\n"

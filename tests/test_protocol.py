@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server import protocol as P
+from diffill.server import protocol as P
 
 
 def test_every_setting_is_in_the_readme_table():
@@ -58,9 +58,9 @@ def test_default_socket_is_per_user(monkeypatch, tmp_path):
 def test_daemon_wire_format_round_trips_settings_requests_and_results():
     from dataclasses import replace
 
-    from infill import (Completion, ContextBudget, InfillRequest, InfillResult, InfillSettings,
+    from diffill.infill import (Completion, ContextBudget, InfillRequest, InfillResult, InfillSettings,
                         with_overrides)
-    from server import daemon as D
+    from diffill.server import daemon as D
     s = replace(with_overrides(InfillSettings(), max_tokens=8, lengths=(4, 8), schedule="fixed",
                                seed=3, cache="dual", hide_unknown_names=False),
                 budget=ContextBudget(100, 50, 7))
@@ -72,7 +72,7 @@ def test_daemon_wire_format_round_trips_settings_requests_and_results():
 
 
 def test_numeric_settings_have_upper_bounds_reported_with_the_bound():
-    from server.protocol import UPPER, Settings, parse_settings
+    from diffill.server.protocol import UPPER, Settings, parse_settings
     s, problems = parse_settings({"debounceMs": 10**9, "maxTokens": 100000, "ensemble": 3})
     assert s.debounceMs == Settings().debounceMs and s.maxTokens == Settings().maxTokens
     assert s.ensemble == 3
@@ -82,8 +82,8 @@ def test_numeric_settings_have_upper_bounds_reported_with_the_bound():
 
 def test_the_settings_bounds_are_the_engines_caps():
     """protocol.py stays free of torch, so it spells the engine's caps out; they must agree."""
-    from infill.api import MAX_CONTEXT, MAX_LENGTHS, MAX_MASKS, MAX_STEPS
-    from server.protocol import UPPER
+    from diffill.infill.api import MAX_CONTEXT, MAX_LENGTHS, MAX_MASKS, MAX_STEPS
+    from diffill.server.protocol import UPPER
     assert UPPER["maxTokens"] == MAX_MASKS and UPPER["ensemble"] == MAX_LENGTHS
     assert UPPER["steps"] == MAX_STEPS
     assert UPPER["prefixTokens"] == UPPER["suffixTokens"] == MAX_CONTEXT
@@ -101,7 +101,7 @@ def test_debounce_is_adaptive_by_default_and_fixed_when_set():
 
 
 def test_the_adaptive_debounce_follows_the_typists_rhythm_within_bounds():
-    from server.lsp import Typing
+    from diffill.server.lsp import Typing
 
     def rhythm(gaps: list[float]) -> float:
         t, typing = 100.0, Typing()
@@ -159,6 +159,6 @@ def test_an_invoked_completion_is_an_explicit_ask_and_an_automatic_one_keeps_the
     typed, asked = s.infill_settings(automatic=True), s.infill_settings(automatic=False)
     assert (typed["explicit"], typed["min_confidence"]) == (False, 0.7)
     assert (asked["explicit"], asked["min_confidence"]) == (True, None)
-    from server.daemon import settings_from_wire
+    from diffill.server.daemon import settings_from_wire
     assert settings_from_wire(asked).explicit and not settings_from_wire(typed).explicit
     assert settings_from_wire({**typed, "drafts": False}).drafts is False

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server import protocol as P
-from wire import Wire, frame, fuzz_messages
+from diffill.server import protocol as P
+from diffill.workshop.wire import Wire, frame, fuzz_messages
 
 URI = "file:///work/m.py"
 TEXT = "def add(a, b):\n    return a + b\n\n\nvalue = add(1, 2)\n"
@@ -175,6 +175,7 @@ async def test_lifecycle_errors_second_initialize_and_requests_after_shutdown(pa
     assert await wire.proc.wait() == 0
 
 
+@pytest.mark.slow
 async def test_a_lone_surrogate_in_a_document_is_a_clear_error(pattern_ckpt, sock, tmp_path):
     wire = await started(tmp_path, opts(pattern_ckpt, sock))
     # JSON may carry "\ud800" (a UTF-16 half): valid JSON, not text.
@@ -189,6 +190,7 @@ async def test_a_lone_surrogate_in_a_document_is_a_clear_error(pattern_ckpt, soc
     assert await wire.close() == 0
 
 
+@pytest.mark.slow
 async def test_fuzzed_messages_each_get_at_most_one_answer_and_requests_exactly_one(
         pattern_ckpt, sock, tmp_path):
     wire = await started(tmp_path, opts(pattern_ckpt, sock))
@@ -210,6 +212,7 @@ async def test_fuzzed_messages_each_get_at_most_one_answer_and_requests_exactly_
     assert await wire.close() == 0
 
 
+@pytest.mark.slow
 async def test_cancelled_rewrite_stops_in_the_daemon_and_never_applies(sock, tmp_path):
     from test_daemon import slow_checkpoint
     model = slow_checkpoint(tmp_path)
@@ -236,6 +239,7 @@ async def test_cancelled_rewrite_stops_in_the_daemon_and_never_applies(sock, tmp
     assert await wire.close() == 0
 
 
+@pytest.mark.slow
 async def test_a_new_window_works_after_the_daemon_socket_was_removed(pattern_ckpt, sock,
                                                                       tmp_path):
     first = await started(tmp_path, opts(pattern_ckpt, sock))
@@ -259,6 +263,7 @@ async def test_a_new_window_works_after_the_daemon_socket_was_removed(pattern_ck
             await asyncio.sleep(0.5)
 
 
+@pytest.mark.slow
 async def test_load_with_cancellations_and_a_rewrite_running_answers_everything(
         pattern_ckpt, sock, tmp_path):
     text = "".join(f"c{i} " for i in range(12)) + "\n"

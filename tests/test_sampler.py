@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import pattern_row
-from infill.sampler import (Cancelled, SamplerSettings, choose_commits, close_after_filler,
+from diffill.infill.sampler import (Cancelled, SamplerSettings, choose_commits, close_after_filler,
                             denoise, filler_allowed, fixed_commit_counts, infill, layout,
                             refine, trim_filler)
 
@@ -260,7 +260,7 @@ def test_settings_are_validated():
 
 
 def test_a_preview_shows_the_committed_start_of_a_gap():
-    from infill.sampler import committed_prefix
+    from diffill.infill.sampler import committed_prefix
     mask, pad = 2, 1
     assert committed_prefix([5, 6, mask, 7], mask, (pad,), "truncate") == ([5, 6], 0.75)
     assert committed_prefix([5, pad, mask, mask], mask, (pad,), "truncate") == ([5], 0.5)
@@ -272,8 +272,8 @@ def test_a_window_reused_from_the_last_request_runs_only_what_changed(pattern_mo
     """Prefix reuse: the same window again is token-identical to a cold run and runs only the
     positions after the shared ones; a change in the prefix limits the reuse to the positions
     before it; after MAX_REUSES requests in a row one runs cold."""
-    from infill.api import SamplerSettings
-    from infill.sampler import (MAX_REUSES, MIN_REUSE, PrefixSlot, PrefixState, _warm,
+    from diffill.infill.api import SamplerSettings
+    from diffill.infill.sampler import (MAX_REUSES, MIN_REUSE, PrefixSlot, PrefixState, _warm,
                                 common_prefix, infill_many)
     dual = SamplerSettings(cache="dual")
     run = [3 + i % 12 for i in range(48)]  # c0 c1 ... counting, 48 tokens
@@ -310,7 +310,7 @@ def test_a_window_reused_from_the_last_request_runs_only_what_changed(pattern_mo
 
 
 def test_a_lead_allows_tokens_consistent_with_what_is_left_of_it():
-    from infill.sampler import Lead, Vocab
+    from diffill.infill.sampler import Lead, Vocab
     vocab = Vocab(["", "data", "dataclass", "c", "class", "cl", "x", "datum"])
     keep = vocab.consistent("datac", 10, torch.device("cpu"))
     # "dataclass" begins with all of it; "data" is a shorter start of it; nothing else fits.

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from server import sockets
-from server.daemon import prepare_socket
-from server.daemon_client import AsyncDaemonClient, DaemonClient
-from server.errors import UnsafeSocket
+from diffill.server import sockets
+from diffill.server.daemon import prepare_socket
+from diffill.server.daemon_client import AsyncDaemonClient, DaemonClient
+from diffill.server.errors import UnsafeSocket
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_the_socket_setting_never_overwrites_a_users_file(short_tmp, victim):
     else:
         hit = Path(f"{target}.lock")
         hit.write_text(precious)
-    r = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--socket", str(target),
+    r = subprocess.run([sys.executable, "-m", "diffill.server.cli", "serve", "--socket", str(target),
                         "--no-preload"], cwd=ROOT, capture_output=True, timeout=120,
                        env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert r.returncode != 0
@@ -116,7 +116,7 @@ def test_the_socket_setting_never_overwrites_a_users_file(short_tmp, victim):
 
 
 def test_the_default_socket_is_in_a_private_runtime_folder(short_tmp, monkeypatch):
-    from server import protocol as P
+    from diffill.server import protocol as P
     monkeypatch.delenv(P.ENV_SOCKET, raising=False)
     runtime = short_tmp / "xdg"
     runtime.mkdir(mode=0o700)
@@ -135,7 +135,7 @@ def test_the_default_socket_is_in_a_private_runtime_folder(short_tmp, monkeypatc
 @pytest.mark.skipif(Path(f"/run/user/{os.geteuid()}").is_dir(),
                     reason="this machine has a per-user /run folder, used before the temp dir")
 def test_a_planted_temp_runtime_folder_is_refused(short_tmp, monkeypatch):
-    from server import protocol as P
+    from diffill.server import protocol as P
     monkeypatch.delenv(P.ENV_SOCKET, raising=False)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("TMPDIR", str(short_tmp))

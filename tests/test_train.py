@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import helpers
-from model import load_model
-from model.train import (TrainConfig, _init_weights, export, mdlm_loss, prepare_run,
+from diffill.model import load_model
+from diffill.workshop.train import (TrainConfig, _init_weights, export, mdlm_loss, prepare_run,
                          shape_of_checkpoint, train, train_tokenizer)
-from model.transformer import Transformer
+from diffill.model.transformer import Transformer
 
 ROUND_TRIP = [
     "def f(x):\n    return x + 1\n",
@@ -101,7 +101,7 @@ def test_a_state_file_that_holds_more_than_weights_is_refused(run_dir, tmp_path,
 
 
 def test_a_device_that_is_not_here_is_a_clear_error(run_dir):
-    from model import CheckpointError
+    from diffill.model import CheckpointError
     with pytest.raises(CheckpointError, match="unknown device"):
         train(run_dir, steps=1, threads=1, device="no-such-device")
     if not torch.cuda.is_available():
@@ -128,13 +128,13 @@ def test_export_loads_through_the_checkpoint_path(run_dir, tmp_path):
                                                "tokenizer.json", "README.md"}
     model = load_model(out)
     assert model.profile.name == "diffill" and model.profile.shift_logits is False
-    from infill import Engine, InfillRequest
+    from diffill.infill import Engine, InfillRequest
     result = Engine(model).run(InfillRequest("def f(x):\n    return \n", 20))
     assert result.forward_passes >= 1
     assert model.profile.max_fill is None
     capped = load_model(export(run_dir, tmp_path / "capped", max_fill=16))
     assert capped.profile.max_fill == 16
-    from server.dev_commands import confidence_floors
+    from diffill.workshop.commands import confidence_floors
     floors = load_model(export(run_dir, tmp_path / "floors",
                                min_confidence=confidence_floors("line=0.6,block=0.8")))
     assert floors.profile.confidence_floor("line") == 0.6
@@ -149,7 +149,7 @@ def test_export_loads_through_the_checkpoint_path(run_dir, tmp_path):
 
 def test_export_floors_on_the_command_line_are_checked():
     import argparse
-    from server.dev_commands import confidence_floors
+    from diffill.workshop.commands import confidence_floors
     assert confidence_floors("0.5") == 0.5
     assert confidence_floors("block=1") == {"block": 1.0}
     for bad in ("1.5", "line=0.6,rewrite=0.2", "line", "line=x"):
@@ -158,7 +158,7 @@ def test_export_floors_on_the_command_line_are_checked():
 
 
 def test_held_out_packages_are_whole_and_never_trained_on():
-    from model.corpus import HELD_OUT, build_corpus
+    from diffill.workshop.corpus import HELD_OUT, build_corpus
     corpus = build_corpus()
     train_names = {p.name for p in corpus.train}
     assert not train_names & set(HELD_OUT)
@@ -187,10 +187,10 @@ def test_the_shipped_checkpoint_is_complete_and_small():
 def test_the_shipped_checkpoint_loads_by_name_and_runs_the_demo_request():
     """Loads through the bundled name and runs the demo end to end, with the decoding values
     its config.json records."""
-    from infill import Engine, InfillSettings
-    from infill.sampler import infill
-    from server.options import build_request, read_input
-    from server.dev_commands import SAMPLES
+    from diffill.infill import Engine, InfillSettings
+    from diffill.infill.sampler import infill
+    from diffill.server.options import build_request, read_input
+    from diffill.server.cli import SAMPLES
     model = load_model("diffill-small")
     meta = json.loads((BUNDLED / "config.json").read_text())["diffill"]
     assert model.profile.name == "diffill" and model.profile.extra["window"] == meta["seq_len"]
@@ -233,7 +233,7 @@ def test_a_deeper_run_grown_from_a_checkpoint_starts_with_its_function(run_dir, 
     the deeper model computes the same logits, and training then moves every layer."""
     from safetensors.torch import load_file
 
-    from model.train import grow_layers
+    from diffill.workshop.train import grow_layers
     if not (run_dir / "state.pt").is_file():
         train(run_dir, steps=2, threads=1)
     ckpt = export(run_dir, tmp_path / "ckpt")
@@ -262,7 +262,7 @@ def test_a_budgeted_recipe_fits_its_schedule_to_the_measured_speed(tmp_path):
     """The GPU recipe's mechanics at the cpu-tiny size: the first call measures its speed and
     sets total_steps so the schedule ends with the budget; later calls (the 10-minute device
     commands) resume that schedule without measuring again."""
-    from model.train import CALIBRATE, RECIPES, fit_schedule, load_train_config
+    from diffill.workshop.train import CALIBRATE, RECIPES, fit_schedule, load_train_config
     assert RECIPES["gpu-base"]["budget_minutes"] > 0
     base = TrainConfig(**RECIPES["gpu-base"])
     assert 20e6 < base.model_config().n_params < 60e6  # the size issue 10 asks for
@@ -287,6 +287,7 @@ def test_a_budgeted_recipe_fits_its_schedule_to_the_measured_speed(tmp_path):
 NOT_ON_THE_DEVICE = ("pygls", "lsprotocol", "platformdirs", "cattrs")
 
 
+@pytest.mark.slow
 def test_the_gpu_recipes_commands_need_nothing_the_device_lacks(tmp_path):
     import os
     import subprocess
@@ -303,7 +304,7 @@ def test_the_gpu_recipes_commands_need_nothing_the_device_lacks(tmp_path):
         "            raise ImportError(f'{name} is not on the device machine')\n"
         "sys.meta_path.insert(0, Block())\n"
         "sys.argv = ['diffill'] + sys.argv[1:]\n"
-        "runpy.run_module('server.cli', run_name='__main__')\n")
+        "runpy.run_module('diffill.server.cli', run_name='__main__')\n")
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     for args in (["train", str(run), "--steps", "2", "--threads", "1"],

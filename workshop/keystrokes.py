@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import drafts as drafting
-from .text import first_word, passed_over, typed_through
+from diffill.infill import drafts as drafting
+from diffill.infill.text import first_word, passed_over, typed_through
 
 Completer = Callable[[str, int], "str | None"]
 """``(document, cursor) -> the ghost shown there`` (None: nothing shown). One with a
@@ -196,7 +196,7 @@ def engine_completer(engine, settings, report: TypingReport, language: str = "py
     item, after ``min_confidence`` and the names check). The document key lets a request
     reuse its line's last window, as the daemon does per document. ``workspace``: its
     drafts go with each request, as the LSP server sends them."""
-    from .api import InfillRequest
+    from diffill.infill.api import InfillRequest
 
     def complete(doc: str, cursor: int) -> str | None:
         line_start = doc.rfind("\n", 0, cursor) + 1
@@ -279,7 +279,7 @@ def record_line(engine, settings, line: TypedLine, language: str = "python"
     choose among these, so any floor can be replayed on them exactly."""
     from dataclasses import replace
 
-    from .api import InfillRequest
+    from diffill.infill.api import InfillRequest
     s = replace(settings, min_confidence=0.0, hide_unknown_names=False, explicit=False)
     out = []
     for k in range(len(line.target)):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import UsageError
+from diffill.server.errors import UsageError
 
 BLOCK_PRESETS = {
     # CPU-sized: the real layer pattern and MoE routing at a few million parameters.
@@ -46,7 +46,7 @@ def is_block_preset(spec: str | None) -> bool:
 
 
 def _device_dtype(device: str | None, dtype: str | None):
-    from model.loader import parse_device, parse_dtype
+    from diffill.model.loader import parse_device, parse_dtype
     dev = parse_device(device)
     return dev, parse_dtype(dtype, dev)
 
@@ -56,7 +56,7 @@ def random_block_model(spec: str, device: str | None, dtype: str | None):
     import torch
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
-    from model.block_diffusion import BlockDiffusionModel, check_memory
+    from diffill.model.block_diffusion import BlockDiffusionModel, check_memory
     shape = BLOCK_PRESETS[spec]
     dev, dt_ = _device_dtype(device, dtype)
     cfg = DiffusionGemmaConfig(text_config=dict(shape["text_config"]), vision_config=TINY_VISION,
@@ -94,10 +94,10 @@ def run_block_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from infill.block import generate
-    from model import load_model
+    from diffill.infill.block import generate
+    from diffill.model import load_model
 
-    from .dev_bench import publish, timed
+    from .bench import publish, timed
     if args.random_config:
         model = random_block_model(args.random_config, args.device, args.dtype)
     else:

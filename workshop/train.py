@@ -44,12 +44,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from diffill.infill.sampler import SamplerSettings, denoise
+from diffill.model.config import ModelConfig
+from diffill.model.loader import DiffusionModel, cpu_has_bf16, parse_device
+from diffill.model.profile import check_blocks
+from diffill.model.transformer import Transformer
+from diffill.model.weights import save_state_dict, weight_files
+
 from .corpus import Corpus, build_corpus, fingerprint, read_source
-from .loader import cpu_has_bf16, parse_device
-from .profile import check_blocks
-from .transformer import Transformer
-from .weights import save_state_dict, weight_files
 
 log = logging.getLogger("diffill.train")
 
@@ -667,7 +669,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     run too, so a run cut off loses at most that much. ``prefetch`` batches are made ahead
     by a background thread (default: 4 on CUDA, none on a CPU, where the thread would only
     take a core from the model). ``fill(prefix, suffix, n)`` writes the middles of
-    ``self_distill`` rows (the teacher's answers; ``infill.sampler.teacher`` makes one).
+    ``self_distill`` rows (the teacher's answers; ``teacher`` below makes one).
     """
     from tokenizers import Tokenizer
     dev = parse_device(device)  # before any work: a device that is not here is a clear error
@@ -710,7 +712,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
         del saved
     if cfg.self_distill > 0 and fill is None:
         raise ValueError("self_distill needs the teacher's fill (diffill train makes it from "
-                         "the run's teacher checkpoint: infill.sampler.teacher)")
+                         "the run's teacher checkpoint: workshop.train.teacher)")
     batcher = Batcher(tok, stream, texts, cfg, seed=cfg.seed + state.step,
                       fill=fill if cfg.self_distill > 0 else None)
     pin = dev.type == "cuda"
@@ -886,3 +888,28 @@ def export(run_dir: Path, out_dir: Path, card: str | None = None,
     if card is not None:
         (out_dir / "README.md").write_text(card)
     return out_dir
+
+
+def teacher(model: DiffusionModel) -> Callable[[list[int], list[int], int], list[int] | None]:
+    """``fill(prefix, suffix, n)``: ``model``'s own ``n`` tokens for a gap between those ids,
+    filler included, as the editor would get them (the checkpoint's recorded settings). The
+    middles of self-distilled training rows (``TrainConfig.self_distill``). None for a gap
+    longer than the checkpoint's ``max_fill``: the editor never asks the model for one, and
+    its answers there run on instead of stopping, which a student would learn. Its passes
+    leave the calling thread's thread count as they found it."""
+    mask = model.profile.mask_id
+    longest = model.profile.max_fill
+
+    def fill(prefix: list[int], suffix: list[int], n: int) -> list[int] | None:
+        if longest and n > longest:
+            return None
+        threads = torch.get_num_threads()
+        model.threads = threads  # the training run's count, not the machine's
+        ids = torch.tensor([prefix + [mask] * n + suffix], device=model.device)
+        try:
+            out = denoise(model, ids, len(prefix), len(prefix) + n, settings=SamplerSettings())
+        finally:
+            torch.set_num_threads(threads)
+        return out.ids[0, len(prefix):len(prefix) + n].tolist()
+
+    return fill

@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UsageError
+from diffill.server.errors import UsageError
 
 PRESETS = {
-    # Shapes of real checkpoints (design.md's table), run with random weights.
+    # Shapes of real checkpoints (the README's table of checkpoints), run with random weights.
     "open-dcoder-0.5b": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896,
                          "intermediate_size": 4864, "num_hidden_layers": 24,
                          "num_attention_heads": 14, "num_key_value_heads": 2,
@@ -38,10 +38,10 @@ def random_model(spec: str, device: str | None, dtype: str | None):
     """A model of a preset or JSON shape with random weights, for speed only."""
     import torch
 
-    from model.config import from_hf_config
-    from model.loader import DiffusionModel, cpu_threads, parse_device, parse_dtype
-    from model.profile import FamilyProfile
-    from model.transformer import Transformer
+    from diffill.model.config import from_hf_config
+    from diffill.model.loader import DiffusionModel, cpu_threads, parse_device, parse_dtype
+    from diffill.model.profile import FamilyProfile
+    from diffill.model.transformer import Transformer
     try:
         raw = PRESETS[spec] if spec in PRESETS else json.loads(spec)
         cfg = from_hf_config(raw)
@@ -140,8 +140,8 @@ def machine() -> str:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from infill.sampler import SamplerSettings, infill
-    from model import load_model
+    from diffill.infill.sampler import SamplerSettings, infill
+    from diffill.model import load_model
     if args.random_config:
         model = random_model(args.random_config, args.device, args.dtype)
     else:

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .protocol import NOTIFY_STATUS
+from diffill.server.protocol import NOTIFY_STATUS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class LspCompleter:
-    """``(document, cursor) -> ghost`` (an ``infill.keystrokes.Completer``) answered by a
+    """``(document, cursor) -> ghost`` (an ``workshop.keystrokes.Completer``) answered by a
     ``diffill lsp`` process; used as a context manager (the process and its daemon stop at
     the end). ``workspace``: the folder the editor has open (its files lend drafts).
     ``settings``: the server's settings (``debounceMs`` 0 unless given: the eval waits for
@@ -62,7 +62,7 @@ class LspCompleter:
         @self.client.feature(NOTIFY_STATUS)
         def status_note(params: Any) -> None:  # the server's status notes: not needed here
             pass
-        await self.client.start_io(sys.executable, "-m", "server.cli", "lsp",
+        await self.client.start_io(sys.executable, "-m", "diffill.server.cli", "lsp",
                                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
         caps = T.ClientCapabilities(text_document=T.TextDocumentClientCapabilities(
             inline_completion=T.InlineCompletionClientCapabilities()))
@@ -72,7 +72,7 @@ class LspCompleter:
         self.client.initialized(T.InitializedParams())
 
     def begin(self, line) -> None:
-        """Make ``line``'s file (an ``infill.keystrokes.TypedLine``, the line's text taken
+        """Make ``line``'s file (an ``workshop.keystrokes.TypedLine``, the line's text taken
         out) the document typed into, closing the last one."""
         self._call(self._open(line.path, line.document))
 
@@ -127,7 +127,7 @@ class LspCompleter:
             self._call(stop())
         except Exception:  # noqa: BLE001 - the process may be gone already
             pass
-        from .daemon_client import DaemonClient
+        from diffill.server.daemon_client import DaemonClient
         try:
             DaemonClient(Path(self.options["socket"]), timeout=30).call("shutdown")
         except Exception:  # noqa: BLE001 - no daemon was started

@@ -9,11 +9,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import BadInput, UsageError
+from diffill.server.errors import BadInput, UsageError
 
 
 def held_out_files() -> tuple[list[Path], list[str]]:
-    from model.corpus import build_corpus
+    from diffill.workshop.corpus import build_corpus
     corpus = build_corpus()
     files = corpus.files("held-out", max_bytes_per_package=10**9)
     return files, [p.name for p in corpus.held_out]
@@ -22,9 +22,9 @@ def held_out_files() -> tuple[list[Path], list[str]]:
 def run_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from infill.evaluate import cut_spans, evaluate
+    from diffill.workshop.spans import cut_spans, evaluate
 
-    from .options import load_engine, settings_from_args
+    from diffill.server.options import load_engine, settings_from_args
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("line", "block") for m in modes):
         raise UsageError("--modes takes line and/or block")
@@ -79,16 +79,16 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path],
                    packages: list[str]) -> int:
-    """``diffill eval --keystrokes``: the typing eval (``infill.keystrokes``), diffill as an
+    """``diffill eval --keystrokes``: the typing eval (``workshop.keystrokes``), diffill as an
     editor asks it while the user types (automatic requests: ``fastTyping``), beside the
     completers without a model, on the same lines."""
 
     from tqdm import tqdm
 
-    from infill import keystrokes as K
+    from diffill.workshop import keystrokes as K
 
-    from .dev_typing import LspTyping
-    from .workspace import build_library
+    from .typing_lsp import LspTyping
+    from diffill.server.workspace import build_library
     lines = K.pick_lines(files, args.n, args.sample_seed)
     settings = replace(settings, quick_lines=True)
     if args.calibrate:
@@ -165,7 +165,7 @@ def calibrate_keystrokes(args: argparse.Namespace, engine, settings, lines, pack
     half of the shown ghosts taken is the one to record (``--min-confidence line=P``)."""
     from tqdm import tqdm
 
-    from infill import keystrokes as K
+    from diffill.workshop import keystrokes as K
     bar = tqdm(total=len(lines), desc="recording", file=sys.stderr, leave=False)
     offered = []
     for line in lines:

@@ -48,7 +48,7 @@ class Wire:
                     **(env or {}))
         with open(stderr_path, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "server.cli", "lsp", stdin=asyncio.subprocess.PIPE,
+                sys.executable, "-m", "diffill.server.cli", "lsp", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=err, env=full, cwd=ROOT,
                 limit=256 * 2**20)
         return cls(proc, stderr_path)

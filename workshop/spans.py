@@ -1,5 +1,5 @@
 """Held-out infilling eval: exact match and "still parses" on spans cut from code the model
-has not seen (whole held-out packages, see ``model/corpus.py``).
+has not seen (whole held-out packages, see ``workshop/corpus.py``).
 
 Spans are cut the way an editor meets them:
 - ``line``: the cursor somewhere after a line's indentation, the rest of the line missing;
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .engine import Engine, InfillRequest, InfillSettings
+from diffill.infill.engine import Engine, InfillRequest, InfillSettings
 from .keystrokes import parseable_sources
-from .post import parses
+from diffill.infill.post import parses
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``make soak``: the robustness scenarios of ``test_robustness.py`` at length, with figures.
 
-    python tests/soak.py [--model CKPT] [--messages 10000] [--clients 4] [--requests 200]
+    python workshop/soak.py [--model CKPT] [--messages 10000] [--clients 4] [--requests 200]
 
 1. fuzz: ``--messages`` hostile messages (broken frames, wrong types, out-of-order requests)
    over two editor sessions; every request must get exactly one answer and no process may
@@ -31,9 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server.dev_bench_e2e import percentile_ms  # noqa: E402
-from wire import ROOT, Wire, fuzz_messages, now  # noqa: E402
+from diffill.workshop.bench_e2e import percentile_ms
+from diffill.workshop.wire import ROOT, Wire, fuzz_messages, now
 
 URI = "file:///soak/m.py"
 SAMPLE = (ROOT / "infill" / "post.py").read_text()  # real Python, hundreds of lines
@@ -253,7 +252,7 @@ async def main() -> int:
         report["faults"] = await faults(args.model, sock, folder)
         report["seconds"] = round(now() - t0)
     finally:
-        subprocess.run([sys.executable, "-m", "server.cli", "serve", "--stop", "--socket",
+        subprocess.run([sys.executable, "-m", "diffill.server.cli", "serve", "--stop", "--socket",
                         str(sock)], cwd=ROOT, capture_output=True)
     f, ld = report["fuzz"], report["load"]
     report["targets_met"] = {

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .protocol import NOTIFY_STATUS
+from diffill.server.protocol import NOTIFY_STATUS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path(json.__file__).parent / "decoder.py"
@@ -67,7 +67,7 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
     def status_note(params: Any) -> None:  # the server's status notes: kept, not warned about
         statuses.append(params)
     t0 = time.perf_counter()
-    await client.start_io(sys.executable, "-m", "server.cli", "lsp",
+    await client.start_io(sys.executable, "-m", "diffill.server.cli", "lsp",
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     caps = T.ClientCapabilities(text_document=T.TextDocumentClientCapabilities(
         inline_completion=T.InlineCompletionClientCapabilities()))
@@ -155,7 +155,7 @@ async def _run(model: str | None, n: int, lines: int, keystroke_ms: float, seed:
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
-    from .daemon_client import DaemonClient
+    from diffill.server.daemon_client import DaemonClient
     try:
         DaemonClient(sock, timeout=30).call("shutdown")
     except Exception:  # noqa: BLE001

@@ -1,31 +1,25 @@
-"""Subcommands beyond ``infill``: demo, train, eval, bench (and the server ones, registered from
-their own modules). Each imports what it needs when it runs."""
+"""The developer tools' subcommands: ``diffill train``, ``corpus``, ``eval``, ``bench``
+(``server/cli.py`` hands these over whole). Each imports what it needs when it runs, so that
+asking for one tool's help does not load torch."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
-from infill.api import CACHES, FILLER_ORDERS, REFRESHES
+from diffill.infill.api import CACHES, FILLER_ORDERS, REFRESHES
+from diffill.server.cli import base_parser
+from diffill.server.errors import EXIT_OK, BadInput, UsageError
+from diffill.server.options import add_model_options, add_sampler_options
 
-from .errors import EXIT_OK, BadInput, UsageError
-
-SAMPLES = Path(__file__).resolve().parent / "samples"
+def build_parser() -> argparse.ArgumentParser:
+    p, sub = base_parser()
+    register(sub)
+    return p
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_model_options, add_sampler_options
-
-    d = sub.add_parser("demo", help="infill a sample file with the bundled model")
-    d.add_argument("file", nargs="?", default=str(SAMPLES / "demo.py"))
-    add_model_options(d)
-    add_sampler_options(d)
-    d.set_defaults(func=cmd_demo)
-
     t = sub.add_parser("train", help="train the bundled model (resumable runs)")
     t.add_argument("run_dir", help="run folder (tokenizer, token stream, state.pt)")
     t.add_argument("--minutes", type=float, help="train this long, save, stop")
@@ -87,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("corpus", help="unpack permissively licensed wheels into a corpus "
                                       "folder for diffill train --corpus")
     c.add_argument("wheels", help="folder of .whl files (pip download --no-deps "
-                                  "--only-binary=:all: -d WHEELS -r model/corpus-packages.txt)")
+                                  "--only-binary=:all: -d WHEELS -r workshop/corpus-packages.txt)")
     c.add_argument("out", help="corpus folder to write")
     c.set_defaults(func=cmd_corpus)
 
@@ -146,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shape: the same weights for mask models, random for block models)")
     b.add_argument("--e2e", action="store_true",
                    help="time the whole editor path instead: diffill lsp over stdio, a fresh "
-                        "daemon, invoked completions and scripted typing (see server/dev_bench_e2e.py)")
+                        "daemon, invoked completions and scripted typing (see workshop/bench_e2e.py)")
     b.add_argument("--places", type=int, default=40, help="--e2e: invoked completions")
     b.add_argument("--lines", type=int, default=8, help="--e2e: lines retyped")
     b.add_argument("--keystroke-ms", type=float, default=120,
@@ -162,7 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def confidence_floors(raw: str) -> "float | dict[str, float]":
     """``--min-confidence`` of an export: ``0.6`` for every mode, or ``line=0.6,block=0.8``;
     checked as the profile checks config.json's value."""
-    from model.profile import ProfileError, parse_floors
+    from diffill.model.profile import ProfileError, parse_floors
     try:
         value = float(raw) if "=" not in raw else \
             {k.strip(): float(v) for k, v in (p.split("=", 1) for p in raw.split(","))}
@@ -172,59 +166,10 @@ def confidence_floors(raw: str) -> "float | dict[str, float]":
             f"{raw!r}: a score in 0..1, or line=P,block=P") from None
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .options import apply, build_request, load_engine, read_input, settings_from_args
-    text, name = read_input(args.file)
-    req, clean = build_request(text, name, language="python")
-    t0 = time.perf_counter()
-    engine = load_engine(args)
-    t_load = time.perf_counter() - t0
-    settings = settings_from_args(args)
-    # The demo shows the model's answer even when an editor would withhold it, and says so.
-    result = engine.run(req, replace(settings, min_confidence=0.0, hide_unknown_names=False))
-    floor = engine.min_confidence(settings, result.mode)
-    model = engine.model.describe()
-    print(f"# diffill demo: {Path(name).name} with {Path(model['checkpoint']).name} "
-          f"({model['parameters'] / 1e6:.1f}M parameters) on {model['device']}")
-    print(f"# model loaded in {t_load:.2f}s; infill took {result.seconds * 1000:.0f} ms "
-          f"({result.forward_passes} forward passes, {result.mode} mode)")
-    if result.best is None:
-        print("# the model proposed no completion: every candidate was empty after "
-              "post-processing.")
-        _bundled_model_hint(model["checkpoint"])
-        return EXIT_OK
-    best = result.best
-    expected = Path(f"{name}.expected")
-    same = ""
-    if expected.is_file():  # the sample's removed text, to say whether the model found it
-        want = expected.read_text(encoding="utf-8").strip()
-        same = f", equals the removed text: {best.text.strip() == want}"
-    shown = "an editor shows it" if best.score >= floor else \
-        f"an editor would not show it: under minConfidence {floor:.2f}"
-    if best.unknown and settings.withholds_unknown_names:
-        shown = f"an editor would not show it: it names {', '.join(best.unknown)}, defined " \
-                f"nowhere in the file"
-    print(f"# completion (parses: {best.parses}{same}; score {best.score:.2f}, {shown}):")
-    print(best.text)
-    if best.parses is False:
-        _bundled_model_hint(model["checkpoint"])
-    print("# file with the completion:")
-    sys.stdout.write(apply(clean, best))
-    return EXIT_OK
-
-
-def _bundled_model_hint(checkpoint: str) -> None:
-    """What to read, or try, when the bundled model's demo answer is empty or broken."""
-    if Path(checkpoint).name == "diffill-small":
-        print("# The bundled diffill-small is undertrained (2.6 hours on two CPU cores); "
-              "see model/checkpoints/diffill-small/README.md, or run any checkpoint of "
-              "the README's table with --model.")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from model.train import (RECIPES, TrainConfig, continued_config, export,
+    from diffill.workshop.train import (RECIPES, teacher, TrainConfig, continued_config, export,
                              load_train_config, prepare_run, train)
     logging.getLogger("diffill").setLevel(logging.INFO)
     run = Path(args.run_dir)
@@ -250,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise UsageError(f"--recipe: one of {', '.join(RECIPES)}")
             overrides = {**RECIPES[args.recipe], **overrides}
             if overrides.get("vocab_size", TrainConfig.vocab_size) == TrainConfig.vocab_size:
-                from model.loader import BUNDLED_DIR, DEFAULT_CHECKPOINT
+                from diffill.model.loader import BUNDLED_DIR, DEFAULT_CHECKPOINT
                 tokenizer = tokenizer or BUNDLED_DIR / DEFAULT_CHECKPOINT  # the bundled one
         if args.budget_minutes is not None:
             overrides["budget_minutes"] = args.budget_minutes
@@ -264,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--config: {exc}") from None
         corpus = None
         if args.corpus:
-            from model.corpus import build_corpus
+            from diffill.workshop.corpus import build_corpus
             if not (Path(args.corpus) / "packages.json").is_file():
                 raise BadInput(f"{args.corpus}: not a corpus folder (run diffill corpus)")
             corpus = build_corpus(extra=Path(args.corpus))
@@ -274,8 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     fill = None
     cfg = load_train_config(run)
     if cfg.self_distill > 0:  # the teacher writes the middles of self-distilled rows
-        from infill.sampler import teacher
-        from model import load_model
+        from diffill.model import load_model
         fill = teacher(load_model(cfg.teacher, device=args.device))
     state = train(run, minutes=args.minutes, steps=args.steps, threads=args.threads,
                   init_from=init, device=args.device, compile_model=args.compile,
@@ -288,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from model.corpus import unpack_wheels
+    from diffill.workshop.corpus import unpack_wheels
     if not Path(args.wheels).is_dir():
         raise BadInput(f"{args.wheels}: no such folder")
     taken = unpack_wheels(Path(args.wheels), Path(args.out))
@@ -299,18 +243,18 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .dev_evaluate import run_eval
+    from .evaluate import run_eval
     return run_eval(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.e2e:
-        from .dev_bench_e2e import run_e2e
+        from .bench_e2e import run_e2e
         return run_e2e(args.model, n=args.places, lines=args.lines,
                        keystroke_ms=args.keystroke_ms, write_to=args.write,
                        settings=args.editor_settings)
-    from .dev_bench import run_bench
-    from .dev_bench_block import check_args, is_block_preset, run_block_bench
+    from .bench import run_bench
+    from .bench_block import check_args, is_block_preset, run_block_bench
     if is_block_preset(args.random_config) or (not args.random_config and _is_block(args.model)):
         check_args(args)
         return run_block_bench(args)
@@ -318,6 +262,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _is_block(checkpoint: str | None) -> bool:
-    from model.block_diffusion import is_block_diffusion
-    from model.loader import read_config, resolve_checkpoint
+    from diffill.model.block_diffusion import is_block_diffusion
+    from diffill.model.loader import read_config, resolve_checkpoint
     return is_block_diffusion(read_config(resolve_checkpoint(checkpoint)))
