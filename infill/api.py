@@ -9,6 +9,7 @@ but not a model; importing them from here costs milliseconds, where ``infill.eng
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from . import post
 from .context import ContextBudget
@@ -148,15 +149,15 @@ class InfillSettings:
     check_names: bool = True
     """Rank candidates that use names defined nowhere (document, builtins, keywords) last."""
     hide_unknown_names: bool = True
-    """Do not show a completion that uses a name defined nowhere (with ``check_names``): on
-    the bundled model's held-out lines such ghosts were right 0-6% of the time, the others
-    32-35% (docs/performance.md, session 10). Rewrites are always shown."""
+    """Do not show a completion that uses a name defined nowhere (with ``check_names``): such
+    ghosts are almost never right (docs/performance.md, session 10). Rewrites are always
+    shown."""
     quick_lines: bool = False
     """Asked for while the user types: a line completion tries one mask count (the shorter
     rung of its ensemble) to answer sooner; a block keeps its ensemble (``fastTyping``)."""
     token_healing: bool = True
     """A completion whose cursor ends a partial word takes that word's tokens out of the
-    context and writes the word again, as the tokenizer joins it (``sampler.Lead``)."""
+    context and writes the word again, as the tokenizer joins it (``sampler.TokenHealing``)."""
     explicit: bool = False
     """Asked for by a person (the CLI, an invoked completion) rather than shown by itself:
     the checkpoint's calibrated floor, the unknown-names hiding and the syntax guard do not
@@ -223,6 +224,28 @@ class InfillRequest:
     ghost's rest), verified beside the document's own (``InfillSettings.drafts``)."""
 
 
+@dataclass(frozen=True)
+class DocumentKey:
+    """Which document of which client a request came from (an engine keeps per document what
+    its last request computed)."""
+    client: int | str
+    uri: str
+
+
+@dataclass
+class Submission:
+    """One request as an engine takes it, with what travels beside it."""
+    request: InfillRequest
+    cancel: Callable[[], bool] | None = None
+    """Polled before every forward pass: True stops the request (:class:`Cancelled`)."""
+    preview: Callable[[str, float], None] | None = None
+    """Called after each denoising step of a completion with its text committed so far and
+    the share of the gap decided."""
+    document: DocumentKey | None = None
+    """Its document: a lone completion reuses what that document's last request computed
+    (``reuse_prefix``)."""
+
+
 @dataclass
 class Completion:
     text: str
@@ -253,6 +276,8 @@ class InfillResult:
     """Why completions were not shown, how many each: ``syntax`` (it would break code that
     parsed), ``unknown name`` (it names something defined nowhere), ``floor`` (scored under
     ``min_confidence``)."""
+    cached: bool = False
+    """Answered from the daemon's cache of recent results, without a forward pass."""
 
     @property
     def best(self) -> Completion | None:

@@ -26,7 +26,7 @@ from diffill.model.block_diffusion import BlockDiffusionModel
 
 from . import post
 from .api import (MAX_MASKS, Cancelled, Completion, InfillRequest, InfillResult,
-                  InfillSettings)
+                  InfillSettings, Submission)
 from .context import encode, format_extra, prefix_window, suffix_window
 from .engine import Engine
 from .text import InputError
@@ -166,21 +166,18 @@ class BlockEngine(Engine):
     static`` in a generation config): a second ``generate`` run from inside the first one's
     step would overwrite it. Completions wait for a running rewrite instead."""
 
-    def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
-                  settings: InfillSettings,
-                  previews: Sequence[Callable[[str, float], None] | None] | None = None,
-                  documents: Sequence[str | None] | None = None,
+    def run_batch(self, submissions: Sequence[Submission], settings: InfillSettings,
                   contended: bool = False) -> list[InfillResult | BaseException]:
         """Each request in turn (prompts of different lengths are not batched; each request's
         ensemble is one batch of rows; one row when ``contended`` and ``shed_load``). No
         previews: a canvas of random tokens has nothing worth showing before it settles."""
         if contended and settings.shed_load and settings.ensemble > 1:
             settings = replace(settings, ensemble=1)
-            self.shed += len(items)
+            self.shed += len(submissions)
         out: list[InfillResult | BaseException] = []
-        for req, cancel in items:
+        for sub in submissions:
             try:
-                out.append(self._run_one(req, settings, cancel))
+                out.append(self._run_one(sub.request, settings, sub.cancel))
             except Exception as exc:  # reported to that request alone
                 out.append(exc)
         return out

@@ -16,12 +16,13 @@ from typing import Callable, Sequence
 from diffill.model import DiffusionModel
 
 from . import drafts as drafting
-from . import post
+from . import post, rank
 from .context import ContextBudget, Window, build_window, encode
-from .api import (ACTIONS, MAX_MASKS, Completion, InfillRequest, InfillResult,
-                  InfillSettings)
-from .sampler import (Cancelled, Candidate, Draft, Gap, Lead, PrefixSlot, Vocab, infill_many,
+from .api import (ACTIONS, MAX_MASKS, Completion, DocumentKey, InfillRequest, InfillResult,
+                  InfillSettings, Submission)
+from .sampler import (Cancelled, Candidate, Draft, Gap, PrefixSlot, infill_many,
                       refine)
+from .steps import TokenHealing, Vocab
 from .text import InputError, PositionError, check_size
 
 STRONG_SUPPORT = 5
@@ -32,16 +33,13 @@ LINE_LADDER = (4, 8, 16, 32, 64)
 BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
 BRACKETS_BACK = 2000
 """Characters above a line read to tell whether it continues an open bracket."""
-SYNTAX_CHECK_LIMIT = 1_000_000
-"""Documents above this many characters are not parsed whole per candidate (the def or class
-around the fill still is)."""
 TRIM_LIMIT = 200_000
 """Documents above this many characters are not parsed whole to cut a block back to the lines
 that parse (each shorter cut is a parse: bounded, unlike the one check per candidate)."""
 
 
 @dataclass
-class Job:
+class PreparedFill:
     """A request made ready for the sampler: its window and the mask counts to try."""
 
     request: InfillRequest
@@ -51,7 +49,7 @@ class Job:
     line_before: str
     started: float
     settings: InfillSettings = InfillSettings()
-    lead: Lead | None = None
+    lead: TokenHealing | None = None
     """The partial word taken out of the context, which the fill writes again (healing)."""
     drafts: list[Draft] = field(default_factory=list)
     """The drafts to verify (their ids include the lead's text)."""
@@ -95,7 +93,7 @@ class Engine:
         self.settings = settings
         self.tokenizer = model.tokenizer
         self._known_names = post.python_names()
-        self.prefixes: OrderedDict[str, PrefixSlot] = OrderedDict()
+        self.prefixes: OrderedDict[DocumentKey, PrefixSlot] = OrderedDict()
         self.prefix_reuses = 0
         """Requests whose first pass reused their document's last window (``diffill status``)."""
         self._vocab: Vocab | None = None
@@ -104,7 +102,7 @@ class Engine:
         self.quick = 0
         """Line completions asked while typing, run with one mask count (``quick_lines``)."""
 
-    def prefix_slot(self, document: str) -> PrefixSlot:
+    def prefix_slot(self, document: DocumentKey) -> PrefixSlot:
         """The document's slot for reusing its last window's keys and values (the least
         recently used documents beyond ``PREFIX_DOCUMENTS`` are forgotten)."""
         slot = self.prefixes.pop(document, None) or PrefixSlot()
@@ -119,69 +117,75 @@ class Engine:
 
     def run(self, req: InfillRequest, settings: InfillSettings | None = None,
             cancel: Callable[[], bool] | None = None) -> InfillResult:
-        (result,) = self.run_batch([(req, cancel)], settings or self.settings)
+        (result,) = self.run_batch([Submission(req, cancel)], settings or self.settings)
         if isinstance(result, BaseException):
             raise result
         return result
 
-    def run_batch(self, items: Sequence[tuple[InfillRequest, Callable[[], bool] | None]],
-                  settings: InfillSettings,
-                  previews: Sequence[Callable[[str, float], None] | None] | None = None,
-                  documents: Sequence[str | None] | None = None,
+    def run_batch(self, submissions: Sequence[Submission], settings: InfillSettings,
                   contended: bool = False) -> list[InfillResult | BaseException]:
         """Several requests with the same settings in one batch of forward passes.
 
-        Each item gets its result or its own exception (a bad request, a cancellation); one
-        item's failure never fails the others. Refine requests run one by one. ``previews``
-        (one per item, or None) are called after each denoising step of a completion with its
-        text committed so far and the share of the gap decided. ``documents`` (one key per
-        item, or None) lets a lone completion reuse what its document's last request computed
-        (``reuse_prefix``). ``contended`` (the daemon's word: others are waiting) runs each
-        completion with one mask count when ``shed_load`` allows it.
+        Each submission gets its result or its own exception (a bad request, a
+        cancellation); one's failure never fails the others. Refine requests run one by one.
+        ``contended`` (the daemon's word: others are waiting) runs each completion with one
+        mask count when ``shed_load`` allows it.
         """
-        out: list[InfillResult | BaseException | None] = [None] * len(items)
-        jobs: list[tuple[int, Job]] = []
-        for i, (req, cancel) in enumerate(items):
+        out: dict[int, InfillResult | BaseException] = {}
+        jobs: list[tuple[int, PreparedFill]] = []
+        for i, sub in enumerate(submissions):
             try:
-                if req.instruction:
+                if sub.request.instruction:
                     raise InputError(
                         f"this model ({self.model.profile.name}) fills masks and is not "
                         "prompted, so it cannot follow an instruction: rewrite without one, or "
                         "load a chat model (DiffusionGemma)")
-                if self._validate(req) == "refine":
-                    out[i] = self._refine(req, settings, cancel)
+                if self._validate(sub.request) == "refine":
+                    out[i] = self._refine(sub.request, settings, sub.cancel)
                 else:
-                    doc = documents[i] if documents and len(items) == 1 else None
-                    slot = self.prefixes.get(doc) if doc else None
-                    job = self.prepare(req, settings, contended,
-                                       keep=slot.start if slot else None)
-                    if doc and job.mode != "rewrite":
-                        (slot or self.prefix_slot(doc)).start = job.window.start_mark(req.text)
-                    jobs.append((i, job))
+                    alone = len(submissions) == 1  # only a lone completion keeps its window
+                    jobs.append((i, self._prepare(sub, settings, contended, alone)))
             except Exception as exc:  # reported to that request alone
                 out[i] = exc
         if jobs and self.model.profile.expand_id is not None:
             for i, job in jobs:  # variable length: one window per request, growing or shrinking
                 try:
-                    out[i] = self._run_variable(job, items[i][1])
+                    out[i] = self._run_variable(job, submissions[i].cancel)
                 except Exception as exc:  # reported to that request alone
                     out[i] = exc
         elif jobs:
-            cancels = [items[i][1] for i, _ in jobs]
-            shows = [self._preview(job, previews[i]) if previews and previews[i] else None
-                     for i, job in jobs]
-            doc = documents[jobs[0][0]] if documents and len(jobs) == 1 else None
-            slot = self.prefix_slot(doc) if doc else None
-            results, passes = infill_many(self.model, [j.sampler_job for _, j in jobs],
-                                          settings=settings.sampler,
-                                          cancel=cancels if any(cancels) else None,
-                                          previews=shows if any(shows) else None, slot=slot)
-            self.prefix_reuses += bool(slot and slot.state and slot.state.uses)
-            for (i, job), cands in zip(jobs, results):
-                out[i] = Cancelled() if cands is None else self.finish(job, cands, passes)
-        return out  # type: ignore[return-value]
+            out.update(self._denoise_together(jobs, submissions, settings))
+        return [out[i] for i in range(len(submissions))]
 
-    def _preview(self, job: Job, send: Callable[[str, float], None]
+    def _prepare(self, sub: Submission, settings: InfillSettings, contended: bool,
+                 alone: bool) -> PreparedFill:
+        """:meth:`prepare`, keeping the window's start where the document's last request had
+        it when ``alone`` (a lone completion of a known document)."""
+        doc = sub.document if alone else None
+        slot = self.prefixes.get(doc) if doc else None
+        job = self.prepare(sub.request, settings, contended, keep=slot.start if slot else None)
+        if doc and job.mode != "rewrite":
+            (slot or self.prefix_slot(doc)).start = job.window.start_mark(sub.request.text)
+        return job
+
+    def _denoise_together(self, jobs: list[tuple[int, PreparedFill]],
+                          submissions: Sequence[Submission], settings: InfillSettings
+                          ) -> dict[int, InfillResult | BaseException]:
+        """The prepared completions and rewrites as one batch of rows, each finished."""
+        cancels = [submissions[i].cancel for i, _ in jobs]
+        shows = [self._preview(job, submissions[i].preview) if submissions[i].preview
+                 else None for i, job in jobs]
+        doc = submissions[jobs[0][0]].document if len(jobs) == 1 else None
+        slot = self.prefix_slot(doc) if doc else None
+        results, passes = infill_many(self.model, [j.sampler_job for _, j in jobs],
+                                      settings=settings.sampler,
+                                      cancel=cancels if any(cancels) else None,
+                                      previews=shows if any(shows) else None, slot=slot)
+        self.prefix_reuses += bool(slot and slot.state and slot.state.uses)
+        return {i: Cancelled() if cands is None else self.finish(job, cands, passes)
+                for (i, job), cands in zip(jobs, results)}
+
+    def _preview(self, job: PreparedFill, send: Callable[[str, float], None]
                  ) -> Callable[[list[int], float], None] | None:
         """A sampler preview callback that sends a completion's committed text, cleaned like
         a finished fill, whenever it changes."""
@@ -199,7 +203,7 @@ class Engine:
                 send(text, done)
         return show
 
-    def _run_variable(self, job: Job, cancel: Callable[[], bool] | None) -> InfillResult:
+    def _run_variable(self, job: PreparedFill, cancel: Callable[[], bool] | None) -> InfillResult:
         """A DreamOn-style fill: one gap that expands or deletes masks until it fits, started
         at the job's (single) length and allowed to grow to ``variable_cap``."""
         from .expand import infill_variable
@@ -210,7 +214,7 @@ class Engine:
                                        settings=job.settings.sampler, cancel=cancel)
         return self.finish(job, [cand], passes)
 
-    def variable_cap(self, job: Job, start: int) -> int:
+    def variable_cap(self, job: PreparedFill, start: int) -> int:
         """How far a variable-length gap may grow: the completion's ``max_tokens`` (capped by
         the checkpoint's ``max_fill``), or for a rewrite twice the selection and 16 more."""
         if job.mode == "rewrite":
@@ -234,40 +238,59 @@ class Engine:
     # ------------------------------------------------------------ actions
 
     def prepare(self, req: InfillRequest, s: InfillSettings, contended: bool = False,
-                keep: tuple[int, str] | None = None) -> Job:
+                keep: tuple[int, str] | None = None) -> PreparedFill:
         """Window and mask counts of a completion or a rewrite (regenerate); ``keep``: where
         the document's last window began (``context.prefix_window``)."""
         t0 = time.perf_counter()
-        text = req.text
         if req.action == "rewrite":
-            assert req.end is not None
-            original = text[req.start:req.end]
-            n = max(1, len(encode(self.tokenizer, original)))
-            if n > MAX_MASKS:
-                raise InputError(f"the selection is {n} tokens; a rewrite takes at most "
-                                 f"{MAX_MASKS} (select less)")
-            cap = max(s.max_tokens, n)
-            lengths = list(s.lengths) or sorted(
-                {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
-            if self.model.profile.expand_id is not None:
-                lengths = [n]  # starts at the selection's length, then grows or shrinks
-            window = build_window(self.tokenizer, text, req.start, req.end,
-                                  self.budget(s, lengths), req.extra)
-            return Job(req, "rewrite", lengths, window, "", t0, s)
-        cur = req.start
+            return self._prepare_rewrite(req, s, t0)
+        text, cur = req.text, req.start
         line_start = text.rfind("\n", 0, cur) + 1
         line_end = text.find("\n", cur)
-        line_end = len(text) if line_end < 0 else line_end
-        before, after = text[line_start:cur], text[cur:line_end]
+        before = text[line_start:cur]
+        after = text[cur:len(text) if line_end < 0 else line_end]
         mode = s.mode if s.mode != "auto" else post.detect_mode(before, after)
+        lengths = self._lengths(s, mode, contended)
+        window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
+                              req.extra, keep=keep if s.sampler.reuse_prefix else None)
+        # A faithful decode (the authors' own) has none of diffill's additions to a fill.
+        additions = self.model.profile.expand_id is None and not s.sampler.faithful
+        lead = self._lead(req, window, before, s.token_healing and additions)
+        job = PreparedFill(req, mode, lengths, window, before, t0, s, lead)
+        if s.drafts and additions:
+            self.add_drafts(job)
+            if s.explicit:  # asked for: drafts a ghost's floor would withhold get company
+                job.sample_under = self.min_confidence(replace(s, explicit=False), mode)
+        return job
+
+    def _prepare_rewrite(self, req: InfillRequest, s: InfillSettings, t0: float) -> PreparedFill:
+        """A rewrite's window and mask counts: the selection's length, a little more and a
+        little less (DreamOn: its length, grown or shrunk as it goes)."""
+        assert req.end is not None
+        n = max(1, len(encode(self.tokenizer, req.text[req.start:req.end])))
+        if n > MAX_MASKS:
+            raise InputError(f"the selection is {n} tokens; a rewrite takes at most "
+                             f"{MAX_MASKS} (select less)")
+        cap = max(s.max_tokens, n)
+        lengths = list(s.lengths) or sorted(
+            {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
+        if self.model.profile.expand_id is not None:
+            lengths = [n]  # starts at the selection's length, then grows or shrinks
+        window = build_window(self.tokenizer, req.text, req.start, req.end,
+                              self.budget(s, lengths), req.extra)
+        return PreparedFill(req, "rewrite", lengths, window, "", t0, s)
+
+    def _lengths(self, s: InfillSettings, mode: str, contended: bool) -> list[int]:
+        """A completion's mask counts: the settings', else the mode's ladder; one row when
+        the daemon is contended (``shed_load``) or the user is typing (``quick_lines``)."""
         ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
         lengths = list(s.lengths) or ladder_lengths(ladder, self.max_fill(s), s.ensemble)
         shed = contended and s.shed_load
         quick = s.quick_lines and mode == "line"
         if (shed or quick) and not s.lengths and len(lengths) > 1:
-            # One row instead of the ensemble. Held-out evals lose least with the shortest
-            # rung for a line (with healing, 8 masks: 15.0% exact in 66 ms p50; the ensemble
-            # of 8 and 16: 16.0% in 148 ms; 16 alone did worse), the longest for a block.
+            # One row instead of the ensemble: held-out evals lose least with the shortest
+            # rung for a line, the longest for a block
+            # (docs/performance.md, "End to end, a fixed sample").
             lengths = [min(lengths) if mode == "line" else max(lengths)]
             self.shed += shed
             self.quick += quick and not shed
@@ -275,24 +298,21 @@ class Engine:
             # The gap finds its own length: one start (an explicit length, else the ladder's
             # second rung, short enough that most answers grow into it) and no ensemble.
             lengths = [min(lengths) if s.lengths else min(ladder[1], self.max_fill(s))]
-        window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
-                              req.extra, keep=keep if s.sampler.reuse_prefix else None)
-        # A faithful decode (the authors' own) has none of diffill's additions to a fill.
-        additions = self.model.profile.expand_id is None and not s.sampler.faithful
-        lead = self.heal(window, before) if s.token_healing and additions else None
-        indent = post.missing_indent(text, cur) \
-            if lead is None and post.language_of(req.language, req.path) == "python" and \
-            self.model.profile.expand_id is None else ""
-        if indent:
-            lead = Lead(indent, self.vocab(), taken=0)
-        job = Job(req, mode, lengths, window, before, t0, s, lead)
-        if s.drafts and additions:
-            self.add_drafts(job)
-            if s.explicit:  # asked for: drafts a ghost's floor would withhold get company
-                job.sample_under = self.min_confidence(replace(s, explicit=False), mode)
-        return job
+        return lengths
 
-    def add_drafts(self, job: Job) -> None:
+    def _lead(self, req: InfillRequest, window: Window, before: str,
+              heal: bool) -> TokenHealing | None:
+        """Text the fill must begin with: the partial word at the cursor (token healing, when
+        ``heal``), else a whole-line gap's missing indentation (Python, mask models)."""
+        lead = self.heal(window, before) if heal else None
+        if lead is None and self.model.profile.expand_id is None and \
+                post.language_of(req.language, req.path) == "python":
+            indent = post.missing_indent(req.text, req.start)
+            if indent:
+                lead = TokenHealing(indent, self.vocab(), taken=0)
+        return lead
+
+    def add_drafts(self, job: PreparedFill) -> None:
         """The drafts of a completion (``infill.drafts``) as the verifier takes them
         (:class:`Draft`): the healed word's text, then the draft, in token ids. For a ghost
         that appears by itself, a draft found after fewer than :data:`STRONG_SUPPORT` code
@@ -344,9 +364,9 @@ class Engine:
     HEAL_TOKENS = 4
     """Most tokens taken back from the end of the context to heal a partial word."""
 
-    def heal(self, window: Window, before: str) -> Lead | None:
+    def heal(self, window: Window, before: str) -> TokenHealing | None:
         """Take the tokens of the partial word before the cursor out of ``window``'s prefix
-        and return them as the fill's :class:`Lead` (None when the cursor ends no word)."""
+        and return them as the fill's :class:`TokenHealing` (None when the cursor ends no word)."""
         # A partial word; or the spaces after code (``x = ``: the tokenizer joins a space
         # to the word after it). Not a line's indentation alone: measured worse on blocks.
         word = re.search(r"\w+$", before) or \
@@ -360,7 +380,7 @@ class Engine:
                 return None
             if len(text) >= len(word.group()) and text.endswith(word.group()):
                 window.prefix_ids = ids[:-k]
-                return Lead(text, self.vocab())
+                return TokenHealing(text, self.vocab())
         return None
 
     def vocab(self) -> Vocab:
@@ -389,7 +409,7 @@ class Engine:
         return ContextBudget(prefix, suffix, min(s.budget.extra_tokens, max(0, room - prefix -
                                                                               suffix)))
 
-    def finish(self, job: Job, cands: list[Candidate], passes: int) -> InfillResult:
+    def finish(self, job: PreparedFill, cands: list[Candidate], passes: int) -> InfillResult:
         """Post-process and rank the candidates of a prepared job."""
         req = job.request
         items: list[Completion] = []
@@ -430,7 +450,7 @@ class Engine:
                                         tokens=len(c.tokens), terminated=ended))
         return self.result(req, job.mode, items, job.settings, passes, job.started)
 
-    def _post_process(self, job: Job, raw: str, indent: str, suffix: str,
+    def _post_process(self, job: PreparedFill, raw: str, indent: str, suffix: str,
                       language: str | None) -> str:
         """What an editor should show of a decoded fill (``infill.post``): whole characters,
         cut to its line or block, stutters and the suffix's start dropped, a block cut back
@@ -453,14 +473,13 @@ class Engine:
         withheld only under a ``min_confidence`` it set, and a rewrite never (it was asked
         for)."""
         language = post.language_of(req.language, req.path)
-        quoted: dict[int, bool] = {}  # per start: in a string or comment (both checks ask)
-        self._rank(items, req.text, language, check_names=s.check_names, extra=req.extra,
-                   quoted=quoted)
+        prose: dict[int, bool] = {}  # per start: in a string or comment (both checks ask)
+        rank.rank(items, req.text, language, self._known_names, s.check_names, req.extra, prose)
         why: dict[str, int] = {}
         if mode != "rewrite":
             floor = self.min_confidence(s, mode)
             # An explicit ask gets its best candidate even so (ranked: parsing ones first).
-            breaks = self._breaks(req.text, language, quoted) if not s.explicit else \
+            breaks = self._breaks(req.text, language, prose) if not s.explicit else \
                 (lambda it: False)
             shown = []
             for it in items:
@@ -476,17 +495,17 @@ class Engine:
                             withheld=sum(why.values()), withheld_by=why)
 
     def _breaks(self, text: str, language: str | None,
-                quoted: dict[int, bool]) -> Callable[[Completion], bool]:
+                prose: dict[int, bool]) -> Callable[[Completion], bool]:
         """Whether a completion would turn code that parses (or is only unfinished) into code
         that cannot: its line (``post.breaks_line``), or, for a fill of several lines, the
         def or class around it when that parsed without it. Python only; not in a string or
-        comment (``quoted``: per start, filled by whichever check asks first)."""
+        comment (``prose``: per start, filled by whichever check asks first)."""
         if language != "python":
             return lambda it: False
         unit_parsed: dict[int, bool | None] = {}
 
         def breaks(it: Completion) -> bool:
-            if self._quoted(text, it.start, quoted):
+            if rank.in_prose(text, it.start, prose):
                 return False
             line_start = text.rfind("\n", 0, it.start) + 1
             line_end = text.find("\n", it.end)
@@ -498,7 +517,7 @@ class Engine:
                 return False  # a line is judged by its line: unfinished is not broken
             if it.start not in unit_parsed:
                 unit_parsed[it.start] = post.parses_near(language, text, it.start, it.end,
-                                                         SYNTAX_CHECK_LIMIT)
+                                                         rank.SYNTAX_CHECK_LIMIT)
             return bool(unit_parsed[it.start])
         return breaks
 
@@ -530,51 +549,7 @@ class Engine:
         conf = out.original_confidence
         score = sum(conf) / len(conf) if conf else 0.0
         item = Completion(text, req.start, req.end, score, tokens=len(out.tokens))
-        self._rank([item], req.text, post.language_of(req.language, req.path))
+        rank.rank([item], req.text, post.language_of(req.language, req.path),
+                  self._known_names)
         return InfillResult([item], "refine", out.forward_passes, time.perf_counter() - t0,
                             remasked=out.remasked)
-
-    # ------------------------------------------------------------ ranking
-
-    @staticmethod
-    def _quoted(text: str, start: int, memo: dict[int, bool]) -> bool:
-        """Whether ``start`` is in a string or comment, asked once per start (a request's
-        items share one; the check reads the document up to it)."""
-        if start not in memo:
-            memo[start] = post.in_string_or_comment(text, start)
-        return memo[start]
-
-    def _rank(self, items: list[Completion], text: str, language: str | None,
-              check_names: bool = True, extra: Sequence[tuple[str, str]] = (),
-              quoted: dict[int, bool] | None = None) -> None:
-        """Best first: candidates that leave the document parseable, then ones that use no
-        name defined nowhere in the document (or in the ``extra`` chunks of other files),
-        then ones the model ended itself, then by model score. ``quoted``: see
-        :meth:`_quoted`, shared with the syntax guard."""
-        if language == "python" and check_names:
-            defined: set[str] | None = None  # the document's names, read once if needed
-            quoted = {} if quoted is None else quoted
-            for it in items:
-                if self._quoted(text, it.start, quoted):
-                    it.unknown = ()  # prose or data: its words are not names
-                    continue
-                # A fill is checked with its line's text before it: "tr" after "s" is str,
-                # not an unknown "tr", and "np" after "import numpy as " is defined there.
-                line_before = text[text.rfind("\n", 0, it.start) + 1:it.start]
-                free = post.free_names(post.word_before(line_before, len(line_before)) +
-                                       it.text, self._known_names)
-                if free:
-                    bound = post.bound_names(line_before + it.text)
-                    free = [n for n in free if n not in bound]
-                if free and defined is None:
-                    defined = post.identifiers(text)
-                    for _, chunk in extra:
-                        defined |= post.identifiers(chunk)
-                it.unknown = tuple(n for n in free if n not in defined) if free else ()
-        if language is not None:
-            for it in items:
-                it.parses = post.parses_near(language, text[:it.start] + it.text + text[it.end:],
-                                             it.start, it.start + len(it.text),
-                                             SYNTAX_CHECK_LIMIT)
-        items.sort(key=lambda it: (it.parses is not True, bool(it.unknown), not it.terminated,
-                                   -it.score))

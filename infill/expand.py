@@ -34,8 +34,8 @@ import torch
 from diffill.model import DiffusionModel
 
 from .api import MAX_STEPS, Cancelled, SamplerSettings
-from .sampler import (Candidate, authors_probs, choose_commits, layout, position_scores,
-                      sample_tokens, threshold_commits)
+from .sampler import Candidate, authors_probs, layout, position_scores, sample_tokens
+from .steps import choose_commits, threshold_commits
 
 
 def commit_count(masked: int, initial: int, steps: int) -> int:

@@ -276,22 +276,6 @@ def bound_names(code: str) -> set[str]:
     return bound
 
 
-def unknown_names(fill: str, document: str | AbstractSet[str],
-                  known: AbstractSet[str] | None = None) -> list[str]:
-    """Names the fill uses that are defined nowhere: its free names that appear nowhere in
-    the document (given as text, or as its ``identifiers`` when a caller checks several
-    fills against one document).
-
-    A small model's commonest wrong guess is a plausible name from its training data; a
-    candidate that needs one is ranked below one that does not.
-    """
-    free = free_names(fill, known)
-    if not free:
-        return []
-    defined = identifiers(document) if isinstance(document, str) else document
-    return [n for n in free if n not in defined]
-
-
 # ---------------------------------------------------------------- syntax
 
 LANGUAGE_ALIASES = {"py": "python", "python3": "python", "pyi": "python"}

@@ -28,6 +28,9 @@ import torch
 from diffill.model import DiffusionModel, KVCache
 
 from .api import DEFAULT_BLOCK, Cancelled, SamplerSettings
+from .rank import candidate_key
+from .steps import (FillerOrder, TokenHealing, HealingRule, NoEmptyFill, Passes, Rows, Schedule, Step,
+                    StepRule)
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Denoised:
 
 
 @dataclass
-class Warm:
+class WarmStart:
     """An earlier request's keys and values for the first ``upto`` positions of this window:
     the first pass runs only the positions after them."""
     cache: KVCache
@@ -67,84 +70,6 @@ class PrefixSlot:
     and where its last window began (``Window.start_mark``), so the next one begins there."""
     state: PrefixState | None = None
     start: tuple[int, str] | None = None
-
-
-class Vocab:
-    """Each token id's text, and which tokens are consistent with a piece of text, for
-    :class:`Lead` (built once per model: a few thousand to a few hundred thousand strings)."""
-
-    def __init__(self, strings: Sequence[str]) -> None:
-        self.strings = list(strings)
-        order = sorted((t, i) for i, t in enumerate(self.strings) if t)
-        self._keys = [t for t, _ in order]
-        self._ids = [i for _, i in order]
-        self._exact: dict[str, list[int]] = {}
-        for t, i in order:
-            self._exact.setdefault(t, []).append(i)
-
-    def consistent(self, rest: str, size: int, device: torch.device) -> torch.Tensor:
-        """(size,) True for the tokens a fill that must begin with ``rest`` may write next:
-        those that begin with all of it, and those that are a shorter start of it."""
-        import bisect
-        keep = torch.zeros(size, dtype=torch.bool, device=device)
-        a = bisect.bisect_left(self._keys, rest)
-        b = bisect.bisect_left(self._keys, rest + "\U0010ffff")
-        ids = [i for i in self._ids[a:b] if i < size]
-        for k in range(1, len(rest)):
-            ids.extend(i for i in self._exact.get(rest[:k], ()) if i < size)
-        if ids:
-            keep[torch.tensor(ids, dtype=torch.long, device=device)] = True
-        return keep
-
-
-@dataclass
-class Lead:
-    """Token healing: text the fill must begin with. The engine takes the partial word before
-    the cursor out of the context (``@datac`` is ``@ data c`` to the tokenizer, an ending no
-    training text has, while ``dataclass`` is one token) and asks the fill to write it again,
-    the way the tokenizer would: the first open position of the gap may only take a token
-    consistent with what is left of it, and is the only one committed until it is written."""
-    text: str
-    vocab: Vocab
-    taken: int | None = None
-    """How much of ``text`` was taken out of the context (and is in the document already);
-    None: all of it. The rest is new text the fill must begin with (a whole-line gap's
-    indentation, which the syntax decides)."""
-
-    def remaining(self, gap: Sequence[int], mask_id: int) -> str:
-        """What the gap's committed start has not written of the text yet."""
-        rest = self.text
-        for t in gap:
-            if t == mask_id or not rest:
-                break
-            piece = self.vocab.strings[t] if 0 <= t < len(self.vocab.strings) else ""
-            rest = rest[len(piece):] if piece and rest.startswith(piece) else ""
-        return rest
-
-
-def _apply_leads(leads: Sequence["Lead | None"], alive: torch.Tensor, ids: torch.Tensor,
-                 lo: int, b0: int, cols: torch.Tensor, logits: torch.Tensor, mask_id: int
-                 ) -> dict[int, int]:
-    """Restrict the logits of each row whose lead is not written yet to the tokens consistent
-    with it, at its first open position; returns {working row: block column} that alone may
-    be committed this step."""
-    only: dict[int, int] = {}
-    where = {int(c): k for k, c in enumerate(cols.tolist())}
-    for i, r in enumerate(alive.tolist()):
-        lead = leads[r]
-        if lead is None:
-            continue
-        gap = ids[i, lo:].tolist()
-        rest = lead.remaining(gap, mask_id)
-        if not rest or mask_id not in gap:
-            continue
-        column = lo + gap.index(mask_id) - b0
-        if column not in where:
-            continue
-        keep = lead.vocab.consistent(rest, logits.shape[-1], logits.device)
-        logits[i, where[column]].masked_fill_(~keep, float("-inf"))
-        only[i] = column
-    return only
 
 
 MIN_REUSE = 32
@@ -176,9 +101,8 @@ class Candidate:
 
     @property
     def rank_key(self) -> tuple[bool, float]:
-        """Sort key, best first: fills that ended by themselves, then by score. A fill that
-        used every mask may have been cut short, however sure each of its tokens was."""
-        return (not self.terminated, -self.score)
+        """Sort key, best first (:func:`rank.candidate_key`)."""
+        return candidate_key(self.terminated, self.score)
 
 
 # ---------------------------------------------------------------- per-step pieces
@@ -237,37 +161,6 @@ def position_scores(probs: torch.Tensor, tokens: torch.Tensor, order: str) -> to
     return (probs * torch.log(probs.clamp_min(1e-12))).sum(-1)
 
 
-DREAM_EPS = 1e-3
-"""The end of Dream's time grid (``eps`` of its generation config)."""
-
-
-def fixed_commit_counts(masked_now: torch.Tensor, masked_at_start: torch.Tensor, step: int,
-                        steps: int, rule: str = "diffill") -> torch.Tensor:
-    """How many masks each row commits at ``step`` (0-based) of ``steps``.
-
-    - ``diffill``: after step s, ``floor(n0 * (1 - (s+1)/S))`` masks remain, at least one
-      committed while any remain (the loop ends in ``S`` steps or fewer);
-    - ``dream``: ``int(m * (1 - s/t))`` of the ``m`` masks left, ``t`` and ``s`` this and the
-      next point of ``linspace(1, eps, S+1)`` in float32, and all that are left at the last
-      step; zero is allowed (Dream's ``_sample``);
-    - ``llada``: ``n0 // S`` per step, the remainder one each on the first steps (LLaDA's
-      ``get_num_transfer_tokens``), counted from the block's masks at its start.
-    Past the last step whatever is left is committed.
-    """
-    if step >= steps - 1 and rule != "diffill":
-        return masked_now.clone()
-    if rule == "dream":
-        grid = torch.linspace(1, DREAM_EPS, steps + 1)  # float32, as Dream's timesteps
-        share = 1 - grid[step + 1] / grid[step]
-        return (masked_now.float().cpu() * share).long().to(masked_now.device)
-    if rule == "llada":
-        base, extra = masked_at_start // steps, masked_at_start % steps
-        return torch.minimum(base + (step < extra).long(), masked_now)
-    remain_after = (masked_at_start.float() * (1.0 - (step + 1) / steps)).floor().long()
-    k = masked_now - remain_after
-    return torch.where(masked_now > 0, k.clamp(min=1), torch.zeros_like(k))
-
-
 def spread(cols: torch.Tensor, shape: torch.Size, mask_id: int, tokens: torch.Tensor,
            p_tok: torch.Tensor, scores: torch.Tensor
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -278,55 +171,6 @@ def spread(cols: torch.Tensor, shape: torch.Size, mask_id: int, tokens: torch.Te
     full_scores = torch.full(shape, float("-inf"), dtype=scores.dtype, device=scores.device)
     full_tokens[:, cols], full_p[:, cols], full_scores[:, cols] = tokens, p_tok, scores
     return full_tokens, full_p, full_scores
-
-
-def choose_commits(scores: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The top-``k[b]`` masked positions of each row by score, as a boolean (B, N)."""
-    s = scores.masked_fill(~masked, float("-inf"))
-    ranks = s.argsort(dim=-1, descending=True).argsort(dim=-1)  # (B, N): 0 = best
-    return (ranks < k[:, None]) & masked
-
-
-def filler_allowed(gap_masked: torch.Tensor, tokens_are_filler: torch.Tensor, b0: int,
-                   b1: int) -> torch.Tensor:
-    """Positions ``b0..b1`` of the gap (B, N) where the drawn token may be committed, under the
-    ``left`` filler order: content anywhere, filler only where no mask is left before it.
-
-    Why: a model trained on pad-filled gaps is surest of the filler at the far end of the gap.
-    Committed first, that filler tells the model the answer is short, the next-surest position
-    is filler again, and the fill collapses to a token or two (LLaDA's failure on EOS-padded
-    data). Deciding the end last, right behind what is written, keeps the answer's length the
-    model's choice, not a side effect of the order. The first open position is always allowed,
-    so every step still commits something.
-    """
-    open_before = (gap_masked.cumsum(dim=-1) - gap_masked.long())[:, b0:b1] > 0
-    return ~(tokens_are_filler & open_before)
-
-
-def close_after_filler(gap: torch.Tensor, gap_conf: torch.Tensor, mask_id: int,
-                       filler: torch.Tensor) -> None:
-    """In place: every mask behind a committed filler becomes that filler. In ``truncate`` mode
-    the fill ends at its first filler, so what follows is decided; writing it out spares the
-    passes and shows the model the padded layout it was trained on."""
-    is_filler = torch.isin(gap, filler)
-    after = (is_filler.cumsum(dim=-1) > 0) & (gap == mask_id)
-    if not bool(after.any()):
-        return
-    first = is_filler.long().argmax(dim=-1, keepdim=True)  # (B, 1): first filler of each row
-    gap[after] = gap.gather(-1, first).expand_as(gap)[after]
-    gap_conf[after] = gap_conf.gather(-1, first).expand_as(gap_conf)[after]
-
-
-def threshold_commits(probs_of_token: torch.Tensor, scores: torch.Tensor, masked: torch.Tensor,
-                      tau: float, most: torch.Tensor | None = None) -> torch.Tensor:
-    """Every masked position whose token has probability >= tau, plus each row's best one;
-    with ``most`` (B,), only among each row's ``most`` best (Dream's ``confidence_threshold``,
-    which commits at most its quota per pass)."""
-    sure = (probs_of_token >= tau) & masked
-    best = choose_commits(scores, masked, masked.any(dim=-1).long())
-    if most is not None:
-        sure &= choose_commits(scores, masked, most)
-    return sure | best
 
 
 # ---------------------------------------------------------------- the loop
@@ -362,24 +206,14 @@ def _blocks(lo: int, hi: int, settings: SamplerSettings, cache: str,
 RowCancel = Callable[[], "bool | Sequence[bool]"]
 
 
-def open_positions(model: DiffusionModel, b0: int, cols: torch.Tensor,
-                   changed: torch.Tensor) -> torch.Tensor:
-    """Window positions a pass over block ``b0..`` runs under ``pass_positions="open"``: the
-    masked columns ``cols`` (their keys and values follow the context), the positions their
-    logits are read from, and the ``changed`` columns (N,), committed since the
-    last pass, whose cached keys and values still show a mask. Ascending, no repeats."""
-    need = torch.cat([cols + b0, model.feeders(b0, cols), changed.nonzero().view(-1) + b0])
-    return torch.unique(need)
-
-
 @torch.inference_mode()
 def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             settings: SamplerSettings = SamplerSettings(),
             key_mask: torch.Tensor | None = None,
             cancel: RowCancel | None = None,
             on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
-            warm: Warm | None = None,
-            leads: Sequence[Lead | None] | None = None,
+            warm: WarmStart | None = None,
+            leads: Sequence[TokenHealing | None] | None = None,
             fresh: bool | None = None) -> Denoised:
     """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
 
@@ -391,163 +225,146 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     rows (a preview of what is committed so far). ``warm`` (with the dual cache) gives the
     first block's first pass the keys and values of the window's first positions, computed
     by an earlier request: only the positions after them are run. ``leads`` (one per row, or
-    None) is text a row's fill must begin with (:class:`Lead`, token healing). ``fresh``:
+    None) is text a row's fill must begin with (:class:`TokenHealing`, token healing). ``fresh``:
     the gap is a new fill (masks, or a verified start then masks); None: judged from its
     first ``min_tokens`` positions being masks.
     """
-    mask_id = model.profile.mask_id
-    full_ids = ids.clone()
-    full_conf = torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
-    alive = torch.arange(ids.shape[0], device=ids.device)
-    ids, conf = full_ids.clone(), full_conf.clone()
+    mask_id, prof = model.profile.mask_id, model.profile
+    rows = Rows(ids.clone(), torch.ones(ids.shape, dtype=torch.float32, device=ids.device),
+                torch.arange(ids.shape[0], device=ids.device), key_mask)
     gen = None
     if settings.seed is not None:
         gen = torch.Generator(device=ids.device).manual_seed(settings.seed)
-    total_masked = int((ids[:, lo:hi] == mask_id).sum(dim=1).max()) if hi > lo else 0
+    plan = _plan(model, ids, lo, hi, settings, fresh)
+    passes = Passes(model, settings, plan.dual, refresh_mode(settings, model), warm, plan.leading)
+    schedule = Schedule(settings, prof.commit_rule, plan.budget, len(plan.blocks),
+                        plan.total_masked, plan.leading, plan.capped)
+    rules = _rules(model, settings, plan, lo, hi, leads)
+    count = 0
+    for b0, b1 in plan.blocks:
+        masked0 = (rows.ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
+        if int(masked0.max()) == 0:
+            continue
+        passes.start_block(b0, b1)
+        schedule.start_block(masked0)
+        index = 0
+        while bool((masked := rows.ids[:, b0:b1] == mask_id).any()):  # (B, N)
+            if cancel is not None and (keep := _still_wanted(cancel(), rows.alive)) is not None:
+                for part in (rows, passes, schedule):  # some rows cancelled: go on without them
+                    part.keep(keep)
+                masked = masked[keep]
+            # Logits only where some row still has a mask: committed positions are final.
+            step = Step(rows, b0, b1, masked.any(dim=0).nonzero().squeeze(-1), masked, index)
+            logits = passes.logits(step)  # (B, M, V)
+            count += 1
+            tokens, p_tok, p_sure, scores = _draw(logits, step, prof, settings, plan.order, gen,
+                                                  rules)
+            allowed = masked
+            for rule in rules:
+                allowed = rule.allow(step, allowed, tokens)
+            commit = schedule.commits(step, allowed, p_sure, scores)
+            rows.ids[:, b0:b1][commit] = tokens[commit]
+            rows.conf[:, b0:b1][commit] = p_tok[commit].float()
+            for rule in rules:
+                rule.after(step)
+            passes.committed(step, mask_id)
+            index += 1
+            if on_step is not None:
+                on_step(rows.ids, rows.alive)
+        passes.end_block(b0)
+    full_ids, full_conf = ids.clone(), torch.ones(ids.shape, dtype=torch.float32,
+                                                  device=ids.device)
+    full_ids[rows.alive], full_conf[rows.alive] = rows.ids, rows.conf
+    whole = len(rows.alive) == ids.shape[0] and passes.first is not None and passes.first.length
+    return Denoised(ids=full_ids, confidence=full_conf, forward_passes=count,
+                    rows=rows.alive.tolist(), cache=passes.first if whole else None)
+
+
+@dataclass
+class _Plan:
+    """How ``denoise`` goes about a span: its blocks, its pass budget, and the decoder's
+    variant (see :func:`_plan`)."""
+    blocks: list[tuple[int, int]]
+    budget: int
+    total_masked: int
+    dual: bool
+    fresh: bool
+    order: str
+    leading: bool
+    capped: bool
+
+
+def _plan(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int,
+          settings: SamplerSettings, fresh: bool | None) -> _Plan:
+    prof = model.profile
+    total_masked = int((ids[:, lo:hi] == prof.mask_id).sum(dim=1).max()) if hi > lo else 0
     # Papers decode one token per step unless they say otherwise; diffill, one per two.
     budget = settings.steps or (max(1, total_masked) if settings.faithful
                                 else max(1, (total_masked + 1) // 2))
-    passes = 0
     # Only a fresh gap (all masks, or a verified draft's start then masks: the caller says
     # so) gets the no-empty-fill rule and the filler order; refine keeps its own tokens.
     if fresh is None:
-        fresh = bool((ids[:, lo:lo + settings.min_tokens] == mask_id).all())
-    no_filler = (lo, lo + settings.min_tokens) if settings.min_tokens and fresh else None
-    prof = model.profile
-    rule = prof.commit_rule
-    if settings.faithful:  # the authors' decoder: none of diffill's own rules for a fill
-        no_filler = None
-    # Filler order applies to a fresh gap of a truncating family; refine and DreamOn's
-    # delete-filler mean "no token here", which may sit anywhere.
-    order = prof.filler_order if settings.filler_order == "auto" else settings.filler_order
-    in_order = order == "left" and fresh and prof.filler_mode == "truncate" and \
-        not settings.faithful
-    filler = torch.tensor(prof.filler_ids, dtype=torch.long, device=ids.device)
+        fresh = bool((ids[:, lo:lo + settings.min_tokens] == prof.mask_id).all())
     use_cache = cache_mode(settings, model)
-    first_cache: KVCache | None = None  # the first block's, once that block has run
-    first_done = False
-    carry = use_cache == "dual" and refresh_mode(settings, model) == "fill"
-    cache: KVCache | None = None
-    stale: torch.Tensor | None = None  # window positions committed since their last pass
-    spans = _blocks(lo, hi, settings, use_cache, block_size(settings, model))
-    # Dream's threshold decoding with a step count: a quota of masks/steps per pass, and what a
-    # pass left under the threshold carried to the next (after the last step, the carry only).
-    capped = settings.schedule == "threshold" and settings.steps > 0 and rule == "dream" and \
-        use_cache == "none"
+    rule = prof.commit_rule
     # Fast-dLLM's Dream block sampler, what a Dream-family model with the dual cache is measured
     # with: each block's full pass commits only the block's first position; the passes after
     # it run the block alone (position b0-1 keeps its keys and values from the full pass), and
     # rank positions by entropy (fixed counts) or confidence (threshold), whatever the order.
     leading = rule == "dream" and use_cache == "dual" and prof.shift_logits
-    order_of = settings.order if not leading else \
-        "confidence" if settings.schedule == "threshold" else "entropy"
-    for b0, b1 in spans:
-        masked0 = (ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
-        if int(masked0.max()) == 0:
-            continue
-        # Steps for this block: its share of the budget, at least one (LLaDA: the budget
-        # split evenly over the blocks, as its generate() does).
-        block_steps = max(1, budget // len(spans) if rule == "llada" else
-                          round(budget * int(masked0.max()) / max(1, total_masked)))
-        owed = torch.zeros_like(masked0)  # (B,) capped: the quota left over so far
-        entry: torch.Tensor | None = None  # positions of a carried block's first pass
-        if carry and cache is not None and stale is not None:
-            start = model.feeders(b0, torch.zeros(1, dtype=torch.long, device=ids.device))
-            entry = torch.unique(torch.cat([torch.arange(int(start), b1, device=ids.device),
-                                            stale]))
-        else:
-            cache = KVCache([], []) if use_cache == "dual" else None
-        run_from = None
-        if cache is not None and not first_done and warm is not None and warm.upto < b0:
-            cache, run_from = warm.cache, warm.upto
-        step = 0
-        changed: torch.Tensor | None = None  # (N,) columns committed since the last pass
-        local = cache is not None and settings.pass_positions == "open"
-        while True:
-            masked = ids[:, b0:b1] == mask_id  # (B, N)
-            if not masked.any():
-                break
-            if cancel is not None:
-                keep = _still_wanted(cancel(), alive)
-                if keep is not None:  # some rows were cancelled: drop them, go on with the rest
-                    ids, conf, alive, masked0 = ids[keep], conf[keep], alive[keep], masked0[keep]
-                    owed = owed[keep]
-                    masked = masked[keep]
-                    key_mask = key_mask[keep] if key_mask is not None else None
-                    if cache is not None and cache.length:
-                        cache = KVCache([k[keep] for k in cache.keys],
-                                        [v[keep] for v in cache.values])
-            # Logits only where some row still has a mask: committed positions are final.
-            cols = masked.any(dim=0).nonzero().squeeze(-1)  # (M,) columns of the block
-            run = open_positions(model, b0, cols, changed) \
-                if local and changed is not None and run_from is None else entry
-            if leading and step > 0 and run is None and run_from is None and int(cols[0]) > 0:
-                run = torch.arange(b0, b1, device=ids.device)
-            logits = model.span_logits(ids, b0, b1, key_mask=key_mask, cache=cache,
-                                       columns=cols, run_from=run_from,
-                                       positions=run)  # (B, M, V)
-            run_from, entry = None, None
-            passes += 1
-            # A released family's positions are scored as its authors' decoder scores them
-            # (taken before the mask is ruled out: its share counts there).
-            judged = authors_probs(logits, prof) if rule != "diffill" else None
-            logits[..., mask_id] = float("-inf")  # a mask is never an answer
-            only = _apply_leads(leads, alive, ids, lo, b0, cols, logits, mask_id) \
-                if leads is not None and any(leads) else {}
-            if no_filler is not None and b0 < no_filler[1]:
-                first, last = no_filler[0] - b0, min(no_filler[1], b1) - b0
-                early = ((cols >= first) & (cols < last)).nonzero()  # (k, 1) rows of cols
-                logits[:, early, filler[None, :]] = float("-inf")
-            sub_tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
-            tokens, p_tok, scores = spread(cols, masked.shape, mask_id, sub_tokens,
-                                           probs.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1),
-                                           position_scores(probs if judged is None else judged,
-                                                           sub_tokens, order_of))
-            p_sure = p_tok  # what the threshold compares: the authors' probability, for theirs
-            if judged is not None:
-                p_sure = torch.zeros_like(p_tok, dtype=judged.dtype)
-                p_sure[:, cols] = judged.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1)
-            allowed = masked
-            if in_order:
-                allowed = masked & filler_allowed(ids[:, lo:hi] == mask_id,
-                                                  torch.isin(tokens, filler), b0 - lo, b1 - lo)
-            for i, column in only.items():  # the lead's position first, alone
-                allowed = allowed.clone() if allowed is masked else allowed
-                allowed[i] = False
-                allowed[i, column] = True
-            if leading and step == 0:  # the block's full pass: its first position alone
-                commit = torch.zeros_like(allowed)
-                commit[:, 0] = allowed[:, 0]
-            elif settings.schedule == "threshold":
-                most = None
-                if capped:
-                    most = owed + (masked0 // block_steps if step < block_steps else 0)
-                commit = threshold_commits(p_sure, scores, allowed, settings.threshold, most)
-                if most is not None:
-                    owed = most - commit.sum(dim=1)
-            else:
-                k = fixed_commit_counts(masked.sum(dim=1), masked0, min(step, block_steps - 1),
-                                        block_steps, rule)
-                commit = choose_commits(scores, allowed, k)
-            span = ids[:, b0:b1]
-            span[commit] = tokens[commit]
-            conf[:, b0:b1][commit] = p_tok[commit].float()
-            if in_order:
-                close_after_filler(ids[:, lo:hi], conf[:, lo:hi], mask_id, filler)
-            if local or carry:
-                changed = (masked & (ids[:, b0:b1] != mask_id)).any(dim=0)
-            step += 1
-            if on_step is not None:
-                on_step(ids, alive)
-        if not first_done:
-            first_cache, first_done = cache, True
-        if carry and changed is not None:
-            stale = changed.nonzero().view(-1) + b0
-    full_ids[alive] = ids
-    full_conf[alive] = conf
-    whole = len(alive) == full_ids.shape[0] and first_cache is not None and first_cache.length
-    return Denoised(ids=full_ids, confidence=full_conf, forward_passes=passes,
-                    rows=alive.tolist(), cache=first_cache if whole else None)
+    return _Plan(
+        blocks=_blocks(lo, hi, settings, use_cache, block_size(settings, model)),
+        budget=budget, total_masked=total_masked, dual=use_cache == "dual", fresh=fresh,
+        order=settings.order if not leading else
+        "confidence" if settings.schedule == "threshold" else "entropy",
+        leading=leading,
+        # Dream's threshold decoding with a step count: a quota of masks/steps per pass, and
+        # what a pass left under the threshold carried to the next.
+        capped=settings.schedule == "threshold" and settings.steps > 0 and rule == "dream"
+        and use_cache == "none")
+
+
+def _rules(model: DiffusionModel, settings: SamplerSettings, plan: _Plan, lo: int, hi: int,
+           leads: Sequence[TokenHealing | None] | None) -> list[StepRule]:
+    """diffill's own rules for a fill, in the order they apply (none when ``faithful``, the
+    authors' decoder, but the lead of token healing)."""
+    prof = model.profile
+    filler = torch.tensor(prof.filler_ids, dtype=torch.long, device=model.device)
+    own = plan.fresh and not settings.faithful
+    # Filler order applies to a fresh gap of a truncating family; refine and DreamOn's
+    # delete-filler mean "no token here", which may sit anywhere.
+    order = prof.filler_order if settings.filler_order == "auto" else settings.filler_order
+    rules: list[StepRule] = []
+    if own and order == "left" and prof.filler_mode == "truncate":
+        rules.append(FillerOrder(lo, hi, prof.mask_id, filler))
+    if leads is not None and any(leads):
+        rules.append(HealingRule(leads, lo, prof.mask_id))
+    if own and settings.min_tokens:
+        rules.append(NoEmptyFill(lo, lo + settings.min_tokens, filler))
+    return rules
+
+
+def _draw(logits: torch.Tensor, step: Step, prof, settings: SamplerSettings, order: str,
+          gen: torch.Generator | None, rules: Sequence[StepRule]
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's draw over the block (B, N): tokens, their probabilities, the probability the
+    threshold compares, and the scores that order the commits (masks: -inf)."""
+    # A released family's positions are scored as its authors' decoder scores them (taken
+    # before the mask is ruled out: its share counts there).
+    judged = authors_probs(logits, prof) if prof.commit_rule != "diffill" else None
+    logits[..., prof.mask_id] = float("-inf")  # a mask is never an answer
+    for rule in rules:
+        rule.shape(step, logits)
+    sub_tokens, probs = sample_tokens(logits, settings.temperature, settings.top_p, gen)
+    tokens, p_tok, scores = spread(step.cols, step.masked.shape, prof.mask_id, sub_tokens,
+                                   probs.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1),
+                                   position_scores(probs if judged is None else judged,
+                                                   sub_tokens, order))
+    p_sure = p_tok  # what the threshold compares: the authors' probability, for theirs
+    if judged is not None:
+        p_sure = torch.zeros_like(p_tok, dtype=judged.dtype)
+        p_sure[:, step.cols] = judged.gather(-1, sub_tokens.unsqueeze(-1)).squeeze(-1)
+    return tokens, p_tok, p_sure, scores
 
 
 def _still_wanted(verdict: "bool | Sequence[bool]", alive: torch.Tensor) -> torch.Tensor | None:
@@ -657,14 +474,14 @@ def committed_prefix(gap: Sequence[int], mask_id: int, filler: Sequence[int],
     return kept, done
 
 
-def _warm(state: PrefixState, head: list[int], shape: torch.Size) -> Warm | None:
+def warm_start(state: PrefixState, head: list[int], shape: torch.Size) -> WarmStart | None:
     """The warm start a document's last request offers this window, if it is worth it: the
     positions both windows share from the start (at most up to the one before the masks),
     unless the kept ones have been reused too many times."""
     upto = min(common_prefix(state.ids, head), len(head) - 1, state.cache.length)
     if upto < MIN_REUSE or state.uses >= MAX_REUSES:
         return None
-    return Warm(state.cache.reuse(upto, shape[1], shape[0]), upto)
+    return WarmStart(state.cache.reuse(upto, shape[1], shape[0]), upto)
 
 
 def _preview_steps(model: DiffusionModel, previews: Sequence[Preview | None],
@@ -707,9 +524,7 @@ class Draft:
 DRAFT_WEIGHTS = (1.06, 0.449, 0.964, -0.234)
 """``draft_score``'s logistic weights: intercept, log2(support + 1), log10(first ratio), and
 the draft's rank among the request's drafts (0: found first, nearest), fitted on the typing
-eval's recorded drafts of held-out seed 0 (every draft at 1,350 positions: whether its first
-word is what was typed next; log-loss 0.530, and 0.554 on seed 1 against 0.560 without the
-rank) (docs/performance.md, session 12)."""
+eval's recorded drafts (docs/performance.md, session 12)."""
 
 
 def draft_score(support: int, first_ratio: float, rank: int = 0) -> float:
@@ -767,7 +582,7 @@ def accepts(p_token: float, p_top: float, floor: float, ratio: float) -> bool:
 @torch.inference_mode()
 def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
                   drafts: Sequence["Draft | Sequence[int]"], length: int, *, floor: float = 0.3,
-                  ratio: float = 1.0, lead: Lead | None = None, warm: Warm | None = None,
+                  ratio: float = 1.0, lead: TokenHealing | None = None, warm: WarmStart | None = None,
                   cached: bool = True) -> tuple[list[Verified], KVCache | None, int]:
     """Check drafts the diffusion way: two passes, however many drafts.
 
@@ -853,7 +668,7 @@ class Gap:
     prefix: Sequence[int]
     suffix: Sequence[int]
     lengths: Sequence[int]
-    lead: Lead | None = None
+    lead: TokenHealing | None = None
     drafts: Sequence["Draft | Sequence[int]"] = ()
     draft_length: int = 16
     """The gap's mask count while drafts are verified (a draft is cut to one less, so the
@@ -874,7 +689,7 @@ def _keep_prefix(slot: PrefixSlot, head: list[int], cache: KVCache, warmed: bool
     slot.state = PrefixState(head, kept, uses)
 
 
-def _writes_past(lead: Lead | None, tokens: Sequence[int], mask_id: int) -> bool:
+def _writes_past(lead: TokenHealing | None, tokens: Sequence[int], mask_id: int) -> bool:
     """Whether ``tokens`` write more than the lead's text (an accepted draft that stops inside
     the healed word would show nothing)."""
     if lead is None:
@@ -922,7 +737,7 @@ def infill_many(model: DiffusionModel,
                 results[j] = None
                 continue
             head = bos + list(gap.prefix)
-            warm = _warm(slot.state, head, torch.Size([1, len(head) + gap.draft_length +
+            warm = warm_start(slot.state, head, torch.Size([1, len(head) + gap.draft_length +
                                                        len(gap.suffix)]))\
                 if reusing and slot is not None and slot.state else None
             verified, verified_cache, n = verify_drafts(
@@ -958,7 +773,7 @@ def infill_many(model: DiffusionModel,
 
 
 def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequence[int], int]],
-                  owner: list[int], leads: list[Lead | None],
+                  owner: list[int], leads: list[TokenHealing | None],
                   results: list[list[Candidate] | None], *, settings: SamplerSettings,
                   cancel: Sequence[Callable[[], bool]] | None,
                   previews: Sequence[Preview | None] | None, slot: PrefixSlot | None,
@@ -980,9 +795,9 @@ def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequenc
     head = ids[0, :lo].tolist()
     warm = None
     if verified is not None and len(set(owner)) == 1:
-        warm = Warm(verified.reuse(lo, ids.shape[1], ids.shape[0]), lo)
+        warm = WarmStart(verified.reuse(lo, ids.shape[1], ids.shape[0]), lo)
     elif slot is not None and slot.state:
-        warm = _warm(slot.state, head, ids.shape)
+        warm = warm_start(slot.state, head, ids.shape)
     out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
                   key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm,
                   leads=leads if any(leads) else None, fresh=True)

@@ -212,7 +212,7 @@ class DiffusionModel:
         idx = [max(i - 1, 0) - offset for i in range(lo, hi)]
         return hidden[:, idx]
 
-    def feeders(self, lo: int, columns: torch.Tensor) -> torch.Tensor:
+    def logit_positions(self, lo: int, columns: torch.Tensor) -> torch.Tensor:
         """Window positions whose hidden states give the logits of span ``columns`` (span
         index + ``lo``): the column's own, or the one before it in a shifted family."""
         where = columns + lo
@@ -235,7 +235,7 @@ class DiffusionModel:
         cache whose positions before it are already filled (an earlier request's prefix) runs
         every position from there to the end of the window, filling the rest of the cache.
         ``positions`` (ascending window positions, with a filled cache and ``columns``) runs only
-        those; they must include :meth:`feeders` of every column.
+        those; they must include :meth:`logit_positions` of every column.
         """
         B, T = ids.shape
         if positions is not None:
@@ -245,10 +245,10 @@ class DiffusionModel:
             hidden = self.transformer.hidden(ids[:, positions], key_mask=key_mask, cache=cache,
                                              positions=positions)
             self.tokens_run += B * positions.shape[0]
-            feeders = self.feeders(lo, columns)
-            index = torch.searchsorted(positions, feeders)
-            if not bool((positions[index.clamp_max(len(positions) - 1)] == feeders).all()):
-                raise ValueError("positions must include the feeders of every column")
+            logit_positions = self.logit_positions(lo, columns)
+            index = torch.searchsorted(positions, logit_positions)
+            if not bool((positions[index.clamp_max(len(positions) - 1)] == logit_positions).all()):
+                raise ValueError("positions must include the logit_positions of every column")
             return self.transformer.logits(hidden[:, index])
         if cache is None or cache.length == 0:
             start, stop = 0, T

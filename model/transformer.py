@@ -116,9 +116,8 @@ def few_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         mask: torch.Tensor | None, group: int) -> torch.Tensor:
     """Bidirectional attention of few queries (B, H, T, D) over many keys and values
     (B, H/group, T_k, D): the query heads sharing a key/value head go as one, scores and
-    softmax in fp32. The same math as SDPA; on a CPU 1.7-3x faster than its flash kernel for a
-    block pass of the dual cache (9-65 queries against 500+ keys, bf16); slower from about
-    130 queries per key/value head on, and under about 130 keys (design.md)."""
+    softmax in fp32. The same math as SDPA, faster on a CPU for a block pass of the dual cache
+    (few queries, many keys), slower past :data:`FEW_QUERIES` (docs/design.md, "model/")."""
     B, H, T, D = q.shape
     grouped = q.reshape(B, H // group, group * T, D)
     scores = torch.matmul(grouped, k.transpose(-1, -2)).float().mul_(D ** -0.5)

@@ -17,17 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-from .errors import EXIT_OK, BadInput, DiffillError, UsageError, classify
+from diffill.infill.wire import request_to_wire, result_from_wire, settings_to_wire
+
 from . import lsp_commands
-from .options import (add_model_options, add_sampler_options, apply,
-                      build_request, load_engine, read_input, result_json,
+from .errors import EXIT_OK, BadInput, UsageError, classify
+from .options import (WORKSHOP, add_model_options, add_sampler_options, apply, base_parser,
+                      build_request, command_of, load_engine, read_input, result_json, run,
                       settings_from_args)
 
 log = logging.getLogger("diffill")
@@ -182,7 +183,6 @@ class DaemonBackend:
         log.info("using the diffill daemon on %s", client.path)
 
     def run(self, req, settings):
-        from .daemon import request_to_wire, result_from_wire, settings_to_wire
         r = self.client.call("infill", {"request": request_to_wire(req), "model": self.model,
                                         "settings": settings_to_wire(settings)})
         return result_from_wire(r)
@@ -253,23 +253,6 @@ def _bundled_model_hint(checkpoint: str) -> None:
 
 # ---------------------------------------------------------------- main
 
-WORKSHOP = {
-    "train": "train the bundled model (resumable runs)",
-    "corpus": "unpack permissively licensed wheels into a corpus folder",
-    "eval": "held-out infill exact match, parse rate and the typing eval",
-    "bench": "speed ratios against the plain sampler, same process",
-}
-"""Developer tools, named here and handed whole to ``diffill.workshop.commands``, which the
-runtime (``lsp``, ``serve``, ``infill``) never imports."""
-
-
-def base_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    p = argparse.ArgumentParser(prog="diffill", description="Code infilling with a "
-                                "masked-diffusion language model.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
-    return p, p.add_subparsers(dest="command", metavar="COMMAND")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p, sub = base_parser()
 
@@ -309,52 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def command_of(argv: Sequence[str]) -> str | None:
-    """The subcommand ``argv`` names (the first word that is not an option)."""
-    return next((a for a in argv if not a.startswith("-")), None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if command_of(argv) in WORKSHOP:
-        from diffill.workshop.commands import build_parser as workshop_parser
-        return run(workshop_parser(), argv)
+        from diffill.workshop.commands import main as workshop_main
+        return workshop_main(argv)
     return run(build_parser(), argv)
-
-
-def run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    """Parse ``argv`` and run its command: logging on stderr, one line per error, the exit
-    codes of ``server/errors.py``."""
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.command != "train":
-        # libgomp's threads spin while they wait for work; on a busy machine the spinning
-        # threads take the cores the next matrix product needs (an infill measured 13-30x
-        # slower under load). Inference waits passively; training, which owns the machine,
-        # keeps the default. Read once, when torch loads, which has not happened yet.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except KeyboardInterrupt:
-        print("diffill: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as exc:
-        if os.environ.get("DIFFILL_DEBUG"):
-            raise
-        err = classify(exc)
-        if not isinstance(exc, DiffillError):
-            log.debug("error", exc_info=exc)
-        print(f"diffill: error: {err}", file=sys.stderr)
-        return err.exit_code
 
 
 if __name__ == "__main__":

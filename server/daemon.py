@@ -19,48 +19,27 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .errors import RequestCancelled, UnsafeSocket, UsageError, describe
+from diffill.infill.api import DocumentKey, Submission
+from diffill.infill.wire import request_from_wire, result_to_wire, settings_from_wire
+
+from .errors import RequestCancelled, UnsafeSocket, describe
 from .protocol import VERSION, build_id, is_message_id
+from .scheduler import DaemonJob, Scheduler
 from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.daemon")
 
-MAX_BATCH = 4
 WATCH_SECONDS = 2.0
 """How often the daemon checks that its socket file is still its own."""
 LOCK_WAIT_SECONDS = 3 * WATCH_SECONDS
 """How long a new daemon waits for the lock of one whose socket is gone (it notices within
 WATCH_SECONDS and exits)."""
 MAX_LINE = 64 * 1024 * 1024
-
-
-@dataclass
-class Job:
-    id: int
-    client: "Client"
-    params: dict[str, Any]
-    document: str | None
-    model_key: tuple
-    settings_key: str
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    why: str = "cancelled"
-    queued_at: float = field(default_factory=time.monotonic)
-    cache_key: str | None = None
-
-    @property
-    def action(self) -> str:
-        return str((self.params.get("request") or {}).get("action", "complete"))
-
-    @property
-    def interactive(self) -> bool:
-        """A completion (ghost text): short, and someone is waiting on every keystroke."""
-        return self.params["method"] == "infill" and self.action == "complete"
 
 
 class Client:
@@ -73,7 +52,7 @@ class Client:
         self.id = Client.counter
         self.name = name
         self.writer = writer
-        self.jobs: dict[int, Job] = {}
+        self.jobs: dict[int, DaemonJob] = {}
         self.closed = False
 
     def send(self, obj: dict) -> None:
@@ -98,7 +77,7 @@ class ResultCache:
             collections.OrderedDict()
         self.lock = threading.Lock()  # filled by the worker, read by the event loop
 
-    def key(self, job: "Job") -> str | None:
+    def key(self, job: "DaemonJob") -> str | None:
         settings = job.params.get("settings") or {}
         if settings.get("temperature") and settings.get("seed") is None:
             return None
@@ -198,78 +177,25 @@ def _free_device_memory() -> None:
         pass
 
 
-def settings_from_wire(raw: dict[str, Any] | None):
-    """Engine settings from the daemon wire format (``Settings.infill_settings``)."""
-    from dataclasses import replace
-
-    from diffill.infill import ContextBudget, InfillSettings, with_overrides
-    raw = dict(raw or {})
-    budget = ContextBudget(int(raw.pop("prefix_tokens", 1536)), int(raw.pop("suffix_tokens", 512)),
-                           int(raw.pop("extra_tokens", 0)))
-    if "lengths" in raw and raw["lengths"] is not None:
-        raw["lengths"] = tuple(int(n) for n in raw["lengths"])
-    try:
-        return replace(with_overrides(InfillSettings(), **raw), budget=budget)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"invalid settings: {exc}") from None
-
-
-def settings_to_wire(settings) -> dict[str, Any]:
-    """The inverse of :func:`settings_from_wire` (what the CLI sends)."""
-    return {"max_tokens": settings.max_tokens, "mode": settings.mode,
-            "ensemble": settings.ensemble, "lengths": list(settings.lengths) or None,
-            "refine_threshold": settings.refine_threshold,
-            "min_confidence": settings.min_confidence, "check_names": settings.check_names,
-            "hide_unknown_names": settings.hide_unknown_names,
-            "shed_load": settings.shed_load, "token_healing": settings.token_healing,
-            "quick_lines": settings.quick_lines, "explicit": settings.explicit,
-            "drafts": settings.drafts,
-            "prefix_tokens": settings.budget.prefix_tokens,
-            "suffix_tokens": settings.budget.suffix_tokens,
-            "extra_tokens": settings.budget.extra_tokens,
-            **{k: getattr(settings.sampler, k) for k in settings.sampler.__dataclass_fields__}}
-
-
-def request_to_wire(req) -> dict[str, Any]:
-    """The inverse of :func:`request_from_wire`."""
-    return {"text": req.text, "start": req.start, "end": req.end, "action": req.action,
-            "language": req.language, "path": req.path, "extra": [list(e) for e in req.extra],
-            "instruction": req.instruction, "drafts": list(req.drafts)}
-
-
-def request_from_wire(raw: dict[str, Any]):
-    from diffill.infill import InfillRequest
-    try:
-        return InfillRequest(text=str(raw["text"]), start=int(raw["start"]),
-                             end=None if raw.get("end") is None else int(raw["end"]),
-                             action=str(raw.get("action", "complete")),
-                             language=raw.get("language"), path=raw.get("path"),
-                             extra=tuple((str(a), str(b)) for a, b in raw.get("extra", ())),
-                             instruction=None if raw.get("instruction") is None
-                             else str(raw["instruction"]),
-                             drafts=tuple(str(d) for d in raw.get("drafts") or ()))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"malformed infill request: {exc}") from None
-
-
-def result_to_wire(result) -> dict[str, Any]:
-    return {"items": [{"text": c.text, "start": c.start, "end": c.end, "score": c.score,
-                       "parses": c.parses, "tokens": c.tokens, "terminated": c.terminated,
-                       "unknown": list(c.unknown)}
-                      for c in result.items],
-            "mode": result.mode, "forward_passes": result.forward_passes,
-            "seconds": result.seconds, "remasked": result.remasked,
-            "withheld": result.withheld, "withheld_by": result.withheld_by}
-
-
-def result_from_wire(raw: dict[str, Any]):
-    """The inverse of :func:`result_to_wire`."""
-    from diffill.infill import Completion, InfillResult
-    items = [Completion(i["text"], i["start"], i["end"], i["score"], i["parses"], i["tokens"],
-                        i["terminated"], tuple(i.get("unknown", ()))) for i in raw["items"]]
-    return InfillResult(items, raw["mode"], raw["forward_passes"], raw["seconds"],
-                        raw["remasked"], raw.get("withheld", 0),
-                        dict(raw.get("withheld_by") or {}))
+def checked(msg: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """A message's id, method and params, or :class:`BadMessage` saying what is wrong."""
+    mid, method, params = msg.get("id"), msg.get("method"), msg.get("params") or {}
+    if mid is not None and not is_message_id(mid):
+        raise BadMessage("a message id is a number or a string")
+    if not isinstance(method, str):
+        raise BadMessage("a message names its method as a string")
+    if not isinstance(params, dict):
+        raise BadMessage(f"{method}: params are a JSON object")
+    if method in ("infill", "load") and mid is None:
+        raise BadMessage(f"{method} is a request: give it an id")
+    if method == "infill" and not isinstance(params.get("request"), dict):
+        raise BadMessage("infill: params.request is a JSON object")
+    if not isinstance(params.get("document") or "", str):
+        raise BadMessage(f"{method}: params.document is a string (the document's URI)")
+    if not isinstance(params.get("model") or {}, dict) or \
+            not isinstance(params.get("settings") or {}, dict):
+        raise BadMessage(f"{method}: params.model and params.settings are JSON objects")
+    return mid, method, params
 
 
 class Daemon:
@@ -287,12 +213,8 @@ class Daemon:
         self.started = time.time()
         self.last_activity = time.monotonic()
         self.clients: list[Client] = []
-        self.queues: collections.OrderedDict[int, collections.deque[Job]] = \
-            collections.OrderedDict()
-        self.by_document: dict[tuple[int, str], Job] = {}
-        self.cv = threading.Condition()
-        self.running: list[Job] = []
-        self.stopping = False
+        self.scheduler = Scheduler(on_cancelled=self._reply_cancelled)
+        self.running: list[DaemonJob] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done = asyncio.Event()
         self.counters = collections.Counter()
@@ -301,6 +223,10 @@ class Daemon:
         self.worker_thread: threading.Thread | None = None
         self.socket_id: tuple[int, int] | None = None
         self.yielding = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.scheduler.stopping
 
     # ------------------------------------------------------------ status
 
@@ -319,7 +245,7 @@ class Daemon:
                 "models": models, "loads": self.registry.loads,
                 "load_seconds": round(self.registry.load_seconds, 3),
                 "rss_bytes": _rss_bytes(), "cuda_bytes": _cuda_bytes(),
-                "clients": len(self.clients), "queued": sum(len(q) for q in self.queues.values()),
+                "clients": len(self.clients), "queued": self.scheduler.queued(),
                 "idle_timeout_s": self.idle_timeout, "counters": dict(self.counters),
                 "cached_results": len(self.cache.entries),
                 "last_error": self.last_error}
@@ -363,41 +289,21 @@ class Daemon:
             self.clients.remove(client)
             # A client that vanished wants none of its requests any more.
             for job in list(client.jobs.values()):
-                self.cancel(job, "client disconnected")
+                self.scheduler.cancel(job, "client disconnected")
             try:
                 writer.close()
             except Exception:  # noqa: BLE001
                 pass
 
     def dispatch(self, client: Client, msg: dict[str, Any]) -> None:
-        mid, method, params = msg.get("id"), msg.get("method"), msg.get("params") or {}
-        if mid is not None and not is_message_id(mid):
-            raise BadMessage("a message id is a number or a string")
-        if not isinstance(method, str):
-            raise BadMessage("a message names its method as a string")
-        if not isinstance(params, dict):
-            raise BadMessage(f"{method}: params are a JSON object")
-        if method in ("infill", "load") and mid is None:
-            raise BadMessage(f"{method} is a request: give it an id")
-        if method == "infill" and not isinstance(params.get("request"), dict):
-            raise BadMessage("infill: params.request is a JSON object")
-        if not isinstance(params.get("model") or {}, dict) or \
-                not isinstance(params.get("settings") or {}, dict):
-            raise BadMessage(f"{method}: params.model and params.settings are JSON objects")
+        mid, method, params = checked(msg)
         if method == "cancel":
             job = client.jobs.get(params.get("id"))
             if job is not None:
-                self.cancel(job, "cancelled by the client")
-            return
-        if method == "hello":
+                self.scheduler.cancel(job, "cancelled by the client")
+        elif method == "hello":
             client.name = str(params.get("name", "client"))
-            # What a client needs to decide whether this daemon is one it may use, or replace.
-            busy = len(self.clients) > 1 or bool(self.running) or \
-                any(self.queues.values())
-            client.send({"id": mid, "result": {
-                "pid": os.getpid(), "version": VERSION, "build": build_id(),
-                "root": str(Path(__file__).resolve().parents[1]),
-                "autostarted": self.autostarted, "busy": busy}})
+            client.send({"id": mid, "result": self.hello()})
         elif method == "status":
             client.send({"id": mid, "result": self.status()})
         elif method == "shutdown":
@@ -409,105 +315,38 @@ class Daemon:
             client.send({"id": mid, "error": {"kind": "UsageError",
                                               "message": f"unknown method {method!r}"}})
 
+    def hello(self) -> dict[str, Any]:
+        """What a client needs to decide whether this daemon is one it may use, or replace."""
+        busy = len(self.clients) > 1 or bool(self.running) or self.scheduler.waiting()
+        return {"pid": os.getpid(), "version": VERSION, "build": build_id(),
+                "root": str(Path(__file__).resolve().parents[1]),
+                "autostarted": self.autostarted, "busy": busy}
+
     def enqueue(self, client: Client, mid: int, method: str, params: dict[str, Any]) -> None:
         self.last_activity = time.monotonic()
-        job = Job(mid, client, {"method": method, **params}, None,
-                  Registry.key(params.get("model")),
-                  json.dumps(params.get("settings") or {}, sort_keys=True))
-        if method == "infill" and params.get("document") is not None:
-            # Completions supersede completions; a rewrite the user asked for is not dropped
-            # because typing elsewhere in the file asked for ghost text.
-            job.document = f"{params['document']}#{'complete' if job.interactive else 'edit'}"
+        document = params.get("document") if method == "infill" else None
+        job = DaemonJob(mid, client, {"method": method, **params},
+                        Registry.key(params.get("model")),
+                        json.dumps(params.get("settings") or {}, sort_keys=True),
+                        DocumentKey(client.id, document) if document is not None else None)
         self.counters["requests" if method == "infill" else "load_requests"] += 1
         if job.interactive:
             job.cache_key = self.cache.key(job)
             hit = self.cache.get(job.cache_key)
             if hit is not None:  # the same request lately (backspace, a reconnect): no model
                 self.counters["cache_hits"] += 1
-                self._supersede(job)
+                self.scheduler.supersede(job)
                 # This answer's own cost: no pass, no model time (not the first answer's).
                 client.send({"id": mid, "result": dict(hit, cached=True, forward_passes=0,
                                                        seconds=0.0)})
                 return
             self.counters["cache_misses"] += 1
         client.jobs[mid] = job
-        with self.cv:
-            self._supersede(job)
-            if job.document is not None:
-                self.by_document[(client.id, job.document)] = job
-            self.queues.setdefault(client.id, collections.deque()).append(job)
-            self.cv.notify()
-
-    def _supersede(self, job: Job) -> None:
-        """Cancel the older request of the same client for the same document, if any."""
-        older = self.by_document.get((job.client.id, job.document)) \
-            if job.document is not None else None
-        if older is not None:
-            self.cancel(older, "superseded by a newer request for the same document")
-
-    def cancel(self, job: Job, why: str) -> None:
-        if not job.cancelled.is_set():
-            job.why = why
-            job.cancelled.set()
-            with self.cv:
-                self.cv.notify()
+        self.scheduler.add(job)
 
     # ------------------------------------------------------------ worker
 
-    def _take_batch(self) -> list[Job]:
-        """Next jobs, fairly: the client that waited longest goes first, then compatible jobs
-        of other clients (same model and settings) join its batch."""
-        while True:
-            for cid in list(self.queues):
-                q = self.queues[cid]
-                while q and q[0].cancelled.is_set():
-                    self._reply_cancelled(q.popleft())
-                if not q:
-                    del self.queues[cid]
-            if self.queues or self.stopping:
-                break
-            self.cv.wait(timeout=1.0)
-        if self.stopping and not self.queues:
-            return []
-        cid = next(iter(self.queues))
-        self.queues.move_to_end(cid)  # round robin
-        first = self.queues[cid].popleft()
-        batch = [first]
-        if first.params["method"] == "infill" and first.action != "refine":
-            for other in list(self.queues):
-                if len(batch) >= MAX_BATCH:
-                    break
-                q = self.queues[other]
-                if q and q[0].model_key == first.model_key and \
-                        q[0].settings_key == first.settings_key and \
-                        q[0].params["method"] == "infill" and \
-                        q[0].interactive == first.interactive and not q[0].cancelled.is_set():
-                    batch.append(q.popleft())
-        for cid in [c for c, q in self.queues.items() if not q]:
-            del self.queues[cid]
-        return batch
-
-    def _take_interactive(self, model_key: tuple) -> list[Job]:
-        """Queued completions for ``model_key`` (one settings group, up to MAX_BATCH), from any
-        place in any queue: they go before the long jobs queued with them."""
-        batch: list[Job] = []
-        for cid in list(self.queues):
-            q = self.queues[cid]
-            for job in list(q):
-                if len(batch) >= MAX_BATCH:
-                    break
-                if job.cancelled.is_set():
-                    q.remove(job)
-                    self._reply_cancelled(job)
-                elif job.interactive and job.model_key == model_key and \
-                        (not batch or job.settings_key == batch[0].settings_key):
-                    q.remove(job)
-                    batch.append(job)
-            if not q:
-                del self.queues[cid]
-        return batch
-
-    def _between_steps(self, job: Job) -> bool:
+    def _between_steps(self, job: DaemonJob) -> bool:
         """Polled by a long job (a rewrite, a refine) before each denoising step: first run one
         batch of the completions that came in meanwhile, on this thread and the same model, so
         ghost text waits at most one step of a rewrite, never all of it; then say whether the
@@ -517,8 +356,7 @@ class Daemon:
             self.yielding = True
             running, state = self.running, self.state
             try:
-                with self.cv:
-                    batch = [] if self.stopping else self._take_interactive(job.model_key)
+                batch = self.scheduler.take_completions(job.model_key)
                 if batch:
                     self.counters["served_between_steps"] += len(batch)
                     self.running = running + batch
@@ -538,8 +376,7 @@ class Daemon:
             finally:
                 self.state = "idle"
         while True:
-            with self.cv:
-                batch = self._take_batch()
+            batch = self.scheduler.take_batch()
             if not batch:
                 return
             self.running = batch
@@ -549,7 +386,7 @@ class Daemon:
                 self.running = []
                 self.last_activity = time.monotonic()
 
-    def _run(self, batch: list[Job]) -> None:
+    def _run(self, batch: list[DaemonJob]) -> None:
         first = batch[0]
         try:
             self.state = "loading" if first.model_key not in self.registry.engines else "busy"
@@ -567,67 +404,72 @@ class Daemon:
                 self._reply(job, {"result": engine.model.describe()})
             self.state = "idle"
             return
-        items, settings = [], None
-        live: list[Job] = []
-        previews: list[Any] = []
-        documents: list[str | None] = []
+        submissions, live, settings = self._submissions(batch, engine)
+        if live:
+            if len(live) > 1:
+                self.counters["batches"] += 1
+                self.counters["batched_requests"] += len(live)
+            # Others waiting: behind this batch, or a rewrite paused for it.
+            contended = len(live) > 1 or self.yielding or self.scheduler.waiting()
+            try:
+                results = engine.run_batch(submissions, settings, contended=contended)
+            except Exception as exc:  # e.g. out of memory: every job of the batch fails
+                _free_device_memory()
+                results = [exc] * len(live)
+            for job, res in zip(live, results):
+                self._answer(job, res)
+        self.state = "idle"
+
+    def _submissions(self, batch: list[DaemonJob], engine
+                     ) -> tuple[list[Submission], list[DaemonJob], Any]:
+        """The batch's jobs decoded for the engine (a job that does not decode is answered
+        with its error here), the jobs that remain, and their settings (one group)."""
+        submissions: list[Submission] = []
+        live: list[DaemonJob] = []
+        settings = None
         for job in batch:
             try:
                 req = request_from_wire(job.params.get("request") or {})
                 settings = settings_from_wire(job.params.get("settings"))
                 poll = job.cancelled.is_set if job.interactive or \
                     not engine.serves_between_steps else (lambda job=job: self._between_steps(job))
-                items.append((req, poll))
-                previews.append(self._previewer(job) if job.interactive and
-                                job.params.get("preview") is True else None)
-                documents.append(f"{job.client.id}:{job.document}"
-                                 if job.interactive and job.document else None)
+                preview = self._previewer(job) if job.interactive and \
+                    job.params.get("preview") is True else None
+                submissions.append(Submission(req, poll, preview,
+                                              job.document if job.interactive else None))
                 live.append(job)
             except Exception as exc:
                 self._reply_error(job, exc)
-        if live:
-            if len(live) > 1:
-                self.counters["batches"] += 1
-                self.counters["batched_requests"] += len(live)
-            with self.cv:  # others waiting: behind this batch, or a rewrite paused for it
-                contended = len(live) > 1 or self.yielding or any(self.queues.values())
-            try:
-                results = engine.run_batch(items, settings,
-                                           previews=previews if any(previews) else None,
-                                           documents=documents, contended=contended)
-            except Exception as exc:  # e.g. out of memory: every job of the batch fails
-                _free_device_memory()
-                results = [exc] * len(live)
-            for job, res in zip(live, results):
-                if isinstance(res, BaseException):
-                    if job.cancelled.is_set():
-                        self._reply_cancelled(job)
-                    else:
-                        self._reply_error(job, res)
-                else:
-                    self.counters["completed"] += 1
-                    # Work against what it showed: tokens per pass, as the typing eval reports.
-                    self.counters["forward_passes"] += res.forward_passes
-                    self.counters["tokens_shown"] += res.best.tokens if res.best else 0
-                    wire = result_to_wire(res)
-                    if job.cache_key is not None:
-                        self.cache.put(job.cache_key, wire)
-                    self._reply(job, {"result": wire})
-        self.state = "idle"
+        return submissions, live, settings
+
+    def _answer(self, job: DaemonJob, res: Any) -> None:
+        """Reply to ``job`` with its result or its error, and count it."""
+        if isinstance(res, BaseException):
+            if job.cancelled.is_set():
+                self._reply_cancelled(job)
+            else:
+                self._reply_error(job, res)
+            return
+        self.counters["completed"] += 1
+        # Work against what it showed: tokens per pass, as the typing eval reports.
+        self.counters["forward_passes"] += res.forward_passes
+        self.counters["tokens_shown"] += res.best.tokens if res.best else 0
+        wire = result_to_wire(res)
+        if job.cache_key is not None:
+            self.cache.put(job.cache_key, wire)
+        self._reply(job, {"result": wire})
 
     # ------------------------------------------------------------ replies (any thread)
 
-    def _reply(self, job: Job, body: dict[str, Any]) -> None:
+    def _reply(self, job: DaemonJob, body: dict[str, Any]) -> None:
         def send() -> None:
             job.client.jobs.pop(job.id, None)
-            key = (job.client.id, job.document)
-            if self.by_document.get(key) is job:
-                del self.by_document[key]
+            self.scheduler.answered(job)
             job.client.send({"id": job.id, **body})
         assert self.loop is not None
         self.loop.call_soon_threadsafe(send)
 
-    def _previewer(self, job: Job):
+    def _previewer(self, job: DaemonJob):
         """Sends a completion's text committed so far to its client, as ``{"id", "progress":
         {"text", "done"}}`` lines before the answer (the client asked with ``preview``)."""
         def send_progress(text: str, done: float) -> None:
@@ -637,7 +479,7 @@ class Daemon:
             self.loop.call_soon_threadsafe(job.client.send, body)
         return send_progress
 
-    def _reply_error(self, job: Job, exc: BaseException) -> None:
+    def _reply_error(self, job: DaemonJob, exc: BaseException) -> None:
         info = describe(exc)
         if info.kind != "RequestCancelled":
             self.counters["failed"] += 1
@@ -645,7 +487,7 @@ class Daemon:
             log.warning("request %s failed: %s", job.id, info.message)
         self._reply(job, {"error": {"kind": info.kind, "message": info.message}})
 
-    def _reply_cancelled(self, job: Job) -> None:
+    def _reply_cancelled(self, job: DaemonJob) -> None:
         self.counters["cancelled"] += 1
         self._reply_error(job, RequestCancelled(job.why))
 
@@ -653,14 +495,7 @@ class Daemon:
 
     def request_stop(self, why: str) -> None:
         log.info("stopping: %s", why)
-        self.stopping = True
-        with self.cv:
-            for q in self.queues.values():
-                for job in q:
-                    job.cancelled.set()
-            for job in self.running:
-                self.cancel(job, "the daemon is stopping")
-            self.cv.notify_all()
+        self.scheduler.stop(self.running)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.done.set)
 
@@ -672,7 +507,7 @@ class Daemon:
             if not self.own_socket():
                 self.request_stop(f"{self.socket_path} was removed or replaced")
                 break
-            busy = self.running or any(self.queues.values())
+            busy = self.running or self.scheduler.waiting()
             if not busy and time.monotonic() - self.last_activity > self.idle_timeout:
                 self.request_stop(f"idle for {self.idle_timeout:.0f}s")
 

@@ -25,11 +25,13 @@ from pygls.uris import to_fs_path
 from pygls.workspace.position_codec import PositionCodec
 
 from diffill.infill import drafts as drafting
+from diffill.infill.api import InfillRequest
 from diffill.infill.context import related_snippet
 from diffill.infill.text import (PositionError, line_bounds, line_starts, passed_over, past_line_end,
                          position_of, typed_through)
+from diffill.infill.wire import request_to_wire, settings_to_wire
 
-from . import protocol as P
+from . import protocol
 from . import workspace as W
 from .daemon_client import AsyncDaemonClient
 from .errors import (REQUEST_FAILED, BadInput, DiffillError, ModelUnavailable,
@@ -61,7 +63,7 @@ class RequestFailed(JsonRpcException):
 
 
 @dataclass
-class Shown:
+class LastGhost:
     """The suggestions last shown for a document and the text around the cursor then."""
 
     before: str
@@ -122,7 +124,7 @@ class Typing:
 
 @dataclass
 class State:
-    settings: P.Settings = field(default_factory=P.Settings)
+    settings: protocol.Settings = field(default_factory=protocol.Settings)
     daemon: AsyncDaemonClient | None = None
     inline_supported: bool = True
     versioned_edits: bool = False
@@ -138,7 +140,7 @@ class State:
     model_info: dict[str, Any] = field(default_factory=dict)
     load_task: asyncio.Task | None = None
     """Held only so the event loop's weak reference is not the task's last one."""
-    shown: dict[str, Shown] = field(default_factory=dict)
+    shown: dict[str, LastGhost] = field(default_factory=dict)
     """Per document: what was last suggested, for typed-ahead reuse."""
     typed_ahead: int = 0
     """Requests answered from a shown suggestion, with no model call."""
@@ -176,7 +178,7 @@ def client_position(codec: PositionCodec, text: str, offset: int) -> types.Posit
 
 class DiffillServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__(P.SERVER_NAME, P.VERSION, protocol_cls=DiffillProtocol)
+        super().__init__(protocol.SERVER_NAME, protocol.VERSION, protocol_cls=DiffillProtocol)
         self.state = State()
 
     # ------------------------------------------------------------ helpers
@@ -206,7 +208,7 @@ class DiffillServer(LanguageServer):
 
     def notify_status(self, state: str, error: str | None = None) -> None:
         info = self.state.model_info
-        self.protocol.notify(P.NOTIFY_STATUS, {
+        self.protocol.notify(protocol.NOTIFY_STATUS, {
             "state": state, "model": info.get("checkpoint"), "device": info.get("device"),
             "dtype": info.get("dtype"), "lastLatencyMs": self.state.last_latency_ms,
             "withheld": self.state.last_withheld, "withheldBy": self.state.last_withheld_by,
@@ -214,7 +216,7 @@ class DiffillServer(LanguageServer):
 
     def daemon(self) -> AsyncDaemonClient:
         s = self.state.settings
-        path = P.socket_path(s.socket)
+        path = protocol.socket_path(s.socket)
         d = self.state.daemon
         if d is None or d.path != path:
             d = AsyncDaemonClient(path, idle_timeout=s.idleTimeout, name=f"lsp-{id(self)}")
@@ -238,11 +240,11 @@ class DiffillServer(LanguageServer):
             self.notify_status("error", str(exc))
             raise RequestFailed(str(exc)) from None
 
-    def apply_settings(self, raw: Any) -> P.Settings:
+    def apply_settings(self, raw: Any) -> protocol.Settings:
         """Take the client's settings over the current ones; report each invalid entry once.
         Returns the settings that were in force before."""
         old = self.state.settings
-        self.state.settings, problems = P.parse_settings(raw, base=old)
+        self.state.settings, problems = protocol.parse_settings(raw, base=old)
         for p in problems:
             self.report_once(f"settings: {p}", show=True)
         return old
@@ -345,7 +347,7 @@ class DiffillServer(LanguageServer):
                  "position": {"line": at.line, "character": at.character}}
 
         def send(progress: dict[str, Any]) -> None:
-            self.protocol.notify(P.NOTIFY_PREVIEW, {**where, "text": progress.get("text", ""),
+            self.protocol.notify(protocol.NOTIFY_PREVIEW, {**where, "text": progress.get("text", ""),
                                                     "done": progress.get("done", 0.0)})
         return send
 
@@ -357,15 +359,17 @@ class DiffillServer(LanguageServer):
         text = doc.source
         piece, base = self.slice_for(text, start, end if end is not None else start)
         s = self.state.settings
-        request = {"text": piece, "start": start - base,
-                   "end": None if end is None else end - base, "action": action,
-                   "language": doc.language_id, "path": doc.path, "instruction": instruction,
-                   "extra": self.neighbours(uri, doc.language_id, text, start),
-                   "drafts": self.drafts_elsewhere(uri, doc.language_id, doc.path, text, start)
-                   if action == "complete" and s.drafts else []}
+        request = InfillRequest(
+            piece, start - base, None if end is None else end - base, action,
+            doc.language_id, doc.path,
+            tuple((name, chunk) for name, chunk in self.neighbours(uri, doc.language_id, text,
+                                                                   start)),
+            instruction,
+            tuple(self.drafts_elsewhere(uri, doc.language_id, doc.path, text, start))
+            if action == "complete" and s.drafts else ())
         t0 = time.perf_counter()
-        params = {"document": uri, "request": request, "model": s.model_spec(),
-                  "settings": s.infill_settings(automatic)}
+        params = {"document": uri, "request": request_to_wire(request), "model": s.model_spec(),
+                  "settings": settings_to_wire(s.infill_settings(automatic))}
         on_progress = None
         if preview_at is not None and s.preview:
             params["preview"] = True
@@ -470,9 +474,9 @@ def create_server() -> DiffillServer:
             texts = [t for t in texts if t not in passed]
             if texts:
                 remember(ls.state.shown, doc.uri,
-                         Shown(text[:cursor], text[cursor:], texts + sorted(passed)))
+                         LastGhost(text[:cursor], text[cursor:], texts + sorted(passed)))
         elif texts:
-            remember(ls.state.shown, doc.uri, Shown(text[:cursor], text[cursor:], texts))
+            remember(ls.state.shown, doc.uri, LastGhost(text[:cursor], text[cursor:], texts))
         else:
             ls.state.shown.pop(doc.uri, None)
         items = [types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
@@ -514,8 +518,8 @@ def create_server() -> DiffillServer:
         args = [doc.uri, r, doc.version]
         return [types.CodeAction(title=title, kind=types.CodeActionKind.RefactorRewrite,
                                  command=types.Command(title=title, command=cmd, arguments=args))
-                for title, cmd in (("Rewrite selection (diffill)", P.CMD_REWRITE),
-                                   ("Refine selection (diffill)", P.CMD_REFINE))]
+                for title, cmd in (("Rewrite selection (diffill)", protocol.CMD_REWRITE),
+                                   ("Refine selection (diffill)", protocol.CMD_REFINE))]
 
     async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, Any]:
         try:
@@ -552,8 +556,8 @@ def create_server() -> DiffillServer:
             # The client shows the change and applies it only if the user accepts it (VS Code:
             # its refactor preview; the Neovim plugin: a diff in a floating window).
             edit: types.TextEdit = types.AnnotatedTextEdit(
-                range=edit_range, new_text=best["text"], annotation_id=P.REVIEW_ANNOTATION)
-            notes = {P.REVIEW_ANNOTATION: types.ChangeAnnotation(
+                range=edit_range, new_text=best["text"], annotation_id=protocol.REVIEW_ANNOTATION)
+            notes = {protocol.REVIEW_ANNOTATION: types.ChangeAnnotation(
                 label=label, needs_confirmation=True,
                 description=f"model score {best['score']:.2f}" +
                 ("" if best.get("parses") is not False else "; the result does not parse"))}
@@ -582,15 +586,15 @@ def create_server() -> DiffillServer:
             answer["reason"] = reply.failure_reason
         return answer
 
-    @server.command(P.CMD_REWRITE)
+    @server.command(protocol.CMD_REWRITE)
     async def rewrite_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
         return await rewrite(ls, _args(args), "rewrite")
 
-    @server.command(P.CMD_REFINE)
+    @server.command(protocol.CMD_REFINE)
     async def refine_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
         return await rewrite(ls, _args(args), "refine")
 
-    @server.command(P.CMD_STATUS)
+    @server.command(protocol.CMD_STATUS)
     async def status(ls: DiffillServer, *args: Any) -> dict[str, Any]:
         st = await ls.ask("status", {})
         st["lastLatencyMs"] = ls.state.last_latency_ms

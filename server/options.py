@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from diffill.infill.api import CACHES, FILLER_ORDERS, ORDERS, PASS_POSITIONS, REFRESHES, SCHEDULES
 from diffill.infill.post import MODES
 
-from .errors import BadInput, UsageError
+from .errors import BadInput, DiffillError, UsageError, classify
 
 MARKER = "<|fill|>"
 log = logging.getLogger("diffill")
@@ -229,3 +230,63 @@ def result_json(result, text: str, request_id: Any = None, candidates: int = 3) 
 
 def apply(text: str, completion) -> str:
     return text[:completion.start] + completion.text + text[completion.end:]
+
+
+# ---------------------------------------------------------------- running a command
+
+WORKSHOP = {
+    "train": "train the bundled model (resumable runs)",
+    "corpus": "unpack permissively licensed wheels into a corpus folder",
+    "eval": "held-out infill exact match, parse rate and the typing eval",
+    "bench": "speed ratios against the plain sampler, same process",
+}
+"""Developer tools: ``server/cli.py`` names them and hands them whole to
+``diffill.workshop.commands``, which the runtime (``lsp``, ``serve``, ``infill``) never
+imports."""
+
+
+def base_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    p = argparse.ArgumentParser(prog="diffill", description="Code infilling with a "
+                                "masked-diffusion language model.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr")
+    return p, p.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (the first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """Parse ``argv`` and run its command: logging on stderr, one line per error, the exit
+    codes of ``server/errors.py``."""
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command != "train":
+        # libgomp's threads spin while they wait for work; on a busy machine the spinning
+        # threads take the cores the next matrix product needs (an infill measured 13-30x
+        # slower under load). Inference waits passively; training, which owns the machine,
+        # keeps the default. Read once, when torch loads, which has not happened yet.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("diffill: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if os.environ.get("DIFFILL_DEBUG"):
+            raise
+        err = classify(exc)
+        if not isinstance(exc, DiffillError):
+            log.debug("error", exc_info=exc)
+        print(f"diffill: error: {err}", file=sys.stderr)
+        return err.exit_code

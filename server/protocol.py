@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from diffill.infill.api import (MAX_CONTEXT, MAX_LENGTHS, MAX_MASKS, MAX_STEPS, InfillSettings,
+                                SamplerSettings)
+from diffill.infill.context import ContextBudget
+from diffill.infill.wire import converter
+
 SERVER_NAME = "diffill"
 VERSION = "0.1.0"
 
@@ -74,28 +79,28 @@ class Settings:
     """``float32`` | ``bfloat16`` | ``float16`` (default: bf16 on CUDA, fp32 on CPU)."""
     family: str | None = None
     """Force the checkpoint family (dream, dream-coder, diffucoder, dreamon, llada, ...)."""
-    maxTokens: int = 64
+    maxTokens: int = InfillSettings.max_tokens
     """Most tokens a completion may take."""
-    steps: int = 0
+    steps: int = SamplerSettings.steps
     """Forward passes for the fixed/blocks schedules (0: one per two tokens)."""
-    schedule: Literal["threshold", "fixed", "blocks"] = "threshold"
+    schedule: Literal["threshold", "fixed", "blocks"] = SamplerSettings.schedule
     """``threshold`` | ``fixed`` | ``blocks``."""
-    threshold: float = 0.9
+    threshold: float = SamplerSettings.threshold
     """Commit probability of the threshold schedule."""
-    cache: Literal["auto", "none", "dual"] = "auto"
+    cache: Literal["auto", "none", "dual"] = SamplerSettings.cache
     """``auto`` (the checkpoint's) | ``none`` | ``dual`` (reuse context keys/values within a
     block)."""
-    ensemble: int = 2
+    ensemble: int = InfillSettings.ensemble
     """Mask counts tried at once; each gives a candidate."""
     minConfidence: float | None = None
     """Completions scored below this (0-1) are not shown; null: the model's calibrated value."""
-    mode: Literal["auto", "line", "block"] = "auto"
+    mode: Literal["auto", "line", "block"] = InfillSettings.mode
     """``auto`` | ``line`` | ``block``."""
-    prefixTokens: int = 1536
+    prefixTokens: int = ContextBudget.prefix_tokens
     """Context budget before the cursor."""
-    suffixTokens: int = 512
+    suffixTokens: int = ContextBudget.suffix_tokens
     """Context budget after the cursor."""
-    extraTokens: int = 0
+    extraTokens: int = ContextBudget.extra_tokens
     """Context budget for other open files of the same language (the stretch of each that
     shares the most names with the lines before the cursor), ahead of the prefix; only what
     the model's trained window leaves after prefix and suffix is used. 0 (the default) sends
@@ -150,49 +155,33 @@ class Settings:
         return {"checkpoint": self.model, "device": self.device, "dtype": self.dtype,
                 "family": self.family}
 
-    def infill_settings(self, automatic: bool = False) -> dict[str, Any]:
-        """The engine's settings as sent to the daemon (``automatic``: a request the client
-        made on typing, not one the user invoked)."""
-        return {"max_tokens": self.maxTokens, "mode": self.mode, "ensemble": self.ensemble,
-                "steps": self.steps, "schedule": self.schedule, "threshold": self.threshold,
-                "cache": self.cache, "prefix_tokens": self.prefixTokens,
-                "suffix_tokens": self.suffixTokens, "extra_tokens": self.extraTokens,
-                # The floor is for ghosts that appear by themselves: an invoked request
-                # gets the best candidate (explicit).
-                "min_confidence": self.minConfidence if automatic else None,
-                "shed_load": self.shedLoad, "quick_lines": automatic and self.fastTyping,
-                "hide_unknown_names": self.hideUnknownNames, "explicit": not automatic,
-                "drafts": self.drafts}
+    def infill_settings(self, automatic: bool = False) -> InfillSettings:
+        """The engine's settings for a request (``automatic``: one the client made on typing,
+        not one the user invoked): the one place editor settings become engine settings."""
+        return InfillSettings(
+            sampler=dataclasses.replace(SamplerSettings(), steps=self.steps,
+                                        schedule=self.schedule, threshold=self.threshold,
+                                        cache=self.cache),
+            budget=ContextBudget(self.prefixTokens, self.suffixTokens, self.extraTokens),
+            max_tokens=self.maxTokens, mode=self.mode, ensemble=self.ensemble,
+            # The floor is for ghosts that appear by themselves: an invoked request gets the
+            # best candidate (explicit).
+            min_confidence=self.minConfidence if automatic else None,
+            shed_load=self.shedLoad, quick_lines=automatic and self.fastTyping,
+            hide_unknown_names=self.hideUnknownNames, explicit=not automatic,
+            drafts=self.drafts)
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")
-UPPER = {"maxTokens": 512, "workspaceFiles": 20000, "ensemble": 8, "steps": 1024, "prefixTokens": 16384,
-         "suffixTokens": 16384, "extraTokens": 16384, "debounceMs": 2000, "idleTimeout": 7 * 24 * 3600}
+UPPER = {"maxTokens": MAX_MASKS, "workspaceFiles": 20000, "ensemble": MAX_LENGTHS,
+         "steps": MAX_STEPS, "prefixTokens": MAX_CONTEXT, "suffixTokens": MAX_CONTEXT,
+         "extraTokens": MAX_CONTEXT, "debounceMs": 2000, "idleTimeout": 7 * 24 * 3600}
 """Largest accepted value of each numeric setting: the engine's caps, and waits a person
 would still call a delay (a debounce of 11 days was accepted before)."""
 # Keys editor clients keep in the same "diffill" section for themselves (VS Code's executable
 # path and language list, vscode-languageclient's trace level). A client that synchronises
 # the whole section sends them; they are not the server's and not an error.
 CLIENT_SETTINGS = frozenset({"serverPath", "languages", "trace"})
-
-
-@functools.cache
-def _strict_converter():
-    """cattrs, strict: a setting of the wrong JSON type is an error, never coerced ("3" is
-    not 3, true is not 1); Literal choices, optionals and the ``enable`` map are cattrs's own."""
-    import cattrs
-
-    def exact(*kinds: type, to: type):
-        def hook(value: Any, _type: Any) -> Any:
-            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-                raise TypeError(f"expected {to.__name__}, got {type(value).__name__}")
-            return to(value)
-        return hook
-
-    converter = cattrs.Converter()
-    for kind, accepted in ((bool, (bool,)), (int, (int,)), (float, (int, float)), (str, (str,))):
-        converter.register_structure_hook(kind, exact(*accepted, to=kind))
-    return converter
 
 
 def _in_bounds(key: str, value: Any) -> bool:
@@ -223,7 +212,6 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
     if not isinstance(raw, Mapping):
         return base, [f"settings must be an object, got {type(raw).__name__}"]
     types_of = typing.get_type_hints(Settings)
-    converter = _strict_converter()
     values: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in raw.items():
@@ -233,7 +221,7 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
             problems.append(f"unknown setting {key!r}")
             continue
         try:
-            parsed = converter.structure(value, types_of[key])
+            parsed = converter().structure(value, types_of[key])
             ok = _in_bounds(key, parsed)
         except (cattrs.BaseValidationError, cattrs.errors.CattrsError, TypeError, ValueError,
                 AttributeError):

@@ -177,13 +177,13 @@ def train_pattern_model(folder: Path, steps: int = 600, seed: int = 0) -> Path:
 def _fit_counting(loss, steps: int, seed: int):
     """A 3-layer bidirectional model of the counting vocabulary, fitted in seconds by AdamW
     (short warm-up, linear decay) on batches whose ``loss(model, gen)`` it minimises."""
-    from diffill.workshop.train import TrainConfig, _init_weights
+    from diffill.workshop.train import TrainConfig, init_weights
     from diffill.model.transformer import Transformer
     torch.manual_seed(seed)
     cfg = TrainConfig(vocab_size=16, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, seq_len=24)
     model = Transformer(cfg.model_config())
-    _init_weights(model, seed)
+    init_weights(model, seed)
     lr = 3e-3
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)

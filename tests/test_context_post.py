@@ -166,21 +166,21 @@ z = 3
 """
 
 
-def _unit(doc, needle):
+def unit_around(doc, needle):
     i = doc.index(needle)
     return post.python_unit(doc, i, i + len(needle))
 
 
 def test_the_unit_checked_is_the_innermost_def_or_class_around_the_fill():
-    assert _unit(UNITS, "return 1").startswith("@decorate\n@again(1)\ndef f(x):\n")
-    assert _unit(UNITS, "return 1").rstrip().endswith("return 2")
-    assert _unit(UNITS, "y = [") == "def m(self):\n    y = [1,\n         2]\n    return y\n"
-    assert _unit(UNITS, "def m") == _unit(UNITS, "y = [")  # on the header line
-    assert _unit(UNITS, "a = 1").startswith("class C:\n    a = 1\n")
-    assert _unit(UNITS, "z = 3") is None and _unit(UNITS, "import os") is None  # module level
+    assert unit_around(UNITS, "return 1").startswith("@decorate\n@again(1)\ndef f(x):\n")
+    assert unit_around(UNITS, "return 1").rstrip().endswith("return 2")
+    assert unit_around(UNITS, "y = [") == "def m(self):\n    y = [1,\n         2]\n    return y\n"
+    assert unit_around(UNITS, "def m") == unit_around(UNITS, "y = [")  # on the header line
+    assert unit_around(UNITS, "a = 1").startswith("class C:\n    a = 1\n")
+    assert unit_around(UNITS, "z = 3") is None and unit_around(UNITS, "import os") is None  # module level
     # A line that leaves the header's indentation (a string's text) makes no unit.
     odd = "class K:\n    def g(self):\n        s = '''\nraw\n'''\n        return s\n"
-    assert _unit(odd, "return s") is None
+    assert unit_around(odd, "return s") is None
     # A fill that ends with its newline: the unit still ends before the next def.
     doc = "def a():\n    x = 1\ndef b(:\n    pass\n"
     i = doc.index("x = 1")

@@ -202,7 +202,7 @@ def test_the_typing_eval_counts_keys_the_way_a_person_takes_a_ghost():
 
 def test_typed_ahead_shows_the_rest_once_the_first_word_is_typed_through_not_inside_it():
     from diffill.workshop import keystrokes as K
-    from diffill.server.lsp import Shown
+    from diffill.server.lsp import LastGhost
     calls = []
 
     def complete(doc, cursor):
@@ -219,7 +219,7 @@ def test_typed_ahead_shows_the_rest_once_the_first_word_is_typed_through_not_ins
     other = K.typed_ahead(lambda doc, cursor: "bc(de)" if cursor == 1 else "ed")
     assert other("a\n", 1) == "bc(de)" and other("ab\n", 2) == "ed"
     # The LSP server's own typed-ahead follows the same rules, per suggestion.
-    shown = Shown("x = a", "\n", ["bc(de)", "b"])
+    shown = LastGhost("x = a", "\n", ["bc(de)", "b"])
     assert shown.forward("x = a\n", 5) == ["bc(de)", "b"]  # the same request again
     assert shown.forward("x = ab\n", 6) is None
     assert shown.passed("x = ab\n", 6) == {"c(de)"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import helpers
 import pytest
 from diffill.infill import Engine, InfillRequest, InfillSettings, SamplerSettings
+from diffill.infill.api import DocumentKey, Submission
+from diffill.infill.rank import rank, unknown_names
 from diffill.infill.text import PositionError
 from diffill.model import load_model
 
@@ -17,16 +19,16 @@ def test_a_batch_of_different_requests_answers_each_as_if_alone(pattern_model):
     engine = Engine(pattern_model)
     alone = [engine.run(InfillRequest(t, c), SETTINGS).best.text for t, c in zip(LINES, CURSORS)]
     assert alone[0] == "c5 c6 c7" and alone[1] == "c9 c10"
-    batched = engine.run_batch([(InfillRequest(t, c), None) for t, c in zip(LINES, CURSORS)],
+    batched = engine.run_batch([Submission(InfillRequest(t, c)) for t, c in zip(LINES, CURSORS)],
                                SETTINGS)
     assert [r.best.text for r in batched] == alone
 
 
 def test_one_bad_or_cancelled_request_does_not_fail_the_batch(pattern_model):
     engine = Engine(pattern_model)
-    items = [(InfillRequest(LINES[0], CURSORS[0]), None),
-             (InfillRequest(LINES[1], 999), None),          # position outside the document
-             (InfillRequest(LINES[2], CURSORS[2]), lambda: True)]  # cancelled at once
+    items = [Submission(InfillRequest(LINES[0], CURSORS[0])),
+             Submission(InfillRequest(LINES[1], 999)),          # position outside the document
+             Submission(InfillRequest(LINES[2], CURSORS[2]), lambda: True)]  # cancelled at once
     out = engine.run_batch(items, SETTINGS)
     assert out[0].best.text == "c5 c6 c7"
     assert isinstance(out[1], PositionError)
@@ -119,15 +121,14 @@ def test_a_checkpoints_floor_can_differ_by_mode(tmp_path):
             load_model(folder)
 
 
-def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
+def test_candidates_that_use_names_defined_nowhere_rank_last():
     from diffill.infill import Completion
     doc = "import os\n\ndef size(path):\n    \n"
     good = Completion("return os.path.getsize(path)", 30, 30, score=0.4, parses=None)
     bad = Completion("return osutil.size(filename)", 30, 30, score=0.9, parses=None)
     items = [bad, good]
-    Engine(pattern_model)._rank(items, doc, "python")
+    rank(items, doc, "python")
     assert items[0] is good  # both parse; the surer one needs two names that exist nowhere
-    from diffill.infill.post import unknown_names
     assert unknown_names(bad.text, doc) == ["osutil", "filename"]
     assert unknown_names(good.text, doc) == []
     # A file broken elsewhere (mid-edit) still ranks by the syntax around the fill.
@@ -136,19 +137,19 @@ def test_candidates_that_use_names_defined_nowhere_rank_last(pattern_model):
     closes = Completion("return len(path)", at, at, score=0.4, parses=None)
     opens = Completion("return len(path", at, at, score=0.9, parses=None)
     items = [opens, closes]
-    Engine(pattern_model)._rank(items, broken, "python")
+    rank(items, broken, "python")
     assert items[0] is closes and (closes.parses, opens.parses) == (True, False)
     # A fill that goes on with the word at the cursor is checked as the whole word.
     typed = "def f(sub: s"
     rest = Completion("tr) -> None:", len(typed), len(typed), score=0.5, parses=None)
-    Engine(pattern_model)._rank([rest], typed, "python")
+    rank([rest], typed, "python")
     assert rest.unknown == ()  # str, a builtin
     odd = Completion("trx) -> None:", len(typed), len(typed), score=0.5, parses=None)
-    Engine(pattern_model)._rank([odd], typed, "python")
+    rank([odd], typed, "python")
     assert odd.unknown == ("strx",)
     # A name defined in another open file's stretch (extra context) is not unknown there.
     items = [bad, good]
-    Engine(pattern_model)._rank(items, doc, "python",
+    rank(items, doc, "python",
                                 extra=[("util.py", "osutil = None\nfilename = 'x'\n")])
     assert items[0] is bad and bad.unknown == ()
     # Names the fill binds itself, keywords, builtins and attributes are never unknown.
@@ -280,7 +281,7 @@ def test_under_contention_a_completion_tries_one_mask_count(pattern_model):
     quick = replace(s, quick_lines=True)
     assert engine.prepare(req, quick).lengths == [8]
     assert engine.prepare(req, replace(quick, mode="block")).lengths == [8, 16]
-    items = [(InfillRequest(t, c), None) for t, c in zip(LINES, CURSORS)]
+    items = [Submission(InfillRequest(t, c)) for t, c in zip(LINES, CURSORS)]
     shed, before = engine.shed, pattern_model.tokens_run
     full = engine.run_batch(items, s)
     full_tokens, before = pattern_model.tokens_run - before, pattern_model.tokens_run
@@ -344,8 +345,9 @@ def test_a_documents_next_request_begins_its_window_where_the_last_one_did(diffi
     typed = [text + line[:k] for k in range(0, len(line) + 1, 5)]  # a keystroke burst
     starts, plain = [], []
     for doc in typed:
-        engine.run_batch([(InfillRequest(doc, len(doc)), None)], s, documents=["doc"])
-        starts.append(engine.prefixes["doc"].start[0])
+        key = DocumentKey("test", "doc")
+        engine.run_batch([Submission(InfillRequest(doc, len(doc)), document=key)], s)
+        starts.append(engine.prefixes[key].start[0])
         plain.append(engine.prepare(InfillRequest(doc, len(doc)), s).window.prefix_start)
     assert starts[0] > 0  # the document is longer than the window
     moves = sum(a != b for a, b in zip(starts, starts[1:]))
@@ -354,7 +356,7 @@ def test_a_documents_next_request_begins_its_window_where_the_last_one_did(diffi
     assert 1 <= moves < sum(a != b for a, b in zip(plain, plain[1:])), (starts, plain)
     # Without a document key nothing is remembered.
     other = Engine(engine.model)
-    other.run_batch([(InfillRequest(typed[-1], len(typed[-1])), None)], s)
+    other.run_batch([Submission(InfillRequest(typed[-1], len(typed[-1])))], s)
     assert not other.prefixes
 
 
@@ -378,20 +380,19 @@ def test_a_line_fill_that_wrote_past_its_line_end_ended_by_itself(diffill_ckpt):
     assert by_text == {" is None:": True, " is not None and": False}
 
 
-def test_names_a_fill_defines_on_its_line_are_not_unknown(pattern_model):
+def test_names_a_fill_defines_on_its_line_are_not_unknown():
     """``import numpy as <fill>``: the fill ``np`` is defined by its own line."""
     from diffill.infill import Completion
-    engine = Engine(pattern_model)
     for line, fill in (("import numpy as ", "np"), ("    for ", "row in rows_of(table):"),
                        ("    with open(p) as ", "fh:"), ("    except OSError as ", "err:")):
         doc = f"def f(p, rows_of, table):\n    rows = []\n{line}\n"
         at = doc.index(line) + len(line)
         item = Completion(fill, at, at, score=0.5)
-        engine._rank([item], doc, "python")
+        rank([item], doc, "python")
         assert item.unknown == (), (line, fill)
     doc = "y = \n"
     item = Completion("np.zeros(x)", 4, 4, score=0.5)
-    engine._rank([item], doc, "python")
+    rank([item], doc, "python")
     assert item.unknown == ("np", "x")  # used, not bound by this line
 
 

@@ -18,7 +18,8 @@ import make_golden  # noqa: E402  (the data's own checkpoint builder and hash)
 
 from diffill.infill.api import SamplerSettings  # noqa: E402
 from diffill.infill.expand import infill_variable  # noqa: E402
-from diffill.infill.sampler import denoise, fixed_commit_counts, layout  # noqa: E402
+from diffill.infill.sampler import denoise, layout  # noqa: E402
+from diffill.infill.steps import fixed_commit_counts  # noqa: E402
 from diffill.model import load_model  # noqa: E402
 
 GOLDEN = json.loads((DATA / "golden_decoding.json").read_text())

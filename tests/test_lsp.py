@@ -16,7 +16,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig
 
-from diffill.server import protocol as P
+from diffill.server import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 URI = "file:///work/count.txt"
@@ -67,11 +67,11 @@ async def session(options: dict, caps: types.ClientCapabilities = CAPS, root: Pa
     client.status_notes = []
     client.previews = []
 
-    @client.feature(P.NOTIFY_STATUS)
+    @client.feature(protocol.NOTIFY_STATUS)
     def status_note(params):
         client.status_notes.append(params)
 
-    @client.feature(P.NOTIFY_PREVIEW)
+    @client.feature(protocol.NOTIFY_PREVIEW)
     def preview_note(params):
         client.previews.append(params)
 
@@ -124,7 +124,7 @@ def code_action_fields(action) -> dict:
 
 async def status(client) -> dict:
     return await client.workspace_execute_command_async(
-        types.ExecuteCommandParams(command=P.CMD_STATUS, arguments=[]))
+        types.ExecuteCommandParams(command=protocol.CMD_STATUS, arguments=[]))
 
 
 @pytest.mark.slow
@@ -165,8 +165,8 @@ async def test_code_actions_apply_an_edit_covering_exactly_the_selection(pattern
             text_document=types.TextDocumentIdentifier(uri=URI), range=sel,
             context=types.CodeActionContext(diagnostics=[])))
         commands = {a["command"]["command"]: a for a in map(code_action_fields, actions)}
-        assert set(commands) == {P.CMD_REWRITE, P.CMD_REFINE}
-        for cmd in (P.CMD_REWRITE, P.CMD_REFINE):
+        assert set(commands) == {protocol.CMD_REWRITE, protocol.CMD_REFINE}
+        for cmd in (protocol.CMD_REWRITE, protocol.CMD_REFINE):
             reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
                 command=cmd, arguments=commands[cmd]["command"]["arguments"]))
             assert reply["applied"] is True
@@ -183,7 +183,7 @@ async def test_code_actions_apply_an_edit_covering_exactly_the_selection(pattern
                                 (5, "instruction")):
             with pytest.raises(JsonRpcException, match=expected):
                 await client.workspace_execute_command_async(types.ExecuteCommandParams(
-                    command=P.CMD_REWRITE, arguments=[URI, sel, 1, extra]))
+                    command=protocol.CMD_REWRITE, arguments=[URI, sel, 1, extra]))
         # No action without a selection.
         empty = await client.text_document_code_action_async(types.CodeActionParams(
             text_document=types.TextDocumentIdentifier(uri=URI),
@@ -499,7 +499,7 @@ async def test_a_ghost_typed_through_is_reused_and_one_typed_into_is_asked_again
         await inline(client, 0, 21)
         assert await counts() == (1, requests + 1)
         # Typed into its first word instead of taking it ("c" of "c5"): asked again (and what
-        # it answers, were it the rest passed over, is left out: Shown.passed).
+        # it answers, were it the rest passed over, is left out: LastGhost.passed).
         other = "file:///work/other.txt"
         open_doc(client, uri=other)
         assert (await inline(client, 0, 15, uri=other)).items[0].insert_text == "c5 c6 c7"
@@ -556,24 +556,24 @@ async def test_rewrites_ask_for_confirmation_where_the_client_can_show_one(patte
     async with session(options(pattern_ckpt, sock), REVIEW_CAPS) as client:
         open_doc(client, text)
         reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command=P.CMD_REFINE, arguments=args))
+            command=protocol.CMD_REFINE, arguments=args))
         assert reply["applied"] is True and reply["reviewed"] is True
         edit = client.edits[-1].edit
-        note = edit.change_annotations[P.REVIEW_ANNOTATION]
+        note = edit.change_annotations[protocol.REVIEW_ANNOTATION]
         assert note.needs_confirmation is True and note.label == "diffill: refine selection"
         (text_edit,) = edit.document_changes[0].edits
         assert isinstance(text_edit, types.AnnotatedTextEdit)
-        assert text_edit.annotation_id == P.REVIEW_ANNOTATION and text_edit.range == sel
+        assert text_edit.annotation_id == protocol.REVIEW_ANNOTATION and text_edit.range == sel
         # The user rejects it: nothing is applied, and the answer says why.
         client.accept = False
         reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command=P.CMD_REWRITE, arguments=args))
+            command=protocol.CMD_REWRITE, arguments=args))
         assert reply["applied"] is False and reply["reason"] == "rejected"
     # reviewEdits off: a plain edit, applied at once.
     async with session(options(pattern_ckpt, sock, reviewEdits=False), REVIEW_CAPS) as client:
         open_doc(client, text)
         reply = await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command=P.CMD_REFINE, arguments=args))
+            command=protocol.CMD_REFINE, arguments=args))
         assert reply["applied"] is True and reply["reviewed"] is False
         edit = client.edits[-1].edit
         assert not edit.change_annotations

@@ -315,7 +315,7 @@ def test_a_pass_over_chosen_positions_equals_the_span_pass_while_nothing_has_cha
     columns = torch.tensor([1, 4, 5, 7])
     span = model.span_logits(ids, 8, 16, cache=cache, columns=columns)
     before = [k.clone() for k in cache.keys]
-    run = torch.unique(torch.cat([columns + 8, model.feeders(8, columns)]))
+    run = torch.unique(torch.cat([columns + 8, model.logit_positions(8, columns)]))
     chosen = model.span_logits(ids, 8, 16, cache=cache, columns=columns, positions=run)
     assert torch.allclose(chosen, span, atol=1e-4)
     # Only the chosen positions' keys were written: the rest are the span pass's, untouched.
@@ -341,7 +341,7 @@ def test_a_pass_over_chosen_positions_must_cover_the_logits_it_returns(qwen2_ckp
     ids = _ids(model.config.vocab_size, (1, 24))
     cache = KVCache([], [])
     model.span_logits(ids, 8, 16, cache=cache)
-    with pytest.raises(ValueError, match="feeders"):
+    with pytest.raises(ValueError, match="logit_positions"):
         model.span_logits(ids, 8, 16, cache=cache, columns=torch.tensor([3]),
                           positions=torch.tensor([11]))  # column 3 reads position 10
     with pytest.raises(ValueError, match="filled cache"):

@@ -85,10 +85,10 @@ def test_certainty_forcing_adds_the_entropy_of_right_predictions_only(tmp_path):
     """dParallel's term: the loss grows by ``certainty`` times the entropy (at temperature
     CERTAINTY_T) of a masked prediction that is already right, and not at all for a wrong
     one; a run with it trains and its held-out loss stays the plain MDLM loss."""
-    from diffill.workshop.train import CERTAINTY_T, _init_weights
+    from diffill.workshop.train import CERTAINTY_T, init_weights
     cfg = TrainConfig(**TINY)
     model = Transformer(cfg.model_config()).eval()
-    _init_weights(model, 0)  # a run's start: small weights, a spread-out prediction
+    init_weights(model, 0)  # a run's start: small weights, a spread-out prediction
     ids = torch.randint(5, 300, (1, 12))
     region = torch.zeros(1, 12, dtype=torch.bool)
     region[0, 6] = True

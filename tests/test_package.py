@@ -33,14 +33,14 @@ def test_the_install_claims_one_name_and_carries_its_data(tmp_path):
                  "diffill/workshop/corpus-packages.txt"):
         assert data in names
 
-    # Installed alone (no dependencies needed for this): diffill.* imports, the generic
+    # Installed alone (a module that needs no dependency): diffill.* imports, the generic
     # names the folders have in the tree do not.
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, cwd=tmp_path)
     assert sorted(p.name for p in target.iterdir() if p.name != "bin") == \
         ["diffill", wheel.name.split("-py")[0] + ".dist-info"]
-    probe = ("import diffill.server.protocol as p, importlib.util as u; "
+    probe = ("import diffill.infill.text as p, importlib.util as u; "
              "print(p.__file__.startswith(%r), [n for n in ('server', 'infill', 'model') "
              "if u.find_spec(n)])" % str(target))
     out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,

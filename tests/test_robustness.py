@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from diffill.server import protocol as P
-from diffill.workshop.wire import Wire, frame, fuzz_messages
+from diffill.server import protocol
+from diffill.workshop.lsp_client import Wire, frame, fuzz_messages
 
 URI = "file:///work/m.py"
 TEXT = "def add(a, b):\n    return a + b\n\n\nvalue = add(1, 2)\n"
@@ -143,7 +143,7 @@ async def test_bad_command_arguments_are_invalid_params_not_internal_errors(patt
     good_range = {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 0}}
     for args in ([URI, None], [], [5, good_range], [URI, {"start": {"line": -1}}],
                  [URI, good_range, "v1"], None, [URI, good_range, 1, 2, 3, {"deep": [None]}]):
-        for command in (P.CMD_REWRITE, P.CMD_REFINE):
+        for command in (protocol.CMD_REWRITE, protocol.CMD_REFINE):
             params = {"command": command}
             if args is not None:
                 params["arguments"] = args
@@ -221,11 +221,11 @@ async def test_cancelled_rewrite_stops_in_the_daemon_and_never_applies(sock, tmp
     wire.open(URI, text)
 
     async def counters() -> dict:
-        reply = await wire.call("workspace/executeCommand", {"command": P.CMD_STATUS})
+        reply = await wire.call("workspace/executeCommand", {"command": protocol.CMD_STATUS})
         return reply["result"]["counters"]
 
     rng = {"start": {"line": 0, "character": 0}, "end": {"line": 100, "character": 0}}
-    mid = wire.ask("workspace/executeCommand", {"command": P.CMD_REWRITE,
+    mid = wire.ask("workspace/executeCommand", {"command": protocol.CMD_REWRITE,
                                                 "arguments": [URI, rng, 1]})
     while not (await counters()).get("requests"):  # until the daemon works on it
         await asyncio.sleep(0.01)
@@ -244,7 +244,7 @@ async def test_a_new_window_works_after_the_daemon_socket_was_removed(pattern_ck
                                                                       tmp_path):
     first = await started(tmp_path, opts(pattern_ckpt, sock))
     first.open(URI, TEXT)
-    st = (await first.call("workspace/executeCommand", {"command": P.CMD_STATUS}))["result"]
+    st = (await first.call("workspace/executeCommand", {"command": protocol.CMD_STATUS}))["result"]
     pid = st["pid"]
     sock.unlink()  # e.g. a tmp cleaner
     second = await started(tmp_path, opts(pattern_ckpt, sock))
@@ -253,7 +253,7 @@ async def test_a_new_window_works_after_the_daemon_socket_was_removed(pattern_ck
         "textDocument": {"uri": URI}, "position": {"line": 4, "character": 8},
         "context": {"triggerKind": 1}})
     assert "result" in reply, reply
-    st = (await second.call("workspace/executeCommand", {"command": P.CMD_STATUS}))["result"]
+    st = (await second.call("workspace/executeCommand", {"command": protocol.CMD_STATUS}))["result"]
     assert st["pid"] != pid
     await first.close()
     await second.close()
@@ -273,7 +273,7 @@ async def test_load_with_cancellations_and_a_rewrite_running_answers_everything(
         w.open("file:///work/c.txt", text, language="plaintext")
     wires[0].open("file:///work/long.txt", long_text, language="plaintext")
     lines = long_text.count("\n")
-    rewrite = wires[0].ask("workspace/executeCommand", {"command": P.CMD_REWRITE, "arguments": [
+    rewrite = wires[0].ask("workspace/executeCommand", {"command": protocol.CMD_REWRITE, "arguments": [
         "file:///work/long.txt", {"start": {"line": 0, "character": 0},
                                   "end": {"line": min(lines, 60), "character": 0}}, 1]})
     rng = random.Random(7)

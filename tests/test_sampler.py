@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from helpers import pattern_row
-from diffill.infill.sampler import (Cancelled, SamplerSettings, choose_commits, close_after_filler,
-                            denoise, filler_allowed, fixed_commit_counts, infill, layout,
-                            refine, trim_filler)
+from diffill.infill.sampler import (Cancelled, SamplerSettings, denoise, infill, layout, refine,
+                                   trim_filler)
+from diffill.infill.steps import (choose_commits, close_after_filler, filler_allowed,
+                                  fixed_commit_counts)
 
 CASES = [(s, gap) for s in range(12) for gap in range(1, 7)]
 
@@ -273,7 +274,7 @@ def test_a_window_reused_from_the_last_request_runs_only_what_changed(pattern_mo
     positions after the shared ones; a change in the prefix limits the reuse to the positions
     before it; after MAX_REUSES requests in a row one runs cold."""
     from diffill.infill.api import SamplerSettings
-    from diffill.infill.sampler import (MAX_REUSES, MIN_REUSE, PrefixSlot, PrefixState, _warm,
+    from diffill.infill.sampler import (MAX_REUSES, MIN_REUSE, PrefixSlot, PrefixState, warm_start,
                                 common_prefix, infill_many)
     dual = SamplerSettings(cache="dual")
     run = [3 + i % 12 for i in range(48)]  # c0 c1 ... counting, 48 tokens
@@ -295,13 +296,13 @@ def test_a_window_reused_from_the_last_request_runs_only_what_changed(pattern_mo
     edited = list(prefix)
     edited[35] = 3
     assert common_prefix(slot.state.ids, edited) == 35
-    warm = _warm(slot.state, edited, torch.Size([1, 49]))
+    warm = warm_start(slot.state, edited, torch.Size([1, 49]))
     assert warm is not None and warm.upto == 35 and warm.cache.length == 49
     # Too little in common, or reused too often: no warm start.
-    assert _warm(slot.state, [9] + edited[1:], torch.Size([1, 49])) is None
+    assert warm_start(slot.state, [9] + edited[1:], torch.Size([1, 49])) is None
     assert MIN_REUSE > 0
     tired = PrefixState(slot.state.ids, slot.state.cache, uses=MAX_REUSES)
-    assert _warm(tired, prefix, torch.Size([1, 49])) is None
+    assert warm_start(tired, prefix, torch.Size([1, 49])) is None
     # Off by setting.
     off = PrefixSlot()
     infill_many(pattern_model, job, settings=SamplerSettings(cache="dual", reuse_prefix=False),
@@ -310,12 +311,12 @@ def test_a_window_reused_from_the_last_request_runs_only_what_changed(pattern_mo
 
 
 def test_a_lead_allows_tokens_consistent_with_what_is_left_of_it():
-    from diffill.infill.sampler import Lead, Vocab
+    from diffill.infill.steps import TokenHealing, Vocab
     vocab = Vocab(["", "data", "dataclass", "c", "class", "cl", "x", "datum"])
     keep = vocab.consistent("datac", 10, torch.device("cpu"))
     # "dataclass" begins with all of it; "data" is a shorter start of it; nothing else fits.
     assert keep.nonzero().flatten().tolist() == [1, 2]
-    lead = Lead("datac", vocab)
+    lead = TokenHealing("datac", vocab)
     assert lead.remaining([1, 99], mask_id=99) == "c"   # "data" written, "c" left
     assert lead.remaining([2, 99], mask_id=99) == ""    # "dataclass" wrote it all
     assert lead.remaining([99, 99], mask_id=99) == "datac"

@@ -116,12 +116,12 @@ def test_the_socket_setting_never_overwrites_a_users_file(short_tmp, victim):
 
 
 def test_the_default_socket_is_in_a_private_runtime_folder(short_tmp, monkeypatch):
-    from diffill.server import protocol as P
-    monkeypatch.delenv(P.ENV_SOCKET, raising=False)
+    from diffill.server import protocol
+    monkeypatch.delenv(protocol.ENV_SOCKET, raising=False)
     runtime = short_tmp / "xdg"
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    path = P.default_socket()
+    path = protocol.default_socket()
     assert path == runtime / "diffill" / "daemon.sock"
     assert path.parent.stat().st_mode & 0o777 == 0o700
     # A runtime folder that others can write is not used (the XDG spec wants it 0700).
@@ -129,14 +129,14 @@ def test_the_default_socket_is_in_a_private_runtime_folder(short_tmp, monkeypatc
     shared.mkdir()
     shared.chmod(0o777)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
-    assert not str(P.default_socket()).startswith(str(shared))
+    assert not str(protocol.default_socket()).startswith(str(shared))
 
 
 @pytest.mark.skipif(Path(f"/run/user/{os.geteuid()}").is_dir(),
                     reason="this machine has a per-user /run folder, used before the temp dir")
 def test_a_planted_temp_runtime_folder_is_refused(short_tmp, monkeypatch):
-    from diffill.server import protocol as P
-    monkeypatch.delenv(P.ENV_SOCKET, raising=False)
+    from diffill.server import protocol
+    monkeypatch.delenv(protocol.ENV_SOCKET, raising=False)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("TMPDIR", str(short_tmp))
     monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
@@ -144,9 +144,9 @@ def test_a_planted_temp_runtime_folder_is_refused(short_tmp, monkeypatch):
     elsewhere.mkdir(mode=0o777)
     (short_tmp / f"runtime-{os.geteuid()}").symlink_to(elsewhere)
     with pytest.raises(UnsafeSocket, match="no private folder"):
-        P.default_socket()
+        protocol.default_socket()
     assert list(elsewhere.iterdir()) == []
     (short_tmp / f"runtime-{os.geteuid()}").unlink()
-    path = P.default_socket()  # gone: created private
+    path = protocol.default_socket()  # gone: created private
     assert path.parent.parent == short_tmp / f"runtime-{os.geteuid()}"
     assert path.parent.parent.stat().st_mode & 0o777 == 0o700

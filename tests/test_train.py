@@ -12,7 +12,7 @@ import torch
 
 import helpers
 from diffill.model import load_model
-from diffill.workshop.train import (TrainConfig, _init_weights, export, mdlm_loss, prepare_run,
+from diffill.workshop.train import (TrainConfig, init_weights, export, mdlm_loss, prepare_run,
                          shape_of_checkpoint, train, train_tokenizer)
 from diffill.model.transformer import Transformer
 
@@ -69,7 +69,7 @@ def _fixed_loss(model: Transformer, run: Path) -> float:
 def test_training_reduces_the_loss_and_resumes(run_dir):
     cfg = TrainConfig(**TINY)
     before = Transformer(cfg.model_config())
-    _init_weights(before, cfg.seed)
+    init_weights(before, cfg.seed)
     first = train(run_dir, steps=30, threads=1)
     assert first.step == 30
     second = train(run_dir, steps=30, threads=1)  # resumes from state.pt
@@ -303,8 +303,8 @@ def test_the_gpu_recipes_commands_need_nothing_the_device_lacks(tmp_path):
         "        if name.split('.')[0] in BLOCKED:\n"
         "            raise ImportError(f'{name} is not on the device machine')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "sys.argv = ['diffill'] + sys.argv[1:]\n"
-        "runpy.run_module('diffill.server.cli', run_name='__main__')\n")
+        "sys.argv = ['workshop/from_tree.py'] + sys.argv[1:]\n"
+        "runpy.run_path('workshop/from_tree.py', run_name='__main__')\n")
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     for args in (["train", str(run), "--steps", "2", "--threads", "1"],

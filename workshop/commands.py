@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import Sequence
 from pathlib import Path
 
 from diffill.infill.api import CACHES, FILLER_ORDERS, REFRESHES
-from diffill.server.cli import base_parser
 from diffill.server.errors import EXIT_OK, BadInput, UsageError
-from diffill.server.options import add_model_options, add_sampler_options
+from diffill.server.options import add_model_options, add_sampler_options, base_parser, run
 
 def build_parser() -> argparse.ArgumentParser:
     p, sub = base_parser()
     register(sub)
     return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), list(sys.argv[1:] if argv is None else argv))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -48,7 +48,7 @@ class TypingReport:
     requests: int = 0
     shown: int = 0
     accepted: int = 0
-    """Shown ghosts taken whole or by their first word."""
+    """LastGhost ghosts taken whole or by their first word."""
     whole: int = 0
     seconds: list[float] = field(default_factory=list)
     passes: list[int] = field(default_factory=list)
@@ -196,16 +196,16 @@ def engine_completer(engine, settings, report: TypingReport, language: str = "py
     item, after ``min_confidence`` and the names check). The document key lets a request
     reuse its line's last window, as the daemon does per document. ``workspace``: its
     drafts go with each request, as the LSP server sends them."""
-    from diffill.infill.api import InfillRequest
+    from diffill.infill.api import DocumentKey, InfillRequest, Submission
 
     def complete(doc: str, cursor: int) -> str | None:
         line_start = doc.rfind("\n", 0, cursor) + 1
         key = f"{len(doc) - cursor}:{line_start}"
         t0 = time.perf_counter()
         found = tuple(workspace.elsewhere(doc, cursor)) if workspace is not None else ()
-        (result,) = engine.run_batch([(InfillRequest(doc, cursor, language=language,
-                                                     drafts=found), None)],
-                                     settings, documents=[key])
+        (result,) = engine.run_batch([Submission(
+            InfillRequest(doc, cursor, language=language, drafts=found),
+            document=DocumentKey("typing", key))], settings)
         if isinstance(result, BaseException):
             raise result
         report.seconds.append(time.perf_counter() - t0)
@@ -218,7 +218,7 @@ def engine_completer(engine, settings, report: TypingReport, language: str = "py
 
 
 def typed_ahead(complete: Completer) -> Completer:
-    """An editor's typed-ahead reuse around ``complete`` (the LSP server's ``Shown``): once the
+    """An editor's typed-ahead reuse around ``complete`` (the LSP server's ``LastGhost``): once the
     person has typed through the first word of what the last ghost says, its rest is shown
     again with no call (:func:`infill.text.typed_through`); while they type inside that word
     instead of taking it, the same rest is not offered again (:func:`infill.text.passed_over`)."""
@@ -279,13 +279,14 @@ def record_line(engine, settings, line: TypedLine, language: str = "python"
     choose among these, so any floor can be replayed on them exactly."""
     from dataclasses import replace
 
-    from diffill.infill.api import InfillRequest
+    from diffill.infill.api import DocumentKey, InfillRequest, Submission
     s = replace(settings, min_confidence=0.0, hide_unknown_names=False, explicit=False)
     out = []
     for k in range(len(line.target)):
         doc = line.document[:line.cursor] + line.target[:k] + line.document[line.cursor:]
-        (result,) = engine.run_batch([(InfillRequest(doc, line.cursor + k, language=language),
-                                       None)], s, documents=[f"{line.path}:{line.cursor}"])
+        (result,) = engine.run_batch([Submission(
+            InfillRequest(doc, line.cursor + k, language=language),
+            document=DocumentKey("typing", f"{line.path}:{line.cursor}"))], s)
         if isinstance(result, BaseException):
             raise result
         out.append([(it.text, it.score, bool(it.unknown)) for it in result.items])

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from diffill.workshop.bench_e2e import percentile_ms
-from diffill.workshop.wire import ROOT, Wire, fuzz_messages, now
+from diffill.workshop.lsp_client import ROOT, Wire, fuzz_messages, now
 
 URI = "file:///soak/m.py"
 SAMPLE = (ROOT / "infill" / "post.py").read_text()  # real Python, hundreds of lines

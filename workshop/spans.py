@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from diffill.infill.engine import Engine, InfillRequest, InfillSettings
+from diffill.infill.api import DocumentKey, InfillRequest, InfillSettings, Submission
+from diffill.infill.engine import Engine
 from .keystrokes import parseable_sources
 from diffill.infill.post import parses
 
@@ -175,11 +176,11 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
         s = replace(settings, min_confidence=0.0, hide_unknown_names=False,
                     mode=sp.mode if settings.mode == "auto" else settings.mode)
         request = InfillRequest(sp.text, sp.cursor, language="python", path=sp.path)
-        docs = [f"span-{k}"] if typing else None
+        doc = DocumentKey("eval", f"span-{k}") if typing else None
         if typing:
-            engine.run_batch([(previous_keystroke(sp), None)], s, documents=docs)
+            engine.run_batch([Submission(previous_keystroke(sp), document=doc)], s)
         t0 = time.perf_counter()
-        (result,) = engine.run_batch([(request, None)], s, documents=docs)
+        (result,) = engine.run_batch([Submission(request, document=doc)], s)
         if isinstance(result, BaseException):
             raise result
         report.seconds.append(time.perf_counter() - t0)

@@ -683,7 +683,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     corpus_texts = json.loads((run_dir / "texts.json").read_text())
     texts, held = corpus_texts["train"], corpus_texts.get("held_out") or []
     model = Transformer(cfg.model_config())
-    _init_weights(model, cfg.seed)
+    init_weights(model, cfg.seed)
     state = RunState()
     ckpt = run_dir / "state.pt"
     saved = None
@@ -814,7 +814,7 @@ def train(run_dir: Path, *, minutes: float | None = None, steps: int | None = No
     return state
 
 
-def _init_weights(model: Transformer, seed: int) -> None:
+def init_weights(model: Transformer, seed: int) -> None:
     """Small normal init (std 0.02), residual outputs scaled by depth, norms at one."""
     gen = torch.Generator().manual_seed(seed)
     depth = model.config.num_hidden_layers
