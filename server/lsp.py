@@ -386,229 +386,270 @@ class DiffillServer(LanguageServer):
         return result
 
 
-def create_server() -> DiffillServer:
-    """The one place every LSP feature is registered."""
-    server = DiffillServer()
+# ---------------------------------------------------------------- handlers
 
-    @server.feature(types.INITIALIZE)
-    def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
-        ls.apply_settings(params.initialization_options)
-        caps = params.capabilities
-        td = caps.text_document if caps else None
-        ls.state.inline_supported = bool(td and td.inline_completion is not None)
-        ws = caps.workspace if caps else None
-        ls.state.versioned_edits = bool(ws and ws.workspace_edit and
-                                        ws.workspace_edit.document_changes)
-        ls.state.annotated_edits = bool(ls.state.versioned_edits and
-                                        ws.workspace_edit.change_annotation_support is not None)
 
-    @server.feature(types.INITIALIZED)
-    def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
+def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
+    ls.apply_settings(params.initialization_options)
+    caps = params.capabilities
+    td = caps.text_document if caps else None
+    ls.state.inline_supported = bool(td and td.inline_completion is not None)
+    ws = caps.workspace if caps else None
+    ls.state.versioned_edits = bool(ws and ws.workspace_edit and
+                                    ws.workspace_edit.document_changes)
+    ls.state.annotated_edits = bool(ls.state.versioned_edits and
+                                    ws.workspace_edit.change_annotation_support is not None)
+
+
+def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
+    ls.state.load_task = asyncio.ensure_future(load_model(ls))
+
+
+def did_change_configuration(ls: DiffillServer,
+                             params: types.DidChangeConfigurationParams) -> None:
+    old = ls.apply_settings(params.settings)
+    settings = ls.state.settings
+    if settings.workspaceFiles != old.workspaceFiles:
+        ls.state.libraries.clear()  # read again, to the new bound, when next asked
+    if settings.model_spec() != old.model_spec() or settings.socket != old.socket:
+        ls.state.shown.clear()  # another model's suggestions are not this one's
         ls.state.load_task = asyncio.ensure_future(load_model(ls))
 
-    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-    def did_change_configuration(ls: DiffillServer,
-                                 params: types.DidChangeConfigurationParams) -> None:
-        old = ls.apply_settings(params.settings)
-        settings = ls.state.settings
-        if settings.workspaceFiles != old.workspaceFiles:
-            ls.state.libraries.clear()  # read again, to the new bound, when next asked
-        if settings.model_spec() != old.model_spec() or settings.socket != old.socket:
-            ls.state.shown.clear()  # another model's suggestions are not this one's
-            ls.state.load_task = asyncio.ensure_future(load_model(ls))
 
-    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
-    def did_open(ls: DiffillServer, params: types.DidOpenTextDocumentParams) -> None:
-        remember(ls.state.recent, params.text_document.uri, None)
+def did_open(ls: DiffillServer, params: types.DidOpenTextDocumentParams) -> None:
+    remember(ls.state.recent, params.text_document.uri, None)
 
-    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
-    def did_save(ls: DiffillServer, params: types.DidSaveTextDocumentParams) -> None:
-        kind = W.kind_of(to_fs_path(params.text_document.uri))
-        if kind in ls.state.libraries:
-            ls.state.stale.add(kind)
 
-    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
-    def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
-        uri = params.text_document.uri
-        remember(ls.state.recent, uri, None)
-        remember(ls.state.typing, uri, ls.state.typing.get(uri) or Typing()).changed(
-            time.monotonic())
+def did_save(ls: DiffillServer, params: types.DidSaveTextDocumentParams) -> None:
+    kind = W.kind_of(to_fs_path(params.text_document.uri))
+    if kind in ls.state.libraries:
+        ls.state.stale.add(kind)
 
-    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
-    async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams
-                                ) -> types.InlineCompletionList | None:
-        doc = ls.document(params.text_document.uri)
-        if not ls.state.settings.enabled_for(doc.language_id):
-            return None
-        version = doc.version
-        automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
-        if automatic:
-            fixed = ls.state.settings.debounceMs
-            typing = ls.state.typing.get(doc.uri)
-            wait = fixed / 1000 if fixed is not None else \
-                (typing.debounce() if typing else Typing.DEFAULT)
-            await asyncio.sleep(wait)
-            if ls.document(params.text_document.uri).version != version:
-                return None  # the user kept typing; a newer request follows
-        text = doc.source
-        cursor = ls.offset(text, params.position)
-        pos = ls.position(text, cursor)
-        shown = ls.state.shown.get(doc.uri)
-        rest = shown.forward(text, cursor) if shown is not None else None
-        if rest is not None:
-            # The user typed what the suggestion says: offer the rest, no model call.
-            ls.state.typed_ahead += 1
-            return types.InlineCompletionList(items=[
-                types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
-                for t in rest])
-        result = await ls.run_infill(doc.uri, cursor, None, "complete", preview_at=pos,
-                                     automatic=automatic)
-        if ls.document(doc.uri).version != version:
-            return None  # the buffer changed while the model worked: this fill is stale
-        texts = [it["text"] for it in result["items"]]
-        # An explicit ask gets what the model says, passed over or not.
-        passed = shown.passed(text, cursor) if shown is not None and automatic else set()
-        if passed and any(t in passed for t in texts):
-            # What the user just typed past: not again, and the suggestion they passed over
-            # stays one their next keys are compared with.
-            texts = [t for t in texts if t not in passed]
-            if texts:
-                remember(ls.state.shown, doc.uri,
-                         LastGhost(text[:cursor], text[cursor:], texts + sorted(passed)))
-        elif texts:
-            remember(ls.state.shown, doc.uri, LastGhost(text[:cursor], text[cursor:], texts))
-        else:
-            ls.state.shown.pop(doc.uri, None)
-        items = [types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
-                 for t in texts]
-        return types.InlineCompletionList(items=items)
 
-    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
-    async def completion(ls: DiffillServer, params: types.CompletionParams
-                         ) -> types.CompletionList | None:
-        mode = ls.state.settings.completionFallback
-        if mode == "never" or (mode == "auto" and ls.state.inline_supported):
-            return None
-        doc = ls.document(params.text_document.uri)
-        if not ls.state.settings.enabled_for(doc.language_id):
-            return None
-        text = doc.source
-        cursor = ls.offset(text, params.position)
-        result = await ls.run_infill(doc.uri, cursor, None, "complete")
-        if not result["items"]:
-            return types.CompletionList(is_incomplete=True, items=[])
-        best = result["items"][0]["text"]
-        pos = ls.position(text, cursor)
-        label = best.strip().splitlines()[0][:60] if best.strip() else best
-        item = types.CompletionItem(label=label, kind=types.CompletionItemKind.Text,
-                                    detail="diffill", insert_text=best,
-                                    text_edit=types.TextEdit(range=types.Range(pos, pos),
-                                                             new_text=best),
-                                    sort_text="0", preselect=True)
-        return types.CompletionList(is_incomplete=True, items=[item])
+def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
+    uri = params.text_document.uri
+    remember(ls.state.recent, uri, None)
+    remember(ls.state.typing, uri, ls.state.typing.get(uri) or Typing()).changed(
+        time.monotonic())
 
-    @server.feature(types.TEXT_DOCUMENT_CODE_ACTION,
-                    types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.RefactorRewrite]))
-    def code_action(ls: DiffillServer, params: types.CodeActionParams
-                    ) -> list[types.CodeAction] | None:
-        r = params.range
-        if (r.start.line, r.start.character) == (r.end.line, r.end.character):
-            return None
-        doc = ls.document(params.text_document.uri)
-        args = [doc.uri, r, doc.version]
-        return [types.CodeAction(title=title, kind=types.CodeActionKind.RefactorRewrite,
-                                 command=types.Command(title=title, command=cmd, arguments=args))
-                for title, cmd in (("Rewrite selection (diffill)", protocol.CMD_REWRITE),
-                                   ("Refine selection (diffill)", protocol.CMD_REFINE))]
 
-    async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, Any]:
-        try:
-            if not 2 <= len(args) <= 4:
-                raise ValueError(f"{len(args)} arguments")
-            uri, rng = args[0], args[1]
-            version = args[2] if len(args) > 2 else None
-            instruction = args[3] if len(args) > 3 else None
-            rng = rng if isinstance(rng, types.Range) else CONVERTER.structure(rng, types.Range)
-            if not isinstance(uri, str) or not (version is None or isinstance(version, int)) \
-                    or not (instruction is None or isinstance(instruction, str)):
-                raise TypeError("uri and instruction are strings, version an integer")
-        except Exception as exc:  # noqa: BLE001 - whatever the arguments were, they are wrong
-            raise JsonRpcInvalidParams(f"expected [uri, range, version?, instruction?]: "
-                                       f"{structure_problem(exc)}") from None
-        doc = ls.document(uri)
-        if version is not None and doc.version != version:
-            raise RequestFailed("the document changed since the action was offered")
-        text, version = doc.source, doc.version
-        start, end = ls.offset(text, rng.start), ls.offset(text, rng.end)
-        if end <= start:
-            raise JsonRpcInvalidParams("the selection is empty")
-        result = await ls.run_infill(uri, start, end, action, instruction or None)
-        if ls.document(uri).version != version:
-            raise RequestFailed("the document changed while the model worked; nothing applied")
-        if not result["items"]:
-            return {"applied": False, "reason": "the model proposed nothing"}
-        best = result["items"][0]
-        edit_range = types.Range(start=ls.position(text, best["start"]),
-                                 end=ls.position(text, best["end"]))
-        label = "diffill: rewrite selection" if action == "rewrite" else "diffill: refine selection"
-        review = ls.state.annotated_edits and ls.state.settings.reviewEdits
-        if review:
-            # The client shows the change and applies it only if the user accepts it (VS Code:
-            # its refactor preview; the Neovim plugin: a diff in a floating window).
-            edit: types.TextEdit = types.AnnotatedTextEdit(
-                range=edit_range, new_text=best["text"], annotation_id=protocol.REVIEW_ANNOTATION)
-            notes = {protocol.REVIEW_ANNOTATION: types.ChangeAnnotation(
-                label=label, needs_confirmation=True,
-                description=f"model score {best['score']:.2f}" +
-                ("" if best.get("parses") is not False else "; the result does not parse"))}
-        else:
-            edit, notes = types.TextEdit(range=edit_range, new_text=best["text"]), None
-        if ls.state.versioned_edits:
-            wedit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
-                text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri,
-                                                                            version=version),
-                edits=[edit])], change_annotations=notes)
-        else:
-            wedit = types.WorkspaceEdit(changes={uri: [edit]})
-        # Written now, in this step of the request's task: a cancel that came in before it
-        # has already stopped the task at its last await (a task sending it later could
-        # send an edit for a request already cancelled).
-        sent = asyncio.wrap_future(ls.workspace_apply_edit(
-            types.ApplyWorkspaceEditParams(edit=wedit, label=label)))
-        try:
-            reply = await asyncio.shield(sent)
-        except asyncio.CancelledError:
-            # Cancelled after the edit went out: the answer says what the client did with it.
-            reply = await sent
-        answer = {"applied": bool(reply.applied), "text": best["text"], "reviewed": review,
-                  "remasked": result.get("remasked", [])}
-        if not reply.applied and reply.failure_reason:
-            answer["reason"] = reply.failure_reason
-        return answer
+async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams
+                            ) -> types.InlineCompletionList | None:
+    doc = ls.document(params.text_document.uri)
+    if not ls.state.settings.enabled_for(doc.language_id):
+        return None
+    version = doc.version
+    automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
+    if automatic and not await paused(ls, doc.uri, version):
+        return None  # the user kept typing; a newer request follows
+    text = doc.source
+    cursor = ls.offset(text, params.position)
+    pos = ls.position(text, cursor)
+    shown = ls.state.shown.get(doc.uri)
+    rest = shown.forward(text, cursor) if shown is not None else None
+    if rest is not None:
+        # The user typed what the suggestion says: offer the rest, no model call.
+        ls.state.typed_ahead += 1
+        return types.InlineCompletionList(items=[
+            types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
+            for t in rest])
+    result = await ls.run_infill(doc.uri, cursor, None, "complete", preview_at=pos,
+                                 automatic=automatic)
+    if ls.document(doc.uri).version != version:
+        return None  # the buffer changed while the model worked: this fill is stale
+    texts = [it["text"] for it in result["items"]]
+    # An explicit ask gets what the model says, passed over or not.
+    passed = shown.passed(text, cursor) if shown is not None and automatic else set()
+    texts = show(ls, doc.uri, text, cursor, texts, passed)
+    items = [types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
+             for t in texts]
+    return types.InlineCompletionList(items=items)
 
-    @server.command(protocol.CMD_REWRITE)
-    async def rewrite_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
-        return await rewrite(ls, _args(args), "rewrite")
 
-    @server.command(protocol.CMD_REFINE)
-    async def refine_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
-        return await rewrite(ls, _args(args), "refine")
+async def paused(ls: DiffillServer, uri: str, version: int) -> bool:
+    """Wait the debounce (the setting, else the typist's own rhythm); whether the document
+    is still at ``version`` after it."""
+    fixed = ls.state.settings.debounceMs
+    typing = ls.state.typing.get(uri)
+    await asyncio.sleep(fixed / 1000 if fixed is not None else
+                        (typing.debounce() if typing else Typing.DEFAULT))
+    return ls.document(uri).version == version
 
-    @server.command(protocol.CMD_STATUS)
-    async def status(ls: DiffillServer, *args: Any) -> dict[str, Any]:
-        st = await ls.ask("status", {})
-        st["lastLatencyMs"] = ls.state.last_latency_ms
-        st["withheld"] = ls.state.last_withheld
-        st["withheldBy"] = ls.state.last_withheld_by
-        st["typedAhead"] = ls.state.typed_ahead
-        st["workspaceFiles"] = {kind: len(lib) for kind, lib in ls.state.libraries.items()}
-        return st
 
-    @server.feature(types.SHUTDOWN)
-    async def shutdown(ls: DiffillServer, params: None) -> None:
-        if ls.state.daemon is not None:
-            await ls.state.daemon.close()
+def show(ls: DiffillServer, uri: str, text: str, cursor: int, texts: list[str],
+         passed: set[str]) -> list[str]:
+    """The ghosts to show, and the :class:`LastGhost` remembered for the next keystrokes:
+    what the user just typed past (``passed``) is not shown again, and stays one their next
+    keys are compared with."""
+    if passed and any(t in passed for t in texts):
+        texts = [t for t in texts if t not in passed]
+        if texts:
+            remember(ls.state.shown, uri,
+                     LastGhost(text[:cursor], text[cursor:], texts + sorted(passed)))
+    elif texts:
+        remember(ls.state.shown, uri, LastGhost(text[:cursor], text[cursor:], texts))
+    else:
+        ls.state.shown.pop(uri, None)
+    return texts
 
+
+async def completion(ls: DiffillServer, params: types.CompletionParams
+                     ) -> types.CompletionList | None:
+    mode = ls.state.settings.completionFallback
+    if mode == "never" or (mode == "auto" and ls.state.inline_supported):
+        return None
+    doc = ls.document(params.text_document.uri)
+    if not ls.state.settings.enabled_for(doc.language_id):
+        return None
+    text = doc.source
+    cursor = ls.offset(text, params.position)
+    result = await ls.run_infill(doc.uri, cursor, None, "complete")
+    if not result["items"]:
+        return types.CompletionList(is_incomplete=True, items=[])
+    best = result["items"][0]["text"]
+    pos = ls.position(text, cursor)
+    label = best.strip().splitlines()[0][:60] if best.strip() else best
+    item = types.CompletionItem(label=label, kind=types.CompletionItemKind.Text,
+                                detail="diffill", insert_text=best,
+                                text_edit=types.TextEdit(range=types.Range(pos, pos),
+                                                         new_text=best),
+                                sort_text="0", preselect=True)
+    return types.CompletionList(is_incomplete=True, items=[item])
+
+
+def code_action(ls: DiffillServer, params: types.CodeActionParams
+                ) -> list[types.CodeAction] | None:
+    r = params.range
+    if (r.start.line, r.start.character) == (r.end.line, r.end.character):
+        return None
+    doc = ls.document(params.text_document.uri)
+    args = [doc.uri, r, doc.version]
+    return [types.CodeAction(title=title, kind=types.CodeActionKind.RefactorRewrite,
+                             command=types.Command(title=title, command=cmd, arguments=args))
+            for title, cmd in (("Rewrite selection (diffill)", protocol.CMD_REWRITE),
+                               ("Refine selection (diffill)", protocol.CMD_REFINE))]
+
+
+def rewrite_args(args: list[Any]) -> tuple[str, types.Range, int | None, str | None]:
+    """A rewrite command's ``[uri, range, version?, instruction?]``, checked."""
+    try:
+        if not 2 <= len(args) <= 4:
+            raise ValueError(f"{len(args)} arguments")
+        uri, rng = args[0], args[1]
+        version = args[2] if len(args) > 2 else None
+        instruction = args[3] if len(args) > 3 else None
+        rng = rng if isinstance(rng, types.Range) else CONVERTER.structure(rng, types.Range)
+        if not isinstance(uri, str) or not (version is None or isinstance(version, int)) \
+                or not (instruction is None or isinstance(instruction, str)):
+            raise TypeError("uri and instruction are strings, version an integer")
+    except Exception as exc:  # noqa: BLE001 - whatever the arguments were, they are wrong
+        raise JsonRpcInvalidParams(f"expected [uri, range, version?, instruction?]: "
+                                   f"{structure_problem(exc)}") from None
+    return uri, rng, version, instruction
+
+
+def rewrite_edit(ls: DiffillServer, uri: str, version: int, text: str, best: dict[str, Any],
+                 label: str) -> tuple[types.WorkspaceEdit, bool]:
+    """The workspace edit of a rewrite's best candidate, and whether the client is asked to
+    show it for review first."""
+    edit_range = types.Range(start=ls.position(text, best["start"]),
+                             end=ls.position(text, best["end"]))
+    review = ls.state.annotated_edits and ls.state.settings.reviewEdits
+    if review:
+        # The client shows the change and applies it only if the user accepts it (VS Code:
+        # its refactor preview; the Neovim plugin: a diff in a floating window).
+        edit: types.TextEdit = types.AnnotatedTextEdit(
+            range=edit_range, new_text=best["text"], annotation_id=protocol.REVIEW_ANNOTATION)
+        notes = {protocol.REVIEW_ANNOTATION: types.ChangeAnnotation(
+            label=label, needs_confirmation=True,
+            description=f"model score {best['score']:.2f}" +
+            ("" if best.get("parses") is not False else "; the result does not parse"))}
+    else:
+        edit, notes = types.TextEdit(range=edit_range, new_text=best["text"]), None
+    if ls.state.versioned_edits:
+        return types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+            text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri,
+                                                                        version=version),
+            edits=[edit])], change_annotations=notes), bool(review)
+    return types.WorkspaceEdit(changes={uri: [edit]}), bool(review)
+
+
+async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, Any]:
+    uri, rng, version, instruction = rewrite_args(args)
+    doc = ls.document(uri)
+    if version is not None and doc.version != version:
+        raise RequestFailed("the document changed since the action was offered")
+    text, version = doc.source, doc.version
+    start, end = ls.offset(text, rng.start), ls.offset(text, rng.end)
+    if end <= start:
+        raise JsonRpcInvalidParams("the selection is empty")
+    result = await ls.run_infill(uri, start, end, action, instruction or None)
+    if ls.document(uri).version != version:
+        raise RequestFailed("the document changed while the model worked; nothing applied")
+    if not result["items"]:
+        return {"applied": False, "reason": "the model proposed nothing"}
+    best = result["items"][0]
+    label = "diffill: rewrite selection" if action == "rewrite" else "diffill: refine selection"
+    wedit, review = rewrite_edit(ls, uri, version, text, best, label)
+    # Written now, in this step of the request's task: a cancel that came in before it
+    # has already stopped the task at its last await (a task sending it later could
+    # send an edit for a request already cancelled).
+    sent = asyncio.wrap_future(ls.workspace_apply_edit(
+        types.ApplyWorkspaceEditParams(edit=wedit, label=label)))
+    try:
+        reply = await asyncio.shield(sent)
+    except asyncio.CancelledError:
+        # Cancelled after the edit went out: the answer says what the client did with it.
+        reply = await sent
+    answer = {"applied": bool(reply.applied), "text": best["text"], "reviewed": review,
+              "remasked": result.get("remasked", [])}
+    if not reply.applied and reply.failure_reason:
+        answer["reason"] = reply.failure_reason
+    return answer
+
+
+async def rewrite_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
+    return await rewrite(ls, _args(args), "rewrite")
+
+
+async def refine_selection(ls: DiffillServer, *args: Any) -> dict[str, Any]:
+    return await rewrite(ls, _args(args), "refine")
+
+
+async def status(ls: DiffillServer, *args: Any) -> dict[str, Any]:
+    st = await ls.ask("status", {})
+    st["lastLatencyMs"] = ls.state.last_latency_ms
+    st["withheld"] = ls.state.last_withheld
+    st["withheldBy"] = ls.state.last_withheld_by
+    st["typedAhead"] = ls.state.typed_ahead
+    st["workspaceFiles"] = {kind: len(lib) for kind, lib in ls.state.libraries.items()}
+    return st
+
+
+async def shutdown(ls: DiffillServer, params: None) -> None:
+    if ls.state.daemon is not None:
+        await ls.state.daemon.close()
+
+
+def create_server() -> DiffillServer:
+    """The one place every LSP feature and command is registered (the handlers are the
+    module's functions above)."""
+    server = DiffillServer()
+    server.feature(types.INITIALIZE)(initialize)
+    server.feature(types.INITIALIZED)(initialized)
+    server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)
+    server.feature(types.TEXT_DOCUMENT_DID_OPEN)(did_open)
+    server.feature(types.TEXT_DOCUMENT_DID_SAVE)(did_save)
+    server.feature(types.TEXT_DOCUMENT_DID_CHANGE)(did_change)
+    server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION,
+                   types.InlineCompletionOptions())(inline_completion)
+    server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())(completion)
+    server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
+        code_action_kinds=[types.CodeActionKind.RefactorRewrite]))(code_action)
+    server.command(protocol.CMD_REWRITE)(rewrite_selection)
+    server.command(protocol.CMD_REFINE)(refine_selection)
+    server.command(protocol.CMD_STATUS)(status)
+    server.feature(types.SHUTDOWN)(shutdown)
     return server
 
 
