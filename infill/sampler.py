@@ -614,38 +614,16 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
                               run_from=warm.upto if warm is not None and cached
                               else None)  # (1, L, V)
 
-    def judged(logits: torch.Tensor, d: list[int], i: int) -> tuple[torch.Tensor, int]:
-        """The distribution at column ``i`` after the draft's first ``i`` tokens (the lead's
-        constraint applied, masks never an answer), and its likeliest token."""
-        logits = logits[i].float()  # (V,)
-        logits[mask_id] = float("-inf")
-        rest = lead.remaining(d[:i] + [mask_id], mask_id) if lead is not None else ""
-        if rest:
-            keep = lead.vocab.consistent(rest, logits.shape[-1], logits.device)
-            logits = logits.masked_fill(~keep, float("-inf"))
-        p = torch.softmax(logits, dim=-1)
-        return p, int(p.argmax())
-
     rows = [(j, i) for j, d in enumerate(cut) for i in range(1, len(d) + 1)]
     where = {(j, 0): first[0] for j in range(len(cut))}
     if rows:
-        R = len(rows)
-        batch = ids.repeat(R, 1)
-        for r, (j, i) in enumerate(rows):
-            batch[r, lo:lo + i] = torch.tensor(cut[j][:i], device=ids.device)
-        rows_cache = None
-        if cache is not None:
-            rows_cache = KVCache([k.expand(R, -1, -1, -1).clone() for k in cache.keys],
-                                 [v.expand(R, -1, -1, -1).clone() for v in cache.values])
-        more = model.span_logits(batch, lo, lo + length, key_mask=key_mask.expand(R, -1),
-                                 cache=rows_cache)  # (R, L, V): (R, H_kv, T, D) keys cached
-        where.update({row: more[r] for r, row in enumerate(rows)})
+        where.update(_draft_rows(model, ids, key_mask, lo, length, cut, rows, cache))
     filler = set(prof.filler_ids)
     out = []
     for j, d in enumerate(cut):
         v = Verified(support=given[j].support, rank=j)
         for i in range(len(d) + 1):
-            p, top = judged(where[(j, i)], d, i)
+            p, top = _judged(where[(j, i)][i], d[:i], lead, mask_id)
             if i == len(d):
                 if top in filler:
                     v.end = float(p[top])
@@ -658,6 +636,38 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
             v.tokens.append(d[i])
         out.append(v)
     return out, cache, 1 + bool(rows)
+
+
+def _draft_rows(model: DiffusionModel, ids: torch.Tensor, key_mask: torch.Tensor, lo: int,
+                length: int, cut: list[list[int]], rows: list[tuple[int, int]],
+                cache: KVCache | None) -> dict[tuple[int, int], torch.Tensor]:
+    """The verifier's second pass: one row per ``(draft j, token i)``, the gap holding the
+    draft's first ``i`` tokens and masks after them; each row's logits (L, V)."""
+    R = len(rows)
+    batch = ids.repeat(R, 1)
+    for r, (j, i) in enumerate(rows):
+        batch[r, lo:lo + i] = torch.tensor(cut[j][:i], device=ids.device)
+    rows_cache = None
+    if cache is not None:
+        rows_cache = KVCache([k.expand(R, -1, -1, -1).clone() for k in cache.keys],
+                             [v.expand(R, -1, -1, -1).clone() for v in cache.values])
+    more = model.span_logits(batch, lo, lo + length, key_mask=key_mask.expand(R, -1),
+                             cache=rows_cache)  # (R, L, V): (R, H_kv, T, D) keys cached
+    return {row: more[r] for r, row in enumerate(rows)}
+
+
+def _judged(logits: torch.Tensor, written: list[int], lead: TokenHealing | None,
+            mask_id: int) -> tuple[torch.Tensor, int]:
+    """The distribution (V,) at a column after the draft's ``written`` tokens (the lead's
+    constraint applied, masks never an answer), and its likeliest token."""
+    logits = logits.float()  # (V,)
+    logits[mask_id] = float("-inf")
+    rest = lead.remaining(written + [mask_id], mask_id) if lead is not None else ""
+    if rest:
+        keep = lead.vocab.consistent(rest, logits.shape[-1], logits.device)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    p = torch.softmax(logits, dim=-1)
+    return p, int(p.argmax())
 
 
 @dataclass
@@ -676,6 +686,13 @@ class Gap:
     sample_under: float = 0.0
     """When no draft scores at least this, the sampler writes its own fill too and both are
     ranked together (an explicit ask: the floor would withhold every draft)."""
+
+    def mask_counts(self) -> list[int]:
+        """Its rows' mask counts, ascending, once each."""
+        lens = sorted({int(n) for n in self.lengths if n > 0})
+        if not lens:
+            raise ValueError("at least one positive length is needed")
+        return lens
 
 
 def _keep_prefix(slot: PrefixSlot, head: list[int], cache: KVCache, warmed: bool) -> None:
@@ -698,6 +715,34 @@ def _writes_past(lead: TokenHealing | None, tokens: Sequence[int], mask_id: int)
         return False
     written = sum(len(lead.vocab.strings[t]) for t in tokens if 0 <= t < len(lead.vocab.strings))
     return written > len(lead.text)
+
+
+def _verify_gap(model: DiffusionModel, gap: Gap, settings: SamplerSettings,
+                slot: PrefixSlot | None) -> tuple[list[Candidate], KVCache | None, int]:
+    """A gap's drafts verified (:func:`verify_drafts`): the candidates they give, the cache
+    of their pass and the passes spent. ``slot`` (prefix reuse): the verification starts
+    warm from the document's last request, and when the drafts answer, the slot keeps this
+    window's positions for the next."""
+    prof = model.profile
+    head = ([prof.bos_id] if prof.bos_id is not None else []) + list(gap.prefix)
+    warm = warm_start(slot.state, head, torch.Size([1, len(head) + gap.draft_length +
+                                                   len(gap.suffix)])) \
+        if slot is not None and slot.state else None
+    verified, cache, n = verify_drafts(
+        model, gap.prefix, gap.suffix, gap.drafts, gap.draft_length,
+        floor=settings.draft_floor, ratio=settings.draft_ratio, lead=gap.lead,
+        warm=warm, cached=cache_mode(settings, model) == "dual")
+    done = [v.candidate(gap.draft_length) for v in verified
+            if v.tokens and _writes_past(gap.lead, v.tokens, prof.mask_id)]
+    if done and max(c.score for c in done) >= gap.sample_under and slot is not None and \
+            cache is not None:
+        _keep_prefix(slot, head, cache, warm is not None)
+    return done, cache, n
+
+
+def _stopped(cancel: Sequence[Callable[[], bool] | None] | None, j: int) -> bool:
+    """Whether job ``j``'s caller has asked to stop."""
+    return bool(cancel and cancel[j] and cancel[j]())
 
 
 def infill_many(model: DiffusionModel,
@@ -723,49 +768,31 @@ def infill_many(model: DiffusionModel,
     (best first) and the forward passes spent.
     """
     gaps = [j if isinstance(j, Gap) else Gap(*j) for j in jobs]
-    reusing = slot is not None and len(gaps) == 1 and settings.reuse_prefix and \
-        cache_mode(settings, model) == "dual"
-    prof = model.profile
-    bos = [prof.bos_id] if prof.bos_id is not None else []
+    # Prefix reuse: one gap, the dual cache, and the settings allow it.
+    reusing = slot if len(gaps) == 1 and settings.reuse_prefix and \
+        cache_mode(settings, model) == "dual" else None
     results: list[list[Candidate] | None] = [[] for _ in gaps]
     verify_passes = 0
     verified_cache: KVCache | None = None
     rows, owner, leads = [], [], []
     for j, gap in enumerate(gaps):
         if gap.drafts:
-            if cancel and cancel[j] and cancel[j]():
+            if _stopped(cancel, j):
                 results[j] = None
                 continue
-            head = bos + list(gap.prefix)
-            warm = warm_start(slot.state, head, torch.Size([1, len(head) + gap.draft_length +
-                                                       len(gap.suffix)]))\
-                if reusing and slot is not None and slot.state else None
-            verified, verified_cache, n = verify_drafts(
-                model, gap.prefix, gap.suffix, gap.drafts, gap.draft_length,
-                floor=settings.draft_floor, ratio=settings.draft_ratio, lead=gap.lead,
-                warm=warm, cached=cache_mode(settings, model) == "dual")
+            done, verified_cache, n = _verify_gap(model, gap, settings, reusing)
             verify_passes = max(verify_passes, n)
-            done = [v.candidate(gap.draft_length) for v in verified
-                    if v.tokens and _writes_past(gap.lead, v.tokens, prof.mask_id)]
             if done:
                 results[j] = done
                 if max(c.score for c in done) >= gap.sample_under:
-                    if reusing and slot is not None and verified_cache is not None:
-                        _keep_prefix(slot, head, verified_cache, warm is not None)
-                    continue
-        lens = sorted({int(n) for n in gap.lengths if n > 0})
-        if not lens:
-            raise ValueError("at least one positive length is needed")
-        for n in lens:
+                    continue  # the drafts answer: no rows for this gap
+        for n in gap.mask_counts():
             rows.append((gap.prefix, gap.suffix, n))
             owner.append(j)
             leads.append(gap.lead)
-    passes = 0
-    if rows:
-        passes = _denoise_rows(model, rows, owner, leads, results, settings=settings,
-                               cancel=cancel, previews=previews,
-                               slot=slot if reusing else None,
-                               verified=verified_cache if len(gaps) == 1 else None)
+    passes = _denoise_rows(model, rows, owner, leads, results, settings=settings,
+                           cancel=cancel, previews=previews, slot=reusing,
+                           verified=verified_cache if len(gaps) == 1 else None) if rows else 0
     for cands in results:
         if cands is not None:
             cands.sort(key=lambda c: c.rank_key)
