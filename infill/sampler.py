@@ -29,8 +29,8 @@ from diffill.model import DiffusionModel, KVCache
 
 from .api import DEFAULT_BLOCK, Cancelled, SamplerSettings
 from .rank import candidate_key
-from .steps import (FillerOrder, TokenHealing, HealingRule, NoEmptyFill, Passes, Rows, Schedule, Step,
-                    StepRule)
+from .steps import (FillerOrder, HealingRule, NoEmptyFill, Passes, Rows, Schedule, Step,
+                    StepRule, TokenHealing)
 
 
 @dataclass
@@ -582,7 +582,8 @@ def accepts(p_token: float, p_top: float, floor: float, ratio: float) -> bool:
 @torch.inference_mode()
 def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
                   drafts: Sequence["Draft | Sequence[int]"], length: int, *, floor: float = 0.3,
-                  ratio: float = 1.0, lead: TokenHealing | None = None, warm: WarmStart | None = None,
+                  ratio: float = 1.0, lead: TokenHealing | None = None,
+                  warm: WarmStart | None = None,
                   cached: bool = True) -> tuple[list[Verified], KVCache | None, int]:
     """Check drafts the diffusion way: two passes, however many drafts.
 
@@ -763,9 +764,9 @@ def infill_many(model: DiffusionModel,
     A job whose ``cancel`` turns true is dropped at the next step and comes back as None; the
     others go on. A job's ``previews`` entry, when set, is called after every step with what its
     longest gap has committed so far. ``slot`` (one job, dual cache, ``reuse_prefix``) is
-    the document's :class:`PrefixSlot`: the window positions it shares with the document's last request are
-    not run again, and this request's are kept for the next. Returns each job's candidates
-    (best first) and the forward passes spent.
+    the document's :class:`PrefixSlot`: the window positions it shares with the document's
+    last request are not run again, and this request's are kept for the next. Returns each
+    job's candidates (best first) and the forward passes spent.
     """
     gaps = [j if isinstance(j, Gap) else Gap(*j) for j in jobs]
     # Prefix reuse: one gap, the dual cache, and the settings allow it.
@@ -805,8 +806,9 @@ def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequenc
                   cancel: Sequence[Callable[[], bool]] | None,
                   previews: Sequence[Preview | None] | None, slot: PrefixSlot | None,
                   verified: KVCache | None) -> int:
-    """Run ``rows`` (``(prefix, suffix, masks)``, each owned by a job) in one batch and add each finished row's candidate to its job's
-    ``results`` (None for a job cancelled on the way). ``slot``: the one job's document
+    """Run ``rows`` (``(prefix, suffix, masks)``, each owned by a job) in one batch and add
+    each finished row's candidate to its job's ``results`` (None for a job cancelled on the
+    way). ``slot``: the one job's document
     (prefix reuse); ``verified``: the cache its drafts' verification just computed, whose
     context positions the first pass then reuses. Returns the passes run."""
     ids, key_mask, lo = layout_rows(model, rows)

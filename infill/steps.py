@@ -245,7 +245,8 @@ class StepRule:
 
 class Vocab:
     """Each token id's text, and which tokens are consistent with a piece of text, for
-    :class:`TokenHealing` (built once per model: a few thousand to a few hundred thousand strings)."""
+    :class:`TokenHealing` (built once per model: a few thousand to a few hundred thousand
+    strings)."""
 
     def __init__(self, strings: Sequence[str]) -> None:
         self.strings = list(strings)

@@ -27,8 +27,8 @@ from pygls.workspace.position_codec import PositionCodec
 from diffill.infill import drafts as drafting
 from diffill.infill.api import InfillRequest
 from diffill.infill.context import related_snippet
-from diffill.infill.text import (PositionError, line_bounds, line_starts, passed_over, past_line_end,
-                         position_of, typed_through)
+from diffill.infill.text import (PositionError, line_bounds, line_starts, passed_over,
+                                 past_line_end, position_of, typed_through)
 from diffill.infill.wire import request_to_wire, settings_to_wire
 
 from . import protocol
@@ -347,8 +347,9 @@ class DiffillServer(LanguageServer):
                  "position": {"line": at.line, "character": at.character}}
 
         def send(progress: dict[str, Any]) -> None:
-            self.protocol.notify(protocol.NOTIFY_PREVIEW, {**where, "text": progress.get("text", ""),
-                                                    "done": progress.get("done", 0.0)})
+            self.protocol.notify(protocol.NOTIFY_PREVIEW,
+                                 {**where, "text": progress.get("text", ""),
+                                  "done": progress.get("done", 0.0)})
         return send
 
     async def run_infill(self, uri: str, start: int, end: int | None, action: str,
@@ -460,7 +461,7 @@ async def inline_completion(ls: DiffillServer, params: types.InlineCompletionPar
     texts = [it["text"] for it in result["items"]]
     # An explicit ask gets what the model says, passed over or not.
     passed = shown.passed(text, cursor) if shown is not None and automatic else set()
-    texts = show(ls, doc.uri, text, cursor, texts, passed)
+    texts = ghosts_to_show(ls, doc.uri, text, cursor, texts, passed)
     items = [types.InlineCompletionItem(insert_text=t, range=types.Range(start=pos, end=pos))
              for t in texts]
     return types.InlineCompletionList(items=items)
@@ -476,8 +477,8 @@ async def paused(ls: DiffillServer, uri: str, version: int) -> bool:
     return ls.document(uri).version == version
 
 
-def show(ls: DiffillServer, uri: str, text: str, cursor: int, texts: list[str],
-         passed: set[str]) -> list[str]:
+def ghosts_to_show(ls: DiffillServer, uri: str, text: str, cursor: int, texts: list[str],
+                   passed: set[str]) -> list[str]:
     """The ghosts to show, and the :class:`LastGhost` remembered for the next keystrokes:
     what the user just typed past (``passed``) is not shown again, and stays one their next
     keys are compared with."""
