@@ -38,6 +38,27 @@ from .sampler import Candidate, authors_probs, layout, position_scores, sample_t
 from .steps import choose_commits, threshold_commits
 
 
+def _resize(gap: torch.Tensor, conf: torch.Tensor, commit: torch.Tensor,
+            delete: torch.Tensor, prof, max_length: int,
+            stops: list[float]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The gap after one step's length changes: committed delete tokens leave it (their
+    confidences go to ``stops``), each committed expand token becomes two masks. Returns the
+    gap, its confidences and the expansions spent."""
+    gone = commit & torch.isin(gap, delete)
+    if bool(gone.any()):
+        stops.extend(conf[gone].tolist())
+        gap, conf, commit = gap[~gone], conf[~gone], commit[~gone]
+    grow = commit & (gap == prof.expand_id)
+    if not bool(grow.any()):
+        return gap, conf, 0
+    reps = torch.where(grow, 2, 1)
+    conf = torch.repeat_interleave(torch.where(grow, torch.ones_like(conf), conf), reps)
+    gap = torch.repeat_interleave(torch.where(grow, prof.mask_id, gap), reps)
+    if len(gap) > max_length:  # DreamOn cuts the window back to its maximum
+        gap, conf = gap[:max_length], conf[:max_length]
+    return gap, conf, int(grow.sum())
+
+
 def commit_count(masked: int, initial: int, steps: int) -> int:
     """Masks committed per step by the fixed and blocks schedules: the initial gap spread over
     ``steps`` passes (one per pass when ``steps`` is 0, as DreamOn does), at least one."""
@@ -105,20 +126,8 @@ def infill_variable(model: DiffusionModel, prefix: Sequence[int], suffix: Sequen
             commit = choose_commits(scores, masked, torch.tensor([k]))[0]
         gap = torch.where(commit, tokens, gap)
         conf = torch.where(commit, p_tok, conf)
-        # Delete: the committed delete tokens leave the window.
-        gone = commit & torch.isin(gap, delete)
-        if bool(gone.any()):
-            stops.extend(conf[gone].tolist())
-            gap, conf, commit = gap[~gone], conf[~gone], commit[~gone]
-        # Expand: each committed expand token becomes two masks in its place.
-        grow = commit & (gap == expand_id)
-        if bool(grow.any()):
-            reps = torch.where(grow, 2, 1)
-            conf = torch.repeat_interleave(torch.where(grow, torch.ones_like(conf), conf), reps)
-            gap = torch.repeat_interleave(torch.where(grow, mask_id, gap), reps)
-            budget -= int(grow.sum())
-            if len(gap) > max_length:  # DreamOn cuts the window back to its maximum
-                gap, conf = gap[:max_length], conf[:max_length]
+        gap, conf, grown = _resize(gap, conf, commit, delete, prof, max_length, stops)
+        budget -= grown
     kept = gap[gap != mask_id].tolist()
     scored = conf[gap != mask_id].tolist() + stops[:1]
     score = sum(scored) / len(scored) if scored else 0.0

@@ -316,24 +316,44 @@ def _lines_back(document: str, offset: int):
         start = document.rfind("\n", 0, start - 1) + 1
 
 
-def python_unit(document: str, lo: int, hi: int) -> str | None:
-    """The innermost ``def`` or ``class`` (with its decorators) whose header or body holds
-    ``document[lo:hi]``, dedented to stand alone; None at module level or where the lines do
-    not all share the header's indentation (a string or a bracket running out of it)."""
-    header = None
+def _unit_header(lines) -> tuple[int, str] | None:
+    """(start, indentation) of the nearest ``def`` or ``class`` header above, read from
+    ``lines`` (walking back), that is shallower than every code line passed on the way; None
+    when module-level code comes first."""
     body_indent: int | None = None  # least indentation of the code lines below a candidate
-    lines = _lines_back(document, lo)
     for start, line in lines:
         code = line.lstrip(" \t")
         if not code or code.startswith("#"):
             continue
         indent = len(line) - len(code)
         if _HEADER.match(line) and (body_indent is None or indent < body_indent):
-            header = (start, line[:indent])
-            break
+            return start, line[:indent]
         body_indent = indent if body_indent is None else min(body_indent, indent)
         if body_indent == 0:
-            return None  # module level: no def or class holds the span
+            return None
+    return None
+
+
+def _unit_end(document: str, after: int, indent: str) -> int:
+    """Where a unit whose header has ``indent`` ends: at the newline before the next code
+    line, from ``after`` on, indented no deeper than the header (-1: the document's end)."""
+    end = document.find("\n", after)
+    while end >= 0:
+        nxt = document.find("\n", end + 1)
+        line = document[end + 1:nxt if nxt >= 0 else len(document)]
+        code = line.lstrip(" \t")
+        if code and not code.startswith("#") and len(line) - len(code) <= len(indent):
+            return end
+        end = nxt
+    return end
+
+
+def python_unit(document: str, lo: int, hi: int) -> str | None:
+    """The innermost ``def`` or ``class`` (with its decorators) whose header or body holds
+    ``document[lo:hi]``, dedented to stand alone; None at module level or where the lines do
+    not all share the header's indentation (a string or a bracket running out of it)."""
+    lines = _lines_back(document, lo)
+    header = _unit_header(lines)
     if header is None:
         return None
     first, prefix = header
@@ -341,14 +361,7 @@ def python_unit(document: str, lo: int, hi: int) -> str | None:
         if not line.startswith(prefix + "@"):
             break
         first = start
-    end = document.find("\n", hi - 1 if hi > lo else hi)  # a fill's own last newline counts
-    while end >= 0:  # the unit ends at the next code line indented no deeper than its header
-        nxt = document.find("\n", end + 1)
-        line = document[end + 1:nxt if nxt >= 0 else len(document)]
-        code = line.lstrip(" \t")
-        if code and not code.startswith("#") and len(line) - len(code) <= len(prefix):
-            break
-        end = nxt
+    end = _unit_end(document, hi - 1 if hi > lo else hi, prefix)  # a fill's last newline counts
     unit = document[first:end if end >= 0 else len(document)].split("\n")
     if any(x.strip() and not x.startswith(prefix) for x in unit):
         return None

@@ -176,72 +176,90 @@ def dream_top_k(config: Mapping[str, Any]) -> int | None:
     return value
 
 
+def _dream_profile(family: str, config: Mapping[str, Any],
+                   vocab: Mapping[str, int]) -> FamilyProfile:
+    """Dream and the families that share its tokenizer: Dream-Coder, DiffuCoder, DreamOn."""
+    mask = _id(vocab, "<|mask|>") or config.get("mask_token_id") or DREAM_MASK
+    eos = _id(vocab, "<|endoftext|>")
+    eos = eos if eos is not None else config.get("eos_token_id", DREAM_EOS)
+    if family == "diffucoder":
+        filler = _ids(_id(vocab, "<|dlm_pad|>"), eos)
+    else:
+        filler = _ids(eos)
+    dreamon = family == "dreamon"
+    return FamilyProfile(
+        name=family, mask_id=int(mask), filler_ids=filler, shift_logits=True,
+        filler_mode="delete" if dreamon else "truncate",
+        expand_id=(_id(vocab, "<|expand|>") or DREAMON_EXPAND) if dreamon else None,
+        commit_rule="dream", score_top_k=dream_top_k(config),
+        # DreamOn frames an infill with Dream's BOS and EOS.
+        bos_id=_id(vocab, "<|beginoftext|>") if dreamon else None,
+        end_id=filler[0] if dreamon else None,
+    )
+
+
+def _llada_profile(family: str, config: Mapping[str, Any],
+                   vocab: Mapping[str, int]) -> FamilyProfile:
+    cfg_mask = config.get("mask_token_id")
+    mask = cfg_mask if cfg_mask is not None else (_id(vocab, "<|mdm_mask|>") or LLADA_MASK)
+    eos_id = config.get("eos_token_id", LLADA_EOS)
+    return FamilyProfile(name="llada", mask_id=int(mask),
+                         filler_ids=_ids(eos_id, _id(vocab, "<|eot_id|>")),
+                         shift_logits=False, commit_rule="llada",
+                         bos_id=config.get("bos_token_id", _id(vocab, "<|startoftext|>")))
+
+
+def _open_dcoder_profile(family: str, config: Mapping[str, Any],
+                         vocab: Mapping[str, int]) -> FamilyProfile:
+    mask = _id(vocab, "<M>")
+    if mask is None:
+        raise ProfileError("open-dcoder checkpoints need the <M> mask token in the tokenizer")
+    return FamilyProfile(name="open-dcoder", mask_id=mask,
+                         filler_ids=_ids(config.get("pad_token_id"),
+                                         _id(vocab, "<|endoftext|>")),
+                         shift_logits=True)
+
+
+def _diffill_profile(family: str, config: Mapping[str, Any],
+                     vocab: Mapping[str, int]) -> FamilyProfile:
+    meta = dict(config.get("diffill") or {})
+    mask, pad = _id(vocab, "<|mask|>"), _id(vocab, "<|pad|>")
+    if mask is None or pad is None:
+        raise ProfileError("a diffill checkpoint needs <|mask|> and <|pad|> in its tokenizer")
+    extra = {"window": int(meta["seq_len"])} if meta.get("seq_len") else {}
+    # Trained with every surplus mask of a gap set to one pad token: the setting where
+    # confidence order commits the far-end pad first and shortens fills (measured on
+    # diffill-small, see its card), so filler goes left to right.
+    rainbow = [_id(vocab, f"<|pad_{k}|>") for k in range(1, int(meta.get("pad_tokens", 1)))]
+    if None in rainbow:
+        raise ProfileError("config.json names more pad tokens than the tokenizer has")
+    profile = FamilyProfile(name="diffill", mask_id=mask,
+                            filler_ids=_ids(pad, *rainbow, _id(vocab, "<|endoftext|>")),
+                            shift_logits=bool(meta.get("shift_logits", False)),
+                            bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None,
+                            filler_order=str(meta.get("filler_order", "left")),
+                            max_fill=int(meta["max_fill"]) if meta.get("max_fill") else None,
+                            min_confidence=parse_floors(meta.get("min_confidence")),
+                            cache=str(meta.get("cache", "none")),
+                            extra=extra)
+    return profile.with_overrides({k: meta[k] for k in ("block_size", "refresh") if k in meta})
+
+
+_BUILDERS = {"dream": _dream_profile, "dream-coder": _dream_profile,
+             "diffucoder": _dream_profile, "dreamon": _dream_profile,
+             "llada": _llada_profile, "open-dcoder": _open_dcoder_profile,
+             "diffill": _diffill_profile}
+
+
 def build_profile(config: Mapping[str, Any], vocab: Mapping[str, int],
                   family: str | None = None,
                   overrides: Mapping[str, Any] | None = None) -> FamilyProfile:
     """The profile of a checkpoint; ``family`` forces one, ``overrides`` replace fields."""
     family = family or detect_family(config, vocab)
-    cfg_mask = config.get("mask_token_id")
-    eos = _id(vocab, "<|endoftext|>")
-    if family in ("dream", "dream-coder", "diffucoder", "dreamon"):
-        mask = _id(vocab, "<|mask|>") or cfg_mask or DREAM_MASK
-        eos = eos if eos is not None else config.get("eos_token_id", DREAM_EOS)
-        if family == "diffucoder":
-            filler = _ids(_id(vocab, "<|dlm_pad|>"), eos)
-        else:
-            filler = _ids(eos)
-        profile = FamilyProfile(
-            name=family, mask_id=int(mask), filler_ids=filler, shift_logits=True,
-            filler_mode="delete" if family == "dreamon" else "truncate",
-            expand_id=(_id(vocab, "<|expand|>") or DREAMON_EXPAND) if family == "dreamon" else None,
-            commit_rule="dream", score_top_k=dream_top_k(config),
-            # DreamOn frames an infill with Dream's BOS and EOS.
-            bos_id=_id(vocab, "<|beginoftext|>") if family == "dreamon" else None,
-            end_id=filler[0] if family == "dreamon" else None,
-        )
-    elif family == "llada":
-        mask = cfg_mask if cfg_mask is not None else (_id(vocab, "<|mdm_mask|>") or LLADA_MASK)
-        eos_id = config.get("eos_token_id", LLADA_EOS)
-        profile = FamilyProfile(name="llada", mask_id=int(mask),
-                                filler_ids=_ids(eos_id, _id(vocab, "<|eot_id|>")),
-                                shift_logits=False, commit_rule="llada",
-                                bos_id=config.get("bos_token_id",
-                                                  _id(vocab, "<|startoftext|>")))
-    elif family == "open-dcoder":
-        mask = _id(vocab, "<M>")
-        if mask is None:
-            raise ProfileError("open-dcoder checkpoints need the <M> mask token in the tokenizer")
-        pad = config.get("pad_token_id")
-        profile = FamilyProfile(name="open-dcoder", mask_id=mask,
-                                filler_ids=_ids(pad, _id(vocab, "<|endoftext|>")),
-                                shift_logits=True)
-    elif family == "diffill":
-        meta = dict(config.get("diffill") or {})
-        mask, pad = _id(vocab, "<|mask|>"), _id(vocab, "<|pad|>")
-        if mask is None or pad is None:
-            raise ProfileError("a diffill checkpoint needs <|mask|> and <|pad|> in its tokenizer")
-        extra = {"window": int(meta["seq_len"])} if meta.get("seq_len") else {}
-        # Trained with every surplus mask of a gap set to one pad token: the setting where
-        # confidence order commits the far-end pad first and shortens fills (measured on
-        # diffill-small, see its card), so filler goes left to right.
-        rainbow = [_id(vocab, f"<|pad_{k}|>") for k in range(1, int(meta.get("pad_tokens", 1)))]
-        if None in rainbow:
-            raise ProfileError("config.json names more pad tokens than the tokenizer has")
-        profile = FamilyProfile(name="diffill", mask_id=mask,
-                                filler_ids=_ids(pad, *rainbow, eos),
-                                shift_logits=bool(meta.get("shift_logits", False)),
-                                bos_id=_id(vocab, "<|endoftext|>") if meta.get("bos") else None,
-                                filler_order=str(meta.get("filler_order", "left")),
-                                max_fill=int(meta["max_fill"]) if meta.get("max_fill") else None,
-                                min_confidence=parse_floors(meta.get("min_confidence")),
-                                cache=str(meta.get("cache", "none")),
-                                extra=extra)
-        profile = profile.with_overrides({k: meta[k] for k in ("block_size", "refresh")
-                                          if k in meta})
-    else:
+    if family not in _BUILDERS:
         raise ProfileError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    profile = _BUILDERS[family](family, config, vocab).with_overrides(overrides)
     vocab_size = config.get("vocab_size") or config.get("embedding_size")
-    profile = profile.with_overrides(overrides)
     if vocab_size is not None and profile.mask_id >= int(vocab_size):
         raise ProfileError(f"mask id {profile.mask_id} is outside the vocabulary ({vocab_size})")
     return profile
