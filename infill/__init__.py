@@ -14,7 +14,7 @@ _EXPORTS = {
     "ACTIONS": "api", "Completion": "api", "InfillRequest": "api", "InfillResult": "api",
     "InfillSettings": "api", "with_overrides": "api", "Cancelled": "api",
     "SamplerSettings": "api", "Submission": "api", "DocumentKey": "api", "Engine": "engine",
-    "make_engine": "engines", "Candidate": "sampler",
+    "make_engine": "engines", "InfillEngine": "engines", "Candidate": "sampler",
     "denoise": "sampler", "infill": "sampler", "infill_many": "sampler", "refine": "sampler",
     "InputError": "text", "PositionError": "text", "decode_source": "text", "offset_at": "text",
     "position_of": "text",

@@ -28,7 +28,7 @@ from . import post
 from .api import (MAX_MASKS, Cancelled, Completion, InfillRequest, InfillResult,
                   InfillSettings, Submission)
 from .context import encode, format_extra, prefix_window, suffix_window
-from .engine import Engine
+from .engine import EngineBase
 from .text import InputError
 
 CURSOR = "<CURSOR>"
@@ -156,11 +156,10 @@ class Prompt:
     max_new_tokens: int
 
 
-class BlockEngine(Engine):
-    """The :class:`Engine` interface over a block-diffusion chat model: completions and
-    rewrites (with or without an instruction); refine needs a mask model."""
+class BlockEngine(EngineBase[BlockDiffusionModel]):
+    """Completions and rewrites (with or without an instruction) on a block-diffusion chat
+    model; refine needs a mask model."""
 
-    model: BlockDiffusionModel  # type: ignore[assignment]
     serves_between_steps = False
     """``generate`` may keep a static cache on the model itself (``cache_implementation:
     static`` in a generation config): a second ``generate`` run from inside the first one's

@@ -1,12 +1,35 @@
-"""The engine for a loaded model, whichever kind it is."""
+"""The engine interface the daemon and the CLI talk to, and the engine for a loaded model."""
 
 from __future__ import annotations
 
-from .api import InfillSettings
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from .api import InfillRequest, InfillResult, InfillSettings, Submission
 from .engine import Engine
 
 
-def make_engine(model, settings: InfillSettings = InfillSettings()) -> Engine:
+@runtime_checkable
+class InfillEngine(Protocol):
+    """What a front end needs of an engine (:class:`~infill.engine.Engine` for mask models,
+    :class:`~infill.block.BlockEngine` for block-diffusion chat models)."""
+
+    model: Any
+    tokenizer: Any
+    serves_between_steps: bool
+    prefix_reuses: int
+    shed: int
+    quick: int
+
+    def run(self, req: InfillRequest, settings: InfillSettings | None = None,
+            cancel: Callable[[], bool] | None = None) -> InfillResult: ...
+
+    def run_batch(self, submissions: Sequence[Submission], settings: InfillSettings,
+                  contended: bool = False) -> list[InfillResult | BaseException]: ...
+
+    def min_confidence(self, s: InfillSettings, mode: str) -> float: ...
+
+
+def make_engine(model, settings: InfillSettings = InfillSettings()) -> InfillEngine:
     """:class:`~infill.engine.Engine` for mask-diffusion checkpoints,
     :class:`~infill.block.BlockEngine` for block-diffusion chat models (DiffusionGemma)."""
     from diffill.model.block_diffusion import BlockDiffusionModel

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
@@ -31,6 +31,9 @@ from .errors import RequestCancelled, UnsafeSocket, describe
 from .protocol import VERSION, build_id, is_message_id
 from .scheduler import DaemonJob, Scheduler
 from .sockets import check_peer, own_paths, private_folder
+
+if TYPE_CHECKING:  # the engine module imports torch, which the worker loads when it must
+    from diffill.infill.engines import InfillEngine
 
 log = logging.getLogger("diffill.daemon")
 
@@ -118,7 +121,7 @@ class Registry:
 
     def __init__(self, keep: int = 1) -> None:
         self.keep = keep
-        self.engines: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.engines: collections.OrderedDict[tuple, InfillEngine] = collections.OrderedDict()
         self.loads = 0
         self.load_seconds = 0.0
         self.on_load = lambda: None
@@ -130,7 +133,7 @@ class Registry:
         return (spec.get("checkpoint") or None, spec.get("device") or None,
                 spec.get("dtype") or None, spec.get("family") or None)
 
-    def get(self, key: tuple):
+    def get(self, key: tuple) -> InfillEngine:
         if key in self.engines:
             self.engines.move_to_end(key)
             return self.engines[key]
@@ -152,7 +155,7 @@ class Registry:
                     log.exception("could not load the previous model back")
             raise
 
-    def _load(self, key: tuple):
+    def _load(self, key: tuple) -> InfillEngine:
         """Load the model of ``key``, count it and keep its engine."""
         from diffill.infill import make_engine
         from diffill.model import load_model

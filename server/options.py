@@ -14,12 +14,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from diffill.infill.api import CACHES, FILLER_ORDERS, ORDERS, PASS_POSITIONS, REFRESHES, SCHEDULES
 from diffill.infill.post import MODES
 
 from .errors import BadInput, DiffillError, UsageError, classify
+
+if TYPE_CHECKING:  # the engines import torch; the commands that need one load it
+    from diffill.infill.engines import InfillEngine
 
 MARKER = "<|fill|>"
 log = logging.getLogger("diffill")
@@ -143,7 +146,7 @@ def _as_flags(message: str) -> str:
     return _SETTING_NAME.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
-def load_engine(args: argparse.Namespace):
+def load_engine(args: argparse.Namespace) -> InfillEngine:
     from diffill.infill import make_engine
     from diffill.model import load_model
     model = load_model(args.model, device=args.device, dtype=args.dtype, family=args.family)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import helpers
-from diffill.infill import Cancelled, InfillRequest, InfillSettings, make_engine
+from diffill.infill import Cancelled, InfillEngine, InfillRequest, InfillSettings, make_engine
 from diffill.infill import block
 from diffill.infill.context import ContextBudget
 from diffill.infill.text import InputError
@@ -141,6 +141,15 @@ def test_refine_and_misplaced_instructions_are_clear_errors(gemma):
         engine.run(InfillRequest(TEXT, 0, 10, action="refine"))
     with pytest.raises(InputError, match="goes with a rewrite"):
         engine.run(InfillRequest(TEXT, CURSOR_AT, instruction="be brief"))
+
+
+def test_both_engines_offer_the_engine_interface(gemma, diffill_ckpt):
+    mask, chat = make_engine(load_model(diffill_ckpt)), make_engine(gemma)
+    assert type(mask).__name__ == "Engine" and type(chat).__name__ == "BlockEngine"
+    for engine in (mask, chat):
+        assert isinstance(engine, InfillEngine)
+        assert engine.tokenizer is engine.model.tokenizer
+        assert engine.shed == engine.quick == engine.prefix_reuses == 0
 
 
 def test_an_instruction_to_a_mask_model_is_a_clear_error(diffill_ckpt):
