@@ -611,9 +611,11 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
     cut = [list(d.ids)[:length - 1] for d in given]
     ids, key_mask, lo = layout(model, prefix, suffix, [length])
     cache = (warm.cache if warm is not None else KVCache([], [])) if cached else None
+    run = None  # the whole window, filling the cache; after a warm start, the rest of it
+    if warm is not None and cached:
+        run = range(min(warm.upto, model.span_run(lo, lo + length).start), ids.shape[1])
     first = model.span_logits(ids, lo, lo + length, key_mask=key_mask, cache=cache,
-                              run_from=warm.upto if warm is not None and cached
-                              else None)  # (1, L, V)
+                              run=run)  # (1, L, V)
 
     rows = [(j, i) for j, d in enumerate(cut) for i in range(1, len(d) + 1)]
     where = {(j, 0): first[0] for j in range(len(cut))}
@@ -652,8 +654,9 @@ def _draft_rows(model: DiffusionModel, ids: torch.Tensor, key_mask: torch.Tensor
     if cache is not None:
         rows_cache = KVCache([k.expand(R, -1, -1, -1).clone() for k in cache.keys],
                              [v.expand(R, -1, -1, -1).clone() for v in cache.values])
+    run = model.span_run(lo, lo + length) if rows_cache is not None else None
     more = model.span_logits(batch, lo, lo + length, key_mask=key_mask.expand(R, -1),
-                             cache=rows_cache)  # (R, L, V): (R, H_kv, T, D) keys cached
+                             cache=rows_cache, run=run)  # (R, L, V): (R, H_kv, T, D) cached
     return {row: more[r] for r, row in enumerate(rows)}
 
 

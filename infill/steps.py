@@ -103,10 +103,13 @@ class Passes:
         if self.leading and step.index > 0 and run is None and self._run_from is None and \
                 int(step.cols[0]) > 0:
             run = torch.arange(step.b0, step.b1, device=step.rows.ids.device)
+        if run is None and self.cache is not None and self.cache.length:
+            run = self.model.span_run(step.b0, step.b1)
+            if self._run_from is not None:  # the rest of a warm start's window
+                run = range(min(self._run_from, run.start), step.rows.ids.shape[1])
         logits = self.model.span_logits(step.rows.ids, step.b0, step.b1,
                                         key_mask=step.rows.key_mask, cache=self.cache,
-                                        columns=step.cols, run_from=self._run_from,
-                                        positions=run)
+                                        columns=step.cols, run=run)
         self._run_from, self._entry = None, None
         return logits
 

@@ -196,15 +196,11 @@ class DiffusionModel:
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
 
-    def _window(self, lo: int, hi: int) -> tuple[int, int, int]:
-        """Token positions whose hidden states give logits for positions lo..hi.
-
-        Shifted families read position i from hidden state i-1 (position 0 from itself), so the
-        pass covers lo-1..hi and drops its last state. Returns (start, stop, drop_last).
-        """
-        if not self.profile.shift_logits:
-            return lo, hi, 0
-        return max(lo - 1, 0), hi, 1
+    def span_run(self, lo: int, hi: int) -> range:
+        """The fewest window positions whose hidden states give the logits of positions
+        lo..hi: the span itself, or from the position before it in a shifted family (which
+        reads position i from hidden state i-1, position 0 from itself)."""
+        return range(max(lo - 1, 0) if self.profile.shift_logits else lo, hi)
 
     def _select(self, hidden: torch.Tensor, lo: int, hi: int, offset: int) -> torch.Tensor:
         if not self.profile.shift_logits:
@@ -219,45 +215,44 @@ class DiffusionModel:
         return (where - 1).clamp_min(0) if self.profile.shift_logits else where
 
     @torch.inference_mode()
-    def span_logits(self, ids: torch.Tensor, lo: int, hi: int,
+    def span_logits(self, ids: torch.Tensor, lo: int, hi: int, *,
                     key_mask: torch.Tensor | None = None,
                     cache: KVCache | None = None,
                     columns: torch.Tensor | None = None,
-                    run_from: int | None = None,
-                    positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, hi-lo, V) for positions lo..hi of ``ids`` (B, T), already aligned.
+                    run: range | torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, hi-lo, V) for positions lo..hi of ``ids`` (B, T), already aligned; with
+        ``columns`` (indices into the span) only those, (B, len(columns), V): the sampler asks
+        only where a mask is left, and on a CPU the output layer over every span position is a
+        third of a cached pass.
 
-        With ``cache=None`` the whole window is run. With an empty cache the whole window is run
-        and its K/V kept; with a filled cache only the span is run against the cached context.
-        ``columns`` (indices into the span) computes the output layer for those positions only,
-        (B, len(columns), V): the sampler asks only where a mask is left, and on a CPU the
-        output layer over every span position is a third of a cached pass. ``run_from`` with a
-        cache whose positions before it are already filled (an earlier request's prefix) runs
-        every position from there to the end of the window, filling the rest of the cache.
-        ``positions`` (ascending window positions, with a filled cache and ``columns``) runs only
-        those; they must include :meth:`logit_positions` of every column.
+        ``run`` names the window positions the pass computes (gpt-fast's ``input_pos``):
+        ``None`` all of them, filling ``cache`` when one is given (it must be empty); a
+        ``range`` one run of positions against a filled cache, whose entries for them it
+        overwrites (:meth:`span_run` is the least that gives the span; to the window's end,
+        it completes a cache an earlier request filled up to its start); a tensor of
+        ascending positions against a filled cache, which must include
+        :meth:`logit_positions` of every column.
         """
         B, T = ids.shape
-        if positions is not None:
-            if cache is None or cache.length == 0 or columns is None:
-                raise ValueError("a pass over chosen positions needs a filled cache and columns")
-            self._set_threads(B * positions.shape[0], T)
-            hidden = self.transformer.hidden(ids[:, positions], key_mask=key_mask, cache=cache,
-                                             positions=positions)
-            self.tokens_run += B * positions.shape[0]
-            logit_positions = self.logit_positions(lo, columns)
-            index = torch.searchsorted(positions, logit_positions)
-            if not bool((positions[index.clamp_max(len(positions) - 1)] == logit_positions).all()):
+        filled = cache is not None and cache.length > 0
+        if (run is None) == filled:
+            raise ValueError("a pass over the whole window fills an empty cache or none; "
+                             "a pass against a filled cache names the positions it runs")
+        if isinstance(run, torch.Tensor):
+            if columns is None:
+                raise ValueError("a pass over chosen positions needs columns")
+            self._set_threads(B * run.shape[0], T)
+            hidden = self.transformer.hidden(ids[:, run], key_mask=key_mask, cache=cache,
+                                             positions=run)
+            self.tokens_run += B * run.shape[0]
+            wanted = self.logit_positions(lo, columns)
+            index = torch.searchsorted(run, wanted)
+            if not bool((run[index.clamp_max(len(run) - 1)] == wanted).all()):
                 raise ValueError("positions must include the logit_positions of every column")
             return self.transformer.logits(hidden[:, index])
-        if cache is None or cache.length == 0:
-            start, stop = 0, T
-        elif run_from is not None:
-            start, stop = min(run_from, self._window(lo, hi)[0]), T
-        else:
-            start, stop, _ = self._window(lo, hi)
+        start, stop = (0, T) if run is None else (run.start, run.stop)
         self._set_threads(B * (stop - start), T)
-        if cache is None or cache.length == 0:
+        if run is None:
             hidden = self.transformer.hidden(ids, key_mask=key_mask, cache=cache)
         else:
             hidden = self.transformer.hidden(ids[:, start:stop], key_mask=key_mask, cache=cache,

@@ -25,11 +25,11 @@ from pygls.uris import to_fs_path
 from pygls.workspace.position_codec import PositionCodec
 
 from diffill.infill import drafts as drafting
-from diffill.infill.api import InfillRequest
+from diffill.infill.api import Completion, InfillRequest, InfillResult
 from diffill.infill.context import related_snippet
 from diffill.infill.text import (PositionError, line_bounds, line_starts, passed_over,
                                  past_line_end, position_of, typed_through)
-from diffill.infill.wire import request_to_wire, settings_to_wire
+from diffill.infill.wire import request_to_wire, result_from_wire, settings_to_wire
 
 from . import protocol
 from . import workspace as W
@@ -355,7 +355,7 @@ class DiffillServer(LanguageServer):
     async def run_infill(self, uri: str, start: int, end: int | None, action: str,
                          instruction: str | None = None,
                          preview_at: types.Position | None = None,
-                         automatic: bool = False) -> dict:
+                         automatic: bool = False) -> InfillResult:
         doc = self.document(uri)
         text = doc.source
         piece, base = self.slice_for(text, start, end if end is not None else start)
@@ -375,14 +375,13 @@ class DiffillServer(LanguageServer):
         if preview_at is not None and s.preview:
             params["preview"] = True
             on_progress = self.previewer(uri, preview_at)
-        result = await self.ask("infill", params, on_progress)
+        result = result_from_wire(await self.ask("infill", params, on_progress))
         self.state.last_latency_ms = round((time.perf_counter() - t0) * 1000, 1)
-        self.state.last_withheld = 0 if result["items"] else int(result.get("withheld") or 0)
-        self.state.last_withheld_by = {} if result["items"] else \
-            dict(result.get("withheld_by") or {})
-        for item in result["items"]:
-            item["start"] += base
-            item["end"] += base
+        self.state.last_withheld = 0 if result.items else result.withheld
+        self.state.last_withheld_by = {} if result.items else dict(result.withheld_by)
+        for item in result.items:  # offsets in the slice sent -> in the document
+            item.start += base
+            item.end += base
         self.notify_status("ready")
         return result
 
@@ -458,7 +457,7 @@ async def inline_completion(ls: DiffillServer, params: types.InlineCompletionPar
                                  automatic=automatic)
     if ls.document(doc.uri).version != version:
         return None  # the buffer changed while the model worked: this fill is stale
-    texts = [it["text"] for it in result["items"]]
+    texts = [it.text for it in result.items]
     # An explicit ask gets what the model says, passed over or not.
     passed = shown.passed(text, cursor) if shown is not None and automatic else set()
     texts = ghosts_to_show(ls, doc.uri, text, cursor, texts, passed)
@@ -505,9 +504,9 @@ async def completion(ls: DiffillServer, params: types.CompletionParams
     text = doc.source
     cursor = ls.offset(text, params.position)
     result = await ls.run_infill(doc.uri, cursor, None, "complete")
-    if not result["items"]:
+    if result.best is None:
         return types.CompletionList(is_incomplete=True, items=[])
-    best = result["items"][0]["text"]
+    best = result.best.text
     pos = ls.position(text, cursor)
     label = best.strip().splitlines()[0][:60] if best.strip() else best
     item = types.CompletionItem(label=label, kind=types.CompletionItemKind.Text,
@@ -549,24 +548,24 @@ def rewrite_args(args: list[Any]) -> tuple[str, types.Range, int | None, str | N
     return uri, rng, version, instruction
 
 
-def rewrite_edit(ls: DiffillServer, uri: str, version: int, text: str, best: dict[str, Any],
+def rewrite_edit(ls: DiffillServer, uri: str, version: int, text: str, best: Completion,
                  label: str) -> tuple[types.WorkspaceEdit, bool]:
     """The workspace edit of a rewrite's best candidate, and whether the client is asked to
     show it for review first."""
-    edit_range = types.Range(start=ls.position(text, best["start"]),
-                             end=ls.position(text, best["end"]))
+    edit_range = types.Range(start=ls.position(text, best.start),
+                             end=ls.position(text, best.end))
     review = ls.state.annotated_edits and ls.state.settings.reviewEdits
     if review:
         # The client shows the change and applies it only if the user accepts it (VS Code:
         # its refactor preview; the Neovim plugin: a diff in a floating window).
         edit: types.TextEdit = types.AnnotatedTextEdit(
-            range=edit_range, new_text=best["text"], annotation_id=protocol.REVIEW_ANNOTATION)
+            range=edit_range, new_text=best.text, annotation_id=protocol.REVIEW_ANNOTATION)
         notes = {protocol.REVIEW_ANNOTATION: types.ChangeAnnotation(
             label=label, needs_confirmation=True,
-            description=f"model score {best['score']:.2f}" +
-            ("" if best.get("parses") is not False else "; the result does not parse"))}
+            description=f"model score {best.score:.2f}" +
+            ("" if best.parses is not False else "; the result does not parse"))}
     else:
-        edit, notes = types.TextEdit(range=edit_range, new_text=best["text"]), None
+        edit, notes = types.TextEdit(range=edit_range, new_text=best.text), None
     if ls.state.versioned_edits:
         return types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
             text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri,
@@ -587,9 +586,9 @@ async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, 
     result = await ls.run_infill(uri, start, end, action, instruction or None)
     if ls.document(uri).version != version:
         raise RequestFailed("the document changed while the model worked; nothing applied")
-    if not result["items"]:
+    best = result.best
+    if best is None:
         return {"applied": False, "reason": "the model proposed nothing"}
-    best = result["items"][0]
     label = "diffill: rewrite selection" if action == "rewrite" else "diffill: refine selection"
     wedit, review = rewrite_edit(ls, uri, version, text, best, label)
     # Written now, in this step of the request's task: a cancel that came in before it
@@ -602,8 +601,8 @@ async def rewrite(ls: DiffillServer, args: list[Any], action: str) -> dict[str, 
     except asyncio.CancelledError:
         # Cancelled after the edit went out: the answer says what the client did with it.
         reply = await sent
-    answer = {"applied": bool(reply.applied), "text": best["text"], "reviewed": review,
-              "remasked": result.get("remasked", [])}
+    answer = {"applied": bool(reply.applied), "text": best.text, "reviewed": review,
+              "remasked": result.remasked}
     if not reply.applied and reply.failure_reason:
         answer["reason"] = reply.failure_reason
     return answer

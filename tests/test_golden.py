@@ -38,11 +38,11 @@ def models(tmp_path_factory):
 
 
 def _decode(model, case, **changes):
-    s = SamplerSettings(schedule=case["schedule"], steps=case["steps"], order=case["order"],
-                        temperature=0.0, faithful=True, cache=case.get("cache", "none"),
-                        refresh="block", pass_positions="block", reuse_prefix=False,
-                        threshold=case.get("threshold") or 0.9,
-                        block_size=case.get("block_size", 0), **changes)
+    fields = dict(schedule=case["schedule"], steps=case["steps"], order=case["order"],
+                  temperature=0.0, faithful=True, cache=case.get("cache", "none"),
+                  refresh="block", pass_positions="block", reuse_prefix=False,
+                  threshold=case.get("threshold") or 0.9, block_size=case.get("block_size", 0))
+    s = SamplerSettings(**{**fields, **changes})
     if case["family"] == "dreamon":  # a gap that finds its own length
         cand, _ = infill_variable(model, case["prefix"], case["suffix"], case["masks"],
                                   max_length=case["max_tokens"], settings=s)
@@ -60,8 +60,26 @@ def test_decoding_writes_the_ids_the_authors_decoder_wrote(models, kind):
     cases = [c for c in GOLDEN["cases"] if (c["family"], c["alg"], c["schedule"]) == kind]
     assert len(cases) >= 2
     wrong = [(c["steps"], c["masks"]) for c in cases
-             if _decode(models[f"{c['family']}-{c['checkpoint_seed']}"], c) != c["out"]]
+             if not _reproduced(models[f"{c['family']}-{c['checkpoint_seed']}"], c)]
     assert not wrong, f"{len(wrong)} of {len(cases)} differ (steps, masks): {wrong}"
+
+
+KNIFE_EDGE = 1e-5
+"""How far (relative) a case's threshold may be moved when it lies that close to a token's
+probability: the generator set thresholds among the probabilities of random weights, and a
+CPU with other vector units rounds a probability 2e-8 (4e-6 relative) to the other side of
+one (llada fast-dllm-threshold, 2 steps, 10 masks, on an AVX-512 Xeon)."""
+
+
+def _reproduced(model, case) -> bool:
+    """Whether diffill writes the reference's ids: as they are, or, for a threshold that sits
+    on a knife's edge, with the threshold moved by :data:`KNIFE_EDGE` either way."""
+    if _decode(model, case) == case["out"]:
+        return True
+    if not case.get("threshold"):
+        return False
+    return any(_decode(model, case, threshold=case["threshold"] * (1 + d)) == case["out"]
+               for d in (KNIFE_EDGE, -KNIFE_EDGE))
 
 
 def test_the_golden_cases_tell_the_rules_apart(models):

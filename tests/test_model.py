@@ -109,8 +109,10 @@ def test_dual_cache_span_pass_equals_full_pass_when_context_is_unchanged(qwen2_c
     cache = KVCache([], [])
     first = model.span_logits(ids, 5, 9, key_mask=key_mask, cache=cache)
     assert cache.length == 16
-    again = model.span_logits(ids, 5, 9, key_mask=key_mask, cache=cache)
+    again = model.span_logits(ids, 5, 9, key_mask=key_mask, cache=cache,
+                              run=model.span_run(5, 9))
     full = model.span_logits(ids, 5, 9, key_mask=key_mask)
+    assert model.span_run(5, 9) == (range(4, 9) if shift else range(5, 9))
     assert torch.allclose(first, full, atol=1e-5)
     assert torch.allclose(again, full, atol=1e-4)
 
@@ -281,7 +283,7 @@ def test_small_passes_run_on_one_thread_and_large_ones_on_all(qwen2_ckpt, monkey
         cache = KVCache([], [])
         model.span_logits(ids, 10, 14, cache=cache)  # the whole window: all threads
         assert torch.get_num_threads() == 2
-        model.span_logits(ids, 10, 14, cache=cache)  # 5 positions against the cache: one
+        model.span_logits(ids, 10, 14, cache=cache, run=model.span_run(10, 14))  # 5 or 4: one
         assert torch.get_num_threads() == 1
         model.threads = 1  # DIFFILL_THREADS=1: never more than one
         model.span_logits(ids, 10, 14)
@@ -313,10 +315,10 @@ def test_a_pass_over_chosen_positions_equals_the_span_pass_while_nothing_has_cha
     cache = KVCache([], [])
     model.span_logits(ids, 8, 16, cache=cache)
     columns = torch.tensor([1, 4, 5, 7])
-    span = model.span_logits(ids, 8, 16, cache=cache, columns=columns)
+    span = model.span_logits(ids, 8, 16, cache=cache, columns=columns, run=model.span_run(8, 16))
     before = [k.clone() for k in cache.keys]
     run = torch.unique(torch.cat([columns + 8, model.logit_positions(8, columns)]))
-    chosen = model.span_logits(ids, 8, 16, cache=cache, columns=columns, positions=run)
+    chosen = model.span_logits(ids, 8, 16, cache=cache, columns=columns, run=run)
     assert torch.allclose(chosen, span, atol=1e-4)
     # Only the chosen positions' keys were written: the rest are the span pass's, untouched.
     others = torch.ones(24, dtype=torch.bool)
@@ -328,7 +330,7 @@ def test_a_pass_over_chosen_positions_equals_the_span_pass_while_nothing_has_cha
     changed = ids.clone()
     p = int(run[0])
     changed[:, p] = (changed[:, p] + 1) % model.config.vocab_size
-    model.span_logits(changed, 8, 16, cache=cache, columns=columns, positions=run)
+    model.span_logits(changed, 8, 16, cache=cache, columns=columns, run=run)
     fresh = KVCache([], [])
     model.span_logits(changed, 8, 16, cache=fresh)
     assert torch.allclose(cache.keys[0][:, :, p], fresh.keys[0][:, :, p], atol=1e-5)
@@ -343,9 +345,11 @@ def test_a_pass_over_chosen_positions_must_cover_the_logits_it_returns(qwen2_ckp
     model.span_logits(ids, 8, 16, cache=cache)
     with pytest.raises(ValueError, match="logit_positions"):
         model.span_logits(ids, 8, 16, cache=cache, columns=torch.tensor([3]),
-                          positions=torch.tensor([11]))  # column 3 reads position 10
+                          run=torch.tensor([11]))  # column 3 reads position 10
     with pytest.raises(ValueError, match="filled cache"):
-        model.span_logits(ids, 8, 16, columns=torch.tensor([3]), positions=torch.tensor([10]))
+        model.span_logits(ids, 8, 16, columns=torch.tensor([3]), run=torch.tensor([10]))
+    with pytest.raises(ValueError, match="names the positions"):
+        model.span_logits(ids, 8, 16, cache=cache)  # a filled cache, and no run named
 
 
 def test_few_query_attention_is_sdpa_with_grouped_heads_and_padding():
@@ -383,7 +387,8 @@ def test_a_pass_of_few_queries_gives_the_logits_of_the_flash_kernel(qwen2_ckpt, 
         monkeypatch.setattr(transformer, "FEW_QUERIES", few)
         cache = KVCache([], [])
         model.span_logits(ids, 100, 106, key_mask=key_mask, cache=cache)
-        logits.append(model.span_logits(ids, 100, 106, key_mask=key_mask, cache=cache))
+        logits.append(model.span_logits(ids, 100, 106, key_mask=key_mask, cache=cache,
+                                        run=model.span_run(100, 106)))
         if few:
             assert len(used) == model.config.num_hidden_layers  # the span pass, every layer
     assert torch.allclose(logits[0], logits[1], atol=1e-5)

@@ -334,12 +334,10 @@ def _watch_passes(model, ids, lo, hi, key_mask, settings):
 
     def spy(ids_, lo_, hi_, **kw):
         nonlocal full_passes
-        cache = kw.get("cache")
-        full = cache is not None and cache.length == 0
+        run = kw.get("run")  # every pass names what it runs: None is the whole window
+        full = run is None
         full_passes += full
-        run = kw.get("positions")
-        where = range(ids_.shape[1]) if full else \
-            run.tolist() if run is not None else range(lo_ - 1, hi_)
+        where = range(ids_.shape[1]) if full else run if isinstance(run, range) else run.tolist()
         if not full:
             stale.extend(p for p in range(lo, hi_)
                          if p not in where and written.get(p) != int(ids_[0, p]))
