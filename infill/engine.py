@@ -18,6 +18,7 @@ from diffill.model import DiffusionModel
 from . import drafts as drafting
 from . import post, rank
 from .context import ContextBudget, Window, build_window, encode
+from .expand import infill_variable
 from .api import (ACTIONS, MAX_MASKS, Completion, DocumentKey, InfillRequest, InfillResult,
                   InfillSettings, Submission)
 from .sampler import (Cancelled, Candidate, Draft, Gap, PrefixSlot, infill_many,
@@ -299,7 +300,6 @@ class Engine(EngineBase[DiffusionModel]):
     def _run_variable(self, job: PreparedFill, cancel: Callable[[], bool] | None) -> InfillResult:
         """A DreamOn-style fill: one gap that expands or deletes masks until it fits, started
         at the job's (single) length and allowed to grow to ``variable_cap``."""
-        from .expand import infill_variable
         start = job.lengths[0]
         cand, passes = infill_variable(self.model, job.window.context_ids,
                                        job.window.suffix_ids, start,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from diffill.model.block_diffusion import BlockDiffusionModel
+
 from .api import InfillRequest, InfillResult, InfillSettings, Submission
+from .block import BlockEngine
 from .engine import Engine
 
 
@@ -32,8 +35,6 @@ class InfillEngine(Protocol):
 def make_engine(model, settings: InfillSettings = InfillSettings()) -> InfillEngine:
     """:class:`~infill.engine.Engine` for mask-diffusion checkpoints,
     :class:`~infill.block.BlockEngine` for block-diffusion chat models (DiffusionGemma)."""
-    from diffill.model.block_diffusion import BlockDiffusionModel
     if isinstance(model, BlockDiffusionModel):
-        from .block import BlockEngine
         return BlockEngine(model, settings)
     return Engine(model, settings)

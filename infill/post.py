@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
+import keyword
 import re
 import warnings
 from collections.abc import Set as AbstractSet
@@ -190,8 +192,6 @@ _BINDERS = re.compile(
 
 def python_names() -> frozenset[str]:
     """Keywords, soft keywords and builtins: names any Python file may use."""
-    import builtins
-    import keyword
     return frozenset(keyword.kwlist) | frozenset(getattr(keyword, "softkwlist", ())) | \
         frozenset(dir(builtins)) | {"self", "cls"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 
 
@@ -90,7 +91,6 @@ def offset_at(text: str, line: int, column: int, *, starts: list[int] | None = N
 
 def position_of(text: str, offset: int, *, starts: list[int] | None = None) -> tuple[int, int]:
     """0-based (line, column) of a character offset, the column in code points."""
-    import bisect
     starts = starts or line_starts(text)
     if not 0 <= offset <= len(text):
         raise PositionError(f"offset {offset} is outside the document")

@@ -10,15 +10,19 @@ answers are ``infill.block``'s business.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import psutil
 import torch
+from safetensors import safe_open
 
 from .errors import CheckpointError
+from .weights import WeightsError, weight_files
 
 log = logging.getLogger("diffill.model")
 
@@ -36,7 +40,8 @@ def is_block_diffusion(config: Mapping[str, Any]) -> bool:
 
 
 def _model_class():
-    """transformers' DiffusionGemma class, or a CheckpointError that says which version has it."""
+    """transformers' DiffusionGemma class, or a CheckpointError that says which version has it.
+    (transformers is imported where it is needed: seconds that a diffill checkpoint never pays.)"""
     try:
         from transformers import DiffusionGemmaForBlockDiffusion
     except ImportError:
@@ -49,9 +54,6 @@ def _model_class():
 
 def weight_census(folder: Path) -> tuple[int, dict[str, int]]:
     """(parameters, parameters per stored dtype) read from the safetensors headers alone."""
-    from safetensors import safe_open
-
-    from .weights import weight_files
     total, by_dtype = 0, {}
     for f in weight_files(folder):
         with safe_open(str(f), framework="pt") as handle:
@@ -77,7 +79,6 @@ def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    import psutil
     return int(psutil.virtual_memory().available)
 
 
@@ -159,7 +160,6 @@ def load_tokenizer(folder: Path):
 def check(folder: Path) -> tuple[int, Any]:
     """What can be checked without loading the weights: the tokenizer, its chat template and
     every weight file's header. Returns the parameter count and the tokenizer."""
-    from .weights import WeightsError
     _model_class()
     tokenizer = load_tokenizer(folder)
     try:
@@ -180,7 +180,6 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype) -> BlockDiffusi
     if device.type != "cpu":
         # Straight onto the GPU, shard by shard (transformers does that through accelerate);
         # without it the whole model would pass through host memory first.
-        import importlib.util
         if importlib.util.find_spec("accelerate") is None:
             raise CheckpointError("loading a DiffusionGemma checkpoint onto a GPU needs "
                                   "accelerate: pip install 'diffill[gpu]'")

@@ -15,24 +15,23 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import safe_open
 
 from . import block_diffusion
 from .config import ConfigError, ModelConfig, from_hf_config
 from .errors import CheckpointError
 from .profile import FamilyProfile, ProfileError, build_profile
 from .transformer import KVCache, Transformer
-from .weights import WeightsError, read_state_dict
+from .weights import WeightsError, read_state_dict, weight_files
 
 log = logging.getLogger("diffill.model")
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_CHECKPOINT = "diffill-small"
 PARALLEL_FLOPS = 2e9
-"""A forward pass with fewer floating-point operations than this runs on one CPU thread. Below
-it, waking a second thread for every matrix product costs more than the product: on a 2-core
-EPYC with passive waiting, a cached 16-position pass of diffill-small took 5.8 ms on two threads
-and 3.6 ms on one, a 28M model's 10.2 and 9.3 ms, a 79M model's 21.2 and 22.6 ms (one thread
-slower from here), while every full-window pass was faster on two (docs/performance.md)."""
+"""A forward pass with fewer floating-point operations than this runs on one CPU thread: below
+it, waking a second thread for every matrix product costs more than the product (the
+measurements are in docs/performance.md, "Threads per pass")."""
 THREADS_ENV = "DIFFILL_THREADS"
 _DEFAULT_THREADS = torch.get_num_threads()  # before any pass has changed it
 
@@ -57,7 +56,7 @@ def resolve_checkpoint(name: str | os.PathLike[str] | None) -> Path:
         raise CheckpointError(f"checkpoint {name!r} not found: no such folder, bundled model or "
                               "hub id (hub ids look like 'org/name')")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # only for a Hub id
         return Path(snapshot_download(repo_id=name, allow_patterns=HUB_FILES))
     except Exception as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
@@ -279,9 +278,6 @@ def check_checkpoint(checkpoint: str | os.PathLike[str] | None) -> Path:
     folder, config.json, the tokenizer and every weight file's header (a deleted, truncated
     or half-written checkpoint fails here). The daemon calls it before it unloads the model
     that is serving, so a bad request never leaves it with none."""
-    from safetensors import safe_open
-
-    from .weights import weight_files
     folder = resolve_checkpoint(checkpoint)
     raw = read_config(folder)
     if block_diffusion.is_block_diffusion(raw):

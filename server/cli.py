@@ -23,10 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from tqdm import tqdm
+
 from diffill.infill.wire import request_to_wire, result_from_wire, settings_to_wire
 
 from . import lsp_commands
-from .errors import EXIT_OK, BadInput, UsageError, classify
+from .daemon_client import DaemonClient, other_build
+from .errors import EXIT_OK, BadInput, DaemonUnavailable, UnsafeSocket, UsageError, classify
+from .protocol import socket_path
 from .options import (WORKSHOP, add_model_options, add_sampler_options, apply, base_parser,
                       build_request, command_of, load_engine, read_input, result_json, run,
                       settings_from_args)
@@ -105,7 +109,6 @@ def run_jsonl(args: argparse.Namespace, settings) -> int:
     gets an ``error`` line and the batch goes on; the exit code is non-zero if any request
     failed.
     """
-    from tqdm import tqdm
     path = args.jsonl
     if path == "-":
         lines = sys.stdin.read().splitlines()
@@ -155,10 +158,6 @@ def make_backend(args: argparse.Namespace):
     A CLI call never starts a daemon: scripted runs should not leave a process behind.
     """
     if not getattr(args, "no_daemon", True):
-        from .daemon_client import DaemonClient
-        from .errors import DaemonUnavailable, UnsafeSocket
-        from .protocol import socket_path
-        from .daemon_client import other_build
         try:
             client = DaemonClient(socket_path(args.socket))
             why = other_build(client.call("hello", {"name": "cli"}))

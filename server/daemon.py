@@ -22,17 +22,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 from filelock import FileLock, Timeout
 
 from diffill.infill.api import DocumentKey, Submission
-from diffill.infill.wire import request_from_wire, result_to_wire, settings_from_wire
+from diffill.infill.wire import (WireError, request_from_wire, result_to_wire, settings_from_wire,
+                                 settings_to_wire)
 
 from .errors import RequestCancelled, UnsafeSocket, describe
 from .protocol import VERSION, build_id, is_message_id
 from .scheduler import DaemonJob, Scheduler
 from .sockets import check_peer, own_paths, private_folder
 
-if TYPE_CHECKING:  # the engine module imports torch, which the worker loads when it must
+# torch, the models and the engines are imported by the worker when it first loads a model: the
+# daemon answers hello and status (and a client's first connection) without waiting for them.
+if TYPE_CHECKING:
     from diffill.infill.engines import InfillEngine
 
 log = logging.getLogger("diffill.daemon")
@@ -81,15 +85,14 @@ class ResultCache:
         self.lock = threading.Lock()  # filled by the worker, read by the event loop
 
     def key(self, job: "DaemonJob") -> str | None:
-        settings = job.params.get("settings") or {}
-        if settings.get("temperature") and settings.get("seed") is None:
+        sampler, req = job.settings.sampler, job.request
+        if sampler.temperature and sampler.seed is None or req is None:
             return None
-        req = job.params.get("request") or {}
         digest = hashlib.sha1()
-        for part in (job.model_key, job.settings_key, req.get("start"), req.get("end"),
-                     req.get("language"), req.get("path"), req.get("extra"), req.get("drafts"),
-                     req.get("text")):
-            digest.update(json.dumps(part, default=str).encode("utf-8", "surrogatepass"))
+        for part in (job.model_key, settings_to_wire(job.settings), req.start, req.end,
+                     req.language, req.path, req.extra, req.drafts, req.text):
+            digest.update(json.dumps(part, default=str, sort_keys=True)
+                          .encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
         return digest.hexdigest()
 
@@ -328,11 +331,18 @@ class Daemon:
     def enqueue(self, client: Client, mid: int, method: str, params: dict[str, Any]) -> None:
         self.last_activity = time.monotonic()
         document = params.get("document") if method == "infill" else None
-        job = DaemonJob(mid, client, {"method": method, **params},
-                        Registry.key(params.get("model")),
-                        json.dumps(params.get("settings") or {}, sort_keys=True),
-                        DocumentKey(client.id, document) if document is not None else None)
+        job = DaemonJob(mid, client, method, Registry.key(params.get("model")),
+                        document=DocumentKey(client.id, document) if document is not None
+                        else None)
         self.counters["requests" if method == "infill" else "load_requests"] += 1
+        if method == "infill":
+            try:  # decoded once, here: the queue holds typed requests
+                job.request = request_from_wire(params.get("request"))
+                job.settings = settings_from_wire(params.get("settings"))
+                job.preview = params.get("preview") is True
+            except WireError as exc:
+                self._reply_error(job, exc)
+                return
         if job.interactive:
             job.cache_key = self.cache.key(job)
             hit = self.cache.get(job.cache_key)
@@ -402,48 +412,34 @@ class Daemon:
         finally:
             if self.state == "loading":
                 self.state = "idle"
-        if first.params["method"] == "load":
+        if first.method == "load":
             for job in batch:
                 self._reply(job, {"result": engine.model.describe()})
             self.state = "idle"
             return
-        submissions, live, settings = self._submissions(batch, engine)
-        if live:
-            if len(live) > 1:
-                self.counters["batches"] += 1
-                self.counters["batched_requests"] += len(live)
-            # Others waiting: behind this batch, or a rewrite paused for it.
-            contended = len(live) > 1 or self.yielding or self.scheduler.waiting()
-            try:
-                results = engine.run_batch(submissions, settings, contended=contended)
-            except Exception as exc:  # e.g. out of memory: every job of the batch fails
-                _free_device_memory()
-                results = [exc] * len(live)
-            for job, res in zip(live, results):
-                self._answer(job, res)
+        if len(batch) > 1:
+            self.counters["batches"] += 1
+            self.counters["batched_requests"] += len(batch)
+        # Others waiting: behind this batch, or a rewrite paused for it.
+        contended = len(batch) > 1 or self.yielding or self.scheduler.waiting()
+        try:
+            results = engine.run_batch([self._submission(job, engine) for job in batch],
+                                       first.settings, contended=contended)
+        except Exception as exc:  # e.g. out of memory: every job of the batch fails
+            _free_device_memory()
+            results = [exc] * len(batch)
+        for job, res in zip(batch, results):
+            self._answer(job, res)
         self.state = "idle"
 
-    def _submissions(self, batch: list[DaemonJob], engine
-                     ) -> tuple[list[Submission], list[DaemonJob], Any]:
-        """The batch's jobs decoded for the engine (a job that does not decode is answered
-        with its error here), the jobs that remain, and their settings (one group)."""
-        submissions: list[Submission] = []
-        live: list[DaemonJob] = []
-        settings = None
-        for job in batch:
-            try:
-                req = request_from_wire(job.params.get("request") or {})
-                settings = settings_from_wire(job.params.get("settings"))
-                poll = job.cancelled.is_set if job.interactive or \
-                    not engine.serves_between_steps else (lambda job=job: self._between_steps(job))
-                preview = self._previewer(job) if job.interactive and \
-                    job.params.get("preview") is True else None
-                submissions.append(Submission(req, poll, preview,
-                                              job.document if job.interactive else None))
-                live.append(job)
-            except Exception as exc:
-                self._reply_error(job, exc)
-        return submissions, live, settings
+    def _submission(self, job: DaemonJob, engine: InfillEngine) -> Submission:
+        """A job as the engine takes it: its request, the cancel poll (which serves waiting
+        completions between a long job's steps, where the engine allows), the preview sink."""
+        assert job.request is not None
+        poll = job.cancelled.is_set if job.interactive or not engine.serves_between_steps \
+            else (lambda: self._between_steps(job))
+        preview = self._previewer(job) if job.interactive and job.preview else None
+        return Submission(job.request, poll, preview, job.document if job.interactive else None)
 
     def _answer(self, job: DaemonJob, res: Any) -> None:
         """Reply to ``job`` with its result or its error, and count it."""
@@ -551,7 +547,6 @@ class Daemon:
 
 
 def _rss_bytes() -> int:
-    import psutil
     return int(psutil.Process().memory_info().rss)
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffill.infill.api import Cancelled
+from diffill.infill.text import InputError
+
 # LSP / JSON-RPC codes (LSP 3.17 §ErrorCodes).
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
@@ -76,8 +79,6 @@ class ErrorInfo:
 
 def classify(exc: BaseException) -> DiffillError:
     """The :class:`DiffillError` for any exception a request can raise."""
-    from diffill.infill.api import Cancelled
-    from diffill.infill.text import InputError
     if isinstance(exc, DiffillError):
         return exc
     if isinstance(exc, Cancelled):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
+from .daemon_client import DaemonClient, other_build
 from .errors import EXIT_DAEMON, EXIT_OK, DaemonUnavailable
+from .options import add_model_options
+from .protocol import socket_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .options import add_model_options
-
     p = sub.add_parser("lsp", help="language server over stdio (editors start this)")
     p.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (debugging)")
     p.set_defaults(func=cmd_lsp)
@@ -35,14 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_lsp(args: argparse.Namespace) -> int:
-    from .lsp import run
+    from .lsp import run  # pygls and lsprotocol: only for the editor server
     return run(args.tcp)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .daemon import AlreadyRunning, run_daemon
-    from .daemon_client import DaemonClient
-    from .protocol import socket_path
+    from .daemon import AlreadyRunning, run_daemon  # the daemon's own imports: only here
     path = socket_path(args.socket)
     if args.stop:
         client = DaemonClient(path, timeout=10)
@@ -50,7 +50,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         client.close()
         print(f"diffill daemon on {path} is stopping", file=sys.stderr)
         return EXIT_OK
-    import logging
     if not args.verbose:  # a service says where it listens, what it loads and why it stops
         logging.getLogger("diffill").setLevel(logging.INFO)
     preload = None if args.no_preload else {"checkpoint": args.model, "device": args.device,
@@ -74,15 +73,12 @@ def _size(n: int | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .daemon_client import DaemonClient
-    from .protocol import socket_path
     path = socket_path(args.socket)
     try:
         client = DaemonClient(path, timeout=10)
     except DaemonUnavailable:
         print(f"diffill: no daemon running on {path}", file=sys.stderr)
         return EXIT_DAEMON
-    from .daemon_client import other_build
     why = other_build(client.call("hello", {"name": "status"}))
     st = client.call("status")
     client.close()

@@ -13,11 +13,15 @@ import logging
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from diffill.infill.api import CACHES, FILLER_ORDERS, ORDERS, PASS_POSITIONS, REFRESHES, SCHEDULES
+from diffill.infill.api import (CACHES, FILLER_ORDERS, ORDERS, PASS_POSITIONS, REFRESHES, SCHEDULES,
+                                InfillRequest, InfillSettings, with_overrides)
+from diffill.infill.context import ContextBudget
 from diffill.infill.post import MODES
+from diffill.infill.text import decode_source, offset_at, parse_position, parse_range, position_of
 
 from .errors import BadInput, DiffillError, UsageError, classify
 
@@ -100,9 +104,6 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from dataclasses import replace
-
-    from diffill.infill import ContextBudget, InfillSettings, with_overrides
     lengths = None
     if getattr(args, "lengths", None):
         try:
@@ -147,6 +148,7 @@ def _as_flags(message: str) -> str:
 
 
 def load_engine(args: argparse.Namespace) -> InfillEngine:
+    # torch: only for a command that runs a model in this process
     from diffill.infill import make_engine
     from diffill.model import load_model
     model = load_model(args.model, device=args.device, dtype=args.dtype, family=args.family)
@@ -156,7 +158,6 @@ def load_engine(args: argparse.Namespace) -> InfillEngine:
 
 def read_input(path: str | None, stdin=None) -> tuple[str, str]:
     """(text, name) of a file or of stdin ('-' or no path)."""
-    from diffill.infill.text import decode_source
     if path in (None, "-"):
         stream = stdin if stdin is not None else sys.stdin.buffer
         return decode_source(stream.read(), "stdin"), "stdin"
@@ -176,8 +177,6 @@ def build_request(text: str, name: str, *, at: str | None = None, select: str | 
                   action: str | None = None, language: str | None = None,
                   instruction: str | None = None):
     """An :class:`InfillRequest` from CLI-style specs (1-based positions) or the marker."""
-    from diffill.infill import InfillRequest
-    from diffill.infill.text import offset_at, parse_position, parse_range
     path = None if name == "stdin" else name
     if at and select:
         raise UsageError("give --at or --select, not both")
@@ -204,8 +203,6 @@ def build_request(text: str, name: str, *, at: str | None = None, select: str | 
 
 
 def result_json(result, text: str, request_id: Any = None, candidates: int = 3) -> dict:
-    from diffill.infill.text import position_of
-
     def pos(offset: int) -> dict:
         line, col = position_of(text, offset)
         return {"line": line + 1, "column": col + 1}

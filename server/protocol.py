@@ -7,14 +7,21 @@ import dataclasses
 import functools
 import hashlib
 import os
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
+
+import cattrs
+import platformdirs
 
 from diffill.infill.api import (MAX_CONTEXT, MAX_LENGTHS, MAX_MASKS, MAX_STEPS, InfillSettings,
                                 SamplerSettings)
 from diffill.infill.context import ContextBudget
 from diffill.infill.wire import converter
+
+from .errors import UnsafeSocket
 
 SERVER_NAME = "diffill"
 VERSION = "0.1.0"
@@ -201,9 +208,6 @@ def parse_settings(raw: Mapping[str, Any] | None, base: Settings | None = None
 
     Accepts the settings object itself or one wrapped as ``{"diffill": {...}}``.
     """
-    import typing
-
-    import cattrs
     base = base or Settings()
     if not raw:
         return base, []
@@ -254,11 +258,6 @@ def default_socket() -> Path:
     temp dir, created 0700; one another user planted is refused."""
     if os.environ.get(ENV_SOCKET):
         return Path(os.environ[ENV_SOCKET])
-    import warnings
-
-    import platformdirs
-
-    from .errors import UnsafeSocket
     with warnings.catch_warnings():
         # Falling back from an unset or unsafe $XDG_RUNTIME_DIR is normal, not news.
         warnings.simplefilter("ignore", platformdirs.RuntimeDirWarning)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from diffill.infill.api import DocumentKey
+from diffill.infill.api import DocumentKey, InfillRequest, InfillSettings
 
 MAX_BATCH = 4
 """Most jobs run as one batch."""
@@ -24,11 +24,15 @@ class DaemonJob:
     id: int
     client: Any
     """The daemon's ``Client`` connection that sent it (its ``id`` names the job's queue)."""
-    params: dict[str, Any]
-    """The request's parameters as they came (``method`` included), decoded by the worker."""
+    method: str
+    """``infill`` or ``load``."""
     model_key: tuple
-    settings_key: str
-    """The settings as canonical JSON: jobs batch together only under equal settings."""
+    request: InfillRequest | None = None
+    """An infill's request, decoded when it arrived."""
+    settings: InfillSettings = InfillSettings()
+    """Jobs batch together only under equal settings."""
+    preview: bool = False
+    """The client asked for the committed text as it grows (completions only)."""
     document: DocumentKey | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     why: str = "cancelled"
@@ -37,12 +41,12 @@ class DaemonJob:
 
     @property
     def action(self) -> str:
-        return str((self.params.get("request") or {}).get("action", "complete"))
+        return self.request.action if self.request is not None else "complete"
 
     @property
     def interactive(self) -> bool:
         """A completion (ghost text): short, and someone is waiting on every keystroke."""
-        return self.params["method"] == "infill" and self.action == "complete"
+        return self.method == "infill" and self.action == "complete"
 
     @property
     def lane(self) -> tuple[DocumentKey, str] | None:
@@ -127,7 +131,7 @@ class Scheduler:
             self.queues.move_to_end(cid)  # round robin
             first = self.queues[cid].popleft()
             batch = [first]
-            if first.params["method"] == "infill" and first.action != "refine":
+            if first.method == "infill" and first.action != "refine":
                 for other in list(self.queues):
                     if len(batch) >= MAX_BATCH:
                         break
@@ -154,7 +158,7 @@ class Scheduler:
                         q.remove(job)
                         self.on_cancelled(job)
                     elif job.interactive and job.model_key == model_key and \
-                            (not batch or job.settings_key == batch[0].settings_key):
+                            (not batch or job.settings == batch[0].settings):
                         q.remove(job)
                         batch.append(job)
                 if not q:
@@ -173,6 +177,6 @@ class Scheduler:
     @staticmethod
     def _joins(job: DaemonJob, first: DaemonJob) -> bool:
         """Whether ``job`` may run in one batch with ``first``."""
-        return job.model_key == first.model_key and job.settings_key == first.settings_key \
-            and job.params["method"] == "infill" and job.interactive == first.interactive \
+        return job.model_key == first.model_key and job.settings == first.settings \
+            and job.method == "infill" and job.interactive == first.interactive \
             and not job.cancelled.is_set()

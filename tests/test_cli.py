@@ -73,10 +73,14 @@ def test_faithful_decodes_one_token_per_step_with_the_fixed_schedule(count_file,
 @pytest.mark.slow
 def test_marker_on_stdin_and_full_output(pattern_ckpt):
     doc = "c9 c10 c11 <|fill|> c3 c4 c5\nc1 c2\n"
-    r = diffill("infill", "-", "--full", "--max-tokens", "8", "--ensemble", "1",
-                stdin=doc.encode(), model=pattern_ckpt)
+    args = ("infill", "-", "--max-tokens", "8", "--ensemble", "1")
+    r = diffill(*args, "--full", stdin=doc.encode(), model=pattern_ckpt)
     assert r.returncode == 0, r.stderr.decode()
-    assert r.stdout.decode() == "c9 c10 c11 c0 c1 c2 c3 c4 c5\nc1 c2\n"
+    fill = json.loads(diffill(*args, "--json", stdin=doc.encode(), model=pattern_ckpt).stdout)
+    # The whole document with the marker's fill in place. (The fill itself is the model's: the
+    # counting run, or most of it, as this CPU's training of the model goes.)
+    assert r.stdout.decode() == doc.replace("<|fill|>", fill["text"])
+    assert fill["text"].split() and "c0 c1 c2".startswith(fill["text"].strip())
 
 
 @pytest.mark.slow
