@@ -107,7 +107,8 @@ def _fence_language(language: str | None) -> str:
 
 
 def _code_block(language: str | None, body: str) -> str:
-    return f"{FENCE}{_fence_language(language)}\n{body}{'' if body.endswith(chr(10)) else chr(10)}{FENCE}"
+    end = "" if body.endswith("\n") else "\n"
+    return f"{FENCE}{_fence_language(language)}\n{body}{end}{FENCE}"
 
 
 def completion_prompt(prefix: str, suffix: str, mode: str, language: str | None,
@@ -181,10 +182,10 @@ class BlockEngine(EngineBase[BlockDiffusionModel]):
                 out.append(exc)
         return out
 
-    def min_confidence(self, s: InfillSettings, mode: str) -> float:
-        return s.min_confidence if s.min_confidence is not None else 0.0
+    def min_confidence(self, settings: InfillSettings, mode: str) -> float:
+        return settings.min_confidence if settings.min_confidence is not None else 0.0
 
-    def prompt(self, req: InfillRequest, s: InfillSettings) -> Prompt:
+    def prompt(self, req: InfillRequest, settings: InfillSettings) -> Prompt:
         """The chat prompt of a request, its context cut to the settings' token budgets."""
         action = self._validate(req)
         if action == "refine":
@@ -196,11 +197,11 @@ class BlockEngine(EngineBase[BlockDiffusionModel]):
         text, tok = req.text, self.tokenizer
         language = post.language_of(req.language, req.path)
         end = req.start if req.end is None else req.end
-        prefix, _ = prefix_window(tok, text, req.start, s.budget.prefix_tokens)
-        suffix, _ = suffix_window(tok, text, end, s.budget.suffix_tokens)
+        prefix, _ = prefix_window(tok, text, req.start, settings.budget.prefix_tokens)
+        suffix, _ = suffix_window(tok, text, end, settings.budget.suffix_tokens)
         extra = ""
-        if req.extra and s.budget.extra_tokens > 0:
-            extra = tok.decode(encode(tok, format_extra(req.extra))[-s.budget.extra_tokens:])
+        if req.extra and settings.budget.extra_tokens > 0:
+            extra = tok.decode(encode(tok, format_extra(req.extra))[-settings.budget.extra_tokens:])
         line_start = text.rfind("\n", 0, req.start) + 1
         line_before = text[line_start:req.start]
         canvas = self.model.canvas_length
@@ -215,22 +216,23 @@ class BlockEngine(EngineBase[BlockDiffusionModel]):
         else:
             line_end = text.find("\n", req.start)
             after = text[req.start:len(text) if line_end < 0 else line_end]
-            mode = s.mode if s.mode != "auto" else post.detect_mode(line_before, after)
+            mode = settings.mode if settings.mode != "auto" else \
+                post.detect_mode(line_before, after)
             user = completion_prompt(prefix, suffix, mode, language, extra)
-            budget = s.max_tokens
+            budget = settings.max_tokens
         opened = f"{FENCE}{_fence_language(language)}\n{line_before}"
         head = tok.apply_chat_template([{"role": "user", "content": user}],
                                        add_generation_prompt=True, tokenize=False)
         ids = encode(tok, head + opened)
         return Prompt(ids, opened, line_before, mode, canvas * max(1, math.ceil(budget / canvas)))
 
-    def _run_one(self, req: InfillRequest, s: InfillSettings,
+    def _run_one(self, req: InfillRequest, settings: InfillSettings,
                  cancel: Callable[[], bool] | None) -> InfillResult:
         t0 = time.perf_counter()
-        p = self.prompt(req, s)
-        seed = DEFAULT_SEED if s.sampler.seed is None else s.sampler.seed
-        gen = generate(self.model, p.ids, rows=s.ensemble, max_new_tokens=p.max_new_tokens,
-                       seed=seed, steps=s.sampler.steps, cancel=cancel)
+        p = self.prompt(req, settings)
+        seed = DEFAULT_SEED if settings.sampler.seed is None else settings.sampler.seed
+        gen = generate(self.model, p.ids, rows=settings.ensemble, max_new_tokens=p.max_new_tokens,
+                       seed=seed, steps=settings.sampler.steps, cancel=cancel)
         stops = self.model.stop_ids()
         items: list[Completion] = []
         seen: set[str] = set()
@@ -254,4 +256,4 @@ class BlockEngine(EngineBase[BlockDiffusionModel]):
             score = float(conf.mean()) if conf.numel() else 0.0
             items.append(Completion(code, req.start, end, score, tokens=n,
                                     terminated=fenced or cut < len(new)))
-        return self.result(req, p.mode, items, s, gen.forward_passes, t0)
+        return self.result(req, p.mode, items, settings, gen.forward_passes, t0)

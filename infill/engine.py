@@ -111,7 +111,7 @@ class EngineBase(Generic[M]):
                   contended: bool = False) -> list[InfillResult | BaseException]:
         raise NotImplementedError
 
-    def min_confidence(self, s: InfillSettings, mode: str) -> float:
+    def min_confidence(self, settings: InfillSettings, mode: str) -> float:
         raise NotImplementedError
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -140,7 +140,7 @@ class EngineBase(Generic[M]):
         return req.action
 
     def result(self, req: InfillRequest, mode: str, items: list[Completion],
-               s: InfillSettings, passes: int, started: float) -> InfillResult:
+               settings: InfillSettings, passes: int, started: float) -> InfillResult:
         """The result of a request's completions: ranked, and withheld (each counted by its
         reason) when it would break code that parses, names something defined nowhere
         (``hide_unknown_names``) or scores under ``min_confidence``; an explicit ask is
@@ -148,17 +148,18 @@ class EngineBase(Generic[M]):
         for)."""
         language = post.language_of(req.language, req.path)
         prose: dict[int, bool] = {}  # per start: in a string or comment (both checks ask)
-        rank.rank(items, req.text, language, self._known_names, s.check_names, req.extra, prose)
+        rank.rank(items, req.text, language, self._known_names, settings.check_names, req.extra,
+                  prose)
         why: dict[str, int] = {}
         if mode != "rewrite":
-            floor = self.min_confidence(s, mode)
+            floor = self.min_confidence(settings, mode)
             # An explicit ask gets its best candidate even so (ranked: parsing ones first).
-            breaks = self._breaks(req.text, language, prose) if not s.explicit else \
+            breaks = self._breaks(req.text, language, prose) if not settings.explicit else \
                 (lambda it: False)
             shown = []
             for it in items:
                 reason = "syntax" if breaks(it) else \
-                    "unknown name" if s.withholds_unknown_names and it.unknown else \
+                    "unknown name" if settings.withholds_unknown_names and it.unknown else \
                     "floor" if it.score < floor else None
                 if reason is None:
                     shown.append(it)
@@ -316,33 +317,34 @@ class Engine(EngineBase[DiffusionModel]):
 
     # ------------------------------------------------------------ actions
 
-    def prepare(self, req: InfillRequest, s: InfillSettings, contended: bool = False,
+    def prepare(self, req: InfillRequest, settings: InfillSettings, contended: bool = False,
                 keep: tuple[int, str] | None = None) -> PreparedFill:
         """Window and mask counts of a completion or a rewrite (regenerate); ``keep``: where
         the document's last window began (``context.prefix_window``)."""
         t0 = time.perf_counter()
         if req.action == "rewrite":
-            return self._prepare_rewrite(req, s, t0)
+            return self._prepare_rewrite(req, settings, t0)
         text, cur = req.text, req.start
         line_start = text.rfind("\n", 0, cur) + 1
         line_end = text.find("\n", cur)
         before = text[line_start:cur]
         after = text[cur:len(text) if line_end < 0 else line_end]
-        mode = s.mode if s.mode != "auto" else post.detect_mode(before, after)
-        lengths = self._lengths(s, mode, contended)
-        window = build_window(self.tokenizer, text, cur, None, self.budget(s, lengths),
-                              req.extra, keep=keep if s.sampler.reuse_prefix else None)
+        mode = settings.mode if settings.mode != "auto" else post.detect_mode(before, after)
+        lengths = self._lengths(settings, mode, contended)
+        window = build_window(self.tokenizer, text, cur, None, self.budget(settings, lengths),
+                              req.extra, keep=keep if settings.sampler.reuse_prefix else None)
         # A faithful decode (the authors' own) has none of diffill's additions to a fill.
-        additions = self.model.profile.expand_id is None and not s.sampler.faithful
-        lead = self._lead(req, window, before, s.token_healing and additions)
-        job = PreparedFill(req, mode, lengths, window, before, t0, s, lead)
-        if s.drafts and additions:
+        additions = self.model.profile.expand_id is None and not settings.sampler.faithful
+        lead = self._lead(req, window, before, settings.token_healing and additions)
+        job = PreparedFill(req, mode, lengths, window, before, t0, settings, lead)
+        if settings.drafts and additions:
             self.add_drafts(job)
-            if s.explicit:  # asked for: drafts a ghost's floor would withhold get company
-                job.sample_under = self.min_confidence(replace(s, explicit=False), mode)
+            if settings.explicit:  # asked for: drafts a ghost's floor would withhold get company
+                job.sample_under = self.min_confidence(replace(settings, explicit=False), mode)
         return job
 
-    def _prepare_rewrite(self, req: InfillRequest, s: InfillSettings, t0: float) -> PreparedFill:
+    def _prepare_rewrite(self, req: InfillRequest, settings: InfillSettings,
+                         t0: float) -> PreparedFill:
         """A rewrite's window and mask counts: the selection's length, a little more and a
         little less (DreamOn: its length, grown or shrunk as it goes)."""
         assert req.end is not None
@@ -350,23 +352,24 @@ class Engine(EngineBase[DiffusionModel]):
         if n > MAX_MASKS:
             raise InputError(f"the selection is {n} tokens; a rewrite takes at most "
                              f"{MAX_MASKS} (select less)")
-        cap = max(s.max_tokens, n)
-        lengths = list(s.lengths) or sorted(
-            {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-s.ensemble:]
+        cap = max(settings.max_tokens, n)
+        lengths = list(settings.lengths) or sorted(
+            {n, min(cap, n + max(2, n // 4)), max(1, n - max(1, n // 5))})[-settings.ensemble:]
         if self.model.profile.expand_id is not None:
             lengths = [n]  # starts at the selection's length, then grows or shrinks
         window = build_window(self.tokenizer, req.text, req.start, req.end,
-                              self.budget(s, lengths), req.extra)
-        return PreparedFill(req, "rewrite", lengths, window, "", t0, s)
+                              self.budget(settings, lengths), req.extra)
+        return PreparedFill(req, "rewrite", lengths, window, "", t0, settings)
 
-    def _lengths(self, s: InfillSettings, mode: str, contended: bool) -> list[int]:
+    def _lengths(self, settings: InfillSettings, mode: str, contended: bool) -> list[int]:
         """A completion's mask counts: the settings', else the mode's ladder; one row when
         the daemon is contended (``shed_load``) or the user is typing (``quick_lines``)."""
         ladder = LINE_LADDER if mode == "line" else BLOCK_LADDER
-        lengths = list(s.lengths) or ladder_lengths(ladder, self.max_fill(s), s.ensemble)
-        shed = contended and s.shed_load
-        quick = s.quick_lines and mode == "line"
-        if (shed or quick) and not s.lengths and len(lengths) > 1:
+        lengths = list(settings.lengths) or ladder_lengths(ladder, self.max_fill(settings),
+                                                           settings.ensemble)
+        shed = contended and settings.shed_load
+        quick = settings.quick_lines and mode == "line"
+        if (shed or quick) and not settings.lengths and len(lengths) > 1:
             # One row instead of the ensemble: held-out evals lose least with the shortest
             # rung for a line, the longest for a block
             # (docs/performance.md, "End to end, a fixed sample").
@@ -376,7 +379,8 @@ class Engine(EngineBase[DiffusionModel]):
         if self.model.profile.expand_id is not None:
             # The gap finds its own length: one start (an explicit length, else the ladder's
             # second rung, short enough that most answers grow into it) and no ensemble.
-            lengths = [min(lengths) if s.lengths else min(ladder[1], self.max_fill(s))]
+            lengths = [min(lengths) if settings.lengths
+                       else min(ladder[1], self.max_fill(settings))]
         return lengths
 
     def _lead(self, req: InfillRequest, window: Window, before: str,
@@ -469,24 +473,24 @@ class Engine(EngineBase[DiffusionModel]):
             self._vocab = Vocab([self.decode([i]) for i in range(size)])
         return self._vocab
 
-    def max_fill(self, s: InfillSettings) -> int:
+    def max_fill(self, settings: InfillSettings) -> int:
         """``max_tokens``, capped by the longest fill the checkpoint is recorded to do well
         (``max_fill`` in its profile; explicit ``lengths`` are never capped)."""
         cap = self.model.profile.max_fill
-        return min(s.max_tokens, cap) if cap else s.max_tokens
+        return min(settings.max_tokens, cap) if cap else settings.max_tokens
 
-    def budget(self, s: InfillSettings, lengths: Sequence[int] = ()) -> ContextBudget:
+    def budget(self, settings: InfillSettings, lengths: Sequence[int] = ()) -> ContextBudget:
         """The context budget, clipped to the window the model was trained on (when its
         checkpoint records one): a model trained on 192-token windows gains nothing from 2k
         tokens of context and may be confused by positions it never saw."""
         window = self.model.profile.extra.get("window")
         if not window:
-            return s.budget
+            return settings.budget
         room = max(16, int(window) - max(lengths or [0]) - 1)
-        prefix = min(s.budget.prefix_tokens, room * 3 // 4)
-        suffix = min(s.budget.suffix_tokens, room - prefix)
-        return ContextBudget(prefix, suffix, min(s.budget.extra_tokens, max(0, room - prefix -
-                                                                              suffix)))
+        prefix = min(settings.budget.prefix_tokens, room * 3 // 4)
+        suffix = min(settings.budget.suffix_tokens, room - prefix)
+        extra = min(settings.budget.extra_tokens, max(0, room - prefix - suffix))
+        return ContextBudget(prefix, suffix, extra)
 
     def finish(self, job: PreparedFill, cands: list[Candidate], passes: int) -> InfillResult:
         """Post-process and rank the candidates of a prepared job."""
@@ -544,17 +548,17 @@ class Engine(EngineBase[DiffusionModel]):
             fill = post.parsing_lines(language, req.text, req.start, fill, TRIM_LIMIT)
         return fill
 
-    def min_confidence(self, s: InfillSettings, mode: str) -> float:
+    def min_confidence(self, settings: InfillSettings, mode: str) -> float:
         """The score a completion of ``mode`` needs to be shown: the setting, else (unless
         asked for explicitly) the checkpoint's calibrated value for the mode
         (``min_confidence`` in its profile), else 0."""
-        if s.min_confidence is not None:
-            return s.min_confidence
-        if s.explicit:
+        if settings.min_confidence is not None:
+            return settings.min_confidence
+        if settings.explicit:
             return 0.0
         return self.model.profile.confidence_floor(mode) or 0.0
 
-    def _refine(self, req: InfillRequest, s: InfillSettings,
+    def _refine(self, req: InfillRequest, settings: InfillSettings,
                 cancel: Callable[[], bool] | None) -> InfillResult:
         """Refine: keep the selection, re-mask and redo only its low-confidence tokens."""
         t0 = time.perf_counter()
@@ -565,9 +569,9 @@ class Engine(EngineBase[DiffusionModel]):
             raise InputError(f"the selection is {len(sel)} tokens; refine takes at most "
                              f"{MAX_MASKS} (select less)")
         window = build_window(self.tokenizer, req.text, req.start, req.end,
-                              self.budget(s, [len(sel)]), req.extra)
+                              self.budget(settings, [len(sel)]), req.extra)
         out = refine(self.model, window.context_ids, sel, window.suffix_ids,
-                     threshold=s.refine_threshold, settings=s.sampler, cancel=cancel)
+                     threshold=settings.refine_threshold, settings=settings.sampler, cancel=cancel)
         text = self.decode(out.tokens) if out.remasked else original
         conf = out.original_confidence
         score = sum(conf) / len(conf) if conf else 0.0

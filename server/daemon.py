@@ -26,7 +26,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from diffill.infill.api import DocumentKey, Submission
-from diffill.infill.wire import (WireError, request_from_wire, result_to_wire, settings_from_wire,
+from diffill.infill.wire import (request_from_wire, result_to_wire, settings_from_wire,
                                  settings_to_wire)
 
 from .errors import RequestCancelled, UnsafeSocket, describe
@@ -340,7 +340,7 @@ class Daemon:
                 job.request = request_from_wire(params.get("request"))
                 job.settings = settings_from_wire(params.get("settings"))
                 job.preview = params.get("preview") is True
-            except WireError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it was, it gets its answer
                 self._reply_error(job, exc)
                 return
         if job.interactive:

@@ -215,11 +215,11 @@ class DiffillServer(LanguageServer):
             "error": error})
 
     def daemon(self) -> AsyncDaemonClient:
-        s = self.state.settings
-        path = protocol.socket_path(s.socket)
+        settings = self.state.settings
+        path = protocol.socket_path(settings.socket)
         d = self.state.daemon
         if d is None or d.path != path:
-            d = AsyncDaemonClient(path, idle_timeout=s.idleTimeout, name=f"lsp-{id(self)}")
+            d = AsyncDaemonClient(path, idle_timeout=settings.idleTimeout, name=f"lsp-{id(self)}")
             self.state.daemon = d
         return d
 
@@ -359,7 +359,7 @@ class DiffillServer(LanguageServer):
         doc = self.document(uri)
         text = doc.source
         piece, base = self.slice_for(text, start, end if end is not None else start)
-        s = self.state.settings
+        settings = self.state.settings
         request = InfillRequest(
             piece, start - base, None if end is None else end - base, action,
             doc.language_id, doc.path,
@@ -367,12 +367,13 @@ class DiffillServer(LanguageServer):
                                                                    start)),
             instruction,
             tuple(self.drafts_elsewhere(uri, doc.language_id, doc.path, text, start))
-            if action == "complete" and s.drafts else ())
+            if action == "complete" and settings.drafts else ())
         t0 = time.perf_counter()
-        params = {"document": uri, "request": request_to_wire(request), "model": s.model_spec(),
-                  "settings": settings_to_wire(s.infill_settings(automatic))}
+        params = {"document": uri, "request": request_to_wire(request),
+                  "model": settings.model_spec(),
+                  "settings": settings_to_wire(settings.infill_settings(automatic))}
         on_progress = None
-        if preview_at is not None and s.preview:
+        if preview_at is not None and settings.preview:
             params["preview"] = True
             on_progress = self.previewer(uri, preview_at)
         result = result_from_wire(await self.ask("infill", params, on_progress))
