@@ -30,6 +30,7 @@ from diffill.infill.wire import (request_from_wire, result_to_wire, settings_fro
                                  settings_to_wire)
 
 from .errors import RequestCancelled, UnsafeSocket, describe
+from .http_front import HttpFront
 from .protocol import VERSION, build_id, is_message_id
 from .scheduler import DaemonJob, Scheduler
 from .sockets import check_peer, own_paths, private_folder
@@ -206,7 +207,8 @@ def checked(msg: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
 
 class Daemon:
     def __init__(self, socket_path: Path, *, idle_timeout: float = 1800, keep_models: int = 1,
-                 preload: dict[str, Any] | None = None, autostarted: bool = False) -> None:
+                 preload: dict[str, Any] | None = None, autostarted: bool = False,
+                 http: tuple[str, int, str] | None = None) -> None:
         self.socket_path = socket_path
         self.idle_timeout = idle_timeout
         self.registry = Registry(keep_models)
@@ -229,6 +231,8 @@ class Daemon:
         self.worker_thread: threading.Thread | None = None
         self.socket_id: tuple[int, int] | None = None
         self.yielding = False
+        self.http = HttpFront(self, *http) if http else None
+        """``diffill serve --http``'s front end: plugins' HTTP requests as daemon jobs."""
 
     @property
     def stopping(self) -> bool:
@@ -254,6 +258,8 @@ class Daemon:
                 "clients": len(self.clients), "queued": self.scheduler.queued(),
                 "idle_timeout_s": self.idle_timeout, "counters": dict(self.counters),
                 "cached_results": len(self.cache.entries),
+                "http": {"url": self.http.url, "token": self.http.token,
+                         "requests": self.http.requests} if self.http else None,
                 "last_error": self.last_error}
 
     # ------------------------------------------------------------ connections
@@ -531,6 +537,10 @@ class Daemon:
         self.socket_id = (st.st_dev, st.st_ino)
         log.info("diffill daemon %s listening on %s (pid %d)", build_id(), self.socket_path,
                  os.getpid())
+        if self.http is not None:
+            await self.http.start()
+            log.info("HTTP: %s (/infill, /v1/completions; bearer token: diffill status)",
+                     self.http.url)
         worker = threading.Thread(target=self.worker, name="diffill-worker", daemon=True)
         self.worker_thread = worker
         worker.start()
@@ -538,6 +548,8 @@ class Daemon:
         await self.done.wait()
         watch.cancel()
         server.close()
+        if self.http is not None:
+            await self.http.stop()
         for c in list(self.clients):
             try:
                 c.writer.close()
@@ -594,12 +606,13 @@ def prepare_socket(path: Path) -> FileLock:
 
 
 def run_daemon(path: Path, *, idle_timeout: float, preload: dict[str, Any] | None,
-               keep_models: int = 1, autostarted: bool = False) -> int:
+               keep_models: int = 1, autostarted: bool = False,
+               http: tuple[str, int, str] | None = None) -> int:
     lock = prepare_socket(path)
     old_umask = os.umask(0o077)
     try:
         daemon = Daemon(path, idle_timeout=idle_timeout, keep_models=keep_models,
-                        preload=preload, autostarted=autostarted)
+                        preload=preload, autostarted=autostarted, http=http)
         asyncio.run(daemon.serve())
     finally:
         os.umask(old_umask)

@@ -9,8 +9,10 @@ import sys
 
 from .daemon_client import DaemonClient, other_build
 from .errors import EXIT_DAEMON, EXIT_OK, DaemonUnavailable
+from .http_front import check_bind, load_token, parse_address
 from .options import add_model_options
 from .protocol import socket_path
+from .sockets import private_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,13 +22,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("serve", help="the per-machine daemon that keeps the model loaded")
     s.add_argument("--socket", help="unix socket path (default: per user)")
-    s.add_argument("--idle-timeout", type=float, default=1800,
-                   help="exit after this many seconds without requests (default 1800)")
+    s.add_argument("--idle-timeout", type=float, default=None,
+                   help="exit after this many seconds without requests (default 1800; "
+                        "never with --http)")
     s.add_argument("--keep-models", type=int, default=1, help="models kept loaded at once")
     s.add_argument("--stop", action="store_true", help="ask a running daemon to exit")
     s.add_argument("--no-preload", action="store_true",
                    help="load the model on the first request instead of at start")
     s.add_argument("--autostarted", action="store_true", help=argparse.SUPPRESS)
+    s.add_argument("--http", metavar="HOST:PORT",
+                   help="also answer llama.cpp's /infill and OpenAI's /v1/completions (with "
+                        "suffix) for other editors' plugins, e.g. 127.0.0.1:8012")
+    s.add_argument("--api-key", help="the bearer token HTTP clients send (default: one "
+                                     "generated once and kept; `diffill status` shows it)")
+    s.add_argument("--http-allow-remote", action="store_true",
+                   help="allow --http on an address other than loopback")
     add_model_options(s)
     s.set_defaults(func=cmd_serve)
 
@@ -54,9 +64,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("diffill").setLevel(logging.INFO)
     preload = None if args.no_preload else {"checkpoint": args.model, "device": args.device,
                                             "dtype": args.dtype, "family": args.family}
+    http = None
+    if args.http:
+        host, port = parse_address(args.http)
+        check_bind(host, args.http_allow_remote)
+        private_folder(path.parent)
+        http = (host, port, load_token(path.parent, args.api_key))
+    idle = args.idle_timeout if args.idle_timeout is not None else \
+        float("inf") if http else 1800.0  # a server for plugins stays up
     try:
-        return run_daemon(path, idle_timeout=args.idle_timeout, preload=preload,
-                          keep_models=args.keep_models, autostarted=args.autostarted)
+        return run_daemon(path, idle_timeout=idle, preload=preload,
+                          keep_models=args.keep_models, autostarted=args.autostarted, http=http)
     except AlreadyRunning as exc:
         print(f"diffill: {exc}", file=sys.stderr)
         return EXIT_OK
@@ -106,6 +124,9 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{c.get('cancelled', 0)} cancelled, {c.get('failed', 0)} failed, "
           f"{c.get('batched_requests', 0)} batched); model loads {st['loads']}; "
           f"clients {st['clients']}")
+    if st.get("http"):
+        print(f"http     {st['http']['url']} (/infill, /v1/completions), "
+              f"{st['http']['requests']} requests; token {st['http']['token']}")
     if st.get("last_error"):
         print(f"last error {st['last_error']}")
     return EXIT_OK
