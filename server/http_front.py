@@ -51,6 +51,16 @@ MAX_BODY = 8 * 1024 * 1024
 MAX_CHOICES = 4
 
 
+def _json(body: Any, status: int = 200) -> web.Response:
+    """A JSON response, compact as llama.cpp writes it (llama.vim checks its answer with a
+    pattern that wants ``"content":"`` with no space)."""
+    return web.json_response(body, status=status, dumps=_compact)
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def parse_address(spec: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
     host, sep, port = spec.rpartition(":")
@@ -191,22 +201,22 @@ class HttpFront:
                                     "authentication_error")
             return await handler(request)
         except HttpError as exc:
-            return web.json_response({"error": {"message": str(exc), "type": exc.kind,
+            return _json({"error": {"message": str(exc), "type": exc.kind,
                                                 "code": exc.status}}, status=exc.status)
         except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method
-            return web.json_response({"error": {"message": exc.reason, "type": "not_found"
+            return _json({"error": {"message": exc.reason, "type": "not_found"
                                                 if exc.status == 404 else "invalid_request_error",
                                                 "code": exc.status}}, status=exc.status)
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return _json({"status": "ok"})
 
     def model_name(self) -> str:
         spec = self.daemon.preload or {}
         return str(spec.get("checkpoint") or "diffill-small")
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
+        return _json({"object": "list", "data": [
             {"id": self.model_name(), "object": "model", "owned_by": "diffill",
              "created": int(self.daemon.started)}]})
 
@@ -283,7 +293,7 @@ class HttpFront:
                               "predicted_per_token_ms": round(ms / n, 3) if n else 0.0,
                               "predicted_per_second": round(n / ms * 1000, 3) if n and ms
                               else 0.0, "truncated": False}}
-        return web.json_response(_flatten(answer, fields) if fields else answer)
+        return _json(_flatten(answer, fields) if fields else answer)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -301,7 +311,7 @@ class HttpFront:
                 "model": _field(body, "model", str) or self.model_name()}
         if not stream:
             tokens = sum(item["tokens"] for item in items)
-            return web.json_response({**made, "choices": choices, "usage": {
+            return _json({**made, "choices": choices, "usage": {
                 "prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}})
         # Server-sent events: each choice whole in one event (diffill's answer settles all
         # at once; a ghost shown growing would be one that can still change), then [DONE].
@@ -309,7 +319,7 @@ class HttpFront:
                                                "Cache-Control": "no-cache"})
         await response.prepare(request)
         for choice in choices:
-            await response.write(f"data: {json.dumps({**made, 'choices': [choice]})}\n\n"
+            await response.write(f"data: {_compact({**made, 'choices': [choice]})}\n\n"
                                  .encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

@@ -5,6 +5,7 @@ the token and loopback refusals, bad bodies, and a client that hangs up."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -56,21 +57,24 @@ def started(sock: Path) -> tuple[DaemonClient, str]:
     return client, client.call("status")["http"]["url"]
 
 
-def call(url: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None):
-    """(status, decoded JSON or text) of one HTTP request."""
+def call(url: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None,
+         as_text: bool = False):
+    """(status, decoded JSON or text; with ``as_text``, the body as sent) of one request."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url + path, data=data, method="POST" if data else "GET")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
-            status, text = r.status, r.read().decode()
+            status, body_text = r.status, r.read().decode()
     except urllib.error.HTTPError as err:
-        status, text = err.code, err.read().decode()
+        status, body_text = err.code, err.read().decode()
+    if as_text:
+        return status, body_text
     try:
-        return status, json.loads(text)
+        return status, json.loads(body_text)
     except ValueError:
-        return status, text
+        return status, body_text
 
 
 def daemon_answer(client: DaemonClient, model: Path, text: str, start: int,
@@ -100,6 +104,10 @@ def test_llama_vim_and_continue_requests_get_the_daemons_answer(pattern_ckpt, so
                         [("other.txt", "c5 c6 c7\n")])
     assert got["content"] == (ref["items"][0]["text"] if ref["items"] else "")
     assert got["timings/predicted_n"] == (ref["items"][0]["tokens"] if ref["items"] else 0)
+    # llama.vim takes an answer only when its text matches ^\s*{ and "content"\s*:" (no
+    # space after the colon: llama.cpp writes compact JSON).
+    raw = call(url, "/infill", LLAMA_VIM, as_text=True)[1]
+    assert re.match(r"\s*\{", raw) and re.search(r'"content"\s*:"', raw), raw
     # Without response_fields: llama.cpp's whole shape.
     status, whole = call(url, "/infill", {k: v for k, v in LLAMA_VIM.items()
                                           if k != "response_fields"})
