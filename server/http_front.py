@@ -49,6 +49,9 @@ TOKEN_FILE = "http-token"
 MAX_BODY = 8 * 1024 * 1024
 """Largest request body read (a document and its extra context)."""
 MAX_CHOICES = 4
+ERROR_STATUS = {"BadInput": 400, "UsageError": 400, "ModelUnavailable": 503,
+                "DaemonUnavailable": 503, "RequestCancelled": 503}
+"""The HTTP status of a daemon error, by its kind (``server/errors.py``); others are 500."""
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -255,8 +258,7 @@ class HttpFront:
             raise
         if "error" in answer:
             err = answer["error"]
-            status = 400 if err.get("kind") in ("BadInput", "UsageError", "WireError") else \
-                499 if err.get("kind") == "RequestCancelled" else 500
+            status = ERROR_STATUS.get(str(err.get("kind")), 500)
             raise HttpError(status, str(err.get("message")),
                             "invalid_request_error" if status == 400 else "server_error")
         return answer["result"]
@@ -285,7 +287,10 @@ class HttpFront:
         ms = (time.perf_counter() - t0) * 1000
         best = result["items"][0] if result["items"] else None
         n = best["tokens"] if best else 0
-        answer = {"content": best["text"] if best else "", "stop": True,
+        stop = _field(body, "stop", list, [])
+        content = _choices([best], [x for x in stop if isinstance(x, str)])[0]["text"] \
+            if best else ""
+        answer = {"content": content, "stop": True,
                   "tokens_predicted": n, "tokens_cached": 0, "truncated": False,
                   "timings": {"prompt_n": 0, "prompt_ms": 0.0, "prompt_per_token_ms": 0.0,
                               "prompt_per_second": 0.0, "predicted_n": n,

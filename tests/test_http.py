@@ -108,6 +108,10 @@ def test_llama_vim_and_continue_requests_get_the_daemons_answer(pattern_ckpt, so
     # space after the colon: llama.cpp writes compact JSON).
     raw = call(url, "/infill", LLAMA_VIM, as_text=True)[1]
     assert re.match(r"\s*\{", raw) and re.search(r'"content"\s*:"', raw), raw
+    # Its stop strings cut the answer.
+    status, cut = call(url, "/infill", dict(LLAMA_VIM, stop=[" "]))
+    content = got["content"]
+    assert status == 200 and cut["content"] == content.split(" ")[0], (cut, content)
     # Without response_fields: llama.cpp's whole shape.
     status, whole = call(url, "/infill", {k: v for k, v in LLAMA_VIM.items()
                                           if k != "response_fields"})
