@@ -9,7 +9,6 @@ import sys
 
 from .daemon_client import DaemonClient, other_build
 from .errors import EXIT_DAEMON, EXIT_OK, DaemonUnavailable
-from .http_front import check_bind, load_token, parse_address
 from .options import add_model_options
 from .protocol import socket_path
 from .sockets import private_folder
@@ -52,7 +51,10 @@ def cmd_lsp(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .daemon import AlreadyRunning, run_daemon  # the daemon's own imports: only here
+    # The daemon's own imports (its HTTP front end's aiohttp among them): only here, so the
+    # other commands (the editor server, a CLI fill) do not pay for them.
+    from .daemon import AlreadyRunning, run_daemon
+    from .http_front import check_bind, load_token, parse_address
     path = socket_path(args.socket)
     if args.stop:
         client = DaemonClient(path, timeout=10)

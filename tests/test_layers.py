@@ -129,13 +129,15 @@ def test_the_editor_process_and_the_wire_code_never_reach_torch():
 
 def test_importing_the_editor_side_loads_no_torch():
     """The same, as Python sees it: importing the LSP server, the command line's parser and
-    the wire code loads none of the heavy packages."""
+    the wire code loads none of the heavy packages, nor the HTTP server (aiohttp: only
+    ``diffill serve`` needs it)."""
     import subprocess
     import sys
     probe = ("import sys; import diffill.server.lsp, diffill.server.daemon_client, "
              "diffill.server.protocol, diffill.infill.api, diffill.server.cli as c; "
              "c.build_parser(); "
-             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
+             f"print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             f"{HEAVY + ('aiohttp',)!r} "
              "or m.startswith('diffill.workshop')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd="/")
