@@ -30,10 +30,10 @@ from diffill.infill.wire import request_to_wire, result_from_wire, settings_to_w
 from . import lsp_commands
 from .daemon_client import DaemonClient, other_build
 from .errors import EXIT_OK, BadInput, DaemonUnavailable, UnsafeSocket, UsageError, classify
-from .protocol import socket_path
 from .options import (WORKSHOP, add_model_options, add_sampler_options, apply, base_parser,
                       build_request, command_of, load_engine, read_input, result_json, run,
                       settings_from_args)
+from .protocol import socket_path
 
 log = logging.getLogger("diffill")
 

@@ -30,7 +30,6 @@ from diffill.infill.wire import (request_from_wire, result_to_wire, settings_fro
                                  settings_to_wire)
 
 from .errors import RequestCancelled, UnsafeSocket, describe
-from .http_front import HttpFront
 from .protocol import VERSION, build_id, is_message_id
 from .scheduler import DaemonJob, Scheduler
 from .sockets import check_peer, own_paths, private_folder
@@ -39,6 +38,8 @@ from .sockets import check_peer, own_paths, private_folder
 # daemon answers hello and status (and a client's first connection) without waiting for them.
 if TYPE_CHECKING:
     from diffill.infill.engines import InfillEngine
+
+    from .http_front import HttpFront
 
 log = logging.getLogger("diffill.daemon")
 
@@ -231,8 +232,11 @@ class Daemon:
         self.worker_thread: threading.Thread | None = None
         self.socket_id: tuple[int, int] | None = None
         self.yielding = False
-        self.http = HttpFront(self, *http) if http else None
+        self.http: HttpFront | None = None
         """``diffill serve --http``'s front end: plugins' HTTP requests as daemon jobs."""
+        if http:
+            from .http_front import HttpFront as Front  # aiohttp: only for a daemon with --http
+            self.http = Front(self, *http)
 
     @property
     def stopping(self) -> bool:

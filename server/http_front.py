@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from diffill.infill.api import MAX_MASKS, InfillRequest, InfillSettings
-from diffill.infill.wire import WireError, request_to_wire, settings_from_wire, settings_to_wire
+from diffill.infill.wire import request_to_wire, settings_to_wire
 
 from .errors import UnsafeSocket, UsageError
 
@@ -43,6 +43,7 @@ class JobQueue(Protocol):
     def stopping(self) -> bool: ...
 
     def enqueue(self, client: Any, mid: int, method: str, params: dict[str, Any]) -> None: ...
+
 
 TOKEN_FILE = "http-token"
 """The generated bearer token, beside the daemon's socket in the user's private folder."""
@@ -62,6 +63,11 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    """The JSON error both llama.cpp and OpenAI answer with."""
+    return _json({"error": {"message": message, "type": kind, "code": status}}, status=status)
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -186,9 +192,7 @@ class HttpFront:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]  # the port bound, when asked for port 0
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -204,12 +208,10 @@ class HttpFront:
                                     "authentication_error")
             return await handler(request)
         except HttpError as exc:
-            return _json({"error": {"message": str(exc), "type": exc.kind,
-                                                "code": exc.status}}, status=exc.status)
+            return _error(exc.status, str(exc), exc.kind)
         except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method
-            return _json({"error": {"message": exc.reason, "type": "not_found"
-                                                if exc.status == 404 else "invalid_request_error",
-                                                "code": exc.status}}, status=exc.status)
+            return _error(exc.status, exc.reason,
+                          "not_found" if exc.status == 404 else "invalid_request_error")
 
     async def health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -235,18 +237,15 @@ class HttpFront:
     async def _run(self, request: InfillRequest, settings: InfillSettings, body: dict) -> dict:
         """One job through the daemon's queue; the result as the wire has it. The body's
         ``diffill`` object, when given, sets engine settings in diffill's own names (those
-        of ``diffill infill --help``, with underscores), over the ones its fields map to."""
+        of ``diffill infill --help``, with underscores), over the ones its fields map to; the
+        daemon decodes them as it decodes an editor's (a bad one is its 400)."""
         if self.daemon.stopping:
             raise HttpError(503, "the daemon is stopping", "server_error")
         own = _field(body, "diffill", dict, {})
-        wire = {**settings_to_wire(settings), **own}
-        try:
-            settings_from_wire(wire)
-        except WireError as exc:
-            raise HttpError(400, f"diffill: {exc}") from None
         self.requests += 1
         caller = _Caller(asyncio.get_running_loop())
-        params = {"request": request_to_wire(request), "settings": wire,
+        params = {"request": request_to_wire(request),
+                  "settings": {**settings_to_wire(settings), **own},
                   "model": self.daemon.preload or {}}
         self.daemon.enqueue(caller, 1, "infill", params)
         try:
@@ -275,21 +274,18 @@ class HttpFront:
             extra.append((str(chunk.get("filename") or "extra"), chunk.get("text") or ""))
         n_predict = _field(body, "n_predict", int)
         fields = _field(body, "response_fields", list, [])
+        stop = _stop(body)
         t0 = time.perf_counter()
         if n_predict == 0:  # llama.vim's warm-up: its extra context, nothing to predict
             result = {"items": [], "forward_passes": 0}
         else:
-            settings = replace(InfillSettings(), max_tokens=_max_tokens(n_predict)) \
-                if _max_tokens(n_predict) else InfillSettings()
             req = InfillRequest(prefix + typed + suffix, len(prefix + typed),
                                 extra=tuple(extra))
-            result = await self._run(req, settings, body)
+            result = await self._run(req, _settings(_max_tokens(n_predict)), body)
         ms = (time.perf_counter() - t0) * 1000
         best = result["items"][0] if result["items"] else None
         n = best["tokens"] if best else 0
-        stop = _field(body, "stop", list, [])
-        content = _choices([best], [x for x in stop if isinstance(x, str)])[0]["text"] \
-            if best else ""
+        content = _cut(best["text"], stop)[0] if best else ""
         answer = {"content": content, "stop": True,
                   "tokens_predicted": n, "tokens_cached": 0, "truncated": False,
                   "timings": {"prompt_n": 0, "prompt_ms": 0.0, "prompt_per_token_ms": 0.0,
@@ -302,12 +298,12 @@ class HttpFront:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
-        prompt, suffix, n, stop = _completion_fields(body)
-        max_tokens = _max_tokens(_field(body, "max_tokens", int))
+        prompt, suffix, n = _completion_fields(body)
+        stop = _stop(body)
         stream = _field(body, "stream", bool, False)
         # Asked while the person types, as a ghost is: the floors apply (an empty choice).
-        settings = replace(InfillSettings(), ensemble=max(InfillSettings().ensemble, n),
-                           **({"max_tokens": max_tokens} if max_tokens else {}))
+        settings = _settings(_max_tokens(_field(body, "max_tokens", int)),
+                             ensemble=max(InfillSettings().ensemble, n))
         result = await self._run(InfillRequest(prompt + suffix, len(prompt)), settings, body)
         items = result["items"][:n]
         choices = _choices(items, stop)
@@ -331,8 +327,35 @@ class HttpFront:
         return response
 
 
-def _completion_fields(body: dict) -> tuple[str, str, int, list[str]]:
-    """``/v1/completions``' prompt, suffix, choice count and stop strings, checked."""
+def _settings(max_tokens: int | None, **changes: Any) -> InfillSettings:
+    """Engine settings for a request: the defaults, the client's token budget when it gave
+    one, and ``changes``."""
+    if max_tokens is not None:
+        changes["max_tokens"] = max_tokens
+    return replace(InfillSettings(), **changes)
+
+
+def _stop(body: dict) -> list[str]:
+    """A request's stop strings (``stop``: one string or a list of them), checked."""
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
+        raise HttpError(400, "stop: a string or a list of strings")
+    return stop
+
+
+def _cut(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` cut at its stop strings, and whether one cut it."""
+    cut = False
+    for s in stop:
+        at = text.find(s) if s else -1
+        if at >= 0:
+            text, cut = text[:at], True
+    return text, cut
+
+
+def _completion_fields(body: dict) -> tuple[str, str, int]:
+    """``/v1/completions``' prompt, suffix and choice count, checked."""
     prompt = body.get("prompt", "")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
@@ -341,22 +364,14 @@ def _completion_fields(body: dict) -> tuple[str, str, int, list[str]]:
     n = _field(body, "n", int, 1)
     if not 1 <= n <= MAX_CHOICES:
         raise HttpError(400, f"n: from 1 to {MAX_CHOICES}")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
-        raise HttpError(400, "stop: a string or a list of strings")
-    return prompt, _field(body, "suffix", str, ""), n, stop
+    return prompt, _field(body, "suffix", str, ""), n
 
 
 def _choices(items: list[dict], stop: list[str]) -> list[dict]:
     """The OpenAI choices of a result's items, each cut at its first stop string."""
     choices = []
     for i, item in enumerate(items):
-        text, cut = item["text"], False
-        for s in stop:
-            at = text.find(s) if s else -1
-            if at >= 0:
-                text, cut = text[:at], True
+        text, cut = _cut(item["text"], stop)
         choices.append({"text": text, "index": i, "logprobs": None,
                         "finish_reason": "stop" if cut or item["terminated"] else "length"})
     return choices or [{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]
