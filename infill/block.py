@@ -24,16 +24,11 @@ import torch
 
 from diffill.model.block_diffusion import BlockDiffusionModel
 
-from . import post
-from .api import (MAX_MASKS, Cancelled, Completion, InfillRequest, InfillResult,
-                  InfillSettings, Submission)
-from .context import encode, format_extra, prefix_window, suffix_window
-from .engine import EngineBase
-from .text import InputError
+from .api import Cancelled, Completion, InfillRequest, InfillResult, InfillSettings, Submission
+from .base import EngineBase
+from .chat import ChatTask, TokenMeasure, answer_code, chat_task, completion
+from .context import encode
 
-CURSOR = "<CURSOR>"
-SELECTION = ("<SELECTION>", "</SELECTION>")
-FENCE = "```"
 DEFAULT_SEED = 0
 """The seed of a request that names none: the same document and cursor give the same ghost."""
 
@@ -100,61 +95,13 @@ def generate(model: BlockDiffusionModel, prompt_ids: Sequence[int], *, rows: int
     return Generated(sequences.cpu(), hook.confidence(), hook.passes)
 
 
-# ---------------------------------------------------------------- prompts
-
-def _fence_language(language: str | None) -> str:
-    return language or ""
-
-
-def _code_block(language: str | None, body: str) -> str:
-    end = "" if body.endswith("\n") else "\n"
-    return f"{FENCE}{_fence_language(language)}\n{body}{end}{FENCE}"
-
-
-def completion_prompt(prefix: str, suffix: str, mode: str, language: str | None,
-                      extra: str = "") -> str:
-    """The user turn of a completion: what to write, then the file with the cursor marked."""
-    name = f"{language} " if language else ""
-    what = ("the rest of the cursor's line only" if mode == "line" else
-            "the missing lines only (a complete statement or block, no more)")
-    others = f"Other files, for reference:\n{extra}\n" if extra else ""
-    return (f"{others}Fill in the {name}code at {CURSOR} in the file below. Answer with "
-            f"{what}: just the code that goes at {CURSOR}, in one code block, without "
-            f"repeating the code before or after it and without explanation.\n\n"
-            f"{_code_block(language, prefix + CURSOR + suffix)}")
-
-
-def rewrite_prompt(prefix: str, selected: str, suffix: str, language: str | None,
-                   instruction: str | None, extra: str = "") -> str:
-    """The user turn of a rewrite: the file with the selection marked, and what to do."""
-    name = f"{language} " if language else ""
-    task = instruction.strip() if instruction and instruction.strip() else \
-        "Rewrite it: the same intent, clearer or more correct code"
-    others = f"Other files, for reference:\n{extra}\n" if extra else ""
-    return (f"{others}In the {name}file below, the code between {SELECTION[0]} and "
-            f"{SELECTION[1]} is selected. {task}. Answer with only the new code that replaces "
-            f"the selection, in one code block; the code around it stays as it is.\n\n"
-            f"{_code_block(language, prefix + SELECTION[0] + selected + SELECTION[1] + suffix)}")
-
-
-def answer_text(raw: str) -> tuple[str, bool]:
-    """The code of an answer written inside an opened code fence: up to the closing fence,
-    whose line's newline is not code. Returns (code, whether the fence closed it)."""
-    end = raw.find(FENCE)
-    if end < 0:
-        return raw, False
-    code = raw[:end]
-    return (code[:-1] if code.endswith("\n") else code), True
-
-
 @dataclass
 class Prompt:
     ids: list[int]
-    opened: str
-    """The text the model's turn was opened with (fence, then the start of the line)."""
-    line_before: str
-    mode: str
+    """The chat template's user turn, then the task's opening of the model's turn."""
+    task: ChatTask
     max_new_tokens: int
+    """The task's budget in whole canvases."""
 
 
 class BlockEngine(EngineBase[BlockDiffusionModel]):
@@ -187,44 +134,12 @@ class BlockEngine(EngineBase[BlockDiffusionModel]):
 
     def prompt(self, req: InfillRequest, settings: InfillSettings) -> Prompt:
         """The chat prompt of a request, its context cut to the settings' token budgets."""
-        action = self._validate(req)
-        if action == "refine":
-            raise InputError("refine re-masks the selection's doubtful tokens, which needs a "
-                             "mask-diffusion model; this is a block-diffusion chat model "
-                             "(DiffusionGemma): use rewrite, optionally with an instruction")
-        if req.instruction and action != "rewrite":
-            raise InputError("an instruction goes with a rewrite of a selection")
-        text, tok = req.text, self.tokenizer
-        language = post.language_of(req.language, req.path)
-        end = req.start if req.end is None else req.end
-        prefix, _ = prefix_window(tok, text, req.start, settings.budget.prefix_tokens)
-        suffix, _ = suffix_window(tok, text, end, settings.budget.suffix_tokens)
-        extra = ""
-        if req.extra and settings.budget.extra_tokens > 0:
-            extra = tok.decode(encode(tok, format_extra(req.extra))[-settings.budget.extra_tokens:])
-        line_start = text.rfind("\n", 0, req.start) + 1
-        line_before = text[line_start:req.start]
+        task = chat_task(req, self._validate(req), settings, TokenMeasure(self.tokenizer))
+        head = self.tokenizer.apply_chat_template([{"role": "user", "content": task.user}],
+                                                  add_generation_prompt=True, tokenize=False)
         canvas = self.model.canvas_length
-        if action == "rewrite":
-            selected = text[req.start:end]
-            n = len(encode(tok, selected))
-            if n > MAX_MASKS:
-                raise InputError(f"the selection is {n} tokens; a rewrite takes at most "
-                                 f"{MAX_MASKS} (select less)")
-            user = rewrite_prompt(prefix, selected, suffix, language, req.instruction, extra)
-            mode, budget = "rewrite", min(MAX_MASKS, n + max(16, n // 2))
-        else:
-            line_end = text.find("\n", req.start)
-            after = text[req.start:len(text) if line_end < 0 else line_end]
-            mode = settings.mode if settings.mode != "auto" else \
-                post.detect_mode(line_before, after)
-            user = completion_prompt(prefix, suffix, mode, language, extra)
-            budget = settings.max_tokens
-        opened = f"{FENCE}{_fence_language(language)}\n{line_before}"
-        head = tok.apply_chat_template([{"role": "user", "content": user}],
-                                       add_generation_prompt=True, tokenize=False)
-        ids = encode(tok, head + opened)
-        return Prompt(ids, opened, line_before, mode, canvas * max(1, math.ceil(budget / canvas)))
+        return Prompt(encode(self.tokenizer, head + task.opened), task,
+                      canvas * max(1, math.ceil(task.budget / canvas)))
 
     def _run_one(self, req: InfillRequest, settings: InfillSettings,
                  cancel: Callable[[], bool] | None) -> InfillResult:
@@ -236,24 +151,15 @@ class BlockEngine(EngineBase[BlockDiffusionModel]):
         stops = self.model.stop_ids()
         items: list[Completion] = []
         seen: set[str] = set()
-        end = req.start if req.end is None else req.end
         for row in range(gen.sequences.shape[0]):
             new = gen.sequences[row, len(p.ids):].tolist()
             cut = next((i for i, t in enumerate(new) if t in stops), len(new))
-            code, fenced = answer_text(self.decode(new[:cut]))
-            if p.mode == "rewrite":
-                selected = req.text[req.start:end]
-                if selected.endswith("\n") and not code.endswith("\n"):
-                    code += "\n"
-            else:
-                code = post.clean(code, mode=p.mode, line_before=p.line_before,
-                                  suffix=req.text[req.start:req.start + 4096])
+            code, fenced = answer_code(p.task, req, self.decode(new[:cut]))
             if not code.strip() or code in seen:
                 continue
             seen.add(code)
-            n = len(encode(self.tokenizer, code))
             conf = gen.confidence[row, :min(cut + 1, gen.confidence.shape[1])]
             score = float(conf.mean()) if conf.numel() else 0.0
-            items.append(Completion(code, req.start, end, score, tokens=n,
-                                    terminated=fenced or cut < len(new)))
-        return self.result(req, p.mode, items, settings, gen.forward_passes, t0)
+            items.append(completion(req, code, score, len(encode(self.tokenizer, code)),
+                                    fenced or cut < len(new)))
+        return self.result(req, p.task.mode, items, settings, gen.forward_passes, t0)

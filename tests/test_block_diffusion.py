@@ -12,7 +12,7 @@ import torch
 
 import helpers
 from diffill.infill import Cancelled, InfillEngine, InfillRequest, InfillSettings, make_engine
-from diffill.infill import block
+from diffill.infill import block, chat
 from diffill.infill.context import ContextBudget
 from diffill.infill.text import InputError
 from diffill.model import CheckpointError, load_model
@@ -90,14 +90,14 @@ def test_prompt_holds_prefix_suffix_cursor_and_opens_the_line(gemma):
     req = InfillRequest(TEXT, CURSOR_AT, language="python")
     p = engine.prompt(req, InfillSettings())
     text = engine.decode(p.ids)
-    assert f"def add(a, b):\n    return {block.CURSOR}a + b\n\n\nprint(add(1, 2))" in text
+    assert f"def add(a, b):\n    return {chat.CURSOR}a + b\n\n\nprint(add(1, 2))" in text
     assert "<start_of_turn>user\n" in text and "<start_of_turn>model\n" in text
     assert text.endswith("```python\n    return ")  # the model's turn continues the line
-    assert p.mode == "line" and p.max_new_tokens % gemma.canvas_length == 0
+    assert p.task.mode == "line" and p.max_new_tokens % gemma.canvas_length == 0
     # A tight budget keeps the lines next to the cursor.
     tight = engine.decode(engine.prompt(req, InfillSettings(
         budget=ContextBudget(prefix_tokens=8, suffix_tokens=0))).ids)
-    assert "print(add" not in tight and f"return {block.CURSOR}" in tight
+    assert "print(add" not in tight and f"return {chat.CURSOR}" in tight
 
 
 def test_rewrite_prompt_marks_the_selection_and_carries_the_instruction(gemma):
@@ -108,7 +108,7 @@ def test_rewrite_prompt_marks_the_selection_and_carries_the_instruction(gemma):
     p = engine.prompt(req, InfillSettings())
     text = engine.decode(p.ids)
     assert "<SELECTION>return a + b</SELECTION>" in text and "use operator.add" in text
-    assert p.mode == "rewrite"
+    assert p.task.mode == "rewrite"
     result = engine.run(req, InfillSettings(ensemble=1))
     assert all((it.start, it.end) == (start, end) for it in result.items)
 
