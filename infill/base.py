@@ -50,6 +50,9 @@ class EngineBase(Generic[M]):
     def min_confidence(self, settings: InfillSettings, mode: str) -> float:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Let go of what the engine holds beyond its model (connections, threads)."""
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False,
                                      clean_up_tokenization_spaces=False)

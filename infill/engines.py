@@ -14,7 +14,8 @@ from .engine import Engine
 @runtime_checkable
 class InfillEngine(Protocol):
     """What a front end needs of an engine (:class:`~infill.engine.Engine` for mask models,
-    :class:`~infill.block.BlockEngine` for block-diffusion chat models)."""
+    :class:`~infill.block.BlockEngine` for block-diffusion chat models in this process,
+    :class:`~infill.remote.OpenAIEngine` for a chat model on an OpenAI-compatible server)."""
 
     model: Any
     tokenizer: Any
@@ -30,6 +31,8 @@ class InfillEngine(Protocol):
                   contended: bool = False) -> list[InfillResult | BaseException]: ...
 
     def min_confidence(self, settings: InfillSettings, mode: str) -> float: ...
+
+    def close(self) -> None: ...
 
 
 def make_engine(model, settings: InfillSettings = InfillSettings()) -> InfillEngine:

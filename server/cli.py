@@ -31,8 +31,8 @@ from . import lsp_commands
 from .daemon_client import DaemonClient, other_build
 from .errors import EXIT_OK, BadInput, DaemonUnavailable, UnsafeSocket, UsageError, classify
 from .options import (WORKSHOP, add_model_options, add_sampler_options, apply, base_parser,
-                      build_request, command_of, load_engine, read_input, result_json, run,
-                      settings_from_args)
+                      build_request, command_of, load_engine, model_spec, read_input,
+                      result_json, run, settings_from_args)
 from .protocol import socket_path
 
 log = logging.getLogger("diffill")
@@ -56,8 +56,8 @@ def cmd_infill(args: argparse.Namespace) -> int:
         raise UsageError("--instruction goes with --rewrite")
     req, clean = build_request(text, name, at=args.at, select=args.select, action=action,
                                language=args.language, instruction=args.instruction)
-    backend = make_backend(args)
-    result = backend.run(req, settings)
+    with make_backend(args) as backend:
+        result = backend.run(req, settings)
     best = result.best
     if args.json:
         print(json.dumps(result_json(result, clean, candidates=args.candidates)))
@@ -147,12 +147,13 @@ def run_jsonl(args: argparse.Namespace, settings) -> int:
             out.write(json.dumps(record) + "\n")
             out.flush()
     finally:
+        backend.close()
         if out is not sys.stdout:
             out.close()
     return 0 if failures == 0 else 1
 
 
-def make_backend(args: argparse.Namespace):
+def make_backend(args: argparse.Namespace) -> Backend:
     """The running daemon when one listens (it already holds the model), else in-process.
 
     A CLI call never starts a daemon: scripted runs should not leave a process behind.
@@ -172,13 +173,28 @@ def make_backend(args: argparse.Namespace):
     return InProcessBackend(args)
 
 
-class DaemonBackend:
+class Backend:
+    """Where a CLI call's requests run; closed (a context manager) when the call is done."""
+
+    def run(self, req, settings):
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DaemonBackend(Backend):
     """Requests through the daemon: the same engine, without loading the model here."""
 
     def __init__(self, client, args: argparse.Namespace) -> None:
         self.client = client
-        self.model = {"checkpoint": args.model, "device": args.device, "dtype": args.dtype,
-                      "family": args.family}
+        self.model = model_spec(args)
         log.info("using the diffill daemon on %s", client.path)
 
     def run(self, req, settings):
@@ -186,13 +202,19 @@ class DaemonBackend:
                                         "settings": settings_to_wire(settings)})
         return result_from_wire(r)
 
+    def close(self) -> None:
+        self.client.close()
 
-class InProcessBackend:
+
+class InProcessBackend(Backend):
     def __init__(self, args: argparse.Namespace) -> None:
         self.engine = load_engine(args)
 
     def run(self, req, settings):
         return self.engine.run(req, settings)
+
+    def close(self) -> None:
+        self.engine.close()  # an engine on a server: its connections
 
 
 # ---------------------------------------------------------------- demo
@@ -281,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="infill a sample file with the bundled model")
     d.add_argument("file", nargs="?", default=str(SAMPLES / "demo.py"))
-    add_model_options(d)
+    add_model_options(d, engines=("local",))
     add_sampler_options(d)
     d.set_defaults(func=cmd_demo)
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from diffill.infill.api import DocumentKey, Submission
 from diffill.infill.wire import (request_from_wire, result_to_wire, settings_from_wire,
                                  settings_to_wire)
 
-from .errors import RequestCancelled, UnsafeSocket, describe
+from .errors import RequestCancelled, UnsafeSocket, UsageError, describe
 from .protocol import VERSION, build_id, is_message_id
 from .scheduler import DaemonJob, Scheduler
 from .sockets import check_peer, own_paths, private_folder
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from diffill.infill.engines import InfillEngine
 
     from .http_front import HttpFront
+    from .vllm_child import VllmChild
 
 log = logging.getLogger("diffill.daemon")
 
@@ -121,8 +123,13 @@ class ResultCache:
             self.entries.clear()
 
 
+ENGINE_FIELDS = {"local": ("checkpoint", "device", "dtype", "family"),
+                 "openai": ("url", "checkpoint", "key_file", "allow_plain_http")}
+"""The engines a model spec may name, and the fields each reads."""
+
+
 class Registry:
-    """Loaded engines by (checkpoint, device, dtype, family); the most recent ``keep`` stay."""
+    """Loaded engines by their model spec (:meth:`key`); the most recent ``keep`` stay."""
 
     def __init__(self, keep: int = 1) -> None:
         self.keep = keep
@@ -134,20 +141,31 @@ class Registry:
 
     @staticmethod
     def key(spec: dict[str, Any] | None) -> tuple:
+        """A model spec as a registry key: (name, value) pairs of the fields its engine reads
+        (``local``: checkpoint, device, dtype, family; ``openai``: url, checkpoint as the
+        served model's id, key_file, allow_plain_http), unset ones as None."""
         spec = spec or {}
-        return (spec.get("checkpoint") or None, spec.get("device") or None,
-                spec.get("dtype") or None, spec.get("family") or None)
+        engine = spec.get("engine") or "local"
+        names = ENGINE_FIELDS.get(engine, ())
+        return (("engine", engine),) + tuple((name, spec.get(name) or None) for name in names)
 
     def get(self, key: tuple) -> InfillEngine:
         if key in self.engines:
             self.engines.move_to_end(key)
             return self.engines[key]
-        from diffill.model.loader import check_checkpoint
-        check_checkpoint(key[0])  # a bad checkpoint fails here, before anything is unloaded
+        spec = dict(key)
+        if spec["engine"] not in ENGINE_FIELDS:
+            raise UsageError(f"unknown engine {spec['engine']!r}; one of "
+                             f"{', '.join(ENGINE_FIELDS)}")
+        if spec["engine"] == "local":
+            from diffill.model.loader import check_checkpoint
+            # A bad checkpoint fails here, before anything is unloaded.
+            check_checkpoint(spec["checkpoint"])
         evicted = []
         while len(self.engines) >= self.keep:
             old_key, old = self.engines.popitem(last=False)
             evicted.append(old_key)
+            old.close()
             del old
             _free_device_memory()
         try:
@@ -160,25 +178,39 @@ class Registry:
                     log.exception("could not load the previous model back")
             raise
 
+    def close(self) -> None:
+        """Let every engine go (the daemon is stopping)."""
+        while self.engines:
+            self.engines.popitem()[1].close()
+
     def _load(self, key: tuple) -> InfillEngine:
-        """Load the model of ``key``, count it and keep its engine."""
-        from diffill.infill import make_engine
-        from diffill.model import load_model
+        """Load the model of ``key`` (or connect to its server), count it and keep its
+        engine."""
+        spec = dict(key)
         t0 = time.perf_counter()
-        model = load_model(key[0], device=key[1], dtype=key[2], family=key[3])
+        if spec["engine"] == "openai":
+            from diffill.infill.remote import OpenAIEngine, spec_from  # aiohttp, no torch
+            engine: InfillEngine = OpenAIEngine.connect(spec_from(spec))
+        else:
+            from diffill.infill import make_engine
+            from diffill.model import load_model
+            engine = make_engine(load_model(spec["checkpoint"], device=spec["device"],
+                                            dtype=spec["dtype"], family=spec["family"]))
         self.load_seconds += time.perf_counter() - t0
         self.loads += 1
         self.on_load()
-        info = model.describe()
+        info = engine.model.describe()
         log.info("model loaded: %s on %s as %s in %.2fs", info["checkpoint"], info["device"],
                  info["dtype"], info["load_seconds"])
-        engine = self.engines[key] = make_engine(model)
+        self.engines[key] = engine
         return engine
 
 
 def _free_device_memory() -> None:
+    torch = sys.modules.get("torch")  # not loaded (an engine on a server): nothing to free
+    if torch is None:
+        return
     try:
-        import torch
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001 - best effort
@@ -209,7 +241,8 @@ def checked(msg: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
 class Daemon:
     def __init__(self, socket_path: Path, *, idle_timeout: float = 1800, keep_models: int = 1,
                  preload: dict[str, Any] | None = None, autostarted: bool = False,
-                 http: tuple[str, int, str] | None = None) -> None:
+                 http: tuple[str, int, str] | None = None,
+                 child: VllmChild | None = None) -> None:
         self.socket_path = socket_path
         self.idle_timeout = idle_timeout
         self.registry = Registry(keep_models)
@@ -232,6 +265,8 @@ class Daemon:
         self.worker_thread: threading.Thread | None = None
         self.socket_id: tuple[int, int] | None = None
         self.yielding = False
+        self.child = child
+        """``diffill serve --engine vllm``'s server, which the preload waits for."""
         self.http: HttpFront | None = None
         """``diffill serve --http``'s front end: plugins' HTTP requests as daemon jobs."""
         if http:
@@ -264,6 +299,9 @@ class Daemon:
                 "cached_results": len(self.cache.entries),
                 "http": {"url": self.http.url, "token": self.http.token,
                          "requests": self.http.requests} if self.http else None,
+                "vllm": {"pid": self.child.proc.pid if self.child.proc else None,
+                         "url": self.child.url, "log": str(self.child.log_path),
+                         "state": self.child.state()} if self.child else None,
                 "last_error": self.last_error}
 
     # ------------------------------------------------------------ connections
@@ -338,10 +376,19 @@ class Daemon:
                 "root": str(Path(__file__).resolve().parents[1]),
                 "autostarted": self.autostarted, "busy": busy}
 
+    def model_key(self, spec: dict[str, Any] | None) -> tuple:
+        """The registry key of a request's model spec; one that names nothing (an editor left
+        at its defaults) gets the model this daemon was started with (``diffill serve
+        --model``, ``--engine``), else the bundled one."""
+        key = Registry.key(spec)
+        if self.preload is not None and key == Registry.key(None):
+            return Registry.key(self.preload)
+        return key
+
     def enqueue(self, client: Client, mid: int, method: str, params: dict[str, Any]) -> None:
         self.last_activity = time.monotonic()
         document = params.get("document") if method == "infill" else None
-        job = DaemonJob(mid, client, method, Registry.key(params.get("model")),
+        job = DaemonJob(mid, client, method, self.model_key(params.get("model")),
                         document=DocumentKey(client.id, document) if document is not None
                         else None)
         self.counters["requests" if method == "infill" else "load_requests"] += 1
@@ -392,6 +439,8 @@ class Daemon:
         if self.preload is not None:
             try:
                 self.state = "loading"
+                if self.child is not None:
+                    self.child.wait_ready(lambda: self.stopping)
                 self.registry.get(Registry.key(self.preload))
             except Exception as exc:  # reported to requests, the daemon stays up
                 self.last_error = str(describe(exc).message)
@@ -560,6 +609,7 @@ class Daemon:
             except Exception:  # noqa: BLE001
                 pass
         await asyncio.to_thread(worker.join, 10)
+        self.registry.close()
 
 
 def _rss_bytes() -> int:
@@ -567,8 +617,10 @@ def _rss_bytes() -> int:
 
 
 def _cuda_bytes() -> int | None:
+    torch = sys.modules.get("torch")  # not loaded: no model of this process holds memory
+    if torch is None:
+        return None
     try:
-        import torch
         return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
     except Exception:  # noqa: BLE001
         return None
@@ -611,14 +663,21 @@ def prepare_socket(path: Path) -> FileLock:
 
 def run_daemon(path: Path, *, idle_timeout: float, preload: dict[str, Any] | None,
                keep_models: int = 1, autostarted: bool = False,
-               http: tuple[str, int, str] | None = None) -> int:
+               http: tuple[str, int, str] | None = None, child: VllmChild | None = None) -> int:
+    """Serve until stopped. With ``child`` (``--engine vllm``), its server is started once the
+    lock is held and is the daemon's model (``preload``), and stops with the daemon."""
     lock = prepare_socket(path)
     old_umask = os.umask(0o077)
     try:
+        if child is not None:
+            child.start()
+            preload = child.spec()
         daemon = Daemon(path, idle_timeout=idle_timeout, keep_models=keep_models,
-                        preload=preload, autostarted=autostarted, http=http)
+                        preload=preload, autostarted=autostarted, http=http, child=child)
         asyncio.run(daemon.serve())
     finally:
+        if child is not None:
+            child.stop()
         os.umask(old_umask)
         try:
             path.unlink()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DaemonUnavailable, RequestCancelled, UnsafeSocket, from_kind
-from .protocol import build_id
+from .protocol import build_id, spec_flags
 from .sockets import check_peer, own_paths, private_folder
 
 log = logging.getLogger("diffill.client")
@@ -40,9 +40,7 @@ def spawn_daemon(path: Path, idle_timeout: float, preload: dict[str, Any] | None
         # Started on demand: the client's own "load" or "infill" names the model to load;
         # preloading the default would load a model nobody asked for.
         cmd.append("--no-preload")
-    for key in ("checkpoint", "device", "dtype", "family"):
-        if preload and preload.get(key):
-            cmd += [f"--{'model' if key == 'checkpoint' else key}", str(preload[key])]
+    cmd += spec_flags(preload or {})
     logf = open(log_path, "ab")
     # The child imports diffill as this process did (the same installed build); its cwd is
     # the runtime folder so that nothing it resolves depends on where the client ran.

@@ -47,7 +47,8 @@ class BadInput(DiffillError):
 
 
 class ModelUnavailable(DiffillError):
-    """The checkpoint is missing or broken, or the device ran out of memory."""
+    """The checkpoint is missing or broken, the device ran out of memory, or the engine's
+    server does not answer as it should."""
 
     exit_code = EXIT_MODEL
     lsp_code = REQUEST_FAILED
@@ -86,7 +87,7 @@ def classify(exc: BaseException) -> DiffillError:
     if isinstance(exc, InputError):
         return BadInput(str(exc))
     name = type(exc).__name__
-    if name in ("CheckpointError", "ConfigError", "WeightsError", "ProfileError"):
+    if name in ("CheckpointError", "ConfigError", "WeightsError", "ProfileError", "EngineError"):
         return ModelUnavailable(str(exc))
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return ModelUnavailable("the device ran out of memory; try a smaller --max-tokens, a "

@@ -8,8 +8,8 @@ import logging
 import sys
 
 from .daemon_client import DaemonClient, other_build
-from .errors import EXIT_DAEMON, EXIT_OK, DaemonUnavailable
-from .options import add_model_options
+from .errors import EXIT_DAEMON, EXIT_OK, DaemonUnavailable, UsageError
+from .options import add_model_options, model_spec
 from .protocol import socket_path
 from .sockets import private_folder
 
@@ -36,7 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "generated once and kept; `diffill status` shows it)")
     s.add_argument("--http-allow-remote", action="store_true",
                    help="allow --http on an address other than loopback")
-    add_model_options(s)
+    add_model_options(s, engines=("local", "openai", "vllm"))
+    v = s.add_argument_group("vllm (--engine vllm)")
+    v.add_argument("--vllm-python", metavar="PYTHON",
+                   help="the interpreter whose vLLM runs the server (default: this one)")
+    v.add_argument("--vllm-args", metavar="ARGS", default="",
+                   help="more flags for vLLM's server, one string (e.g. \"--max-model-len "
+                        "8192 --gpu-memory-utilization 0.8\")")
+    v.add_argument("--vllm-start-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="how long vLLM may take to be ready (downloads and compiles "
+                        "included; default 900)")
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("status", help="model, device, memory and counters of the daemon")
@@ -55,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # other commands (the editor server, a CLI fill) do not pay for them.
     from .daemon import AlreadyRunning, run_daemon
     from .http_front import check_bind, load_token, parse_address
+    from .vllm_child import VllmChild
     path = socket_path(args.socket)
     if args.stop:
         client = DaemonClient(path, timeout=10)
@@ -64,8 +74,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.verbose:  # a service says where it listens, what it loads and why it stops
         logging.getLogger("diffill").setLevel(logging.INFO)
-    preload = None if args.no_preload else {"checkpoint": args.model, "device": args.device,
-                                            "dtype": args.dtype, "family": args.family}
+    preload = None if args.no_preload else model_spec(args)
+    child = None
+    if args.engine == "vllm":
+        if not args.model:
+            raise UsageError("--engine vllm needs --model: the hub id or folder vLLM serves")
+        child = VllmChild(args.model, path.parent, python=args.vllm_python or sys.executable,
+                          extra_args=args.vllm_args, start_seconds=args.vllm_start_timeout)
     http = None
     if args.http:
         host, port = parse_address(args.http)
@@ -73,10 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         private_folder(path.parent)
         http = (host, port, load_token(path.parent, args.api_key))
     idle = args.idle_timeout if args.idle_timeout is not None else \
-        float("inf") if http else 1800.0  # a server for plugins stays up
+        float("inf") if http or child else 1800.0  # a server for plugins, or vLLM's, stays up
     try:
         return run_daemon(path, idle_timeout=idle, preload=preload,
-                          keep_models=args.keep_models, autostarted=args.autostarted, http=http)
+                          keep_models=args.keep_models, autostarted=args.autostarted, http=http,
+                          child=child)
     except AlreadyRunning as exc:
         print(f"diffill: {exc}", file=sys.stderr)
         return EXIT_OK
@@ -112,6 +128,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not st["models"]:
         print("model    none loaded yet")
     for m in st["models"]:
+        if m.get("engine") == "openai":
+            latency = f", last answer {m['latency_ms']:.0f} ms" if m.get("latency_ms") else ""
+            print(f"model    {m['checkpoint']} on {m['url']} ({m['family']} model, "
+                  f"OpenAI-compatible server{latency})")
+            continue
         print(f"model    {m['checkpoint']} ({m['family']}, {m['parameters'] / 1e6:.1f}M "
               f"parameters, {_size(m['memory_bytes'])})")
         n = m.get("threads")
@@ -129,6 +150,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st.get("http"):
         print(f"http     {st['http']['url']} (/infill, /v1/completions), "
               f"{st['http']['requests']} requests; token {st['http']['token']}")
+    if st.get("vllm"):
+        v = st["vllm"]
+        print(f"vllm     pid {v['pid']} on {v['url']}, {v['state']}; "
+              f"log {v['log']}")
     if st.get("last_error"):
         print(f"last error {st['last_error']}")
     return EXIT_OK

@@ -32,13 +32,39 @@ MARKER = "<|fill|>"
 log = logging.getLogger("diffill")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser,
+                      engines: Sequence[str] = ("local", "openai")) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", help="checkpoint folder, bundled name or hub id "
                                    "(default: the bundled diffill-small)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     g.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: bf16 on cuda)")
     g.add_argument("--family", help="force the checkpoint family (dream, llada, diffill ...)")
+    if len(engines) == 1:  # a command that runs the model in this process only
+        p.set_defaults(engine=engines[0], engine_url=None, engine_api_key_file=None,
+                       engine_allow_plain_http=False)
+        return
+    g.add_argument("--engine", choices=engines, default="local",
+                   help="where the model runs: local (this machine), openai (an "
+                        "OpenAI-compatible server at --engine-url, --model naming the served "
+                        "model)" + (", vllm (start vLLM's server with --model and use it)"
+                                    if "vllm" in engines else ""))
+    g.add_argument("--engine-url", metavar="URL",
+                   help="the server of --engine openai, e.g. https://gpu-box:8000/v1")
+    g.add_argument("--engine-api-key-file", metavar="FILE",
+                   help="file whose first line is that server's API key (default: "
+                        "$DIFFILL_ENGINE_API_KEY)")
+    g.add_argument("--engine-allow-plain-http", action="store_true",
+                   help="allow http:// to a host other than loopback (code and key in "
+                        "clear text)")
+
+
+def model_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The model spec (the daemon's ``params.model``) the model options give."""
+    return {"engine": args.engine, "checkpoint": args.model, "device": args.device,
+            "dtype": args.dtype, "family": args.family, "url": args.engine_url,
+            "key_file": args.engine_api_key_file,
+            "allow_plain_http": args.engine_allow_plain_http}
 
 
 def add_sampler_options(p: argparse.ArgumentParser) -> None:
@@ -148,6 +174,11 @@ def _as_flags(message: str) -> str:
 
 
 def load_engine(args: argparse.Namespace) -> InfillEngine:
+    if args.engine == "openai":  # the model is on a server: no torch here
+        from diffill.infill.remote import OpenAIEngine, spec_from
+        engine = OpenAIEngine.connect(spec_from(model_spec(args)))
+        log.info("model %s", json.dumps(engine.model.describe()))
+        return engine
     # torch: only for a command that runs a model in this process
     from diffill.infill import make_engine
     from diffill.model import load_model

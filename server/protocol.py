@@ -78,8 +78,20 @@ class Settings:
     """What an editor can set, in ``initializationOptions`` or ``workspace/didChangeConfiguration``
     (section ``diffill``). Names are camelCase on the wire."""
 
+    engine: Literal["local", "openai"] = "local"
+    """Where the model runs: ``local`` (in the daemon) or ``openai`` (an OpenAI-compatible
+    server such as vLLM serving DiffusionGemma, at ``engineUrl``)."""
     model: str | None = None
-    """Checkpoint: a folder, a bundled model's name or a hub id (default: diffill-small)."""
+    """Checkpoint: a folder, a bundled model's name or a hub id (default: diffill-small); with
+    ``engine: openai``, the served model's id (default: the server's first)."""
+    engineUrl: str | None = None
+    """The OpenAI-compatible server of ``engine: openai``, e.g. ``https://gpu-box:8000/v1``."""
+    engineApiKeyFile: str | None = None
+    """A file (on the daemon's machine) whose first line is that server's API key; default:
+    the daemon's ``$DIFFILL_ENGINE_API_KEY``. The key itself is never a setting."""
+    engineAllowPlainHttp: bool = False
+    """Allow ``http://`` to a host other than loopback (your code and the key in clear
+    text); refused otherwise."""
     device: str | None = None
     """``cpu``, ``cuda``, ``cuda:1`` ... (default: cuda when present)."""
     dtype: str | None = None
@@ -159,8 +171,10 @@ class Settings:
         return bool(self.enable.get("*", True))
 
     def model_spec(self) -> dict[str, Any]:
-        return {"checkpoint": self.model, "device": self.device, "dtype": self.dtype,
-                "family": self.family}
+        return {"engine": self.engine, "checkpoint": self.model, "device": self.device,
+                "dtype": self.dtype, "family": self.family, "url": self.engineUrl,
+                "key_file": self.engineApiKeyFile,
+                "allow_plain_http": self.engineAllowPlainHttp}
 
     def infill_settings(self, automatic: bool = False) -> InfillSettings:
         """The engine's settings for a request (``automatic``: one the client made on typing,
@@ -177,6 +191,18 @@ class Settings:
             shed_load=self.shedLoad, quick_lines=automatic and self.fastTyping,
             hide_unknown_names=self.hideUnknownNames, explicit=not automatic,
             drafts=self.drafts)
+
+
+SPEC_FLAGS = {"checkpoint": "--model", "device": "--device", "dtype": "--dtype",
+              "family": "--family", "engine": "--engine", "url": "--engine-url",
+              "key_file": "--engine-api-key-file"}
+
+
+def spec_flags(spec: dict[str, Any]) -> list[str]:
+    """The command-line options that give ``spec`` (:func:`model_spec` read backwards)."""
+    flags = [part for key, flag in SPEC_FLAGS.items() if spec.get(key)
+             for part in (flag, str(spec[key]))]
+    return flags + (["--engine-allow-plain-http"] if spec.get("allow_plain_http") else [])
 
 
 POSITIVE = ("maxTokens", "ensemble", "prefixTokens", "suffixTokens", "idleTimeout")

@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the workspace, for the drafts alone and diffill")
     e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
                                               "packages")
-    add_model_options(e)
+    add_model_options(e, engines=("local",))
     add_sampler_options(e)
     e.set_defaults(func=cmd_eval)
 
@@ -153,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--editor-settings", type=json.loads, metavar="JSON",
                    help="--e2e: the editor's settings for the server, as JSON "
                         "(e.g. '{\"ensemble\": 1}')")
-    add_model_options(b)
+    add_model_options(b, engines=("local",))
     b.set_defaults(func=cmd_bench)
 
 
