@@ -4,7 +4,8 @@ import * as path from "path";
 
 /** Settings the server understands (server/protocol.py `Settings`), camelCase on the wire. */
 export const SERVER_SETTINGS = [
-  "model", "device", "dtype", "family", "maxTokens", "steps", "schedule", "threshold", "cache",
+  "engine", "model", "engineUrl", "engineApiKeyFile", "engineAllowPlainHttp", "device", "dtype",
+  "family", "maxTokens", "steps", "schedule", "threshold", "cache",
   "ensemble", "mode", "prefixTokens", "suffixTokens", "extraTokens", "debounceMs", "enable",
   "completionFallback", "socket", "idleTimeout", "minConfidence", "preview",
   "reviewEdits", "shedLoad", "fastTyping", "hideUnknownNames", "drafts", "workspaceFiles",
