@@ -61,9 +61,11 @@ def add_model_options(p: argparse.ArgumentParser,
 
 def model_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The model spec (the daemon's ``params.model``) the model options give."""
+    key_file = args.engine_api_key_file
     return {"engine": args.engine, "checkpoint": args.model, "device": args.device,
             "dtype": args.dtype, "family": args.family, "url": args.engine_url,
-            "key_file": args.engine_api_key_file,
+            # absolute: a daemon reads it from a folder of its own
+            "key_file": os.path.abspath(os.path.expanduser(key_file)) if key_file else None,
             "allow_plain_http": args.engine_allow_plain_http}
 
 

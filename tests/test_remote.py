@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -399,3 +400,21 @@ def test_through_the_daemon_a_dead_server_is_an_answer_and_a_live_one_serves(fau
     assert (model["engine"], model["url"], model["checkpoint"]) == ("openai", server.url, "tiny")
     assert model["latency_ms"] is not None
     client.close()
+
+
+def test_serve_with_vllm_where_vllm_is_missing_says_how_to_get_it(tmp_path):
+    sock = Path(tempfile.mkdtemp(prefix="dfr-")) / "d.sock"
+    out = subprocess.run([sys.executable, "-m", "diffill.server.cli", "serve", "--socket",
+                          str(sock), "--engine", "vllm", "--model", GEMMA,
+                          "--vllm-python", sys.executable], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("diffill: error: vLLM is not installed for ")
+    assert "pip install 'diffill[vllm]'" in line
+    assert "--max-num-seqs 4 --generation-config vllm" in line  # the command to run it by hand
+    assert not sock.exists() and not (sock.parent / "vllm-key").exists()
+    out = subprocess.run([sys.executable, "-m", "diffill.server.cli", "serve", "--socket",
+                          str(sock), "--engine", "vllm"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 2 and "--engine vllm needs --model" in out.stderr
