@@ -24,8 +24,8 @@ SELECTION = ("<SELECTION>", "</SELECTION>")
 FENCE = "```"
 CHARS_PER_TOKEN = 3.0
 """Characters counted as one token where the model's tokenizer is not at hand (an engine on a
-server): code runs 3-4 characters a token in the Gemma and Qwen tokenizers, so a budget in
-tokens is kept, or undershot."""
+server), until the server's counts say better: code runs 3-4 characters a token in the Gemma
+and Qwen tokenizers, so a budget in tokens is kept, or undershot."""
 
 
 def _code_block(language: str | None, body: str) -> str:
@@ -103,26 +103,38 @@ class TokenMeasure:
 
 
 class CharMeasure:
-    """Without a tokenizer (the model is on a server): :data:`CHARS_PER_TOKEN` characters a
-    token, windows cut at line boundaries as the token windows are."""
+    """Without a tokenizer (the model is on a server): ``chars_per_token`` characters a token
+    (:data:`CHARS_PER_TOKEN` until :meth:`observe` learns the server's), windows cut at line
+    boundaries as the token windows are."""
+
+    def __init__(self, chars_per_token: float = CHARS_PER_TOKEN) -> None:
+        self.chars_per_token = chars_per_token
+
+    def observe(self, chars: int, tokens: int) -> None:
+        """A text of ``chars`` characters that the server counted as ``tokens``: a lower ratio
+        is taken at once (a budget must not overshoot the server's context), a higher one a
+        fifth of the way."""
+        if chars > 0 and tokens > 0:
+            seen = chars / tokens
+            self.chars_per_token = max(1.0, min(seen, 0.8 * self.chars_per_token + 0.2 * seen))
 
     def prefix(self, text: str, cursor: int, budget: int) -> str:
-        lo = max(0, cursor - int(budget * CHARS_PER_TOKEN))
+        lo = max(0, cursor - int(budget * self.chars_per_token))
         chunk = text[lo:cursor]
         nl = chunk.find("\n")
         return chunk[nl + 1:] if lo > 0 and nl >= 0 else chunk
 
     def suffix(self, text: str, end: int, budget: int) -> str:
-        hi = min(len(text), end + int(budget * CHARS_PER_TOKEN))
+        hi = min(len(text), end + int(budget * self.chars_per_token))
         chunk = text[end:hi]
         nl = chunk.rfind("\n")
         return chunk[:nl + 1] if hi < len(text) and nl >= 0 else chunk
 
     def tail(self, text: str, budget: int) -> str:
-        return text[max(0, len(text) - int(budget * CHARS_PER_TOKEN)):]
+        return text[max(0, len(text) - int(budget * self.chars_per_token)):]
 
     def count(self, text: str) -> int:
-        return math.ceil(len(text) / CHARS_PER_TOKEN)
+        return math.ceil(len(text) / self.chars_per_token)
 
 
 # ---------------------------------------------------------------- the task

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -37,12 +38,20 @@ from .text import InputError
 ENV_KEY = "DIFFILL_ENGINE_API_KEY"
 """Where the engine's API key is read when no key file is named (the daemon's environment)."""
 DIFFUSION_FIELDS = frozenset({"model", "messages", "add_generation_prompt",
-                              "continue_final_message", "max_tokens", "n", "stream", "stop"})
+                              "continue_final_message", "max_tokens", "n", "stream",
+                              "stream_options", "stop"})
 """All a request to a diffusion model carries: vLLM answers 400 to a ``temperature`` other
 than 1.0 and to ``seed``, ``min_p`` or ``logit_bias`` for its diffusion models."""
 POLL_SECONDS = 0.05
 """How often the waiting worker polls the cancel flags (and serves between a rewrite's
 chunks what the daemon has waiting)."""
+TEMPLATE_TOKENS = 64
+"""Tokens a chat template adds around the turns (role markers, the system preamble), counted
+when a prompt is fitted to the server's context."""
+CONTEXT_OVER = re.compile(r"maximum context length.*?(?:contains at least (\d+) input tokens|"
+                          r"\((\d+) in the messages)", re.S)
+"""vLLM's refusal of a prompt over its context, with its count of the prompt (the wording of
+0.32, and of earlier versions)."""
 CHARS_PER_ANSWER_TOKEN = 32
 """An answer longer than its token budget at this many characters a token is overlong: the
 stream is closed and the answer cut there."""
@@ -139,6 +148,14 @@ class RemoteModel:
         return 0
 
 
+def turns(task: ChatTask, model: RemoteModel) -> dict[str, Any]:
+    """The task as chat messages whose last, the model's turn, is continued, not answered."""
+    return {"model": model.id,
+            "messages": [{"role": "user", "content": task.user},
+                         {"role": "assistant", "content": task.opened}],
+            "add_generation_prompt": False, "continue_final_message": True}
+
+
 def request_body(task: ChatTask, settings: InfillSettings, model: RemoteModel, rows: int,
                  stream: bool = True) -> dict[str, Any]:
     """The ``/v1/chat/completions`` body of a task: the user turn, the model's turn opened
@@ -148,11 +165,10 @@ def request_body(task: ChatTask, settings: InfillSettings, model: RemoteModel, r
     answer, which more would only repeat), top-p and seed, and token log-probabilities, which
     score its answers."""
     body: dict[str, Any] = {
-        "model": model.id,
-        "messages": [{"role": "user", "content": task.user},
-                     {"role": "assistant", "content": task.opened}],
-        "add_generation_prompt": False, "continue_final_message": True,
+        **turns(task, model),
         "max_tokens": task.budget, "n": rows, "stream": stream, "stop": [FENCE]}
+    if stream:  # the prompt's token count, which teaches the engine the server's tokenizer
+        body["stream_options"] = {"include_usage": True}
     if not model.diffusion:
         sampler = settings.sampler
         if sampler.temperature == 0:
@@ -186,6 +202,8 @@ class _Stream:
     finish: list[str | None] = field(init=False)
     probs: list[list[float]] = field(init=False)
     chunks: int = 0
+    prompt_tokens: int = 0
+    """The server's count of the prompt (its last chunk's ``usage``), 0 when it sent none."""
 
     def __post_init__(self) -> None:
         self.texts = [[] for _ in range(self.rows)]
@@ -202,6 +220,9 @@ class _Stream:
         choices = chunk.get("choices")
         if not isinstance(choices, list):
             raise EngineError(f"malformed stream from {where}: a chunk without choices")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            self.prompt_tokens = usage["prompt_tokens"]
         self.chunks += 1
         for choice in choices:
             index = choice.get("index", 0) if isinstance(choice, dict) else None
@@ -269,6 +290,9 @@ class OpenAIEngine(EngineBase[RemoteModel]):
         self._key = read_key(model.spec.key_file)
         self._http = _Loop()
         self._session: aiohttp.ClientSession | None = None
+        self._counted = False
+        """Whether a prompt was counted by the server's ``/tokenize`` (once, on the first
+        request to a server with a known context length)."""
 
     # ------------------------------------------------------------ connecting
 
@@ -331,15 +355,17 @@ class OpenAIEngine(EngineBase[RemoteModel]):
             raise EngineError(f"{self.model.spec.url}/models answered without a model list")
         return data
 
-    def _open(self, method: str, path: str, body: dict | None = None):
-        """A request to the server whose answer is checked before it is read: a context
-        manager giving the response, or raising :class:`EngineError` (or ``InputError`` for
-        a request the server refused as malformed)."""
+    def _open(self, method: str, path: str, body: dict | None = None, root: bool = False):
+        """A request to the server (``path`` under its ``/v1``, or under its root) whose answer
+        is checked before it is read: a context manager giving the response, or raising
+        :class:`EngineError` (or ``InputError`` for a request the server refused as
+        malformed)."""
         engine = self
 
         class Opened:
             async def __aenter__(self) -> aiohttp.ClientResponse:
-                url = engine.model.spec.url + path
+                base = engine.model.spec.url
+                url = (base[:-len("/v1")] if root and base.endswith("/v1") else base) + path
                 try:
                     self.response = await engine._client().request(
                         method, url, json=body, allow_redirects=False)
@@ -379,26 +405,25 @@ class OpenAIEngine(EngineBase[RemoteModel]):
             self.shed += len(submissions)
         started = time.perf_counter()
         out: list[InfillResult | BaseException | None] = [None] * len(submissions)
-        pending: dict[concurrent.futures.Future, tuple[int, ChatTask]] = {}
+        pending: dict[concurrent.futures.Future, int] = {}
         for i, sub in enumerate(submissions):
             try:
-                task = chat_task(sub.request, self._validate(sub.request), settings,
-                                 self.measure)
+                task = self._task(sub.request, settings)
             except Exception as exc:  # that request's own answer
                 out[i] = exc
                 continue
-            pending[self._http.submit(self._ask(task, settings, rows, sub))] = (i, task)
+            pending[self._http.submit(self._ask(task, settings, rows, sub))] = i
         while pending:
             done, _ = concurrent.futures.wait(list(pending), timeout=POLL_SECONDS,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             for fut in done:
-                i, task = pending.pop(fut)
+                i = pending.pop(fut)
                 try:
-                    out[i] = self._result(submissions[i].request, task, fut.result(), settings,
+                    out[i] = self._result(submissions[i].request, *fut.result(), settings,
                                           started)
                 except Exception as exc:  # noqa: BLE001 - reported to that request alone
                     out[i] = exc
-            for fut, (i, _) in list(pending.items()):
+            for fut, i in list(pending.items()):
                 cancel = submissions[i].cancel
                 if cancel is not None and cancel():
                     fut.cancel()  # closes the stream: the server stops working on it
@@ -406,18 +431,63 @@ class OpenAIEngine(EngineBase[RemoteModel]):
                     out[i] = Cancelled()
         return [r if r is not None else Cancelled() for r in out]
 
+    def _task(self, req: InfillRequest, settings: InfillSettings) -> ChatTask:
+        """The request's chat task, its context cut (by a quarter at a time) until the turn
+        and the answer's budget fit the server's ``max_model_len`` by the measure's count."""
+        task = chat_task(req, self._validate(req), settings, self.measure)
+        limit = self.model.max_model_len
+        for _ in range(8):
+            if not limit or self.measure.count(task.user + task.opened) + task.budget + \
+                    TEMPLATE_TOKENS <= limit:
+                break
+            b = settings.budget
+            settings = replace(settings, budget=replace(
+                b, prefix_tokens=b.prefix_tokens * 3 // 4, suffix_tokens=b.suffix_tokens * 3 // 4,
+                extra_tokens=b.extra_tokens * 3 // 4))
+            task = chat_task(req, self._validate(req), settings, self.measure)
+        return task
+
     async def _ask(self, task: ChatTask, settings: InfillSettings, rows: int,
-                   sub: Submission) -> Answer:
-        """One request's answer. A server that refuses sampling fields for a diffusion model
-        (one served under a name that does not say so) is asked again as one, and the engine
-        remembers."""
+                   sub: Submission) -> tuple[ChatTask, Answer]:
+        """One request's task and answer. Asked again once, and remembered, when the server
+        refuses sampling fields as it does for a diffusion model (one served under a name that
+        does not say so), or counts the prompt over its context (the measure learns the count
+        and the context is cut again)."""
+        if not self._counted and self.model.max_model_len:
+            self._counted = True  # once: later prompts are counted by their answers' usage
+            if await self._count(task):
+                task = self._task(sub.request, settings)
         try:
-            return await self._stream(request_body(task, settings, self.model, rows), task, sub)
+            return task, await self._stream(request_body(task, settings, self.model, rows), task,
+                                            sub)
         except InputError as exc:
-            if self.model.diffusion or "diffusion model" not in str(exc):
+            over = CONTEXT_OVER.search(str(exc))
+            if over is not None:
+                if not await self._count(task):  # vLLM's own count is only "at least"
+                    self.measure.observe(len(task.user) + len(task.opened),
+                                         int(over.group(1) or over.group(2)))
+                    self.measure.chars_per_token *= 0.7
+                task = self._task(sub.request, settings)
+            elif "diffusion model" in str(exc) and not self.model.diffusion:
+                self.model.refused_sampling = True
+            else:
                 raise
-            self.model.refused_sampling = True
-            return await self._stream(request_body(task, settings, self.model, rows), task, sub)
+            return task, await self._stream(request_body(task, settings, self.model, rows), task,
+                                            sub)
+
+    async def _count(self, task: ChatTask) -> bool:
+        """Teach the measure the server's count of this task's prompt, from vLLM's
+        ``/tokenize``; False where the server has none."""
+        try:
+            async with self._open("POST", "/tokenize", turns(task, self.model),
+                                  root=True) as response:
+                count = (await response.json(content_type=None)).get("count")
+        except (EngineError, InputError, ValueError, AttributeError, aiohttp.ClientError):
+            return False
+        if not isinstance(count, int) or count <= 0:
+            return False
+        self.measure.observe(len(task.user) + len(task.opened), count)
+        return True
 
     async def _stream(self, body: dict[str, Any], task: ChatTask, sub: Submission) -> Answer:
         """Send one request, read its stream, feed the previews."""
@@ -447,6 +517,8 @@ class OpenAIEngine(EngineBase[RemoteModel]):
             except aiohttp.ClientError as exc:
                 raise EngineError(f"the server at {where} failed mid-answer: {exc}") from None
         self.model.last_latency_ms = (time.perf_counter() - t0) * 1000
+        if stream.prompt_tokens:  # the server's count of this prompt teaches the measure
+            self.measure.observe(len(task.user) + len(task.opened), stream.prompt_tokens)
         return stream.answer()
 
     def _result(self, req: InfillRequest, task: ChatTask, answer: Answer,

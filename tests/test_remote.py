@@ -140,8 +140,10 @@ def test_the_cli_says_so_in_one_line(tmp_path):
 class Faulty:
     """An OpenAI-style server in this process whose chat answers a test writes."""
 
-    def __init__(self, chat, models=("tiny",), key: str | None = None) -> None:
+    def __init__(self, chat, models=("tiny",), key: str | None = None,
+                 max_model_len: int = 2048) -> None:
         self.chat, self.models, self.key = chat, list(models), key
+        self.max_model_len = max_model_len
         self.bodies: list[dict] = []
         self.first_sent = threading.Event()
         self.hung_up = threading.Event()
@@ -156,6 +158,7 @@ class Faulty:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
         self.runner = web.AppRunner(app, handler_cancellation=True)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -170,7 +173,17 @@ class Faulty:
 
     async def _models(self, request):
         return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "max_model_len": 2048} for m in self.models]})
+            {"id": m, "object": "model", "max_model_len": self.max_model_len}
+            for m in self.models]})
+
+    async def _tokenize(self, request):
+        """vLLM's /tokenize of a chat, for a tokenizer of 2 characters a token (a test that
+        sets ``counts``), else 404 as most servers answer."""
+        if not getattr(self, "counts", False):
+            raise web.HTTPNotFound()
+        body = await request.json()
+        return web.json_response({"count": prompt_chars(body) // 2,
+                                  "max_model_len": self.max_model_len, "tokens": []})
 
     async def _chat(self, request):
         body = await request.json()
@@ -418,3 +431,61 @@ def test_serve_with_vllm_where_vllm_is_missing_says_how_to_get_it(tmp_path):
                           str(sock), "--engine", "vllm"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 2 and "--engine vllm needs --model" in out.stderr
+
+
+BIG = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(400))  # ~10k chars
+
+
+def prompt_chars(body: dict) -> int:
+    return sum(len(m["content"]) for m in body["messages"])
+
+
+def test_the_prompt_is_cut_to_the_servers_context_and_its_counts_teach_the_measure(faulty):
+    async def chat(server, request, body):
+        tokens = prompt_chars(body) // 2  # a tokenizer of 2 characters a token
+        return await server.stream(request, [delta("pi", finish="stop"),
+                                             {"choices": [], "usage": {"prompt_tokens": tokens}}])
+    server = faulty(chat, max_model_len=1024)
+    engine = engine_for(server)
+    req = InfillRequest(BIG, BIG.index("return x + 200") + 7, language="python")
+    assert engine.run(req, ASK).best.text == "pi"
+    # cut to fit 1024 tokens at the first guess of 3 characters a token
+    assert prompt_chars(server.bodies[0]) <= (1024 - 8) * 3
+    assert engine.measure.chars_per_token < 3.0
+    for _ in range(20):
+        engine.run(req, ASK)
+    engine.close()
+    assert engine.measure.chars_per_token == pytest.approx(2.0, abs=0.1)
+    assert prompt_chars(server.bodies[-1]) <= (1024 - 8) * 2.1
+
+
+def test_a_prompt_the_server_counts_over_its_context_is_cut_and_asked_again(faulty):
+    async def chat(server, request, body):
+        tokens = prompt_chars(body) // 2
+        if tokens + body["max_tokens"] > 1024:  # vLLM 0.32's words
+            return web.json_response({"object": "error", "message": (
+                "This model's maximum context length is 1024 tokens. However, your prompt "
+                f"contains at least {tokens} input tokens, which exceeds this limit even "
+                "without any output tokens.")}, status=400)
+        return await server.stream(request, [delta("pi", finish="stop")])
+    server = faulty(chat, max_model_len=1024)
+    engine = engine_for(server)
+    req = InfillRequest(BIG, BIG.index("return x + 200") + 7, language="python")
+    assert engine.run(req, ASK).best.text == "pi"
+    engine.close()
+    first, second = server.bodies
+    assert prompt_chars(second) < prompt_chars(first)
+
+
+def test_the_first_prompt_is_counted_by_the_servers_tokenizer_where_it_has_one(faulty):
+    async def chat(server, request, body):
+        if prompt_chars(body) // 2 + body["max_tokens"] > 1024:
+            return web.json_response({"message": "over"}, status=400)
+        return await server.stream(request, [delta("pi", finish="stop")])
+    server = faulty(chat, max_model_len=1024)
+    server.counts = True
+    engine = engine_for(server)
+    req = InfillRequest(BIG, BIG.index("return x + 200") + 7, language="python")
+    assert engine.run(req, ASK).best.text == "pi"
+    engine.close()
+    assert len(server.bodies) == 1 and engine.measure.chars_per_token == pytest.approx(2.0, 0.05)
