@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ipaddress
 import json
 import math
@@ -304,8 +305,9 @@ class OpenAIEngine(EngineBase[RemoteModel]):
         t0 = time.perf_counter()
         engine = cls(RemoteModel(spec, spec.model or ""), settings)
         try:
-            served = engine._http.submit(engine._models()).result()
-            ids = [m.get("id") for m in served if isinstance(m, dict)]
+            served = [m for m in engine._http.submit(engine._models()).result()
+                      if isinstance(m, dict) and isinstance(m.get("id"), str)]
+            ids = [m["id"] for m in served]
             if not ids:
                 raise EngineError(f"the server at {spec.url} serves no model")
             if spec.model is None:
@@ -314,11 +316,11 @@ class OpenAIEngine(EngineBase[RemoteModel]):
                 chosen = served[ids.index(spec.model)]
             else:
                 raise EngineError(f"the server at {spec.url} does not serve {spec.model!r}; it "
-                                  f"serves {', '.join(map(str, ids))}")
+                                  f"serves {', '.join(ids)}")
         except BaseException:
             engine.close()
             raise
-        engine.model.id = str(chosen["id"])
+        engine.model.id = chosen["id"]
         length = chosen.get("max_model_len")
         engine.model.max_model_len = length if isinstance(length, int) else None
         engine.model.load_seconds = time.perf_counter() - t0
@@ -336,11 +338,7 @@ class OpenAIEngine(EngineBase[RemoteModel]):
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            spec = self.model.spec
-            headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-            self._session = aiohttp.ClientSession(
-                headers=headers, timeout=aiohttp.ClientTimeout(
-                    total=None, connect=spec.connect_seconds, sock_read=spec.stall_seconds))
+            self._session = aiohttp.ClientSession(**self._session_kwargs())
         return self._session
 
     async def _models(self) -> list[Any]:
@@ -355,40 +353,46 @@ class OpenAIEngine(EngineBase[RemoteModel]):
             raise EngineError(f"{self.model.spec.url}/models answered without a model list")
         return data
 
-    def _open(self, method: str, path: str, body: dict | None = None, root: bool = False):
-        """A request to the server (``path`` under its ``/v1``, or under its root) whose answer
-        is checked before it is read: a context manager giving the response, or raising
-        :class:`EngineError` (or ``InputError`` for a request the server refused as
-        malformed)."""
-        engine = self
+    def _session_kwargs(self) -> dict[str, Any]:
+        spec = self.model.spec
+        return {"headers": {"Authorization": f"Bearer {self._key}"} if self._key else {},
+                "timeout": aiohttp.ClientTimeout(total=None, connect=spec.connect_seconds,
+                                                 sock_read=spec.stall_seconds)}
 
-        class Opened:
-            async def __aenter__(self) -> aiohttp.ClientResponse:
-                base = engine.model.spec.url
-                url = (base[:-len("/v1")] if root and base.endswith("/v1") else base) + path
+    @contextlib.asynccontextmanager
+    async def _open(self, method: str, path: str, body: dict | None = None, root: bool = False):
+        """A request to the server (``path`` under its ``/v1``, or under its root) whose answer
+        is checked before it is read: the response, or :class:`EngineError` (``InputError``
+        for a request the server refused as malformed). A connection kept alive from before
+        that the server dropped (it restarted) is tried once more on a new one."""
+        where = self.model.spec.url
+        url = (where[:-len("/v1")] if root and where.endswith("/v1") else where) + path
+        async with contextlib.AsyncExitStack() as stack:
+            session = self._client()
+            for attempt in (1, 2):
                 try:
-                    self.response = await engine._client().request(
-                        method, url, json=body, allow_redirects=False)
+                    response = await session.request(method, url, json=body,
+                                                     allow_redirects=False)
+                    break
                 except aiohttp.ClientConnectorError as exc:
-                    raise EngineError(f"no server answers at {engine.model.spec.url} "
+                    raise EngineError(f"no server answers at {where} "
                                       f"({exc.os_error.strerror or exc}); is it running?"
                                       ) from None
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if attempt == 2:
+                        raise EngineError(f"the server at {where} failed: {exc}") from None
+                    session = await stack.enter_async_context(aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(force_close=True),
+                        **self._session_kwargs()))
                 except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
-                    raise EngineError(f"the server at {engine.model.spec.url} did not answer "
-                                      f"in {engine.model.spec.stall_seconds:.0f} s") from None
+                    raise EngineError(f"the server at {where} did not answer in "
+                                      f"{self.model.spec.stall_seconds:.0f} s") from None
                 except aiohttp.ClientError as exc:
-                    raise EngineError(f"the server at {engine.model.spec.url} failed: "
-                                      f"{exc}") from None
-                if self.response.status >= 300:
-                    error = await _refusal(self.response, engine.model.spec.url)
-                    self.response.release()
-                    raise error
-                return self.response
-
-            async def __aexit__(self, *exc: Any) -> None:
-                self.response.release()
-
-        return Opened()
+                    raise EngineError(f"the server at {where} failed: {exc}") from None
+            stack.callback(response.release)
+            if response.status >= 300:
+                raise await _refusal(response, where)
+            yield response
 
     # ------------------------------------------------------------ answering
 

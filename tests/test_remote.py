@@ -489,3 +489,27 @@ def test_the_first_prompt_is_counted_by_the_servers_tokenizer_where_it_has_one(f
     assert engine.run(req, ASK).best.text == "pi"
     engine.close()
     assert len(server.bodies) == 1 and engine.measure.chars_per_token == pytest.approx(2.0, 0.05)
+
+
+@pytest.mark.slow
+async def test_an_editor_gets_ghosts_and_previews_from_a_server(faulty, sock):
+    """The whole editor path with ``engine: openai``: a real ``diffill lsp``, its daemon, the
+    server's stream as previews, the answer as the ghost; the status names the server."""
+    from test_lsp import inline, open_doc, session, status
+
+    async def chat(server, request, body):
+        return await server.stream(request, [delta("sq"), delta("rt(tot"), delta("al)"),
+                                             delta("\n```", finish="stop")])
+    server = faulty(chat)
+    opts = {"engine": "openai", "engineUrl": server.url, "socket": str(sock), "maxTokens": 8,
+            "debounceMs": 0, "preview": True}
+    async with session(opts) as client:
+        open_doc(client, DOC, uri="file:///n.py")
+        line = DOC[:CURSOR].count("\n")
+        result = await inline(client, line, CURSOR - DOC.rfind("\n", 0, CURSOR) - 1,
+                              uri="file:///n.py")
+        assert [i.insert_text for i in result.items][:1] == ["sqrt(total)"]
+        texts = [n.text for n in client.previews]
+        assert texts and all("sqrt(total)".startswith(t) for t in texts), texts
+        st = await status(client)
+        assert st["models"][0]["url"] == server.url and st["models"][0]["engine"] == "openai"
