@@ -226,23 +226,26 @@ class _Stream:
             self.prompt_tokens = usage["prompt_tokens"]
         self.chunks += 1
         for choice in choices:
-            index = choice.get("index", 0) if isinstance(choice, dict) else None
-            if not isinstance(index, int) or not 0 <= index < self.rows:
-                raise EngineError(f"malformed stream from {where}: choice {index!r} of "
-                                  f"{self.rows}")
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if text is not None and not isinstance(text, str):
-                raise EngineError(f"malformed stream from {where}: content is not text")
-            if text:
-                self.texts[index].append(text)
-            logprobs = choice.get("logprobs")
-            if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
-                self.probs[index].extend(
-                    math.exp(t["logprob"]) for t in logprobs["content"]
-                    if isinstance(t, dict) and isinstance(t.get("logprob"), (int, float)))
-            if choice.get("finish_reason"):
-                self.finish[index] = str(choice["finish_reason"])
+            self._choice(choice, where)
+
+    def _choice(self, choice: Any, where: str) -> None:
+        """One choice's delta of a chunk: its text, log-probabilities and finish reason."""
+        index = choice.get("index", 0) if isinstance(choice, dict) else None
+        if not isinstance(index, int) or not 0 <= index < self.rows:
+            raise EngineError(f"malformed stream from {where}: choice {index!r} of {self.rows}")
+        delta = choice.get("delta") or {}
+        text = delta.get("content") if isinstance(delta, dict) else None
+        if text is not None and not isinstance(text, str):
+            raise EngineError(f"malformed stream from {where}: content is not text")
+        if text:
+            self.texts[index].append(text)
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            self.probs[index].extend(
+                math.exp(t["logprob"]) for t in logprobs["content"]
+                if isinstance(t, dict) and isinstance(t.get("logprob"), (int, float)))
+        if choice.get("finish_reason"):
+            self.finish[index] = str(choice["finish_reason"])
 
     def size(self, index: int) -> int:
         return sum(len(t) for t in self.texts[index])

@@ -413,6 +413,10 @@ def test_through_the_daemon_a_dead_server_is_an_answer_and_a_live_one_serves(fau
     assert (model["engine"], model["url"], model["checkpoint"]) == ("openai", server.url, "tiny")
     assert model["latency_ms"] is not None
     client.close()
+    out = subprocess.run([sys.executable, "-m", "diffill.server.cli", "status", "--socket",
+                          str(sock)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert f"model    tiny on {server.url} (chat model, OpenAI-compatible server, last answer " \
+        in out.stdout, out.stdout
 
 
 def test_serve_with_vllm_where_vllm_is_missing_says_how_to_get_it(tmp_path):
@@ -513,3 +517,21 @@ async def test_an_editor_gets_ghosts_and_previews_from_a_server(faulty, sock):
         assert texts and all("sqrt(total)".startswith(t) for t in texts), texts
         st = await status(client)
         assert st["models"][0]["url"] == server.url and st["models"][0]["engine"] == "openai"
+
+
+def test_vllm_is_started_with_diffusiongemmas_recipe_on_loopback(tmp_path):
+    from diffill.server.vllm_child import VllmChild
+    child = VllmChild(GEMMA, tmp_path, python="py", extra_args="--max-model-len 8192")
+    child.port = 8123
+    cmd = child.command()
+    assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
+    # vLLM's recipe for DiffusionGemma (its model card's serving command)
+    assert cmd[cmd.index("--max-num-seqs") + 1] == "4"
+    assert cmd[cmd.index("--generation-config") + 1] == "vllm"
+    assert json.loads(cmd[cmd.index("--diffusion-config") + 1]) == {"canvas_length": 256}
+    assert cmd[-2:] == ["--max-model-len", "8192"] and "--api-key" not in cmd  # key: its env
+    assert child.spec() == {"engine": "openai", "url": "http://127.0.0.1:8123/v1",
+                            "checkpoint": GEMMA, "key_file": str(tmp_path / "vllm-key")}
+    assert "--diffusion-config" not in VllmChild("Qwen/Qwen2.5-Coder-7B-Instruct", tmp_path,
+                                                 python="py").command()
