@@ -438,6 +438,14 @@ def test_serve_with_vllm_where_vllm_is_missing_says_how_to_get_it(tmp_path):
 
 
 BIG = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(400))  # ~10k chars
+FAR = InfillRequest(BIG, BIG.index("return x + 200") + 7, language="python")
+"""A cursor with more context around it than a 1,024-token server takes."""
+
+
+def engine_with_small_context(faulty, chat, counts: bool = False) -> tuple[Faulty, OpenAIEngine]:
+    server = faulty(chat, max_model_len=1024)
+    server.counts = counts
+    return server, engine_for(server)
 
 
 def prompt_chars(body: dict) -> int:
@@ -449,15 +457,13 @@ def test_the_prompt_is_cut_to_the_servers_context_and_its_counts_teach_the_measu
         tokens = prompt_chars(body) // 2  # a tokenizer of 2 characters a token
         return await server.stream(request, [delta("pi", finish="stop"),
                                              {"choices": [], "usage": {"prompt_tokens": tokens}}])
-    server = faulty(chat, max_model_len=1024)
-    engine = engine_for(server)
-    req = InfillRequest(BIG, BIG.index("return x + 200") + 7, language="python")
-    assert engine.run(req, ASK).best.text == "pi"
+    server, engine = engine_with_small_context(faulty, chat)
+    assert engine.run(FAR, ASK).best.text == "pi"
     # cut to fit 1024 tokens at the first guess of 3 characters a token
     assert prompt_chars(server.bodies[0]) <= (1024 - 8) * 3
     assert engine.measure.chars_per_token < 3.0
     for _ in range(20):
-        engine.run(req, ASK)
+        engine.run(FAR, ASK)
     engine.close()
     assert engine.measure.chars_per_token == pytest.approx(2.0, abs=0.1)
     assert prompt_chars(server.bodies[-1]) <= (1024 - 8) * 2.1
@@ -472,10 +478,8 @@ def test_a_prompt_the_server_counts_over_its_context_is_cut_and_asked_again(faul
                 f"contains at least {tokens} input tokens, which exceeds this limit even "
                 "without any output tokens.")}, status=400)
         return await server.stream(request, [delta("pi", finish="stop")])
-    server = faulty(chat, max_model_len=1024)
-    engine = engine_for(server)
-    req = InfillRequest(BIG, BIG.index("return x + 200") + 7, language="python")
-    assert engine.run(req, ASK).best.text == "pi"
+    server, engine = engine_with_small_context(faulty, chat)
+    assert engine.run(FAR, ASK).best.text == "pi"
     engine.close()
     first, second = server.bodies
     assert prompt_chars(second) < prompt_chars(first)
@@ -486,11 +490,8 @@ def test_the_first_prompt_is_counted_by_the_servers_tokenizer_where_it_has_one(f
         if prompt_chars(body) // 2 + body["max_tokens"] > 1024:
             return web.json_response({"message": "over"}, status=400)
         return await server.stream(request, [delta("pi", finish="stop")])
-    server = faulty(chat, max_model_len=1024)
-    server.counts = True
-    engine = engine_for(server)
-    req = InfillRequest(BIG, BIG.index("return x + 200") + 7, language="python")
-    assert engine.run(req, ASK).best.text == "pi"
+    server, engine = engine_with_small_context(faulty, chat, counts=True)
+    assert engine.run(FAR, ASK).best.text == "pi"
     engine.close()
     assert len(server.bodies) == 1 and engine.measure.chars_per_token == pytest.approx(2.0, 0.05)
 
