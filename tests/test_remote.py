@@ -536,3 +536,22 @@ def test_vllm_is_started_with_diffusiongemmas_recipe_on_loopback(tmp_path):
                             "checkpoint": GEMMA, "key_file": str(tmp_path / "vllm-key")}
     assert "--diffusion-config" not in VllmChild("Qwen/Qwen2.5-Coder-7B-Instruct", tmp_path,
                                                  python="py").command()
+
+
+def test_the_held_out_eval_can_ask_a_served_model(faulty, tmp_path):
+    """``diffill eval --engine openai``: the same spans and scores, the served model's
+    answers (a team measures its server as diffill measures the bundled model)."""
+    async def chat(server, request, body):
+        return await server.stream(request, [delta("x + 1", finish="stop")])
+    server = faulty(chat)
+    (tmp_path / "m.py").write_text(BIG)
+    out = subprocess.run([sys.executable, "-m", "diffill.server.cli", "eval", "--engine",
+                          "openai", "--engine-url", server.url, "--files", str(tmp_path / "m.py"),
+                          "--n", "3", "--modes", "line", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["meta"]["model"]["engine"] == "openai"
+    (line,) = report["results"]
+    assert line["spans"] == 3 and len(server.bodies) == 3
+    assert "Unclosed" not in out.stderr  # the engine's connections closed at the end

@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the workspace, for the drafts alone and diffill")
     e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
                                               "packages")
-    add_model_options(e, engines=("local",))
+    add_model_options(e)  # a served model too (engine openai): the same evals, its answers
     add_sampler_options(e)
     e.set_defaults(func=cmd_eval)
 

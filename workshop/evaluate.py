@@ -20,11 +20,7 @@ def held_out_files() -> tuple[list[Path], list[str]]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from diffill.workshop.spans import cut_spans, evaluate
-
-    from diffill.server.options import load_engine, settings_from_args
+    from diffill.server.options import load_engine
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("line", "block") for m in modes):
         raise UsageError("--modes takes line and/or block")
@@ -35,7 +31,23 @@ def run_eval(args: argparse.Namespace) -> int:
             raise BadInput(f"no such file: {', '.join(missing)}")
     else:
         files, packages = held_out_files()
+    if args.lsp and args.engine != "local":
+        raise UsageError("--lsp types through a diffill lsp whose daemon runs the model here; "
+                         "with --engine openai the eval asks the engine in this process")
     engine = load_engine(args)
+    try:
+        return _run(args, engine, files, packages, modes)
+    finally:
+        engine.close()
+
+
+def _run(args: argparse.Namespace, engine, files: list[Path], packages: list[str],
+         modes: list[str]) -> int:
+    from tqdm import tqdm
+
+    from diffill.workshop.spans import cut_spans, evaluate
+
+    from diffill.server.options import settings_from_args
     settings = settings_from_args(args)
     if getattr(args, "keystrokes", False):
         return run_keystrokes(args, engine, settings, files, packages)
