@@ -71,13 +71,15 @@ def _run(args: argparse.Namespace, engine, files: list[Path], packages: list[str
     print(f"held-out packages: {', '.join(packages)} ({len(files)} files, Python "
           f"{meta['python']}); model {Path(meta['model']['checkpoint']).name}")
     print(f"{'mode':<6} {'spans':>5} {'exact':>7} {'sim':>5} {'parses':>7} {'empty':>6} {'ms':>7} "
-          f"{'p50 ms':>7} {'passes':>6} | {'min conf':>8} {'coverage':>8} {'precision':>9}")
+          f"{'p50 ms':>7} {'passes':>6} {'tok/pass':>8} | {'min conf':>8} {'coverage':>8} "
+          f"{'precision':>9}")
     for r in reports:
         prec = f"{r['precision']:>9.1%}" if r["precision"] is not None else f"{'-':>9}"
         print(f"{r['mode']:<6} {r['spans']:>5} {r['exact_match']:>7.1%} "
               f"{r['edit_similarity']:>5.2f} {r['parses']:>7.1%} "
               f"{r['empty']:>6.1%} {r['mean_ms']:>7.1f} {r['p50_ms']:>7.1f} "
-              f"{r['mean_forward_passes']:>6.2f} | {r['min_confidence']:>8.2f} "
+              f"{r['mean_forward_passes']:>6.2f} {r['tokens_per_pass'] or 0:>8.2f} | "
+              f"{r['min_confidence']:>8.2f} "
               f"{r['coverage']:>8.1%} {prec}")
     if args.calibrate:
         for r in reports:

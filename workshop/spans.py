@@ -43,6 +43,8 @@ class ModeReport:
     empty: int = 0
     seconds: list[float] = field(default_factory=list)
     passes: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    """Per span, the tokens of the best candidate (what the fill committed and shows)."""
     similarity: list[float] = field(default_factory=list)
     candidates: list[list[tuple[float, bool, bool]]] = field(default_factory=list)
     """Per span, every candidate's (score, exact, names something defined nowhere) in ranked
@@ -85,6 +87,9 @@ class ModeReport:
                 if self.seconds else 0,
                 "mean_forward_passes": round(statistics.mean(self.passes), 2)
                 if self.passes else 0,
+                # Work against what it gives: a verified draft commits many tokens in 2 passes.
+                "tokens_per_pass": round(sum(self.tokens) / sum(self.passes), 2)
+                if sum(self.passes) else None,
                 "min_confidence": self.min_confidence, "coverage": round(shown / n, 4),
                 "precision": round(exact / shown, 4) if shown else None}
 
@@ -185,6 +190,7 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
             raise result
         report.seconds.append(time.perf_counter() - t0)
         report.passes.append(result.forward_passes)
+        report.tokens.append(result.best.tokens if result.best else 0)
         report.n += 1
         # Only exactness per candidate: parsing the whole file again for each is not needed.
         report.candidates.append([(it.score, is_exact(sp, it.text), bool(it.unknown))
