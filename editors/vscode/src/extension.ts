@@ -4,8 +4,8 @@ import * as vscode from "vscode";
 import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
 import { MODEL_CHOICES, PREVIEW_NOTIFICATION, PreviewNote, SERVER_COMMANDS, STATUS_NOTIFICATION,
          StatusNote, enabledFor, formatStatus, initializationOptions, menuItems, previewText,
-         resolveServerPath, rewriteArguments, statusText, statusTooltip, toggledEnable,
-         toggledEverywhere } from "./logic";
+         resolveServerPath, rewriteArguments, serverUrlProblem, statusText, statusTooltip,
+         toggledEnable, toggledEverywhere } from "./logic";
 
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
@@ -131,13 +131,33 @@ async function rewrite(kind: "rewrite" | "refine", askInstruction = false): Prom
                               { command: SERVER_COMMANDS[kind], arguments: args }));
 }
 
-/** Set `diffill.model` from a list of the supported checkpoints or a local folder; the
- * server loads it on the configuration change. */
+/** Set `diffill.model` from a list of the supported checkpoints or a local folder (the
+ * daemon runs it: `engine: local`), or point diffill at a model on a server (`engine:
+ * openai`); the server loads it on the configuration change. */
 async function pickModel(): Promise<void> {
   const folder = { label: "$(folder) A checkpoint folder…", model: undefined, description: "" };
-  const pick = await vscode.window.showQuickPick([...MODEL_CHOICES, folder],
+  const served = { label: "$(server) A model on a server…", model: undefined,
+                   description: "OpenAI-compatible, e.g. vLLM serving DiffusionGemma" };
+  const pick = await vscode.window.showQuickPick([...MODEL_CHOICES, folder, served],
                                                  { title: "diffill: model" });
   if (!pick) return;
+  const target = vscode.ConfigurationTarget.Global;
+  if (pick === served) {
+    const allow = config().get<boolean>("engineAllowPlainHttp") ?? false;
+    const url = await vscode.window.showInputBox({
+      title: "diffill: the server's URL", value: config().get<string>("engineUrl") ?? "",
+      placeHolder: "https://gpu-box:8000/v1",
+      validateInput: (v) => serverUrlProblem(v, allow) });
+    if (!url) return;
+    const id = await vscode.window.showInputBox({
+      title: "diffill: the served model's id (empty: the server's first)",
+      placeHolder: "RedHatAI/diffusiongemma-26B-A4B-it-FP8-dynamic" });
+    if (id === undefined) return;
+    await config().update("engineUrl", url.trim(), target);
+    await config().update("model", id.trim() || null, target);
+    await config().update("engine", "openai", target);
+    return;
+  }
   let model = pick.model;
   if (model === undefined) {
     const dirs = await vscode.window.showOpenDialog({ canSelectFolders: true,
@@ -145,7 +165,8 @@ async function pickModel(): Promise<void> {
     if (!dirs || dirs.length === 0) return;
     model = dirs[0].fsPath;
   }
-  await config().update("model", model, vscode.ConfigurationTarget.Global);
+  await config().update("model", model, target);
+  await config().update("engine", "local", target);  // a checkpoint runs in the daemon
 }
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {

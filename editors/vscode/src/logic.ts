@@ -136,6 +136,30 @@ export const MODEL_CHOICES: { label: string; model: string | null; description: 
     description: "GPU, ~57 GB; follows rewrite instructions" },
 ];
 
+/**
+ * What is wrong with a server URL for `engine: openai` (the server's rule, so the user hears
+ * it while typing it), or undefined when it is fine: http(s) with a host; plain http only to
+ * loopback unless `allowPlainHttp`.
+ */
+export function serverUrlProblem(url: string, allowPlainHttp = false): string | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url.trim());
+  } catch {
+    return "give http(s)://HOST[:PORT][/v1]";
+  }
+  if (!["http:", "https:"].includes(parsed.protocol) || !parsed.hostname) {
+    return "give http(s)://HOST[:PORT][/v1]";
+  }
+  const host = parsed.hostname.replace(/^\[|\]$/g, "");
+  const loopback = host === "localhost" || host === "::1" || /^127\./.test(host);
+  if (parsed.protocol === "http:" && !loopback && !allowPlainHttp) {
+    return `plain http to ${host} sends your code unencrypted: use https (or set ` +
+      "diffill.engineAllowPlainHttp)";
+  }
+  return undefined;
+}
+
 export type MenuAction = "status" | "toggle" | "toggleAll" | "model" | "restart" | "settings"
   | "log";
 

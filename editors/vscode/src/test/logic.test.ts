@@ -4,8 +4,8 @@ import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { MODEL_CHOICES, SERVER_SETTINGS, enabledFor, formatStatus, initializationOptions,
-         menuItems, previewText, resolveServerPath, rewriteArguments, statusText, statusTooltip,
-         toggledEnable, toggledEverywhere } from "../logic";
+         menuItems, previewText, resolveServerPath, rewriteArguments, serverUrlProblem,
+         statusText, statusTooltip, toggledEnable, toggledEverywhere } from "../logic";
 
 const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
 /** Every declared setting, from the basic and the advanced group. */
@@ -154,4 +154,15 @@ test("the menu turns ghost text off everywhere and back, and offers the supporte
     if (choice.model) assert.ok(readme.includes(choice.model), `${choice.model} is in the README`);
   }
   assert.equal(MODEL_CHOICES[0].model, null);  // the bundled default
+});
+
+test("a server URL is checked as the server checks it: http(s), plain http to loopback only", () => {
+  assert.equal(serverUrlProblem("https://gpu-box:8000/v1"), undefined);
+  assert.equal(serverUrlProblem("http://127.0.0.1:8000"), undefined);
+  assert.equal(serverUrlProblem("http://localhost:8000/v1"), undefined);
+  assert.equal(serverUrlProblem("http://[::1]:8000/v1"), undefined);
+  assert.match(serverUrlProblem("http://gpu-box:8000/v1") ?? "", /unencrypted/);
+  assert.equal(serverUrlProblem("http://gpu-box:8000/v1", true), undefined);
+  assert.match(serverUrlProblem("gpu-box:8000") ?? "", /http\(s\)/);
+  assert.match(serverUrlProblem("ftp://gpu-box/v1") ?? "", /http\(s\)/);
 });
