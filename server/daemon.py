@@ -157,23 +157,22 @@ class Registry:
         if spec["engine"] not in ENGINE_FIELDS:
             raise UsageError(f"unknown engine {spec['engine']!r}; one of "
                              f"{', '.join(ENGINE_FIELDS)}")
-        if spec["engine"] == "local":
-            from diffill.model.loader import check_checkpoint
-            # A bad checkpoint fails here, before anything is unloaded.
-            check_checkpoint(spec["checkpoint"])
-        evicted = []
-        while len(self.engines) >= self.keep:
-            old_key, old = self.engines.popitem(last=False)
-            evicted.append(old_key)
-            old.close()
-            del old
-            _free_device_memory()
+        t0 = time.perf_counter()
+        if spec["engine"] == "openai":
+            from diffill.infill.remote import OpenAIEngine, spec_from  # aiohttp, no torch
+            # A server that does not answer fails here, before anything is unloaded.
+            engine = OpenAIEngine.connect(spec_from(spec))
+            self._evict()
+            return self._keep(key, engine, t0)
+        from diffill.model.loader import check_checkpoint
+        check_checkpoint(spec["checkpoint"])  # a bad checkpoint fails before any unload
+        evicted = self._evict()
         try:
-            return self._load(key)
+            return self._keep(key, self._load(spec), t0)
         except Exception:
             if evicted:  # failed late (memory, mismatched weights): serve the last one again
                 try:
-                    self._load(evicted[-1])
+                    self._keep(evicted[-1], self._load(dict(evicted[-1])), time.perf_counter())
                 except Exception:  # noqa: BLE001 - the original error is the one to report
                     log.exception("could not load the previous model back")
             raise
@@ -183,20 +182,29 @@ class Registry:
         while self.engines:
             self.engines.popitem()[1].close()
 
-    def _load(self, key: tuple) -> InfillEngine:
-        """Load the model of ``key`` (or connect to its server), count it and keep its
-        engine."""
-        spec = dict(key)
-        t0 = time.perf_counter()
-        if spec["engine"] == "openai":
-            from diffill.infill.remote import OpenAIEngine, spec_from  # aiohttp, no torch
-            engine: InfillEngine = OpenAIEngine.connect(spec_from(spec))
-        else:
-            from diffill.infill import make_engine
-            from diffill.model import load_model
-            engine = make_engine(load_model(spec["checkpoint"], device=spec["device"],
-                                            dtype=spec["dtype"], family=spec["family"]))
-        self.load_seconds += time.perf_counter() - t0
+    def _evict(self) -> list[tuple]:
+        """Make room for one more engine: the least recently used go (closed, their device
+        memory freed). Returns their keys."""
+        evicted = []
+        while len(self.engines) >= self.keep:
+            old_key, old = self.engines.popitem(last=False)
+            evicted.append(old_key)
+            old.close()
+            del old
+            _free_device_memory()
+        return evicted
+
+    @staticmethod
+    def _load(spec: dict[str, Any]) -> InfillEngine:
+        """The engine of a checkpoint loaded in this process."""
+        from diffill.infill import make_engine
+        from diffill.model import load_model
+        return make_engine(load_model(spec["checkpoint"], device=spec["device"],
+                                      dtype=spec["dtype"], family=spec["family"]))
+
+    def _keep(self, key: tuple, engine: InfillEngine, started: float) -> InfillEngine:
+        """Count a new engine (its load or connection time), log it and keep it."""
+        self.load_seconds += time.perf_counter() - started
         self.loads += 1
         self.on_load()
         info = engine.model.describe()

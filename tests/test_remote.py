@@ -389,7 +389,8 @@ def test_a_redirect_is_not_followed(faulty):
     engine.close()
 
 
-def test_through_the_daemon_a_dead_server_is_an_answer_and_a_live_one_serves(faulty, sock):
+def test_through_the_daemon_a_dead_server_is_an_answer_and_a_live_one_serves(faulty, sock,
+                                                                           diffill_ckpt):
     from test_daemon import wait_for
 
     from diffill.infill.wire import request_to_wire, result_from_wire, settings_to_wire
@@ -403,9 +404,14 @@ def test_through_the_daemon_a_dead_server_is_an_answer_and_a_live_one_serves(fau
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = wait_for(sock)
     params = {"request": request_to_wire(LINE), "settings": settings_to_wire(ASK)}
+    local = {"checkpoint": str(diffill_ckpt), "device": "cpu"}
+    client.call("infill", {**params, "model": local})
     dead = f"http://127.0.0.1:{closed_port()}/v1"
     with pytest.raises(ModelUnavailable, match=f"no server answers at {dead}"):
         client.call("infill", {**params, "model": {"engine": "openai", "url": dead}})
+    # A server that does not answer unloads nothing: the local model still serves, unreloaded.
+    st = client.call("status")
+    assert [m["checkpoint"] for m in st["models"]] == [str(diffill_ckpt)] and st["loads"] == 1
     result = result_from_wire(client.call("infill", {**params, "model": {
         "engine": "openai", "url": server.url}}))
     assert result.best.text == "sqrt(total)"
