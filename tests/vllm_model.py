@@ -1,4 +1,4 @@
-"""A tiny random Qwen2 chat model in the on-disk format vLLM serves (config, safetensors
+"""A small random Qwen2 chat model in the on-disk format vLLM serves (config, safetensors
 weights, a byte-level BPE tokenizer with a ChatML template), built in a test's temp dir for
 ``make test-vllm``.
 
@@ -34,8 +34,11 @@ def tiny_chat_model(folder: Path) -> Path:
                                   pad_token="<|endoftext|>", bos_token=None)
     tok.chat_template = CHATML
     tok.save_pretrained(folder)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+    # Small in vocabulary, not in width: a decode step reads all 33M weights (about 130 MB),
+    # so a 512-token answer streams for seconds on a CPU, and a test that cancels or kills on
+    # the first preview always meets it mid-stream (a 0.1M model finished in milliseconds).
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=512, intermediate_size=2048,
+                         num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
                          head_dim=32, max_position_embeddings=4096,
                          tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
                          bos_token_id=None, pad_token_id=tok.pad_token_id,
