@@ -222,3 +222,23 @@ def test_vllm_killed_mid_request_is_an_answer_not_a_hang(served):
     st = until(lambda: client.call("status"), lambda st: st["vllm"]["state"] != "ready",
                "the daemon sees vLLM gone")
     assert st["vllm"]["state"].startswith("exited")
+
+
+def test_vllm_stops_when_its_daemon_is_killed(tmp_path):
+    """A daemon killed with -9 runs no code to stop its child: vLLM goes with it anyway."""
+    model = tiny_chat_model(tmp_path / "tiny")
+    sock = Path(tempfile.mkdtemp(prefix="dfk-")) / "d.sock"
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffill.server.cli", "serve", "--socket", str(sock),
+         "--engine", "vllm", "--model", str(model), "--vllm-python", PYTHON,
+         "--vllm-args", "--max-model-len 2048"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = wait_for(sock)
+    pid = until(lambda: client.call("status")["vllm"]["pid"], lambda p: p, "vLLM started")
+    client.close()
+    proc.kill()
+    proc.wait(60)
+    until(lambda: subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
+                                 text=True).stdout.strip(),
+          lambda state: state in ("", "Z"), "vLLM gone with its daemon")
