@@ -152,6 +152,11 @@ class ChatTask:
     """Tokens the answer may take: the settings' ``max_tokens`` for a completion, the
     selection's length and half again (at least 16 more) for a rewrite."""
 
+    @property
+    def text(self) -> str:
+        """Both turns' text, as a server counts the prompt (less its template's markers)."""
+        return self.user + self.opened
+
 
 def chat_task(req: InfillRequest, action: str, settings: InfillSettings,
               measure: Measure) -> ChatTask:

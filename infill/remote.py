@@ -63,6 +63,7 @@ class EngineError(Exception):
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host.lower() == "localhost":
         return True
     try:
@@ -157,19 +158,20 @@ def turns(task: ChatTask, model: RemoteModel) -> dict[str, Any]:
             "add_generation_prompt": False, "continue_final_message": True}
 
 
-def request_body(task: ChatTask, settings: InfillSettings, model: RemoteModel, rows: int,
-                 stream: bool = True) -> dict[str, Any]:
+def request_body(task: ChatTask, settings: InfillSettings, model: RemoteModel,
+                 rows: int) -> dict[str, Any]:
     """The ``/v1/chat/completions`` body of a task: the user turn, the model's turn opened
     with the fence and the line's start (continued, not answered), ``max_tokens`` from the
-    mode, ``n`` answers, the closing fence as the stop. A diffusion model gets nothing else
+    mode, ``n`` answers, streamed, with the prompt's token count at the end (which teaches the
+    engine the server's tokenizer), the closing fence as the stop. A diffusion model gets
+    nothing else
     (:data:`DIFFUSION_FIELDS`); another model the sampler's temperature (0: greedy, and then one
     answer, which more would only repeat), top-p and seed, and token log-probabilities, which
     score its answers."""
     body: dict[str, Any] = {
         **turns(task, model),
-        "max_tokens": task.budget, "n": rows, "stream": stream, "stop": [FENCE]}
-    if stream:  # the prompt's token count, which teaches the engine the server's tokenizer
-        body["stream_options"] = {"include_usage": True}
+        "max_tokens": task.budget, "n": rows, "stream": True,
+        "stream_options": {"include_usage": True}, "stop": [FENCE]}
     if not model.diffusion:
         sampler = settings.sampler
         if sampler.temperature == 0:
@@ -190,7 +192,6 @@ class Answer:
     texts: list[str]
     finish: list[str | None]
     probs: list[list[float]]
-    chunks: int = 0
     overlong: bool = False
 
 
@@ -202,6 +203,8 @@ class _Stream:
     texts: list[list[str]] = field(init=False)
     finish: list[str | None] = field(init=False)
     probs: list[list[float]] = field(init=False)
+    sizes: list[int] = field(init=False)
+    """Characters of each choice so far."""
     chunks: int = 0
     prompt_tokens: int = 0
     """The server's count of the prompt (its last chunk's ``usage``), 0 when it sent none."""
@@ -210,6 +213,7 @@ class _Stream:
         self.texts = [[] for _ in range(self.rows)]
         self.finish = [None] * self.rows
         self.probs = [[] for _ in range(self.rows)]
+        self.sizes = [0] * self.rows
 
     def add(self, chunk: Any, where: str) -> None:
         """One ``data:`` payload (decoded JSON) of the stream."""
@@ -239,6 +243,7 @@ class _Stream:
             raise EngineError(f"malformed stream from {where}: content is not text")
         if text:
             self.texts[index].append(text)
+            self.sizes[index] += len(text)
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
             self.probs[index].extend(
@@ -247,12 +252,9 @@ class _Stream:
         if choice.get("finish_reason"):
             self.finish[index] = str(choice["finish_reason"])
 
-    def size(self, index: int) -> int:
-        return sum(len(t) for t in self.texts[index])
-
     def answer(self, overlong: bool = False) -> Answer:
         return Answer(["".join(t) for t in self.texts], list(self.finish), self.probs,
-                      self.chunks, overlong)
+                      overlong)
 
 
 def _message(error: Any) -> str:
@@ -441,17 +443,18 @@ class OpenAIEngine(EngineBase[RemoteModel]):
     def _task(self, req: InfillRequest, settings: InfillSettings) -> ChatTask:
         """The request's chat task, its context cut (by a quarter at a time) until the turn
         and the answer's budget fit the server's ``max_model_len`` by the measure's count."""
-        task = chat_task(req, self._validate(req), settings, self.measure)
+        action = self._validate(req)
+        task = chat_task(req, action, settings, self.measure)
         limit = self.model.max_model_len
         for _ in range(8):
-            if not limit or self.measure.count(task.user + task.opened) + task.budget + \
+            if not limit or self.measure.count(task.text) + task.budget + \
                     TEMPLATE_TOKENS <= limit:
                 break
             b = settings.budget
             settings = replace(settings, budget=replace(
                 b, prefix_tokens=b.prefix_tokens * 3 // 4, suffix_tokens=b.suffix_tokens * 3 // 4,
                 extra_tokens=b.extra_tokens * 3 // 4))
-            task = chat_task(req, self._validate(req), settings, self.measure)
+            task = chat_task(req, action, settings, self.measure)
         return task
 
     async def _ask(self, task: ChatTask, settings: InfillSettings, rows: int,
@@ -471,8 +474,7 @@ class OpenAIEngine(EngineBase[RemoteModel]):
             over = CONTEXT_OVER.search(str(exc))
             if over is not None:
                 if not await self._count(task):  # vLLM's own count is only "at least"
-                    self.measure.observe(len(task.user) + len(task.opened),
-                                         int(over.group(1) or over.group(2)))
+                    self.measure.observe(len(task.text), int(over.group(1) or over.group(2)))
                     self.measure.chars_per_token *= 0.7
                 task = self._task(sub.request, settings)
             elif "diffusion model" in str(exc) and not self.model.diffusion:
@@ -493,7 +495,7 @@ class OpenAIEngine(EngineBase[RemoteModel]):
             return False
         if not isinstance(count, int) or count <= 0:
             return False
-        self.measure.observe(len(task.user) + len(task.opened), count)
+        self.measure.observe(len(task.text), count)
         return True
 
     async def _stream(self, body: dict[str, Any], task: ChatTask, sub: Submission) -> Answer:
@@ -508,7 +510,7 @@ class OpenAIEngine(EngineBase[RemoteModel]):
             try:
                 async for payload in _events(response, where):
                     stream.add(payload, where)
-                    if any(stream.size(i) > cap for i in range(stream.rows)):
+                    if max(stream.sizes) > cap:
                         return stream.answer(overlong=True)
                     since += 1
                     if sub.preview is not None and since >= every:
@@ -525,7 +527,7 @@ class OpenAIEngine(EngineBase[RemoteModel]):
                 raise EngineError(f"the server at {where} failed mid-answer: {exc}") from None
         self.model.last_latency_ms = (time.perf_counter() - t0) * 1000
         if stream.prompt_tokens:  # the server's count of this prompt teaches the measure
-            self.measure.observe(len(task.user) + len(task.opened), stream.prompt_tokens)
+            self.measure.observe(len(task.text), stream.prompt_tokens)
         return stream.answer()
 
     def _result(self, req: InfillRequest, task: ChatTask, answer: Answer,
@@ -604,6 +606,6 @@ def spec_from(raw: dict[str, Any]) -> RemoteSpec:
     url = raw.get("url")
     if not isinstance(url, str) or not url:
         raise InputError("engine openai needs its server's url (engineUrl / --engine-url)")
-    return replace(RemoteSpec(base_url(url, bool(raw.get("allow_plain_http")))),
-                   model=raw.get("checkpoint") or None, key_file=raw.get("key_file") or None)
+    return RemoteSpec(base_url(url, bool(raw.get("allow_plain_http"))),
+                      model=raw.get("checkpoint") or None, key_file=raw.get("key_file") or None)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import itertools
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from diffill.infill.api import MAX_MASKS, InfillRequest, InfillSettings
+from diffill.infill.remote import is_loopback
 from diffill.infill.wire import request_to_wire, settings_to_wire
 
 from .errors import UnsafeSocket, UsageError
@@ -76,15 +76,6 @@ def parse_address(spec: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not host:
         raise UsageError(f"--http takes HOST:PORT (127.0.0.1:8012), got {spec!r}")
     return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_token(folder: Path, given: str | None) -> str:

@@ -17,7 +17,7 @@ import shlex
 import signal
 import socket
 import subprocess
-import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -130,17 +130,16 @@ class VllmChild:
         """Until the server answers ``/health``; :class:`ModelUnavailable` (with the end of its
         log) when it exits first or takes longer than ``start_seconds``."""
         assert self.proc is not None
-        waited = 0.0
-        done = threading.Event()
+        started = time.monotonic()
         while not self.healthy():
             if self.proc.poll() is not None:
                 raise ModelUnavailable(f"vLLM exited ({self.proc.returncode}) before it was "
                                        f"ready; its log ({self.log_path}) ends: {self.tail()}")
+            waited = time.monotonic() - started
             if stopping() or waited > self.start_seconds:
                 raise ModelUnavailable(f"vLLM was not ready after {waited:.0f} s; its log "
                                        f"({self.log_path}) ends: {self.tail()}")
-            done.wait(HEALTH_POLL_SECONDS)
-            waited += HEALTH_POLL_SECONDS
+            time.sleep(HEALTH_POLL_SECONDS)
         self.ready = True
         log.info("vLLM is ready on %s", self.url)
 

@@ -233,6 +233,16 @@ def engine_for(server: Faulty, **spec) -> OpenAIEngine:
     return OpenAIEngine.connect(RemoteSpec(server.url, **spec))
 
 
+def assert_fails(server: Faulty, match: str, **spec) -> None:
+    """A completion asked of ``server`` is one :class:`EngineError` saying ``match``."""
+    engine = engine_for(server, **spec)
+    try:
+        with pytest.raises(EngineError, match=match):
+            engine.run(LINE, ASK)
+    finally:
+        engine.close()
+
+
 LINE = InfillRequest(DOC, CURSOR, language="python")
 ASK = InfillSettings(explicit=True, max_tokens=8)
 
@@ -321,10 +331,7 @@ def test_a_diffusion_model_under_another_name_is_asked_again_without_sampling(fa
 def test_a_garbled_stream_is_an_error(faulty, garbage):
     async def chat(server, request, body):
         return await server.stream(request, [delta("pi"), garbage])
-    engine = engine_for(faulty(chat))
-    with pytest.raises(EngineError, match="malformed stream"):
-        engine.run(LINE, ASK)
-    engine.close()
+    assert_fails(faulty(chat), "malformed stream")
 
 
 def test_a_stalled_stream_times_out(faulty):
@@ -332,10 +339,7 @@ def test_a_stalled_stream_times_out(faulty):
         async def hold(resp):
             await server.release.wait()  # sends nothing more until the test ends
         return await server.stream(request, [delta("pi")], then=hold)
-    engine = engine_for(faulty(chat), stall_seconds=0.5)
-    with pytest.raises(EngineError, match="stalled"):
-        engine.run(LINE, ASK)
-    engine.close()
+    assert_fails(faulty(chat), "stalled", stall_seconds=0.5)
 
 
 def test_a_server_that_hangs_up_mid_answer(faulty):
@@ -343,10 +347,7 @@ def test_a_server_that_hangs_up_mid_answer(faulty):
         async def drop(resp):
             request.transport.close()
         return await server.stream(request, [delta("pi")], then=drop)
-    engine = engine_for(faulty(chat))
-    with pytest.raises(EngineError, match="broke off|failed mid-answer"):
-        engine.run(LINE, ASK)
-    engine.close()
+    assert_fails(faulty(chat), "broke off|failed mid-answer")
 
 
 def test_an_answer_that_never_ends_is_cut_and_its_stream_closed(faulty):
@@ -383,10 +384,7 @@ def test_cancelling_closes_the_stream(faulty):
 def test_a_redirect_is_not_followed(faulty):
     async def chat(server, request, body):
         raise web.HTTPTemporaryRedirect("http://127.0.0.1:9/v1/chat/completions")
-    engine = engine_for(faulty(chat))
-    with pytest.raises(EngineError, match="redirects"):
-        engine.run(LINE, ASK)
-    engine.close()
+    assert_fails(faulty(chat), "redirects")
 
 
 def test_through_the_daemon_a_dead_server_is_an_answer_and_a_live_one_serves(faulty, sock,
