@@ -24,7 +24,7 @@ from .api import (MAX_MASKS, Completion, DocumentKey, InfillRequest, InfillResul
                   InfillSettings, Submission)
 from .sampler import (Cancelled, Candidate, Draft, Gap, PrefixSlot, infill_many,
                       refine)
-from .steps import TokenHealing, Vocab
+from .steps import LineEnds, TokenHealing, Vocab
 from .text import InputError
 
 STRONG_SUPPORT = 5
@@ -57,11 +57,14 @@ class PreparedFill:
 
     sample_under: float = 0.0
     """See :attr:`Gap.sample_under` (the floor, for an explicit ask)."""
+    line_ends: LineEnds | None = None
+    """See :attr:`Gap.line_ends` (a line completion's)."""
 
     @property
     def sampler_job(self) -> Gap:
         return Gap(self.window.context_ids, self.window.suffix_ids, self.lengths, self.lead,
-                   self.drafts, self.draft_length, self.sample_under)
+                   self.drafts, self.draft_length, self.sample_under, self.line_ends,
+                   veto=not self.settings.explicit)
 
     def raw_text(self, decoded: str) -> str | None:
         """A decoded fill without the lead it had to begin with (None: it did not)."""
@@ -88,6 +91,7 @@ class Engine(EngineBase[DiffusionModel]):
         super().__init__(model, settings)
         self.prefixes: OrderedDict[DocumentKey, PrefixSlot] = OrderedDict()
         self._vocab: Vocab | None = None
+        self._line_ends: LineEnds | None = None
 
     def prefix_slot(self, document: DocumentKey) -> PrefixSlot:
         """The document's slot for reusing its last window's keys and values (the least
@@ -218,6 +222,8 @@ class Engine(EngineBase[DiffusionModel]):
         additions = self.model.profile.expand_id is None and not settings.sampler.faithful
         lead = self._lead(req, window, before, settings.token_healing and additions)
         job = PreparedFill(req, mode, lengths, window, before, t0, settings, lead)
+        if mode == "line" and additions:
+            job.line_ends = self.line_ends()
         if settings.drafts and additions:
             self.add_drafts(job)
             if settings.explicit:  # asked for: drafts a ghost's floor would withhold get company
@@ -346,6 +352,12 @@ class Engine(EngineBase[DiffusionModel]):
                 window.prefix_ids = ids[:-k]
                 return TokenHealing(text, self.vocab())
         return None
+
+    def line_ends(self) -> LineEnds:
+        """Which tokens end a line fill (built on first use)."""
+        if self._line_ends is None:
+            self._line_ends = LineEnds.of(self.vocab(), self.model.device)
+        return self._line_ends
 
     def vocab(self) -> Vocab:
         """Every token id's text (built on first use)."""

@@ -29,8 +29,8 @@ from diffill.model import DiffusionModel, KVCache
 
 from .api import DEFAULT_BLOCK, Cancelled, SamplerSettings
 from .rank import candidate_key
-from .steps import (FillerOrder, HealingRule, NoEmptyFill, Passes, Rows, Schedule, Step,
-                    StepRule, TokenHealing)
+from .steps import (FillerOrder, HealingRule, LineEnd, LineEnds, NoEmptyFill, Passes, Rows,
+                    Schedule, Step, StepRule, TokenHealing)
 
 
 @dataclass
@@ -214,7 +214,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
             on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
             warm: WarmStart | None = None,
             leads: Sequence[TokenHealing | None] | None = None,
-            fresh: bool | None = None) -> Denoised:
+            fresh: bool | None = None,
+            line_ends: Sequence[LineEnds | None] | None = None) -> Denoised:
     """Fill every mask of ``ids`` (B, T) inside positions ``lo..hi``; masks elsewhere stay.
 
     Positions of the span that are not masks (context, tokens kept by refine) are never changed.
@@ -227,7 +228,8 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     by an earlier request: only the positions after them are run. ``leads`` (one per row, or
     None) is text a row's fill must begin with (:class:`TokenHealing`, token healing). ``fresh``:
     the gap is a new fill (masks, or a verified start then masks); None: judged from its
-    first ``min_tokens`` positions being masks.
+    first ``min_tokens`` positions being masks. ``line_ends`` (one per row, or None): the
+    rows that are line fills, done at their line's end (:class:`LineEnd`).
     """
     mask_id, prof = model.profile.mask_id, model.profile
     rows = Rows(ids.clone(), torch.ones(ids.shape, dtype=torch.float32, device=ids.device),
@@ -239,7 +241,7 @@ def denoise(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int, *,
     passes = Passes(model, settings, plan.dual, refresh_mode(settings, model), warm, plan.leading)
     schedule = Schedule(settings, prof.commit_rule, plan.budget, len(plan.blocks),
                         plan.total_masked, plan.leading, plan.capped)
-    rules = _rules(model, settings, plan, lo, hi, leads)
+    rules = _rules(model, settings, plan, lo, hi, leads, line_ends)
     count = 0
     for b0, b1 in plan.blocks:
         masked0 = (rows.ids[:, b0:b1] == mask_id).sum(dim=1)  # (B,)
@@ -325,7 +327,8 @@ def _plan(model: DiffusionModel, ids: torch.Tensor, lo: int, hi: int,
 
 
 def _rules(model: DiffusionModel, settings: SamplerSettings, plan: _Plan, lo: int, hi: int,
-           leads: Sequence[TokenHealing | None] | None) -> list[StepRule]:
+           leads: Sequence[TokenHealing | None] | None,
+           line_ends: Sequence[LineEnds | None] | None = None) -> list[StepRule]:
     """diffill's own rules for a fill, in the order they apply (none when ``faithful``, the
     authors' decoder, but the lead of token healing)."""
     prof = model.profile
@@ -341,6 +344,10 @@ def _rules(model: DiffusionModel, settings: SamplerSettings, plan: _Plan, lo: in
         rules.append(HealingRule(leads, lo, prof.mask_id))
     if own and settings.min_tokens:
         rules.append(NoEmptyFill(lo, lo + settings.min_tokens, filler))
+    ends = next((e for e in line_ends or () if e is not None), None)
+    if own and ends is not None and prof.filler_mode == "truncate":
+        on = torch.tensor([e is not None for e in line_ends], device=model.device)
+        rules.append(LineEnd(lo, hi, prof.mask_id, prof.filler_ids[0], ends, on))
     return rules
 
 
@@ -583,44 +590,54 @@ def accepts(p_token: float, p_top: float, floor: float, ratio: float) -> bool:
 def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
                   drafts: Sequence["Draft | Sequence[int]"], length: int, *, floor: float = 0.3,
                   ratio: float = 1.0, lead: TokenHealing | None = None,
-                  warm: WarmStart | None = None,
-                  cached: bool = True) -> tuple[list[Verified], KVCache | None, int]:
-    """Check drafts the diffusion way: two passes, however many drafts.
+                  warm: WarmStart | None = None, cached: bool = True,
+                  veto: bool = True) -> tuple[list[Verified], KVCache | None, int]:
+    """Check drafts the diffusion way: one pass, however many drafts.
 
-    The first runs the window with the gap all masks (its keys and values kept: the dual
-    cache) and judges every draft's first token; the second runs, against that cache, one
-    row per further token of every draft: the gap holding the draft's first ``i`` tokens
-    and masks after them, prefix and suffix in view. Token ``i`` is scored from row ``i``
-    (row 0 is the first pass), so each is judged as a left-to-right reading of the gap
-    would meet it, with the code after the gap in view. A draft keeps its first word
+    The pass carries the window with the gap all masks (its keys and values kept: the dual
+    cache), which judges every draft's first token, and beside it one row per further token
+    of every draft: the gap holding the draft's first ``i`` tokens and masks after them,
+    attending to the window row's keys and values outside the gap, layer by layer
+    (:meth:`DiffusionModel.span_logits_with_rows`; the numbers of a cache pass and then a
+    span pass per row, in one trip through the weights). Token ``i`` is scored from row
+    ``i`` (row 0 is the window's own), so each is judged as a left-to-right reading of the
+    gap would meet it, with the code after the gap in view. A draft keeps its first word
     (:attr:`Draft.word_tokens`) and every token after it up to the first that fails
     :func:`accepts`; the row after a wholly kept draft says whether the fill ends there (its
     likeliest token is filler). Plain id lists are drafts of support 1 whose first token is
-    their first word.
+    their first word. ``veto`` False (an explicit ask): every draft is kept whole, the
+    model's verdicts only score and rank it.
 
-    Returns the verdicts (one per draft), the first pass's cache (row 0, for the sampler's
-    warm start) and the passes run. ``lead``: text the fill must begin with (healing); its
+    Returns the verdicts (one per draft), the window row's cache (for the sampler's warm
+    start) and the passes run (1). ``lead``: text the fill must begin with (healing); its
     positions are scored among the tokens consistent with it, as the sampler draws them.
-    ``cached`` False (a checkpoint whose answers need ``cache="none"``): the second pass runs
-    each row's whole window, since context keys and values computed beside an all-mask gap
-    would tell it the wrong length; no cache is returned then.
+    ``cached`` False (a checkpoint whose answers need ``cache="none"``): every row runs its
+    whole window, since context keys and values computed beside an all-mask gap would tell
+    it the wrong length; no cache is returned then.
     """
     prof = model.profile
     mask_id = prof.mask_id
     given = [d if isinstance(d, Draft) else Draft(list(d)) for d in drafts]
     cut = [list(d.ids)[:length - 1] for d in given]
     ids, key_mask, lo = layout(model, prefix, suffix, [length])
-    cache = (warm.cache if warm is not None else KVCache([], [])) if cached else None
-    run = None  # the whole window, filling the cache; after a warm start, the rest of it
-    if warm is not None and cached:
-        run = range(min(warm.upto, model.span_run(lo, lo + length).start), ids.shape[1])
-    first = model.span_logits(ids, lo, lo + length, key_mask=key_mask, cache=cache,
-                              run=run)  # (1, L, V)
-
     rows = [(j, i) for j, d in enumerate(cut) for i in range(1, len(d) + 1)]
+    batch = ids.repeat(len(rows), 1)  # row r: the gap holding draft j's first i tokens
+    for r, (j, i) in enumerate(rows):
+        batch[r, lo:lo + i] = torch.tensor(cut[j][:i], device=ids.device)
+    cache = None
+    if not cached:
+        both = model.span_logits(torch.cat([ids, batch]), lo, lo + length,
+                                 key_mask=key_mask.expand(len(rows) + 1, -1))
+        first, more = both[:1], both[1:]
+    else:
+        cache = warm.cache if warm is not None else KVCache([], [])
+        run = None  # the whole window, filling the cache; after a warm start, the rest of it
+        if warm is not None:
+            run = range(min(warm.upto, model.span_run(lo, lo + length).start), ids.shape[1])
+        first, more = model.span_logits_with_rows(ids, lo, lo + length, batch, cache=cache,
+                                                  key_mask=key_mask, run=run)
     where = {(j, 0): first[0] for j in range(len(cut))}
-    if rows:
-        where.update(_draft_rows(model, ids, key_mask, lo, length, cut, rows, cache))
+    where.update({row: more[r] for r, row in enumerate(rows)})
     filler = set(prof.filler_ids)
     out = []
     for j, d in enumerate(cut):
@@ -634,30 +651,11 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
             p_tok, p_top = float(p[d[i]]), float(p[top])
             if i == min(given[j].lead_tokens, len(d) - 1):
                 v.first = p_tok / p_top if p_top > 0 else 0.0
-            if i >= given[j].word_tokens and not accepts(p_tok, p_top, floor, ratio):
+            if veto and i >= given[j].word_tokens and not accepts(p_tok, p_top, floor, ratio):
                 break
             v.tokens.append(d[i])
         out.append(v)
-    return out, cache, 1 + bool(rows)
-
-
-def _draft_rows(model: DiffusionModel, ids: torch.Tensor, key_mask: torch.Tensor, lo: int,
-                length: int, cut: list[list[int]], rows: list[tuple[int, int]],
-                cache: KVCache | None) -> dict[tuple[int, int], torch.Tensor]:
-    """The verifier's second pass: one row per ``(draft j, token i)``, the gap holding the
-    draft's first ``i`` tokens and masks after them; each row's logits (L, V)."""
-    R = len(rows)
-    batch = ids.repeat(R, 1)
-    for r, (j, i) in enumerate(rows):
-        batch[r, lo:lo + i] = torch.tensor(cut[j][:i], device=ids.device)
-    rows_cache = None
-    if cache is not None:
-        rows_cache = KVCache([k.expand(R, -1, -1, -1).clone() for k in cache.keys],
-                             [v.expand(R, -1, -1, -1).clone() for v in cache.values])
-    run = model.span_run(lo, lo + length) if rows_cache is not None else None
-    more = model.span_logits(batch, lo, lo + length, key_mask=key_mask.expand(R, -1),
-                             cache=rows_cache, run=run)  # (R, L, V): (R, H_kv, T, D) cached
-    return {row: more[r] for r, row in enumerate(rows)}
+    return out, cache, 1
 
 
 def _judged(logits: torch.Tensor, written: list[int], lead: TokenHealing | None,
@@ -690,6 +688,12 @@ class Gap:
     sample_under: float = 0.0
     """When no draft scores at least this, the sampler writes its own fill too and both are
     ranked together (an explicit ask: the floor would withhold every draft)."""
+    line_ends: LineEnds | None = None
+    """A line fill: its rows are done at their line's end (:class:`LineEnd`)."""
+    veto: bool = True
+    """Drafts are cut where the model vetoes them (:func:`verify_drafts`); False for an
+    explicit ask, which gets them whole: on held-out lines asked explicitly the cut lost a
+    quarter of the exact answers (docs/performance.md, session 17)."""
 
     def mask_counts(self) -> list[int]:
         """Its rows' mask counts, ascending, once each."""
@@ -735,7 +739,7 @@ def _verify_gap(model: DiffusionModel, gap: Gap, settings: SamplerSettings,
     verified, cache, n = verify_drafts(
         model, gap.prefix, gap.suffix, gap.drafts, gap.draft_length,
         floor=settings.draft_floor, ratio=settings.draft_ratio, lead=gap.lead,
-        warm=warm, cached=cache_mode(settings, model) == "dual")
+        warm=warm, cached=cache_mode(settings, model) == "dual", veto=gap.veto)
     done = [v.candidate(gap.draft_length) for v in verified
             if v.tokens and _writes_past(gap.lead, v.tokens, prof.mask_id)]
     if done and max(c.score for c in done) >= gap.sample_under and slot is not None and \
@@ -759,7 +763,7 @@ def infill_many(model: DiffusionModel,
     """Several gaps (:class:`Gap`, or ``(prefix, suffix, lengths[, lead])``) denoised
     together in one batch.
 
-    A gap with drafts has them verified (:func:`verify_drafts`, two passes) instead: each
+    A gap with drafts has them verified (:func:`verify_drafts`, one pass) instead: each
     draft, cut where the model vetoes it, is a candidate scored by :func:`draft_score`, and
     that gap runs no more passes. Measured on the typing eval, a draft's kept start beat the
     model's own fill from there (docs/performance.md, session 12).
@@ -778,7 +782,7 @@ def infill_many(model: DiffusionModel,
     results: list[list[Candidate] | None] = [[] for _ in gaps]
     verify_passes = 0
     verified_cache: KVCache | None = None
-    rows, owner, leads = [], [], []
+    rows, owner, leads, ends = [], [], [], []
     for j, gap in enumerate(gaps):
         if gap.drafts:
             if _stopped(cancel, j):
@@ -794,7 +798,8 @@ def infill_many(model: DiffusionModel,
             rows.append((gap.prefix, gap.suffix, n))
             owner.append(j)
             leads.append(gap.lead)
-    passes = _denoise_rows(model, rows, owner, leads, results, settings=settings,
+            ends.append(gap.line_ends)
+    passes = _denoise_rows(model, rows, owner, leads, results, settings=settings, ends=ends,
                            cancel=cancel, previews=previews, slot=reusing,
                            verified=verified_cache if len(gaps) == 1 else None) if rows else 0
     for cands in results:
@@ -806,6 +811,7 @@ def infill_many(model: DiffusionModel,
 def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequence[int], int]],
                   owner: list[int], leads: list[TokenHealing | None],
                   results: list[list[Candidate] | None], *, settings: SamplerSettings,
+                  ends: list[LineEnds | None] | None = None,
                   cancel: Sequence[Callable[[], bool]] | None,
                   previews: Sequence[Preview | None] | None, slot: PrefixSlot | None,
                   verified: KVCache | None) -> int:
@@ -832,7 +838,8 @@ def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequenc
         warm = warm_start(slot.state, head, ids.shape)
     out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
                   key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm,
-                  leads=leads if any(leads) else None, fresh=True)
+                  leads=leads if any(leads) else None, fresh=True,
+                  line_ends=ends if ends and any(e is not None for e in ends) else None)
     if slot is not None and out.cache is not None:
         _keep_prefix(slot, head, out.cache, warm is not None)
     done = set(out.rows)

@@ -405,3 +405,56 @@ class FillerOrder(StepRule):
         rows = step.rows
         close_after_filler(rows.ids[:, self.lo:self.hi], rows.conf[:, self.lo:self.hi],
                            self.mask_id, self.filler)
+
+
+@dataclass(frozen=True)
+class LineEnds:
+    """Which tokens end a line fill, (V,) each: ``breaks`` hold a line break, ``closes`` hold
+    one after text of their own (``)\\n``), ``blank`` are whitespace only (built once per
+    model from its :class:`Vocab`)."""
+    breaks: torch.Tensor
+    closes: torch.Tensor
+    blank: torch.Tensor
+
+    @classmethod
+    def of(cls, vocab: Vocab, device: torch.device) -> "LineEnds":
+        def flags(test) -> torch.Tensor:
+            return torch.tensor([test(t) for t in vocab.strings], dtype=torch.bool,
+                                device=device)
+        return cls(flags(lambda t: "\n" in t), flags(lambda t: bool(t.split("\n", 1)[0].strip())
+                                                     and "\n" in t),
+                   flags(lambda t: not t.strip()))
+
+
+class LineEnd(StepRule):
+    """A line fill is done at its line's end: once a row of a fresh gap ``lo..hi`` has
+    committed a line break after some text, with no mask left before it, the rest of its gap
+    becomes filler, scored as the line's own tokens (their mean commit probability, so the
+    fill's score is the line's). A line completion shows only its line: the passes the masks
+    after it would take are spent on text that is cut off (docs/performance.md, session 17).
+    ``on`` (B,): the rows that are line fills."""
+
+    def __init__(self, lo: int, hi: int, mask_id: int, filler: int, ends: LineEnds,
+                 on: torch.Tensor) -> None:
+        self.lo, self.hi, self.mask_id, self.filler, self.ends, self.on = \
+            lo, hi, mask_id, filler, ends, on
+
+    def after(self, step: Step) -> None:
+        rows = step.rows
+        gap, conf = rows.ids[:, self.lo:self.hi], rows.conf[:, self.lo:self.hi]
+        masked = gap == self.mask_id
+        tok = gap.clamp(0, self.ends.breaks.shape[0] - 1)
+        written = ~masked & (gap != self.filler)
+        text = written & ~self.ends.blank[tok]
+        text_before = (text.long().cumsum(-1) - text.long()) > 0
+        open_before = (masked.long().cumsum(-1) - masked.long()) > 0
+        end = written & ~open_before & self.on[rows.alive][:, None] & \
+            (self.ends.closes[tok] | (self.ends.breaks[tok] & text_before))
+        after = (end.long().cumsum(-1) - end.long()) > 0
+        after &= gap != self.filler
+        if not bool(after.any()):
+            return
+        line = (~after).float()
+        mean = (conf * line).sum(-1, keepdim=True) / line.sum(-1, keepdim=True).clamp_min(1)
+        gap[after] = self.filler
+        conf[after] = mean.expand_as(conf)[after]

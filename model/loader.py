@@ -262,6 +262,37 @@ class DiffusionModel:
             picked = picked[:, columns]
         return self.transformer.logits(picked)
 
+    @torch.inference_mode()
+    def span_logits_with_rows(self, ids: torch.Tensor, lo: int, hi: int, rows: torch.Tensor, *,
+                              cache: KVCache, key_mask: torch.Tensor | None = None,
+                              run: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass for a window and variants of its span: ``ids`` (1, T) run as
+        :meth:`span_logits` runs them with ``cache`` (empty and ``run`` None: the whole
+        window, filling it; filled: the positions of ``run``), and ``rows`` (R, T), windows
+        that differ from ``ids`` only in lo..hi, each computing only :meth:`span_run` against
+        this pass's keys and values elsewhere. The dual cache filled and used in one trip
+        through the layers: on a GPU a pass costs reading the weights once, however many
+        rows. Logits of lo..hi for ``ids`` (1, L, V) and for each row (R, L, V)."""
+        T = ids.shape[1]
+        if (run is None) == (cache.length > 0):
+            raise ValueError("a pass over the whole window fills an empty cache; "
+                             "a pass against a filled cache names the positions it runs")
+        start, stop = (0, T) if run is None else (run.start, run.stop)
+        span = self.span_run(lo, hi)
+        if span.start < start:
+            raise ValueError("the window row must run the rows' positions")
+        R = rows.shape[0]
+        if R == 0:
+            head = self.span_logits(ids, lo, hi, cache=cache, key_mask=key_mask, run=run)
+            return head, head.new_zeros((0,) + head.shape[1:])
+        self._set_threads(stop - start + R * len(span), T)
+        head, more = self.transformer.hidden_with_rows(
+            ids[:, start:stop], rows[:, span.start:span.stop], span.start, cache=cache,
+            key_mask=key_mask, start=start)
+        self.tokens_run += stop - start + R * len(span)
+        return (self.transformer.logits(self._select(head, lo, hi, start)),
+                self.transformer.logits(self._select(more, lo, hi, span.start)))
+
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.transformer.parameters())
 

@@ -80,6 +80,18 @@ class KVCache:
         return KVCache(keys, values)
 
 
+@dataclass(frozen=True)
+class SpanRows:
+    """Rows a pass carries beside its window row (one pass, one trip through the weights):
+    ``count`` variants of the window positions ``start..start+length``, each attending to
+    its own span and, elsewhere, to the window row's keys and values of the same layer. The
+    dual cache built and used in the same pass: the same numbers as a pass that fills the
+    cache and a span pass per row against it."""
+    count: int
+    start: int
+    length: int
+
+
 def fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One weight (and bias) whose row blocks are ``linears``' own, which become views into
     it: a pass can then run them as one matmul, and the state dict keeps its names."""
@@ -160,9 +172,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
                 causal: bool, key_mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, start: int, fill_cache: bool,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None,
+                rows: "SpanRows | None" = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.project(x, cos, sin)
+        if rows is not None:  # the window's own positions first, then the rows' spans
+            T = T - rows.count * rows.length
+            (q, qr), (k, kr), (v, vr) = (t.split([T, t.shape[2] - T], dim=2)
+                                         for t in (q, k, v))
         if cache is not None:
             if fill_cache:
                 # Stored contiguous: the projections' (B, T, H, D) layout seen as (B, H, T, D)
@@ -182,16 +199,35 @@ class Attention(nn.Module):
         mask = None
         if key_mask is not None:
             mask = key_mask[:, None, None, :]  # (B, 1, 1, T_k): False = padding, never attended
+        out = self._attend(q, k, v, mask, causal).transpose(1, 2).reshape(B, T, -1)
+        if rows is not None:
+            out = torch.cat([out, self._attend_rows(rows, qr, kr, vr, k, v, mask)], dim=1)
+        return self.o_proj(out)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Attention of queries (B, H, T, D) over keys and values (B, H_kv, T_k, D)."""
         group = self.n_heads // self.n_kv
-        if not causal and x.device.type == "cpu" and group * T <= FEW_QUERIES < k.shape[2] \
-                and not torch.is_grad_enabled():  # inference only: training keeps SDPA's
-            out = few_query_attention(q, k, v, mask, group)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                enable_gqa=group > 1,
-            )  # (B, H, T, D)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        if not causal and q.device.type == "cpu" and group * q.shape[2] <= FEW_QUERIES \
+                < k.shape[2] and not torch.is_grad_enabled():  # inference: training keeps SDPA's
+            return few_query_attention(q, k, v, mask, group)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=group > 1,
+        )  # (B, H, T, D)
+
+    def _attend_rows(self, rows: "SpanRows", q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     window_k: torch.Tensor, window_v: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+        """The rows' attention (1, R*S, H*D): each row's span queries (1, H, R*S, D) over the
+        window's keys and values of this layer (1, H_kv, T_k, D), its own span's in place of
+        the window's there."""
+        R, S, at = rows.count, rows.length, rows.start
+        own = [t.reshape(t.shape[1], R, S, t.shape[3]).transpose(0, 1) for t in (q, k, v)]
+        keys, values = (w.expand(R, -1, -1, -1).clone() for w in (window_k, window_v))
+        keys[:, :, at:at + S] = own[1]
+        values[:, :, at:at + S] = own[2]
+        out = self._attend(own[0], keys, values, mask, False)  # (R, H, S, D)
+        return out.transpose(1, 2).reshape(1, R * S, -1)
 
 
 class MLP(nn.Module):
@@ -270,7 +306,6 @@ class Transformer(nn.Module):
         ``positions`` (T,), ascending, with a filled cache: the window positions of
         ``input_ids`` when they are not one run from ``start`` (a pass over scattered ones).
         """
-        cfg = self.config
         B, T = input_ids.shape
         fill = cache is not None and cache.length == 0
         if positions is not None and (cache is None or fill or positions.shape[0] != T):
@@ -281,10 +316,39 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)  # (B, T, d)
         where = positions if positions is not None else \
             torch.arange(start, start + T, device=input_ids.device)
-        cos, sin = rope_tables(cfg.head_dim, cfg.rope_theta, where, x.dtype)
+        return self._layers(x, where, causal=causal, key_mask=key_mask, cache=cache,
+                            start=start, fill_cache=fill, positions=positions)
+
+    def hidden_with_rows(self, input_ids: torch.Tensor, rows: torch.Tensor, rows_start: int, *,
+                         cache: KVCache, key_mask: torch.Tensor | None = None,
+                         start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over a window row and :class:`SpanRows` beside it: ``input_ids`` (1, T)
+        as :meth:`hidden` runs them (filling an empty ``cache``, or writing positions
+        start..start+T of a filled one), and ``rows`` (R, S), variants of window positions
+        rows_start..rows_start+S attending to the window row's keys and values elsewhere.
+        Hidden states (1, T, d) and (R, S, d)."""
+        B, T = input_ids.shape
+        R, S = rows.shape
+        fill = cache.length == 0
+        if B != 1 or (fill and start != 0):
+            raise ValueError("rows go beside one window row, which fills a cache from 0")
+        window = T if fill else cache.length
+        if rows_start < 0 or rows_start + S > window:
+            raise ValueError(f"rows at {rows_start}..{rows_start + S} are outside the window")
+        x = torch.cat([self.model.embed_tokens(input_ids)[0],
+                       self.model.embed_tokens(rows).reshape(R * S, -1)])[None]
+        where = torch.cat([torch.arange(start, start + T, device=input_ids.device),
+                           torch.arange(rows_start, rows_start + S,
+                                        device=input_ids.device).repeat(R)])
+        out = self._layers(x, where, causal=False, key_mask=key_mask, cache=cache, start=start,
+                           fill_cache=fill, rows=SpanRows(R, rows_start, S))
+        return out[:, :T], out[0, T:].reshape(R, S, -1)
+
+    def _layers(self, x: torch.Tensor, where: torch.Tensor, **kw) -> torch.Tensor:
+        """Embeddings (B, T, d) at window positions ``where`` through every layer, normed."""
+        cos, sin = rope_tables(self.config.head_dim, self.config.rope_theta, where, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, causal=causal, key_mask=key_mask, cache=cache, layer=i,
-                      start=start, fill_cache=fill, positions=positions)
+            x = layer(x, cos, sin, layer=i, **kw)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

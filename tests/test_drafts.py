@@ -1,5 +1,5 @@
 """Drafts from the code at hand (infill.drafts) and their verification by the model
-(sampler.verify_drafts): found without a model, checked in two passes with one."""
+(sampler.verify_drafts): found without a model, checked in one pass with one."""
 
 from __future__ import annotations
 
@@ -109,19 +109,19 @@ def counting_gap():
     return prefix, suffix, middle[:3]
 
 
-def test_a_right_draft_fills_the_gap_in_two_passes(pattern_model, counting_gap):
+def test_a_right_draft_fills_the_gap_in_one_pass(pattern_model, counting_gap):
     from diffill.infill.sampler import Gap, infill_many, verify_drafts
     prefix, suffix, answer = counting_gap
     assert answer == c(5, 6, 7)
-    # The counting model's answers need whole-window passes (its profile: no cache), so the
-    # second pass runs a whole window per row.
+    # The counting model's answers need whole-window passes (its profile: no cache), so
+    # every row of the pass runs a whole window.
     (v,), _, passes = verify_drafts(pattern_model, prefix, suffix, [answer], 8, cached=False)
-    assert (v.tokens, v.complete, passes) == (answer, True, 2)
+    assert (v.tokens, v.complete, passes) == (answer, True, 1)
     before = pattern_model.tokens_run
     (cands,), passes = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=[answer],
                                                        draft_length=8)])
-    assert passes == 2 and cands[0].tokens == answer and cands[0].terminated
-    # Two passes: the window once, then one row per draft token after the first.
+    assert passes == 1 and cands[0].tokens == answer and cands[0].terminated
+    # One pass: the all-mask window, and one row per draft token after the first.
     window = len(prefix) + 8 + len(suffix)
     assert pattern_model.tokens_run - before == window + 3 * window
 
@@ -137,11 +137,18 @@ def test_a_wrong_draft_is_cut_where_the_model_vetoes_it_and_scores_low(
     assert v.tokens == c(5) and not v.complete and v.first == 1.0
     (v,), _, passes = verify_drafts(pattern_model, prefix, suffix, [c(9, 1)], 8, ratio=0.1,
                                     cached=False)
-    assert v.tokens == c(9) and passes == 2 and v.first < 0.01
+    assert v.tokens == c(9) and passes == 1 and v.first < 0.01
     assert v.score < 0.5 < draft_score(1, 1.0)
     (cands,), passes = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=[c(9, 1)],
                                                        draft_length=8)])
-    assert cands[0].tokens == c(9) and cands[0].score == v.score and passes == 2
+    assert cands[0].tokens == c(9) and cands[0].score == v.score and passes == 1
+    # An explicit ask keeps every draft whole: the verdicts only score it.
+    (v,), _, _ = verify_drafts(pattern_model, prefix, suffix, [c(5, 9, 1)], 8, floor=0.3,
+                               ratio=0.1, cached=False, veto=False)
+    assert v.tokens == c(5, 9, 1) and not v.complete and v.first == 1.0
+    (cands,), _ = infill_many(pattern_model, [Gap(prefix, suffix, [8], drafts=[c(5, 9, 1)],
+                                                  draft_length=8, veto=False)])
+    assert cands[0].tokens == c(5, 9, 1)
 
 
 def test_a_drafts_score_grows_with_its_support_and_the_models_verdict():
@@ -351,3 +358,34 @@ def test_with_only_indentation_typed_the_line_after_the_same_previous_line_is_a_
     assert D.find_drafts("a = 1\n", 6) == [] and D.find_drafts("\n\nx", 1) == []
     # a blank previous line looks nothing up
     assert D.find_drafts("y = 1\nz = 2\n\n", 13) == []
+
+
+def test_the_span_eval_sends_each_request_its_packages_drafts(pattern_model, tmp_path):
+    """``diffill eval --workspace``: a held-out span's request carries the drafts its
+    package's other files give (its own file left out), as the LSP server sends them."""
+    from diffill.infill.api import InfillSettings
+    from diffill.infill.engine import Engine
+    from diffill.workshop import keystrokes as K
+    from diffill.workshop.spans import Span, evaluate
+    (tmp_path / "own.txt").write_text("c2 c3 c4 c9 c10\n")
+    (tmp_path / "lender.txt").write_text("c2 c3 c4 c5 c6 c7\n")
+    ws = K.WorkspaceDrafts(lambda path: tmp_path,
+                           lambda root: D.Library([(str(p), p.read_text())
+                                                   for p in sorted(root.glob("*.txt"))]))
+    engine = Engine(pattern_model)
+    sent = []
+    run_batch = engine.run_batch
+
+    def spy(subs, settings, *a, **kw):
+        sent.extend(s.request.drafts for s in subs)
+        return run_batch(subs, settings, *a, **kw)
+    engine.run_batch = spy
+    doc = "c0 c1 c2 c3 c4 \nc8 c9 c10"
+    span = Span(str(tmp_path / "own.txt"), doc, doc.index("c4 ") + 3, "c5 c6 c7", "line")
+    settings = InfillSettings(max_tokens=8, ensemble=1, mode="line")
+    report = evaluate(engine, [span], settings, workspace=ws, typing=True)
+    assert report.n == 1 and len(sent) == 2  # the previous keystroke's request, then the span's
+    assert any("c5 c6 c7" in d for d in sent[1]) and not any("c9" in d for d in sent[1])
+    sent.clear()
+    evaluate(engine, [span], settings)
+    assert sent == [()]

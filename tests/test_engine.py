@@ -435,7 +435,7 @@ def test_an_explicit_ask_gets_the_best_candidate_under_the_calibrated_floor(tmp_
 def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
     """The counting line's own earlier run is a draft (found after 7 code tokens: verified
     whole): every token is the model's first choice, so it is kept whole, and the fill
-    takes the verifier's two passes. Found after one token only, the draft is cut to its
+    takes the verifier's one pass. Found after one token only, the draft is cut to its
     first two code tokens."""
     from dataclasses import replace
     engine = Engine(pattern_model)
@@ -447,6 +447,9 @@ def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
     job = engine.prepare(InfillRequest(weak, weak.index("c4 \n") + 3),
                          replace(ghost, explicit=True))
     assert engine.decode(job.drafts[0].ids).split() == ["c5", "c6", "c7", "c8"]
+    assert job.sampler_job.veto is False  # and kept whole, whatever the model says
+    assert engine.prepare(InfillRequest(weak, weak.index("c4 \n") + 3),
+                          ghost).sampler_job.veto is True
     doc = "c1 c2 c3 c4 c5 c6 c7 c8\nc0 c1 c2 c3 c4 \nc8 c9 c10"
     at = doc.index("c4 \n") + 3
     # Only the model's first choices pass here.
@@ -455,7 +458,7 @@ def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
     job = engine.prepare(InfillRequest(doc, at), s)
     assert engine.decode(job.drafts[0].ids).split() == ["c5", "c6", "c7", "c8"]
     drafted = engine.run(InfillRequest(doc, at), s)
-    assert drafted.best.text.split() == ["c5", "c6", "c7", "c8"] and drafted.forward_passes == 2
+    assert drafted.best.text.split() == ["c5", "c6", "c7", "c8"] and drafted.forward_passes == 1
     plain = engine.run(InfillRequest(doc, at), replace(s, drafts=False))
     assert plain.best.text.split()[:4] == ["c5", "c6", "c7", "c8"]
 
@@ -514,11 +517,26 @@ def test_an_explicit_ask_whose_drafts_all_score_low_also_gets_the_models_fill(pa
         s = InfillSettings(max_tokens=8, ensemble=1, mode="line")
         ghost = engine.run(InfillRequest(doc, at), replace(s, min_confidence=0.0))
         assert [it.text.split()[0] for it in ghost.items] == ["c9"]
-        assert ghost.forward_passes == 2
+        assert ghost.forward_passes == 1
         job = engine.prepare(InfillRequest(doc, at), replace(s, explicit=True))
         assert job.sample_under == 0.95
         asked = engine.run(InfillRequest(doc, at), replace(s, explicit=True))
         assert asked.items[0].text.split()[:3] == ["c5", "c6", "c7"]
-        assert "c9" in [it.text.split()[0] for it in asked.items] and asked.forward_passes > 2
+        assert "c9" in [it.text.split()[0] for it in asked.items] and asked.forward_passes > 1
     finally:
         pattern_model.profile = profile
+
+
+def test_only_a_line_completion_is_done_at_its_line_end(pattern_model):
+    """A line fill's sampler rows stop at their line's end (``steps.LineEnd``); a block, and
+    a decode as its authors would run it, go on to their masks' end."""
+    from dataclasses import replace
+    engine = Engine(pattern_model)
+    doc = "c0 c1 c2 c3 c4 \nc8 c9 c10"
+    at = doc.index("c4 \n") + 3
+    line = InfillSettings(max_tokens=8, ensemble=1, mode="line")
+    ends = engine.prepare(InfillRequest(doc, at), line).sampler_job.line_ends
+    assert ends is not None and ends is engine.line_ends()
+    assert engine.prepare(InfillRequest(doc, at), replace(line, mode="block")).line_ends is None
+    faithful = replace(line, sampler=SamplerSettings(faithful=True))
+    assert engine.prepare(InfillRequest(doc, at), faithful).line_ends is None

@@ -117,6 +117,50 @@ def test_dual_cache_span_pass_equals_full_pass_when_context_is_unchanged(qwen2_c
     assert torch.allclose(again, full, atol=1e-4)
 
 
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("warm", [False, True])
+def test_rows_beside_a_window_equal_a_cache_pass_then_span_passes(qwen2_ckpt, shift, warm):
+    """One pass carrying a window and variants of its span gives the numbers of two: the
+    window filling the dual cache, then each variant's span against it."""
+    folder, _ = qwen2_ckpt
+    model = load_model(folder, profile_overrides={"shift_logits": shift})
+    V = model.config.vocab_size
+    ids = _ids(V, (1, 20))
+    key_mask = torch.ones(1, 20, dtype=torch.bool)
+    key_mask[0, 18:] = False  # padding at the end is never attended
+    lo, hi = 8, 12
+    rows = ids.repeat(3, 1)
+    rows[:, lo:hi] = _ids(V, (3, 4), seed=5)
+
+    def window_cache():
+        if not warm:
+            return KVCache([], []), None
+        # An earlier request's cache of the first 6 positions, completed by this pass.
+        old = KVCache([], [])
+        model.span_logits(ids, lo, hi, key_mask=key_mask, cache=old)
+        return old.reuse(6, 20, 1), range(6, 20)
+
+    cache, run = window_cache()
+    first = model.span_logits(ids, lo, hi, key_mask=key_mask, cache=cache, run=run)
+    shared = KVCache([k.expand(3, -1, -1, -1).clone() for k in cache.keys],
+                     [v.expand(3, -1, -1, -1).clone() for v in cache.values])
+    more = model.span_logits(rows, lo, hi, key_mask=key_mask.expand(3, -1), cache=shared,
+                             run=model.span_run(lo, hi))
+
+    cache2, run = window_cache()
+    before = model.tokens_run
+    head, got = model.span_logits_with_rows(ids, lo, hi, rows, cache=cache2, key_mask=key_mask,
+                                            run=run)
+    assert torch.allclose(head, first, atol=1e-5) and torch.allclose(got, more, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(cache2.keys, cache.keys))  # the window's own
+    span = len(model.span_run(lo, hi))
+    assert model.tokens_run - before == (20 if run is None else len(run)) + 3 * span
+    # And the rows' numbers are their own windows' (they differ from the window row's).
+    assert not torch.allclose(got[0], head[0], atol=1e-3)
+    with pytest.raises(ValueError, match="fills an empty cache"):
+        model.span_logits_with_rows(ids, lo, hi, rows, cache=cache2)
+
+
 def test_padding_keys_are_not_attended(qwen2_ckpt):
     folder, _ = qwen2_ckpt
     model = load_model(folder)

@@ -194,6 +194,34 @@ def test_masks_behind_a_committed_filler_become_that_filler():
     assert conf[2, 2:].tolist() == pytest.approx([0.6, 0.6, 0.6])
 
 
+def test_a_line_fill_is_done_at_its_line_end_and_scored_as_its_line():
+    """A row that has written a line break after some text, with no mask before it, has the
+    rest of its gap closed with filler scored as the line's own tokens; a break with a mask
+    before it, a break before any text, and a row that is no line fill are left alone."""
+    from diffill.infill.steps import LineEnd, LineEnds, Rows, Step, Vocab
+    strings = ["<pad>", "<mask>", "x", " =", "\n", "1)\n", "  ", "y"]
+    P, M, X, EQ, NL, CLOSE, SP, Y = range(8)
+    ends = LineEnds.of(Vocab(strings), torch.device("cpu"))
+    assert ends.breaks.tolist() == [False, False, False, False, True, True, False, False]
+    assert ends.closes.tolist() == [False, False, False, False, False, True, False, False]
+    ids = torch.tensor([[X, EQ, NL, Y, M],     # a line, then its break: done
+                        [X, M, NL, Y, M],      # a mask before the break: not yet
+                        [NL, X, EQ, M, M],     # a break before any text (a blank line first)
+                        [SP, CLOSE, Y, M, M],  # a token that ends the line itself
+                        [X, EQ, NL, Y, M]])    # no line fill
+    conf = torch.tensor([[0.9, 0.6, 0.3, 0.5, 1.0]] * 5)
+    rows = Rows(ids.clone(), conf.clone(), torch.arange(5), None)
+    rule = LineEnd(0, 5, M, P, ends, torch.tensor([True, True, True, True, False]))
+    rule.after(Step(rows, 0, 5, torch.arange(5), rows.ids == M, 0))
+    assert rows.ids.tolist() == [[X, EQ, NL, P, P], [X, M, NL, Y, M], [NL, X, EQ, M, M],
+                                 [SP, CLOSE, P, P, P], [X, EQ, NL, Y, M]]
+    assert rows.conf[0].tolist() == pytest.approx([0.9, 0.6, 0.3, 0.6, 0.6])
+    assert rows.conf[3, 2:].tolist() == pytest.approx([0.75] * 3)
+    assert torch.equal(rows.conf[1:3], conf[1:3]) and torch.equal(rows.conf[4], conf[4])
+    kept, score = trim_filler(rows.ids[0].tolist(), rows.conf[0].tolist(), [P], "truncate")
+    assert kept == [X, EQ, NL] and score == pytest.approx(0.6)  # the line's own mean
+
+
 @pytest.mark.parametrize("schedule", ["threshold", "fixed", "blocks"])
 def test_left_filler_order_never_commits_filler_ahead_of_an_open_mask(pattern_model,
                                                                       schedule):

@@ -117,8 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(every key a didChange and an automatic inline completion), with the "
                         "server's default settings (the sampler options do not apply)")
     e.add_argument("--workspace", action="store_true",
-                   help="with --keystrokes: each line's held-out package (its other files) is "
-                        "the workspace, for the drafts alone and diffill")
+                   help="each line's or span's held-out package (its other files) is the "
+                        "workspace, as an editor's open folder: its drafts go with every "
+                        "request (and, with --keystrokes, to the drafts alone)")
     e.add_argument("--files", nargs="*", help="evaluate on these files instead of the held-out "
                                               "packages")
     add_model_options(e)  # a served model too (engine openai): the same evals, its answers

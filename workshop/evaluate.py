@@ -54,16 +54,22 @@ def _run(args: argparse.Namespace, engine, files: list[Path], packages: list[str
     if args.asked:
         settings = replace(settings, explicit=True)
     reports = []
+    workspace = None
+    if args.workspace:
+        from diffill.server.workspace import build_library
+        from diffill.workshop.keystrokes import WorkspaceDrafts
+        workspace = WorkspaceDrafts(package_root(packages),
+                                    lambda root: build_library([root], ".py"))
     for mode in modes:
         spans = cut_spans(files, args.n, mode, args.sample_seed)
         bar = tqdm(total=len(spans), desc=f"eval {mode}", file=sys.stderr, leave=False)
         rep = evaluate(engine, spans, settings, progress=lambda k: bar.update(1),
-                       typing=args.typing)
+                       typing=args.typing, workspace=workspace)
         bar.close()
         reports.append({**rep.as_dict(), "calibration": rep.calibration()})
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
             "python": platform.python_version(), "seed": args.sample_seed,
-            "asked": args.asked,
+            "asked": args.asked, "workspace": bool(args.workspace),
             "autoregressive_baseline": None}
     if args.json:
         print(json.dumps({"meta": meta, "results": reports}, indent=1))

@@ -171,11 +171,15 @@ class WorkspaceDrafts:
         self.path: str | None = None
 
     def begin(self, line: TypedLine) -> None:
-        root = self.root_of(line.path)
+        self.open(line.path)
+
+    def open(self, path: str) -> None:
+        """The document at ``path`` is the one being edited now."""
+        root = self.root_of(path)
         if root is not None and root not in self.libraries:
             self.libraries[root] = self.read(root)
         self.library = self.libraries.get(root) if root is not None else None
-        self.path = line.path
+        self.path = path
 
     def __call__(self, doc: str, cursor: int) -> str | None:
         found = drafting.find_drafts(doc, cursor, limit=1, library=self.library,

@@ -87,7 +87,7 @@ class ModeReport:
                 if self.seconds else 0,
                 "mean_forward_passes": round(statistics.mean(self.passes), 2)
                 if self.passes else 0,
-                # Work against what it gives: a verified draft commits many tokens in 2 passes.
+                # Work against what it gives: a verified draft commits many tokens in one pass.
                 "tokens_per_pass": round(sum(self.tokens) / sum(self.passes), 2)
                 if sum(self.passes) else None,
                 "min_confidence": self.min_confidence, "coverage": round(shown / n, 4),
@@ -167,11 +167,13 @@ def previous_keystroke(sp: Span) -> InfillRequest:
 
 def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
              progress: Callable[[int], None] | None = None,
-             typing: bool = False) -> ModeReport:
+             typing: bool = False, workspace=None) -> ModeReport:
     """Exact match, parse rate and speed of the best candidate (as if every completion were
     shown), and what ``min_confidence`` would show (coverage, precision). ``typing``: each
     span is asked as an editor asks it while the user types: the previous keystroke's request
-    runs first on the same document (untimed), so prefix reuse applies to the timed one."""
+    runs first on the same document (untimed), so prefix reuse applies to the timed one.
+    ``workspace`` (``keystrokes.WorkspaceDrafts``): each request carries the drafts its
+    package's other files give, as the LSP server sends a workspace's."""
     report = ModeReport(spans[0].mode if spans else "none",
                         min_confidence=engine.min_confidence(
                             settings, settings.mode if settings.mode != "auto" or not spans
@@ -180,10 +182,19 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
     for k, sp in enumerate(spans):
         s = replace(settings, min_confidence=0.0, hide_unknown_names=False,
                     mode=sp.mode if settings.mode == "auto" else settings.mode)
-        request = InfillRequest(sp.text, sp.cursor, language="python", path=sp.path)
+        found: tuple[str, ...] = ()
+        if workspace is not None:
+            workspace.open(sp.path)
+            found = tuple(workspace.elsewhere(sp.text, sp.cursor))
+        request = InfillRequest(sp.text, sp.cursor, language="python", path=sp.path,
+                                drafts=found)
         doc = DocumentKey("eval", f"span-{k}") if typing else None
         if typing:
-            engine.run_batch([Submission(previous_keystroke(sp), document=doc)], s)
+            before = previous_keystroke(sp)
+            if workspace is not None:
+                before = replace(before, drafts=tuple(workspace.elsewhere(before.text,
+                                                                          before.start)))
+            engine.run_batch([Submission(before, document=doc)], s)
         t0 = time.perf_counter()
         (result,) = engine.run_batch([Submission(request, document=doc)], s)
         if isinstance(result, BaseException):
