@@ -108,3 +108,14 @@ def test_typing_asks_the_previous_keystroke_first():
     start = Span("a.py", text, text.index("value"), "value", "line")  # nothing typed yet
     assert previous_keystroke(start).text == text
     assert previous_keystroke(start).start == start.cursor
+
+
+def test_the_eval_names_the_versions_its_spans_were_cut_from():
+    """The held-out spans are cut from the installed files: a figure holds for those versions."""
+    import platform
+    from importlib import metadata
+
+    from diffill.workshop.evaluate import versions
+    got = versions(["json", "pygls", "no_such_package_here"])
+    assert got == {"json": f"Python {platform.python_version()}",
+                   "pygls": metadata.version("pygls"), "no_such_package_here": "?"}

@@ -19,6 +19,24 @@ def held_out_files() -> tuple[list[Path], list[str]]:
     return files, [p.name for p in corpus.held_out]
 
 
+def versions(packages: list[str]) -> dict[str, str]:
+    """Each held-out package's installed version (the standard library's: Python's): the
+    spans and lines are cut from the installed files, so a figure holds for these versions."""
+    from importlib import metadata
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = f"Python {platform.python_version()}" if name in sys.stdlib_module_names \
+                else "?"
+    return out
+
+
+def _named(versions: dict[str, str]) -> str:
+    return ", ".join(f"{name} {v}" for name, v in versions.items())
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from diffill.server.options import load_engine
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -68,13 +86,14 @@ def _run(args: argparse.Namespace, engine, files: list[Path], packages: list[str
         bar.close()
         reports.append({**rep.as_dict(), "calibration": rep.calibration()})
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
+            "versions": versions(packages),
             "python": platform.python_version(), "seed": args.sample_seed,
             "asked": args.asked, "workspace": bool(args.workspace),
             "autoregressive_baseline": None}
     if args.json:
         print(json.dumps({"meta": meta, "results": reports}, indent=1))
         return 0
-    print(f"held-out packages: {', '.join(packages)} ({len(files)} files, Python "
+    print(f"held-out packages: {_named(meta['versions'])} ({len(files)} files, Python "
           f"{meta['python']}); model {Path(meta['model']['checkpoint']).name}")
     print(f"{'mode':<6} {'spans':>5} {'exact':>7} {'sim':>5} {'parses':>7} {'empty':>6} {'ms':>7} "
           f"{'p50 ms':>7} {'passes':>6} {'tok/pass':>8} | {'min conf':>8} {'coverage':>8} "
@@ -144,13 +163,13 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
         model_report.tokens = [counters.get("tokens_shown", 0)]
     rows = [r.as_dict() for r in reports]
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
-            "lines": len(lines), "seed": args.sample_seed, "cpu": platform.processor() or
+            "versions": versions(packages), "lines": len(lines), "seed": args.sample_seed, "cpu": platform.processor() or
             platform.machine(), "through": "diffill lsp" if lsp else "the engine in process",
             "workspace": bool(args.workspace)}
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=1))
         return 0
-    print(f"typing eval: {len(lines)} held-out lines ({', '.join(packages)}), model "
+    print(f"typing eval: {len(lines)} held-out lines ({_named(meta['versions'])}), model "
           f"{Path(meta['model']['checkpoint']).name}, diffill through {meta['through']}"
           + (", the package's other files as the workspace" if args.workspace else ""))
     print(f"{'completer':<14} {'keys saved':>10} {'shown':>7} {'taken':>7} {'whole':>7} "
@@ -198,7 +217,7 @@ def calibrate_keystrokes(args: argparse.Namespace, engine, settings, lines, pack
     rows = {f"{f:g}": r.as_dict() for f, r in reports.items()}
     if args.json:
         print(json.dumps({"lines": len(lines), "seed": args.sample_seed, "packages": packages,
-                          "hide_unknown_names": hide, "floors": rows, "best": best,
+                          "versions": versions(packages), "hide_unknown_names": hide, "floors": rows, "best": best,
                           "offered": offered if getattr(args, "record", None) else None},
                          indent=1))
         return 0
