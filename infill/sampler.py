@@ -619,25 +619,7 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
     mask_id = prof.mask_id
     given = [d if isinstance(d, Draft) else Draft(list(d)) for d in drafts]
     cut = [list(d.ids)[:length - 1] for d in given]
-    ids, key_mask, lo = layout(model, prefix, suffix, [length])
-    rows = [(j, i) for j, d in enumerate(cut) for i in range(1, len(d) + 1)]
-    batch = ids.repeat(len(rows), 1)  # row r: the gap holding draft j's first i tokens
-    for r, (j, i) in enumerate(rows):
-        batch[r, lo:lo + i] = torch.tensor(cut[j][:i], device=ids.device)
-    cache = None
-    if not cached:
-        both = model.span_logits(torch.cat([ids, batch]), lo, lo + length,
-                                 key_mask=key_mask.expand(len(rows) + 1, -1))
-        first, more = both[:1], both[1:]
-    else:
-        cache = warm.cache if warm is not None else KVCache([], [])
-        run = None  # the whole window, filling the cache; after a warm start, the rest of it
-        if warm is not None:
-            run = range(min(warm.upto, model.span_run(lo, lo + length).start), ids.shape[1])
-        first, more = model.span_logits_with_rows(ids, lo, lo + length, batch, cache=cache,
-                                                  key_mask=key_mask, run=run)
-    where = {(j, 0): first[0] for j in range(len(cut))}
-    where.update({row: more[r] for r, row in enumerate(rows)})
+    where, cache = _draft_pass(model, prefix, suffix, cut, length, warm, cached)
     filler = set(prof.filler_ids)
     out = []
     for j, d in enumerate(cut):
@@ -656,6 +638,34 @@ def verify_drafts(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence
             v.tokens.append(d[i])
         out.append(v)
     return out, cache, 1
+
+
+def _draft_pass(model: DiffusionModel, prefix: Sequence[int], suffix: Sequence[int],
+                cut: list[list[int]], length: int, warm: WarmStart | None,
+                cached: bool) -> tuple[dict[tuple[int, int], torch.Tensor], KVCache | None]:
+    """The verifier's pass: the logits (L, V) of the gap for every ``(draft j, token i)``, the
+    gap holding draft ``j``'s first ``i`` tokens and masks after them (``i`` 0: the window
+    row, all masks), and the window row's cache (None unless ``cached``)."""
+    ids, key_mask, lo = layout(model, prefix, suffix, [length])
+    rows = [(j, i) for j, d in enumerate(cut) for i in range(1, len(d) + 1)]
+    batch = ids.repeat(len(rows), 1)
+    for r, (j, i) in enumerate(rows):
+        batch[r, lo:lo + i] = torch.tensor(cut[j][:i], device=ids.device)
+    cache = None
+    if not cached:  # every row its whole window
+        both = model.span_logits(torch.cat([ids, batch]), lo, lo + length,
+                                 key_mask=key_mask.expand(len(rows) + 1, -1))
+        first, more = both[:1], both[1:]
+    else:
+        cache = warm.cache if warm is not None else KVCache([], [])
+        run = None  # the whole window, filling the cache; after a warm start, the rest of it
+        if warm is not None:
+            run = range(min(warm.upto, model.span_run(lo, lo + length).start), ids.shape[1])
+        first, more = model.span_logits_with_rows(ids, lo, lo + length, batch, cache=cache,
+                                                  key_mask=key_mask, run=run)
+    where = {(j, 0): first[0] for j in range(len(cut))}
+    where.update({row: more[r] for r, row in enumerate(rows)})
+    return where, cache
 
 
 def _judged(logits: torch.Tensor, written: list[int], lead: TokenHealing | None,
@@ -839,7 +849,7 @@ def _denoise_rows(model: DiffusionModel, rows: list[tuple[Sequence[int], Sequenc
     out = denoise(model, ids, lo, lo + max(n for _, _, n in rows), settings=settings,
                   key_mask=key_mask, cancel=row_cancel, on_step=on_step, warm=warm,
                   leads=leads if any(leads) else None, fresh=True,
-                  line_ends=ends if ends and any(e is not None for e in ends) else None)
+                  line_ends=ends)
     if slot is not None and out.cache is not None:
         _keep_prefix(slot, head, out.cache, warm is not None)
     done = set(out.rows)
