@@ -164,9 +164,13 @@ def _keys(text: str, line_start: int, line_before: str) -> list[tuple[str, str]]
     return [(t + "\n" + line_before, t) for t in tails(prev)] if prev.strip() else []
 
 
-def _lookups(text: str, cursor: int, others: Sequence[str], limit: int) -> list[Found]:
+def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
+             after: str | None = None) -> list[Found]:
+    """:func:`lookup_drafts` with their support; ``after``: the line after the cursor's (by
+    default ``text``'s own)."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
+    after = _next_line(text, line_end) if after is None else after
     out: list[Found] = []
     for key, tail in _keys(text, line_start, text[line_start:cursor]):
         # Before the line: a key that ends in the line break must not meet this line's own.
@@ -174,21 +178,40 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int) -> list[
         places += [(text, h) for h in _hits(text, key, False, line_end)]
         for other in others:
             places += [(other, h) for h in _hits(other, key, False)]
-        out += _continuations(places, tail)
+        out += _continuations(places, tail, after)
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
 
 
-def _continuations(places: Iterable[tuple[str, int]], tail: str) -> list[Found]:
+def _next_line(text: str, at: int, most: int = 4) -> str:
+    """The first non-blank line after the line that ends at ``at`` (within ``most`` lines),
+    stripped; '' when none."""
+    for _ in range(most):
+        if at >= len(text):
+            return ""
+        end = _line_end(text, at + 1)
+        line = text[at + 1:end].strip()
+        if line:
+            return line
+        at = end
+    return ""
+
+
+def _continuations(places: Iterable[tuple[str, int]], tail: str,
+                   after: str = "") -> list[Found]:
     """What follows each place (a text and an offset just after a match of ``tail``) up to
-    its line's end (at most :data:`MAX_DRAFT_CHARS`), when that is not blank."""
-    out = []
+    its line's end (at most :data:`MAX_DRAFT_CHARS`), when that is not blank. ``after``: the
+    line that follows the cursor's; places whose own next line is the same come first (the
+    code after the gap agrees with them too)."""
+    out, anchored = [], []
     for src, h in places:
-        rest = src[h:min(_line_end(src, h), h + MAX_DRAFT_CHARS)].rstrip()
+        end = _line_end(src, h)
+        rest = src[h:min(end, h + MAX_DRAFT_CHARS)].rstrip()
         if rest.strip():
-            out.append((rest, support_of(tail)))
-    return out
+            (anchored if after and _next_line(src, end) == after else out).append(
+                (rest, support_of(tail)))
+    return anchored + out
 
 
 def lookup_drafts(text: str, cursor: int, others: Sequence[str] = (),
@@ -249,8 +272,9 @@ class Library:
         return [d for d, _ in self.lookups(line_before, limit, skip)]
 
     def lookups(self, line_before: str, limit: int = MAX_DRAFTS,
-                skip: str | None = None) -> list[Found]:
-        """:meth:`continuations` with their support."""
+                skip: str | None = None, after: str = "") -> list[Found]:
+        """:meth:`continuations` with their support; places followed by ``after`` (the line
+        after the cursor's) first."""
         out: list[Found] = []
         for tail in tails(line_before):
             toks = _CODE_TOKEN.findall(tail)
@@ -264,7 +288,7 @@ class Library:
                       if self.names[i] != skip)
             out += _continuations(((text, start + len(tail)) for text, start in starts
                                    if start >= 0 and text.startswith(tail, start) and
-                                   _starts_clean(text, start, tail)), tail)
+                                   _starts_clean(text, start, tail)), tail, after)
             if len(_distinct(out, limit)) >= limit:
                 break
         return _distinct(out, limit)
@@ -272,15 +296,19 @@ class Library:
 
 def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
                 elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
-                library: Library | None = None, skip: str | None = None) -> list[str]:
+                library: Library | None = None, skip: str | None = None,
+                after: str | None = None) -> list[str]:
     """Every draft for a completion at ``cursor``, distinct, at most ``limit``, in this order:
     lookups in the document (nearest first), ``elsewhere`` (drafts the editor's side found:
     the line as the last ghost would have made it, the other open documents, the
     workspace), lookups in ``others``, then in the ``library`` (``skip``: its copy of this
     document), then the partial word's completions from the same texts in the same order.
     No lookup inside a line that goes on after the cursor: a line fill there must meet the
-    code after it, which a lookup does not know."""
-    return [d for d, _ in found_drafts(text, cursor, others, elsewhere, limit, library, skip)]
+    code after it, which a lookup does not know. Among the places of one tail, those whose
+    next line is the line after the cursor's (``after``; by default ``text``'s own) come
+    first."""
+    return [d for d, _ in found_drafts(text, cursor, others, elsewhere, limit, library, skip,
+                                       after)]
 
 
 def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
@@ -288,28 +316,31 @@ def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
     """:func:`find_drafts` from beyond the document (``others``, the ``library``): the
     cursor's line alone stands for the document, whose own drafts the daemon finds."""
     line_start = text.rfind("\n", 0, cursor) + 1
-    line = text[line_start:_line_end(text, cursor)]
-    return find_drafts(line, cursor - line_start, others, library=library, skip=skip)
+    line_end = _line_end(text, cursor)
+    return find_drafts(text[line_start:line_end], cursor - line_start, others,
+                       library=library, skip=skip, after=_next_line(text, line_end))
 
 
 def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
                  elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
-                 library: Library | None = None, skip: str | None = None) -> list[Found]:
+                 library: Library | None = None, skip: str | None = None,
+                 after: str | None = None) -> list[Found]:
     """:func:`find_drafts` with each draft's support."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
     line_before = text[line_start:cursor]
     partial = partial_word(line_before)
     at_end = not text[cursor:line_end].strip()
-    drafts = _lookups(text, cursor, (), limit) if at_end else []
+    after = _next_line(text, line_end) if after is None else after
+    drafts = _lookups(text, cursor, (), limit, after) if at_end else []
     drafts += [(d, 1) for d in elsewhere if d.strip()]
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit
     if at_end and others and short():
-        drafts += _lookups(line_before, len(line_before), others, limit)
+        drafts += _lookups(line_before, len(line_before), others, limit, after)
     if at_end and library is not None and short():
-        drafts += library.lookups(line_before, limit, skip)
+        drafts += library.lookups(line_before, limit, skip, after)
     if short():
         drafts += [(w, 0) for w in word_drafts(partial, text, line_start, line_end, others,
                                                limit)]

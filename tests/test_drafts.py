@@ -30,6 +30,21 @@ def test_lookup_finds_what_followed_the_typed_tail_elsewhere_in_the_document():
     assert D.lookup_drafts(doc, cursor)[0] == "ute_total(items, tax)"
 
 
+def test_a_place_whose_next_line_is_the_cursors_next_line_comes_first():
+    """Of two places the typed tail was found, the nearer comes first, unless the farther
+    one's next line is the line after the cursor's: the code after the gap agrees with it."""
+    doc = ("key = 'true'\nreturn key\n"
+           "key = 'false'\nprint(key)\n"
+           "key = \nreturn key\n")
+    cursor = at_end_of(doc, "key = ")
+    assert D.lookup_drafts(doc, cursor) == ["'true'", "'false'"]
+    other = doc.replace("key = \nreturn key", "key = \nprint(key)")
+    assert D.lookup_drafts(other, at_end_of(other, "key = ")) == ["'false'", "'true'"]
+    # Blank lines between do not count; a line that is not the same does.
+    spaced = other.replace("'false'\nprint", "'false'\n\n   \nprint")
+    assert D.lookup_drafts(spaced, at_end_of(spaced, "key = "))[0] == "'false'"
+
+
 def test_partial_word_drafts_nearest_earlier_word_first_then_later_then_other_documents():
     doc = "alpha = 1\nalphabet = 2\nal\nalpine = 3\n"
     cursor = at_end_of(doc, "\nal\n") - 1
@@ -389,3 +404,15 @@ def test_the_span_eval_sends_each_request_its_packages_drafts(pattern_model, tmp
     sent.clear()
     evaluate(engine, [span], settings)
     assert sent == [()]
+
+
+def test_the_workspace_prefers_places_followed_by_the_cursors_next_line():
+    """The library's lookups (the workspace, as the LSP server sends them for a line) put
+    first the place whose next line is the one after the cursor's line."""
+    lib = D.Library([("a.py", "key = 'true'\nreturn key\n"),
+                     ("b.py", "key = 'false'\nprint(key)\n")])
+    doc = "x = 1\nkey = \nprint(key)\n"
+    cursor = at_end_of(doc, "key = ")
+    assert D.line_drafts(doc, cursor, library=lib) == ["'false'", "'true'"]
+    doc = "x = 1\nkey = \nreturn key\n"
+    assert D.line_drafts(doc, at_end_of(doc, "key = "), library=lib) == ["'true'", "'false'"]

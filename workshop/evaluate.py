@@ -163,8 +163,9 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
         model_report.tokens = [counters.get("tokens_shown", 0)]
     rows = [r.as_dict() for r in reports]
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
-            "versions": versions(packages), "lines": len(lines), "seed": args.sample_seed, "cpu": platform.processor() or
-            platform.machine(), "through": "diffill lsp" if lsp else "the engine in process",
+            "versions": versions(packages), "lines": len(lines), "seed": args.sample_seed,
+            "cpu": platform.processor() or platform.machine(),
+            "through": "diffill lsp" if lsp else "the engine in process",
             "workspace": bool(args.workspace)}
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=1))
@@ -217,7 +218,8 @@ def calibrate_keystrokes(args: argparse.Namespace, engine, settings, lines, pack
     rows = {f"{f:g}": r.as_dict() for f, r in reports.items()}
     if args.json:
         print(json.dumps({"lines": len(lines), "seed": args.sample_seed, "packages": packages,
-                          "versions": versions(packages), "hide_unknown_names": hide, "floors": rows, "best": best,
+                          "versions": versions(packages), "hide_unknown_names": hide,
+                          "floors": rows, "best": best,
                           "offered": offered if getattr(args, "record", None) else None},
                          indent=1))
         return 0
