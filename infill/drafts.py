@@ -171,6 +171,7 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
     after = _next_line(text, line_end) if after is None else after
+    before = _prev_line(text, line_start) if text[line_start:cursor].strip() else ""
     out: list[Found] = []
     for key, tail in _keys(text, line_start, text[line_start:cursor]):
         # Before the line: a key that ends in the line break must not meet this line's own.
@@ -178,7 +179,7 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
         places += [(text, h) for h in _hits(text, key, False, line_end)]
         for other in others:
             places += [(other, h) for h in _hits(other, key, False)]
-        out += _continuations(places, tail, after)
+        out += _continuations(places, tail, after, before)
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
@@ -199,19 +200,36 @@ def _next_line(text: str, at: int, most: int = 4) -> str:
 
 
 def _continuations(places: Iterable[tuple[str, int]], tail: str,
-                   after: str = "") -> list[Found]:
+                   after: str = "", before: str = "") -> list[Found]:
     """What follows each place (a text and an offset just after a match of ``tail``) up to
-    its line's end (at most :data:`MAX_DRAFT_CHARS`), when that is not blank. ``after``: the
-    line that follows the cursor's; places whose own next line is the same come first (the
-    code after the gap agrees with them too)."""
-    out, anchored = [], []
+    its line's end (at most :data:`MAX_DRAFT_CHARS`), when that is not blank. ``after`` and
+    ``before``: the lines around the cursor's; places whose own lines around are the same
+    come first, both before one (the code around the gap agrees with them too)."""
+    found = []
     for src, h in places:
         end = _line_end(src, h)
         rest = src[h:min(end, h + MAX_DRAFT_CHARS)].rstrip()
         if rest.strip():
-            (anchored if after and _next_line(src, end) == after else out).append(
-                (rest, support_of(tail)))
-    return anchored + out
+            start = src.rfind("\n", 0, h - len(tail)) + 1
+            agree = (bool(after) and _next_line(src, end) == after) + \
+                (bool(before) and _prev_line(src, start) == before)
+            found.append((-agree, rest))
+    found.sort(key=lambda f: f[0])  # stable: nearest first among equals
+    return [(rest, support_of(tail)) for _, rest in found]
+
+
+def _prev_line(text: str, start: int, most: int = 4) -> str:
+    """The last non-blank line before the line that starts at ``start`` (within ``most``
+    lines), stripped; '' when none."""
+    for _ in range(most):
+        if start <= 0:
+            return ""
+        begin = text.rfind("\n", 0, start - 1) + 1
+        line = text[begin:start - 1].strip()
+        if line:
+            return line
+        start = begin
+    return ""
 
 
 def lookup_drafts(text: str, cursor: int, others: Sequence[str] = (),
@@ -306,7 +324,8 @@ def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
     No lookup inside a line that goes on after the cursor: a line fill there must meet the
     code after it, which a lookup does not know. Among the places of one tail, those whose
     next line is the line after the cursor's (``after``; by default ``text``'s own) come
-    first."""
+    first, and in the document those whose previous line is the cursor's previous line too
+    (:func:`_continuations`)."""
     return [d for d, _ in found_drafts(text, cursor, others, elsewhere, limit, library, skip,
                                        after)]
 

@@ -406,6 +406,19 @@ def test_the_span_eval_sends_each_request_its_packages_drafts(pattern_model, tmp
     assert sent == [()]
 
 
+def test_a_place_that_agrees_on_both_lines_around_comes_before_one_that_agrees_on_one():
+    """The lines before and after the cursor's both count: a place preceded by the cursor's
+    previous line and followed by its next line comes before the nearer places that agree on
+    one of them, and those before the places that agree on neither."""
+    doc = ("a = 1\nkey = 'both'\nreturn key\n"
+           "b = 2\nkey = 'after'\nreturn key\n"
+           "a = 1\nkey = 'before'\nprint(key)\n"
+           "c = 3\nkey = 'neither'\nprint(key)\n"
+           "a = 1\nkey = \nreturn key\n")
+    assert D.lookup_drafts(doc, at_end_of(doc, "key = ")) == \
+        ["'both'", "'before'", "'after'", "'neither'"]
+
+
 def test_the_workspace_prefers_places_followed_by_the_cursors_next_line():
     """The library's lookups (the workspace, as the LSP server sends them for a line) put
     first the place whose next line is the one after the cursor's line."""
