@@ -210,9 +210,9 @@ def _continuations(places: Iterable[tuple[str, int]], tail: str,
         end = _line_end(src, h)
         rest = src[h:min(end, h + MAX_DRAFT_CHARS)].rstrip()
         if rest.strip():
-            start = src.rfind("\n", 0, h - len(tail)) + 1
-            agree = (bool(after) and _next_line(src, end) == after) + \
-                (bool(before) and _prev_line(src, start) == before)
+            agree = int(bool(after) and _next_line(src, end) == after)
+            if before:  # the place's line starts where its tail does, or earlier
+                agree += _prev_line(src, src.rfind("\n", 0, h - len(tail)) + 1) == before
             found.append((-agree, rest))
     found.sort(key=lambda f: f[0])  # stable: nearest first among equals
     return [(rest, support_of(tail)) for _, rest in found]

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 from diffill.infill.api import DocumentKey, InfillRequest, InfillSettings, Submission
 from diffill.infill.engine import Engine
-from .keystrokes import parseable_sources
+from .keystrokes import WorkspaceDrafts, parseable_sources
 from diffill.infill.post import parses
 
 
@@ -167,12 +167,12 @@ def previous_keystroke(sp: Span) -> InfillRequest:
 
 def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
              progress: Callable[[int], None] | None = None,
-             typing: bool = False, workspace=None) -> ModeReport:
+             typing: bool = False, workspace: WorkspaceDrafts | None = None) -> ModeReport:
     """Exact match, parse rate and speed of the best candidate (as if every completion were
     shown), and what ``min_confidence`` would show (coverage, precision). ``typing``: each
     span is asked as an editor asks it while the user types: the previous keystroke's request
     runs first on the same document (untimed), so prefix reuse applies to the timed one.
-    ``workspace`` (``keystrokes.WorkspaceDrafts``): each request carries the drafts its
+    ``workspace``: each request carries the drafts its
     package's other files give, as the LSP server sends a workspace's."""
     report = ModeReport(spans[0].mode if spans else "none",
                         min_confidence=engine.min_confidence(
