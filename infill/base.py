@@ -11,10 +11,6 @@ from . import post, rank
 from .api import ACTIONS, Completion, InfillRequest, InfillResult, InfillSettings, Submission
 from .text import InputError, PositionError, check_size
 
-BRACKETS_BACK = 2000
-"""Characters above a line read to tell whether it continues an open bracket."""
-
-
 class _HasTokenizer(Protocol):
     tokenizer: Any
 
@@ -125,7 +121,7 @@ class EngineBase(Generic[M]):
             line_end = text.find("\n", it.end)
             line_end = len(text) if line_end < 0 else line_end
             if post.breaks_line(text[line_start:it.start], it.text, text[it.end:line_end],
-                                text[max(0, line_start - BRACKETS_BACK):line_start]):
+                                text[max(0, line_start - post.BRACKETS_BACK):line_start]):
                 return True
             if it.parses is not False or "\n" not in it.text.strip("\n"):
                 return False  # a line is judged by its line: unfinished is not broken

@@ -29,6 +29,7 @@ MAX_DRAFTS = 4
 MAX_DRAFT_CHARS = 160
 """A continuation is cut at its line's end, or here."""
 MAX_HITS = 6
+BACKWARDS = True
 """Places of one tail looked at (each may give another continuation)."""
 
 _CODE_TOKEN = re.compile(r"[^\W\d]\w*|\d\w*|\s+|[^\w\s]", re.UNICODE)
@@ -180,6 +181,63 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
         for other in others:
             places += [(other, h) for h in _hits(other, key, False)]
         out += _continuations(places, tail, after, before)
+        if len(_distinct(out, limit)) >= limit:
+            break
+    return _distinct(out, limit)
+
+
+def heads(line: str, most: int = MAX_TAIL_TOKENS) -> list[str]:
+    """Heads of a line's code (after its indentation): its first 1..``most`` code tokens,
+    longest first; only those with two or more characters of code."""
+    toks = _CODE_TOKEN.findall(line.lstrip(" \t"))
+    out = []
+    for n in range(min(most, len(toks)), 0, -1):
+        head = "".join(toks[:n]).rstrip()
+        if len(head) >= 2 and head not in out:
+            out.append(head)
+    return out
+
+
+def _indent(line: str) -> str:
+    return line[:len(line) - len(line.lstrip(" \t"))]
+
+
+def _backwards(text: str, cursor: int, others: Sequence[str], limit: int) -> list[Found]:
+    """Drafts read the other way, from the code after the gap: the line after the cursor's
+    (its first 1-8 code tokens, longest first, at its own indentation) found elsewhere, and
+    the line just before it there, when that line begins with what is typed on the cursor's
+    line and sits at its indentation (any, when nothing is typed yet: the fill's indentation
+    is the syntax's then). A decorator above a class, the field before a field, the ``try:``
+    before an ``except``: lines the code before the gap does not announce. The support
+    counts the code tokens of the head and of the typed text the place agrees with."""
+    line_start = text.rfind("\n", 0, cursor) + 1
+    line_end = _line_end(text, cursor)
+    if text[cursor:line_end].strip() or line_end >= len(text):
+        return []
+    following = text[line_end + 1:_line_end(text, line_end + 1)]
+    if not following.strip():
+        return []
+    typed_line = text[line_start:cursor]
+    typed = typed_line.lstrip(" \t")
+    indent = _indent(typed_line) if typed_line else None
+    out: list[Found] = []
+    for head in heads(following):
+        key = "\n" + _indent(following) + head
+        places = [(text, h) for h in _hits(text, key, True, 0, max(0, line_start - 1))]
+        places += [(text, h) for h in _hits(text, key, False, line_end + 1)]
+        for other in others:
+            places += [(other, h) for h in _hits(other, key, False)]
+        for src, h in places:
+            at = h - len(key)  # the line break ending the line before the match
+            if h < len(src) and (src[h].isalnum() or src[h] == "_") and head[-1:].isalnum():
+                continue  # the head ends inside a longer word there
+            prev = src[src.rfind("\n", 0, at) + 1:at].rstrip()
+            body = prev.lstrip(" \t")
+            if not body.startswith(typed) or len(body) <= len(typed) or \
+                    (indent is not None and _indent(prev) != indent):
+                continue
+            out.append((body[len(typed):][:MAX_DRAFT_CHARS],
+                        support_of(head) + support_of(typed)))
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
@@ -352,6 +410,8 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     at_end = not text[cursor:line_end].strip()
     after = _next_line(text, line_end) if after is None else after
     drafts = _lookups(text, cursor, (), limit, after) if at_end else []
+    if at_end and BACKWARDS:
+        drafts += _backwards(text, cursor, (), limit)
     drafts += [(d, 1) for d in elsewhere if d.strip()]
 
     def short() -> bool:

@@ -20,6 +20,8 @@ from collections.abc import Set as AbstractSet
 
 MODES = ("auto", "line", "block")
 BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", "do", "then")
+BRACKETS_BACK = 2000
+"""Characters above a line read to tell whether it continues an open bracket."""
 
 
 def detect_mode(line_before: str, line_after: str) -> str:
@@ -47,6 +49,8 @@ def missing_indent(text: str, cursor: int) -> str:
     line_end = text.find("\n", cursor)
     if cursor > line_start or text[cursor:len(text) if line_end < 0 else line_end].strip():
         return ""  # indentation typed (or put there by the editor) is the person's choice
+    if inside_brackets(text[max(0, line_start - BRACKETS_BACK):line_start]):
+        return ""  # an expression's next line (or its closing bracket): no rule says how deep
     for _, line in _lines_back(text, line_start - 1) if line_start else ():
         code = line.split("#", 1)[0].rstrip()
         if not code.strip():
@@ -54,8 +58,25 @@ def missing_indent(text: str, cursor: int) -> str:
         indent = line[:len(line) - len(line.lstrip(" \t"))]
         if code.endswith(":"):
             indent += "\t" if indent.startswith("\t") or "\n\t" in text[:4096] else "    "
-        return indent
+            return indent
+        return _joins_below(text, line_start, indent)
     return ""
+
+
+def _joins_below(text: str, line_start: int, indent: str) -> str:
+    """A whole-line gap set apart from the code above by a blank line and right on top of a
+    line indented less (a decorator over a class after a method's last line): it belongs to
+    the code below, at that line's indentation. Otherwise ``indent``, the code above's."""
+    line_end = text.find("\n", line_start)
+    if line_end < 0 or line_start < 2 or text[text.rfind("\n", 0, line_start - 1) + 1:
+                                              line_start - 1].strip():
+        return indent
+    below_end = text.find("\n", line_end + 1)
+    below = text[line_end + 1:below_end if below_end >= 0 else len(text)]
+    if not below.strip() or below.lstrip().startswith("#"):
+        return indent
+    own = below[:len(below) - len(below.lstrip(" \t"))]
+    return own if _indent(own) < _indent(indent) else indent
 
 
 def limit_scope(fill: str, line_before: str) -> str:
@@ -430,9 +451,11 @@ def breaks_line(line_before: str, fill: str, line_after: str, code_before: str =
     return not _completable(_standalone(line_before, fill, line_after))
 
 
-_ENDINGS = ("", "_", " _", "_)", " _)", "_]", "_}", ":\n pass", " _:\n pass")
+_ENDINGS = ("", "_", " _", "_)", " _)", "_]", "_}", ":\n pass", " _:\n pass",
+            "():\n pass", "\ndef _(): pass")
 """What more typing might add to a line, to tell one only unfinished (``x =``, ``import``,
-``for x in``) from one nothing can mend."""
+``for x in``, ``def name`` before its parameters, a decorator waiting for its ``def``) from
+one nothing can mend."""
 
 
 @functools.lru_cache(maxsize=256)

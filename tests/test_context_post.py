@@ -321,6 +321,9 @@ def test_the_word_before_an_attribute_keeps_its_dot_so_it_is_no_free_name():
     ("import numpy as ", "np", "", False),
     ("    if x ", "== 1:", "", False),
     ("    return ", "value value", "", True),
+    ("", "@dataclass_with_extra", "", False),   # a decorator waits for its def
+    ("", "def _pgm", "", False),                 # a def waits for its parameters
+    ("", "@dataclass with", "", True),
 ])
 def test_a_fill_that_breaks_its_line_is_told_from_one_that_only_leaves_it_unfinished(
         before, fill, after, broken):
@@ -338,3 +341,22 @@ def test_names_a_line_binds_are_defined_for_its_fill():
     assert {"f", "a", "b"} <= bound_names("def f(a, b=1):")
     assert "str" not in bound_names("def f(a: str, *args: strx):")  # annotations use names
     assert {"total"} <= bound_names("total = 0")
+
+
+@pytest.mark.parametrize("doc, indent", [
+    ("def f(x):\n    if x:\n|\n    return 1\n", "        "),   # after a block opener: deeper
+    ("def f(x):\n    y = 1\n|\n", "    "),                      # else as deep as the line above
+    ("def f(x):\n    if x:\n        y = 1\n|\n    return y\n", "        "),  # no blank above
+    # set apart from the code above and on top of a line indented less: the code below's
+    ("class A:\n    def f(self):\n        return 1\n\n\n|\nclass B:\n    pass\n", ""),
+    ("def f(x):\n    if x:\n        y = 1\n\n|\n    return y\n", "    "),
+    ("def f(x):\n    if x:\n        y = 1\n\n|\n\n    return y\n", "        "),
+    # an expression's next line: the brackets, not the blocks, say how deep (nothing added)
+    ("def f(\n    a: int,\n|\n    b: int,\n):\n    pass\n", ""),
+])
+def test_a_whole_line_gap_is_indented_by_the_code_around_it(doc, indent):
+    """At column 0 of an empty line (``|``): one level deeper after a block opener, else the
+    line above's depth, unless a blank line sets the gap apart from it and the line right
+    below is indented less (a decorator over a class, a method's end)."""
+    at = doc.index("|")
+    assert post.missing_indent(doc.replace("|", ""), at) == indent

@@ -429,3 +429,28 @@ def test_the_workspace_prefers_places_followed_by_the_cursors_next_line():
     assert D.line_drafts(doc, cursor, library=lib) == ["'false'", "'true'"]
     doc = "x = 1\nkey = \nreturn key\n"
     assert D.line_drafts(doc, at_end_of(doc, "key = "), library=lib) == ["'true'", "'false'"]
+
+
+def test_the_line_before_the_cursors_next_line_elsewhere_is_a_draft():
+    """Read the other way, from the code after the gap: where the line after the cursor's
+    begins as it does elsewhere, the line just before it there is a draft (a decorator over a
+    class, the field before a field), when it begins with what is typed on the cursor's line
+    and sits at its indentation."""
+    doc = ("@register\nclass First(Base):\n    pass\n\n\n"
+           "\nclass Second(Base):\n    pass\n")
+    cursor = doc.index("\nclass Second")
+    assert ("@register", D.support_of("class")) in D.found_drafts(doc, cursor)
+    fields = ("class A:\n    name: str\n    size: int\n    kind: str\n\n"
+              "class B:\n    n\n    size: int\n")
+    cursor = at_end_of(fields, "    n")
+    assert D.found_drafts(fields, cursor)[0] == ("ame: str", D.support_of("size: int") + D.support_of("n"))
+    # a typed start it does not begin with, or another indentation: no draft from it
+    assert "name: str" not in "".join(D.find_drafts(fields.replace("    n\n", "    k\n"),
+                                                    cursor))
+    deeper = fields.replace("    n\n", "        \n")
+    assert not D._backwards(deeper, at_end_of(deeper, "B:\n        "), (), 4)
+    # only a line right after the cursor's counts (a blank one between: nothing)
+    spaced = fields.replace("    n\n", "    n\n\n")
+    assert not D._backwards(spaced, cursor, (), 4)
+    # the match must not end inside a longer word there
+    assert not D._backwards("x = 1\nsizes = 2\ny\nsize = 3\n", 13, (), 4)
