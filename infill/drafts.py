@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import re
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 MAX_TAIL_TOKENS = 8
 """Longest tail of the typed line that is looked up."""
@@ -29,7 +29,6 @@ MAX_DRAFTS = 4
 MAX_DRAFT_CHARS = 160
 """A continuation is cut at its line's end, or here."""
 MAX_HITS = 6
-BACKWARDS = True
 """Places of one tail looked at (each may give another continuation)."""
 
 _CODE_TOKEN = re.compile(r"[^\W\d]\w*|\d\w*|\s+|[^\w\s]", re.UNICODE)
@@ -180,7 +179,11 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
         places += [(text, h) for h in _hits(text, key, False, line_end)]
         for other in others:
             places += [(other, h) for h in _hits(other, key, False)]
-        out += _continuations(places, tail, after, before)
+        found = _continuations(places, tail, after, before)
+        if key != tail and cursor > line_start:  # the key ends in the typed indentation:
+            # a deeper line there brings more of it, which is not this line's
+            found = [(rest.lstrip(" \t"), n) for rest, n in found]
+        out += found
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
@@ -202,32 +205,37 @@ def _indent(line: str) -> str:
     return line[:len(line) - len(line.lstrip(" \t"))]
 
 
-def _backwards(text: str, cursor: int, others: Sequence[str], limit: int) -> list[Found]:
-    """Drafts read the other way, from the code after the gap: the line after the cursor's
-    (its first 1-8 code tokens, longest first, at its own indentation) found elsewhere, and
-    the line just before it there, when that line begins with what is typed on the cursor's
-    line and sits at its indentation (any, when nothing is typed yet: the fill's indentation
-    is the syntax's then). A decorator above a class, the field before a field, the ``try:``
-    before an ``except``: lines the code before the gap does not announce. The support
-    counts the code tokens of the head and of the typed text the place agrees with."""
-    line_start = text.rfind("\n", 0, cursor) + 1
+def line_below(text: str, cursor: int) -> str:
+    """The line right after the cursor's, when the cursor's goes on no further and that line
+    has code ('' otherwise): what :func:`_backwards` reads."""
     line_end = _line_end(text, cursor)
     if text[cursor:line_end].strip() or line_end >= len(text):
+        return ""
+    below = text[line_end + 1:_line_end(text, line_end + 1)]
+    return below if below.strip() else ""
+
+
+Places = Callable[[str], Iterable[tuple[str, int]]]
+"""``key -> (text, offset just after a match of key)`` for each place a key is found."""
+
+
+def _backwards(below: str, typed_line: str, places_of: Places, limit: int) -> list[Found]:
+    """Drafts read the other way, from the code after the gap: the line after the cursor's
+    (``below``; its first 1-8 code tokens, longest first, at its own indentation) found
+    elsewhere (``places_of``), and the line just before it there, when that line begins with
+    what is typed on the cursor's line (``typed_line``) and sits at its indentation (any,
+    when nothing is typed yet: the fill's indentation is the syntax's then). A decorator
+    above a class, the field before a field, the ``try:`` before an ``except``: lines the
+    code before the gap does not announce. The support counts the code tokens of the head
+    and of the typed text the place agrees with."""
+    if not below.strip():
         return []
-    following = text[line_end + 1:_line_end(text, line_end + 1)]
-    if not following.strip():
-        return []
-    typed_line = text[line_start:cursor]
     typed = typed_line.lstrip(" \t")
     indent = _indent(typed_line) if typed_line else None
     out: list[Found] = []
-    for head in heads(following):
-        key = "\n" + _indent(following) + head
-        places = [(text, h) for h in _hits(text, key, True, 0, max(0, line_start - 1))]
-        places += [(text, h) for h in _hits(text, key, False, line_end + 1)]
-        for other in others:
-            places += [(other, h) for h in _hits(other, key, False)]
-        for src, h in places:
+    for head in heads(below):
+        key = "\n" + _indent(below) + head
+        for src, h in places_of(key):
             at = h - len(key)  # the line break ending the line before the match
             if h < len(src) and (src[h].isalnum() or src[h] == "_") and head[-1:].isalnum():
                 continue  # the head ends inside a longer word there
@@ -241,6 +249,35 @@ def _backwards(text: str, cursor: int, others: Sequence[str], limit: int) -> lis
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
+
+
+def _in_document(text: str, cursor: int) -> Places:
+    """The places of a key in ``text`` outside the cursor's line and the line after it:
+    before them nearest first, then after them."""
+    line_start = text.rfind("\n", 0, cursor) + 1
+    line_end = _line_end(text, cursor)
+
+    def places(key: str) -> list[tuple[str, int]]:
+        return [(text, h) for h in _hits(text, key, True, 0, max(0, line_start - 1))] + \
+            [(text, h) for h in _hits(text, key, False, line_end + 1)]
+    return places
+
+
+def _in_texts(texts: Sequence[str]) -> Places:
+    def places(key: str) -> list[tuple[str, int]]:
+        return [(t, h) for t in texts for h in _hits(t, key, False)]
+    return places
+
+
+def _both_ways(forwards: list[Found], backwards: list[Found]) -> list[Found]:
+    """The lookups of both directions, those found both ways first (read from the code before
+    the gap and from the code after it: on the typing eval four in five of those are the rest
+    of the line as typed, where one in five of the others is), with both supports; then the
+    rest of each, forwards first."""
+    back = dict(_distinct(backwards, len(backwards)))
+    both = [(d, n + back[d]) for d, n in forwards if d in back]
+    done = {d for d, _ in both}
+    return both + [f for f in forwards + backwards if f[0] not in done]
 
 
 def _next_line(text: str, at: int, most: int = 4) -> str:
@@ -353,39 +390,55 @@ class Library:
         after the cursor's) first."""
         out: list[Found] = []
         for tail in tails(line_before):
-            toks = _CODE_TOKEN.findall(tail)
-            anchors = [(self.counts.get(t, 0), k) for k, t in enumerate(toks[:-1])
-                       if _WORD.fullmatch(t) and t in self.counts]
-            if not anchors:
-                continue
-            _, k = min(anchors)
-            before = len("".join(toks[:k]))
-            starts = ((self.texts[i], at - before) for i, at in self.places[toks[k]]
-                      if self.names[i] != skip)
-            out += _continuations(((text, start + len(tail)) for text, start in starts
-                                   if start >= 0 and text.startswith(tail, start) and
-                                   _starts_clean(text, start, tail)), tail, after)
+            out += _continuations(self.matches(tail, skip, whole_last=False), tail, after)
             if len(_distinct(out, limit)) >= limit:
                 break
         return _distinct(out, limit)
 
 
+    def matches(self, key: str, skip: str | None = None, whole_last: bool = True
+                ) -> Iterable[tuple[str, int]]:
+        """The clean matches of ``key`` (a text, the offset just after it), found from the
+        places of its rarest whole word (the first :data:`PLACES` of that word's in each
+        text; the last token is no anchor unless ``whole_last``: it may be a partial word)."""
+        toks = _CODE_TOKEN.findall(key)
+        anchors = [(self.counts[t], k) for k, t in enumerate(toks if whole_last else toks[:-1])
+                   if _WORD.fullmatch(t) and t in self.counts]
+        if not anchors:
+            return
+        _, k = min(anchors)
+        before = len("".join(toks[:k]))
+        for i, at in self.places[toks[k]]:
+            start = at - before
+            if self.names[i] != skip and start >= 0 and \
+                    self.texts[i].startswith(key, start) and \
+                    _starts_clean(self.texts[i], start, key):
+                yield self.texts[i], start + len(key)
+
+    def befores(self, below: str, typed_line: str, limit: int = MAX_DRAFTS,
+                skip: str | None = None) -> list[Found]:
+        """:func:`_backwards` in the library's texts."""
+        return _backwards(below, typed_line, lambda key: self.matches(key, skip), limit)
+
+
 def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
                 elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
                 library: Library | None = None, skip: str | None = None,
-                after: str | None = None) -> list[str]:
+                after: str | None = None, below: str | None = None) -> list[str]:
     """Every draft for a completion at ``cursor``, distinct, at most ``limit``, in this order:
-    lookups in the document (nearest first), ``elsewhere`` (drafts the editor's side found:
-    the line as the last ghost would have made it, the other open documents, the
-    workspace), lookups in ``others``, then in the ``library`` (``skip``: its copy of this
-    document), then the partial word's completions from the same texts in the same order.
-    No lookup inside a line that goes on after the cursor: a line fill there must meet the
-    code after it, which a lookup does not know. Among the places of one tail, those whose
-    next line is the line after the cursor's (``after``; by default ``text``'s own) come
-    first, and in the document those whose previous line is the cursor's previous line too
-    (:func:`_continuations`)."""
+    lookups in the document (nearest first; those found both from the code before the gap
+    and from the line after it first, :func:`_both_ways`), ``elsewhere`` (drafts the
+    editor's side found: the line as the last ghost would have made it, the other open
+    documents, the workspace), lookups in ``others``, then in the ``library`` (``skip``: its
+    copy of this document), then the partial word's completions from the same texts in the
+    same order. No lookup inside a line that goes on after the cursor: a line fill there must
+    meet the code after it, which a lookup does not know. Among the places of one tail, those
+    whose next line is the line after the cursor's (``after``; by default ``text``'s own)
+    come first, and in the document those whose previous line is the cursor's previous line
+    too (:func:`_continuations`). ``below``: the line right after the cursor's, which the
+    lookups read backwards from (by default ``text``'s own, :func:`line_below`)."""
     return [d for d, _ in found_drafts(text, cursor, others, elsewhere, limit, library, skip,
-                                       after)]
+                                       after, below)]
 
 
 def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
@@ -395,13 +448,14 @@ def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
     return find_drafts(text[line_start:line_end], cursor - line_start, others,
-                       library=library, skip=skip, after=_next_line(text, line_end))
+                       library=library, skip=skip, after=_next_line(text, line_end),
+                       below=line_below(text, cursor))
 
 
 def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
                  elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
                  library: Library | None = None, skip: str | None = None,
-                 after: str | None = None) -> list[Found]:
+                 after: str | None = None, below: str | None = None) -> list[Found]:
     """:func:`find_drafts` with each draft's support."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
@@ -409,17 +463,21 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     partial = partial_word(line_before)
     at_end = not text[cursor:line_end].strip()
     after = _next_line(text, line_end) if after is None else after
-    drafts = _lookups(text, cursor, (), limit, after) if at_end else []
-    if at_end and BACKWARDS:
-        drafts += _backwards(text, cursor, (), limit)
+    below = line_below(text, cursor) if below is None else below
+    drafts: list[Found] = []
+    if at_end:
+        drafts = _both_ways(_lookups(text, cursor, (), limit, after),
+                            _backwards(below, line_before, _in_document(text, cursor), limit))
     drafts += [(d, 1) for d in elsewhere if d.strip()]
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit
     if at_end and others and short():
-        drafts += _lookups(line_before, len(line_before), others, limit, after)
+        drafts += _both_ways(_lookups(line_before, len(line_before), others, limit, after),
+                             _backwards(below, line_before, _in_texts(others), limit))
     if at_end and library is not None and short():
-        drafts += library.lookups(line_before, limit, skip, after)
+        drafts += _both_ways(library.lookups(line_before, limit, skip, after),
+                             library.befores(below, line_before, limit, skip))
     if short():
         drafts += [(w, 0) for w in word_drafts(partial, text, line_start, line_end, others,
                                                limit)]

@@ -373,6 +373,20 @@ def test_with_only_indentation_typed_the_line_after_the_same_previous_line_is_a_
     assert D.find_drafts("a = 1\n", 6) == [] and D.find_drafts("\n\nx", 1) == []
     # a blank previous line looks nothing up
     assert D.find_drafts("y = 1\nz = 2\n\n", 13) == []
+    # a deeper line after the same previous line brings more indentation than typed: not
+    # this line's, left out
+    deep = "def f(s):\n    if s:\n        y = 1\n        end = g(s)\n    y = 1\n    "
+    assert D.find_drafts(deep, len(deep)) == ["end = g(s)"]
+
+
+def test_a_draft_found_from_both_sides_of_the_gap_comes_first_with_both_supports():
+    """The line after the same previous line (nearest: ``x = 9``) and the line before the
+    same next line's start (``b = 2``): the one both lookups find comes first."""
+    doc = "a = 1\nb = 2\nc = 3\n\na = 1\nx = 9\nz = 0\n\na = 1\n\nc = 3 + d\n"
+    cursor = doc.index("\n\nc = 3 + d") + 1
+    found = D.found_drafts(doc, cursor)
+    assert found[0] == ("b = 2", D.support_of("a = 1") + D.support_of("c = 3"))
+    assert found[1][0] == "x = 9"
 
 
 def test_the_span_eval_sends_each_request_its_packages_drafts(pattern_model, tmp_path):
@@ -447,10 +461,22 @@ def test_the_line_before_the_cursors_next_line_elsewhere_is_a_draft():
     # a typed start it does not begin with, or another indentation: no draft from it
     assert "name: str" not in "".join(D.find_drafts(fields.replace("    n\n", "    k\n"),
                                                     cursor))
+    def backwards(doc: str, cursor: int) -> list[tuple[str, int]]:
+        line = doc[doc.rfind("\n", 0, cursor) + 1:cursor]
+        return D._backwards(D.line_below(doc, cursor), line, D._in_document(doc, cursor), 4)
+    assert backwards(fields, cursor) == [("ame: str", D.support_of("size: int") + 1)]
     deeper = fields.replace("    n\n", "        \n")
-    assert not D._backwards(deeper, at_end_of(deeper, "B:\n        "), (), 4)
+    assert not backwards(deeper, at_end_of(deeper, "B:\n        "))
     # only a line right after the cursor's counts (a blank one between: nothing)
     spaced = fields.replace("    n\n", "    n\n\n")
-    assert not D._backwards(spaced, cursor, (), 4)
+    assert not backwards(spaced, cursor)
     # the match must not end inside a longer word there
-    assert not D._backwards("x = 1\nsizes = 2\ny\nsize = 3\n", 13, (), 4)
+    assert not backwards("x = 1\nsizes = 2\ny\nsize = 3\n", 13)
+    # other open documents and the workspace's library are read backwards too
+    other = "class A:\n    name: str\n    size: int\n"
+    alone = "class B:\n    n\n    size: int\n"
+    at = at_end_of(alone, "    n")
+    assert D.found_drafts(alone, at, others=[other])[0] == \
+        ("ame: str", D.support_of("size: int") + 1)
+    lib = D.Library([("a.py", other)])
+    assert D.line_drafts(alone, at, library=lib)[0] == "ame: str"
