@@ -22,6 +22,8 @@ import heapq
 import re
 from typing import Callable, Iterable, Sequence
 
+from . import post
+
 MAX_TAIL_TOKENS = 8
 """Longest tail of the typed line that is looked up."""
 MAX_DRAFTS = 4
@@ -165,9 +167,9 @@ def _keys(text: str, line_start: int, line_before: str) -> list[tuple[str, str]]
 
 
 def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
-             after: str | None = None) -> list[Found]:
+             after: str | None = None, lines: int = 1) -> list[Found]:
     """:func:`lookup_drafts` with their support; ``after``: the line after the cursor's (by
-    default ``text``'s own)."""
+    default ``text``'s own); ``lines``: see :func:`_continuations`."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
     after = _next_line(text, line_end) if after is None else after
@@ -179,11 +181,9 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
         places += [(text, h) for h in _hits(text, key, False, line_end)]
         for other in others:
             places += [(other, h) for h in _hits(other, key, False)]
-        found = _continuations(places, tail, after, before)
-        if key != tail and cursor > line_start:  # the key ends in the typed indentation:
-            # a deeper line there brings more of it, which is not this line's
-            found = [(rest.lstrip(" \t"), n) for rest, n in found]
-        out += found
+        out += _continuations(places, tail, after, before, lines,
+                              _indent(text[line_start:cursor]),
+                              strip=key != tail and cursor > line_start)
         if len(_distinct(out, limit)) >= limit:
             break
     return _distinct(out, limit)
@@ -275,8 +275,9 @@ def _both_ways(forwards: list[Found], backwards: list[Found]) -> list[Found]:
     of the line as typed, where one in five of the others is), with both supports; then the
     rest of each, forwards first."""
     back = dict(_distinct(backwards, len(backwards)))
-    both = [(d, n + back[d]) for d, n in forwards if d in back]
-    done = {d for d, _ in both}
+    both = [(d, n + back[d.split("\n", 1)[0]]) for d, n in forwards
+            if d.split("\n", 1)[0] in back]  # a block's draft: by its first line
+    done = {d for d, _ in both} | {d.split("\n", 1)[0] for d, _ in both}
     return both + [f for f in forwards + backwards if f[0] not in done]
 
 
@@ -294,16 +295,35 @@ def _next_line(text: str, at: int, most: int = 4) -> str:
     return ""
 
 
+def reindent(text: str, to: str) -> str:
+    """``text`` (lines of code) moved from its first line's indentation to ``to``: the
+    lines after it keep their depth relative to it."""
+    own = _indent(text)
+    return "\n".join(to + x[len(own):] if x.startswith(own) else x for x in text.split("\n"))
+
+
 def _continuations(places: Iterable[tuple[str, int]], tail: str,
-                   after: str = "", before: str = "") -> list[Found]:
+                   after: str = "", before: str = "", lines: int = 1,
+                   indent: str = "", strip: bool = False) -> list[Found]:
     """What follows each place (a text and an offset just after a match of ``tail``) up to
-    its line's end (at most :data:`MAX_DRAFT_CHARS`), when that is not blank. ``after`` and
-    ``before``: the lines around the cursor's; places whose own lines around are the same
-    come first, both before one (the code around the gap agrees with them too)."""
+    its line's end (at most :data:`MAX_DRAFT_CHARS`), when that is not blank; with ``lines``
+    over 1 (a block gap), up to the end of the statement that line begins
+    (:func:`_statement_end`), its further lines as deep under the cursor's line (at
+    ``indent``) as they were under the place's. ``strip``: the tail ends in the indentation
+    typed on the cursor's line, so a deeper line there brings more of it, which is not this
+    line's: left out. ``after`` and ``before``: the lines around the cursor's;
+    places whose own lines around are the same come first, both before one (the code around
+    the gap agrees with them too)."""
     found = []
     for src, h in places:
         end = _line_end(src, h)
         rest = src[h:min(end, h + MAX_DRAFT_CHARS)].rstrip()
+        if strip:
+            rest = rest.lstrip(" \t")
+        if lines > 1:
+            own = _indent(src[src.rfind("\n", 0, h) + 1:end])
+            block = own + rest.lstrip(" \t") + src[end:_statement_end(src, end, lines)]
+            rest = reindent(block.rstrip(), indent + _indent(rest))[len(indent):]
         if rest.strip():
             agree = int(bool(after) and _next_line(src, end) == after)
             if before:  # the place's line starts where its tail does, or earlier
@@ -311,6 +331,30 @@ def _continuations(places: Iterable[tuple[str, int]], tail: str,
             found.append((-agree, rest))
     found.sort(key=lambda f: f[0])  # stable: nearest first among equals
     return [(rest, support_of(tail)) for _, rest in found]
+
+
+def _statement_end(src: str, end: int, lines: int) -> int:
+    """Where the statement that the line ending at ``end`` begins ends, within ``lines``
+    lines: through the lines of a bracket it leaves open, and after a line ending in ``:``
+    through the lines indented deeper than it (its body). A blank line ends it too; so does
+    the last line that leaves no bracket open, when the lines run out inside one."""
+    begin = src.rfind("\n", 0, end) + 1
+    base = len(_indent(src[begin:end]))
+    depth = post.bracket_depth(src[begin:end])
+    body = depth <= 0 and post.opens_block(src[begin:end])
+    whole = end  # the last end outside brackets
+    for _ in range(lines - 1):
+        if depth <= 0 and not body or end >= len(src):
+            break
+        nxt_end = _line_end(src, end + 1)
+        nxt = src[end + 1:nxt_end]
+        if not nxt.strip() or depth <= 0 and len(_indent(nxt)) <= base:
+            break
+        depth += post.bracket_depth(nxt)
+        end = nxt_end
+        if depth <= 0:
+            whole = end
+    return whole
 
 
 def _prev_line(text: str, start: int, most: int = 4) -> str:
@@ -385,12 +429,13 @@ class Library:
         return [d for d, _ in self.lookups(line_before, limit, skip)]
 
     def lookups(self, line_before: str, limit: int = MAX_DRAFTS,
-                skip: str | None = None, after: str = "") -> list[Found]:
+                skip: str | None = None, after: str = "", lines: int = 1) -> list[Found]:
         """:meth:`continuations` with their support; places followed by ``after`` (the line
-        after the cursor's) first."""
+        after the cursor's) first; ``lines``: see :func:`_continuations`."""
         out: list[Found] = []
         for tail in tails(line_before):
-            out += _continuations(self.matches(tail, skip, whole_last=False), tail, after)
+            out += _continuations(self.matches(tail, skip, whole_last=False), tail, after,
+                                  lines=lines, indent=_indent(line_before))
             if len(_distinct(out, limit)) >= limit:
                 break
         return _distinct(out, limit)
@@ -424,7 +469,8 @@ class Library:
 def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
                 elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
                 library: Library | None = None, skip: str | None = None,
-                after: str | None = None, below: str | None = None) -> list[str]:
+                after: str | None = None, below: str | None = None, lines: int = 1
+                ) -> list[str]:
     """Every draft for a completion at ``cursor``, distinct, at most ``limit``, in this order:
     lookups in the document (nearest first; those found both from the code before the gap
     and from the line after it first, :func:`_both_ways`), ``elsewhere`` (drafts the
@@ -436,9 +482,11 @@ def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
     whose next line is the line after the cursor's (``after``; by default ``text``'s own)
     come first, and in the document those whose previous line is the cursor's previous line
     too (:func:`_continuations`). ``below``: the line right after the cursor's, which the
-    lookups read backwards from (by default ``text``'s own, :func:`line_below`)."""
+    lookups read backwards from (by default ``text``'s own, :func:`line_below`). ``lines``:
+    how many lines a lookup's continuation may run to, to finish the statement it begins (a
+    block gap's; 1: to the line's end)."""
     return [d for d, _ in found_drafts(text, cursor, others, elsewhere, limit, library, skip,
-                                       after, below)]
+                                       after, below, lines)]
 
 
 def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
@@ -455,7 +503,8 @@ def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
 def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
                  elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
                  library: Library | None = None, skip: str | None = None,
-                 after: str | None = None, below: str | None = None) -> list[Found]:
+                 after: str | None = None, below: str | None = None, lines: int = 1
+                 ) -> list[Found]:
     """:func:`find_drafts` with each draft's support."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
@@ -466,17 +515,18 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     below = line_below(text, cursor) if below is None else below
     drafts: list[Found] = []
     if at_end:
-        drafts = _both_ways(_lookups(text, cursor, (), limit, after),
+        drafts = _both_ways(_lookups(text, cursor, (), limit, after, lines),
                             _backwards(below, line_before, _in_document(text, cursor), limit))
     drafts += [(d, 1) for d in elsewhere if d.strip()]
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit
     if at_end and others and short():
-        drafts += _both_ways(_lookups(line_before, len(line_before), others, limit, after),
+        drafts += _both_ways(_lookups(line_before, len(line_before), others, limit, after,
+                                      lines),
                              _backwards(below, line_before, _in_texts(others), limit))
     if at_end and library is not None and short():
-        drafts += _both_ways(library.lookups(line_before, limit, skip, after),
+        drafts += _both_ways(library.lookups(line_before, limit, skip, after, lines),
                              library.befores(below, line_before, limit, skip))
     if short():
         drafts += [(w, 0) for w in word_drafts(partial, text, line_start, line_end, others,

@@ -32,6 +32,9 @@ STRONG_SUPPORT = 5
 WEAK_DRAFT_TOKENS = 2
 """Code tokens a draft found after a shorter match is cut to (``add_drafts``)."""
 LINE_LADDER = (4, 8, 16, 32, 64)
+BLOCK_DRAFT_LINES = 4
+"""Lines a block gap's draft may run to, to finish the statement it begins (a block opener's
+body, a bracket's lines): the held-out block spans are 1-4 lines."""
 BLOCK_LADDER = (8, 16, 32, 64, 128, 256)
 TRIM_LIMIT = 200_000
 """Documents above this many characters are not parsed whole to cut a block back to the lines
@@ -292,9 +295,12 @@ class Engine(EngineBase[DiffusionModel]):
         explicit ask has no next keystroke: it gets the whole draft."""
         req = job.request
         found = drafting.found_drafts(req.text, req.start, [t for _, t in req.extra],
-                                      req.drafts)
+                                      req.drafts,
+                                      lines=BLOCK_DRAFT_LINES if job.mode == "block" else 1)
         head = job.lead.text if job.lead is not None else ""
-        cap = self.max_fill(job.settings)
+        # The model writes no draft, it only reads one: an explicit ask's may be as long as
+        # the person allows, past what the checkpoint fills well.
+        cap = job.settings.max_tokens if job.settings.explicit else self.max_fill(job.settings)
         seen: set[tuple[int, ...]] = set()
         longest = 0
         indent_lead = job.lead is not None and job.lead.taken == 0
@@ -303,8 +309,11 @@ class Engine(EngineBase[DiffusionModel]):
         not_code = {*self.model.profile.filler_ids, self.model.profile.mask_id}
         for text, support in found:
             if indent_lead:  # the indentation is the lead's: a whole line found elsewhere
-                text = text.lstrip(" \t")  # brings its own
-            ids = encode(self.tokenizer, head + text)[:cap]
+                # brings its own (a block's further lines go as deep under the lead)
+                text = drafting.reindent(text, job.lead.text)[len(job.lead.text):]
+            ids = encode(self.tokenizer, head + text)
+            if len(ids) > cap:
+                text, ids = self._whole_lines(head, text, ids, cap)
             # The gap is as long as the whole drafts would need, cut or not: the model's
             # verdicts (and the score fitted on them) depend on the mask count.
             longest = max(longest, len(ids))
@@ -323,6 +332,18 @@ class Engine(EngineBase[DiffusionModel]):
                                     max(1, upto)))
         if job.drafts:
             job.draft_length = max(max(job.lengths), min(cap, longest) + 1)
+
+    def _whole_lines(self, head: str, text: str, ids: list[int], cap: int
+                     ) -> tuple[str, list[int]]:
+        """A draft of more than ``cap`` tokens cut to its whole first lines that fit (a
+        block's statement cut inside a line would not parse), else to ``cap`` tokens."""
+        lines = text.split("\n")
+        for keep in range(len(lines) - 1, 0, -1):
+            piece = "\n".join(lines[:keep])
+            cut = encode(self.tokenizer, head + piece)
+            if len(cut) <= cap:
+                return piece, cut
+        return text, ids[:cap]
 
     def _tokens_within(self, ids: Sequence[int], chars: int) -> int:
         """How many of ``ids``' first tokens write no more than ``chars`` characters."""

@@ -418,6 +418,19 @@ def _standalone(line_before: str, middle: str, line_after: str) -> str:
     return "\n".join(x[len(indent):] if x.startswith(indent) else x for x in lines)
 
 
+def bracket_depth(code: str) -> int:
+    """Brackets ``code`` opens and leaves open (negative: closes more than it opens), strings
+    and comments left out."""
+    code = _STRING_OR_COMMENT.sub(" ", code)
+    return sum(map(code.count, "([{")) - sum(map(code.count, ")]}"))
+
+
+def opens_block(line: str) -> bool:
+    """Whether a line of code ends in ``:`` (its comment and strings left out): a body
+    follows."""
+    return _STRING_OR_COMMENT.sub(" ", line).rstrip().endswith(":")
+
+
 @functools.lru_cache(maxsize=64)
 def inside_brackets(code_before: str) -> bool:
     """Whether code ending here (the lines before a line) leaves a bracket open, read back
