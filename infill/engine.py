@@ -454,6 +454,8 @@ class Engine(EngineBase[DiffusionModel]):
         to the lines that still parse; a whole-line gap's ``indent`` put back in front."""
         req = job.request
         raw = post.whole_chars(raw, req.text)
+        if raw[:1] in (" ", "\t") and language == "python" and self._indented(job):
+            raw = drafting.reindent(raw, "")  # the line's indentation is typed, deep enough
         body = raw[len(indent):].lstrip(" \t") if indent else raw
         fill = indent + post.unstutter(
             post.clean(body, mode=job.mode, line_before=job.line_before + indent,
@@ -461,6 +463,16 @@ class Engine(EngineBase[DiffusionModel]):
         if job.mode == "block":  # a block keeps the whole lines that still parse
             fill = post.parsing_lines(language, req.text, req.start, fill, TRIM_LIMIT)
         return fill
+
+    @staticmethod
+    def _indented(job: PreparedFill) -> bool:
+        """Whether the cursor's line holds only indentation, as deep as the syntax asks or
+        deeper: a fill that starts with more would be an unexpected indent."""
+        typed = job.line_before
+        if not typed or typed.strip():
+            return False
+        want = post.line_indent(job.request.text, job.request.start - len(typed))
+        return want is not None and len(typed.expandtabs(4)) >= len(want.expandtabs(4))
 
     def min_confidence(self, settings: InfillSettings, mode: str) -> float:
         """The score a completion of ``mode`` needs to be shown: the setting, else (unless

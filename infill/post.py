@@ -42,25 +42,35 @@ def _indent(line: str) -> int:
 
 def missing_indent(text: str, cursor: int) -> str:
     """The indentation a whole-line gap at ``cursor`` needs (Python), when the cursor is at
-    the start of an empty line: one level deeper than the line above when that line opens a
-    block (ends with ``:``), else as deep as it. '' when the line has indentation already
-    (typed, or put there by the editor), or no line above has code."""
+    the start of an empty line: :func:`line_indent`. '' when the line has indentation already
+    (typed, or put there by the editor)."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = text.find("\n", cursor)
     if cursor > line_start or text[cursor:len(text) if line_end < 0 else line_end].strip():
         return ""  # indentation typed (or put there by the editor) is the person's choice
+    return line_indent(text, line_start) or ""
+
+
+def line_indent(text: str, line_start: int) -> str | None:
+    """The indentation the syntax gives the line that starts at ``line_start`` (Python): one
+    level deeper than the line above when that line opens a block (ends with ``:``), else
+    as deep as it, unless the code below claims the line (:func:`_joins_below`) or two
+    blank lines set it apart (a new top-level statement, as PEP 8 spaces them). None where
+    no rule says: inside a bracket, or no line above has code."""
     if inside_brackets(text[max(0, line_start - BRACKETS_BACK):line_start]):
-        return ""  # an expression's next line (or its closing bracket): no rule says how deep
+        return None  # an expression's next line (or its closing bracket): no rule says
+    blank = 0
     for _, line in _lines_back(text, line_start - 1) if line_start else ():
         code = line.split("#", 1)[0].rstrip()
         if not code.strip():
+            blank += not line.strip()
             continue
         indent = line[:len(line) - len(line.lstrip(" \t"))]
         if code.endswith(":"):
             indent += "\t" if indent.startswith("\t") or "\n\t" in text[:4096] else "    "
             return indent
-        return _joins_below(text, line_start, indent)
-    return ""
+        return "" if blank >= 2 else _joins_below(text, line_start, indent)
+    return None
 
 
 def _joins_below(text: str, line_start: int, indent: str) -> str:

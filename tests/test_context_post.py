@@ -351,12 +351,16 @@ def test_names_a_line_binds_are_defined_for_its_fill():
     ("class A:\n    def f(self):\n        return 1\n\n\n|\nclass B:\n    pass\n", ""),
     ("def f(x):\n    if x:\n        y = 1\n\n|\n    return y\n", "    "),
     ("def f(x):\n    if x:\n        y = 1\n\n|\n\n    return y\n", "        "),
+    # two blank lines above: a new top-level statement, as PEP 8 spaces them
+    ("class A:\n    def f(self):\n        return 1\n\n\n|\n", ""),
+    ("class A:\n    def f(self):\n        return 1\n\n# note\n|\n", "        "),
     # an expression's next line: the brackets, not the blocks, say how deep (nothing added)
     ("def f(\n    a: int,\n|\n    b: int,\n):\n    pass\n", ""),
 ])
 def test_a_whole_line_gap_is_indented_by_the_code_around_it(doc, indent):
     """At column 0 of an empty line (``|``): one level deeper after a block opener, else the
     line above's depth, unless a blank line sets the gap apart from it and the line right
-    below is indented less (a decorator over a class, a method's end)."""
+    below is indented less (a decorator over a class, a method's end), or two blank lines do
+    (top level)."""
     at = doc.index("|")
     assert post.missing_indent(doc.replace("|", ""), at) == indent

@@ -540,3 +540,27 @@ def test_only_a_line_completion_is_done_at_its_line_end(pattern_model):
     assert engine.prepare(InfillRequest(doc, at), replace(line, mode="block")).line_ends is None
     faithful = replace(line, sampler=SamplerSettings(faithful=True))
     assert engine.prepare(InfillRequest(doc, at), faithful).line_ends is None
+
+
+def test_a_fill_adds_no_indentation_to_a_typed_one_and_a_block_draft_finishes_its_statement(
+        diffill_ckpt):
+    """On a line whose indentation is typed as deep as the syntax asks, a fill that starts
+    with more (an unexpected indent) loses it; a block gap's draft runs on to the end of the
+    statement its line begins (an ``if``'s body), its lines as deep under the cursor's line
+    as they were where it was found."""
+    engine = Engine(load_model(diffill_ckpt))
+    s = InfillSettings(max_tokens=32, ensemble=1, min_confidence=0.0, hide_unknown_names=False,
+                       explicit=True)
+    doc = "def f(x):\n    if x:\n        y = 1\n        "
+    result = engine.run(InfillRequest(doc, len(doc), language="python",
+                                      drafts=("    z = g(x)",)), s)
+    texts = [it.text for it in result.items]
+    assert "z = g(x)" in texts and not any(t.startswith((" ", "\t")) for t in texts)
+    doc = ("class A:\n    def g(self, x):\n        y = 1\n        if x:\n            y = 2\n"
+           "            z = 3\n        return y\n\n\ndef f(x):\n    y = 1\n    ")
+    job = engine.prepare(InfillRequest(doc, len(doc), language="python"), s)
+    assert engine.decode(job.drafts[0].ids) == "if x:\n        y = 2\n        z = 3"
+    # a line gap's draft stops at its line's end
+    doc = doc[:-4] + "    if \n    return 0\n"
+    job = engine.prepare(InfillRequest(doc, doc.index("if \n") + 3, language="python"), s)
+    assert job.mode == "line" and all("\n" not in engine.decode(d.ids) for d in job.drafts)
