@@ -222,6 +222,9 @@ class InfillRequest:
     drafts: tuple[str, ...] = ()
     """Continuations of the cursor's line from elsewhere (other open documents, a previous
     ghost's rest), verified beside the document's own (``InfillSettings.drafts``)."""
+    draft_support: tuple[int, ...] = ()
+    """The support of each of ``drafts`` in order (the code tokens of the match it was found
+    after, ``infill.drafts.Found``), which its score weighs; those past the end count 1."""
 
 
 @dataclass(frozen=True)

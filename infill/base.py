@@ -62,6 +62,8 @@ class EngineBase(Generic[M]):
 
     def _validate(self, req: InfillRequest) -> str:
         check_size(req.text, req.path or "document")
+        if len(req.draft_support) > len(req.drafts) or any(n < 0 for n in req.draft_support):
+            raise InputError("draft_support gives one count of 0 or more per draft")
         if not 0 <= req.start <= len(req.text):
             raise PositionError(f"offset {req.start} is outside the document")
         if req.action == "complete":

@@ -490,22 +490,22 @@ def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
 
 
 def line_drafts(text: str, cursor: int, others: Sequence[str] = (),
-                library: Library | None = None, skip: str | None = None) -> list[str]:
-    """:func:`find_drafts` from beyond the document (``others``, the ``library``): the
+                library: Library | None = None, skip: str | None = None) -> list[Found]:
+    """:func:`found_drafts` from beyond the document (``others``, the ``library``): the
     cursor's line alone stands for the document, whose own drafts the daemon finds."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
-    return find_drafts(text[line_start:line_end], cursor - line_start, others,
-                       library=library, skip=skip, after=_next_line(text, line_end),
-                       below=line_below(text, cursor))
+    return found_drafts(text[line_start:line_end], cursor - line_start, others,
+                        library=library, skip=skip, after=_next_line(text, line_end),
+                        below=line_below(text, cursor))
 
 
 def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
-                 elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
+                 elsewhere: Sequence[str | Found] = (), limit: int = MAX_DRAFTS,
                  library: Library | None = None, skip: str | None = None,
                  after: str | None = None, below: str | None = None, lines: int = 1
                  ) -> list[Found]:
-    """:func:`find_drafts` with each draft's support."""
+    """:func:`find_drafts` with each draft's support (``elsewhere``'s: given with them, or 1)."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
     line_before = text[line_start:cursor]
@@ -517,7 +517,8 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     if at_end:
         drafts = _both_ways(_lookups(text, cursor, (), limit, after, lines),
                             _backwards(below, line_before, _in_document(text, cursor), limit))
-    drafts += [(d, 1) for d in elsewhere if d.strip()]
+    drafts += [(d, 1) if isinstance(d, str) else d for d in elsewhere
+               if (d if isinstance(d, str) else d[0]).strip()]
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit

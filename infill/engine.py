@@ -294,8 +294,9 @@ class Engine(EngineBase[DiffusionModel]):
         next keystroke look again with a longer tail (docs/performance.md, session 12). An
         explicit ask has no next keystroke: it gets the whole draft."""
         req = job.request
-        found = drafting.found_drafts(req.text, req.start, [t for _, t in req.extra],
-                                      req.drafts,
+        given = [(d, req.draft_support[k] if k < len(req.draft_support) else 1)
+                 for k, d in enumerate(req.drafts)]
+        found = drafting.found_drafts(req.text, req.start, [t for _, t in req.extra], given,
                                       lines=BLOCK_DRAFT_LINES if job.mode == "block" else 1)
         head = job.lead.text if job.lead is not None else ""
         # The model writes no draft, it only reads one: an explicit ask's may be as long as

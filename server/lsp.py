@@ -277,7 +277,7 @@ class DiffillServer(LanguageServer):
                 yield doc
 
     def drafts_elsewhere(self, uri: str, language: str, path: str | None, text: str,
-                         cursor: int) -> list[str]:
+                         cursor: int) -> list[drafting.Found]:
         """Drafts for the cursor's line from beyond the document (the daemon adds the
         document's own): the line as the last ghost shown here would have made it, the
         other open documents of the language (most recently touched first), then the
@@ -296,6 +296,13 @@ class DiffillServer(LanguageServer):
         if not others and library is None:
             return []
         return drafting.line_drafts(text, cursor, others, library, path)
+
+    def drafts_for(self, uri: str, doc: Any, text: str, cursor: int, wanted: bool
+                   ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """A request's ``drafts`` and ``draft_support`` (:meth:`drafts_elsewhere`)."""
+        found = self.drafts_elsewhere(uri, doc.language_id, doc.path, text, cursor) \
+            if wanted else []
+        return tuple(d for d, _ in found), tuple(n for _, n in found)
 
     def workspace_roots(self) -> list[Path]:
         roots = [self.workspace.root_path] if self.workspace.root_path else []
@@ -360,14 +367,14 @@ class DiffillServer(LanguageServer):
         text = doc.source
         piece, base = self.slice_for(text, start, end if end is not None else start)
         settings = self.state.settings
+        drafts, support = self.drafts_for(uri, doc, text, start,
+                                          action == "complete" and settings.drafts)
         request = InfillRequest(
             piece, start - base, None if end is None else end - base, action,
             doc.language_id, doc.path,
             tuple((name, chunk) for name, chunk in self.neighbours(uri, doc.language_id, text,
                                                                    start)),
-            instruction,
-            tuple(self.drafts_elsewhere(uri, doc.language_id, doc.path, text, start))
-            if action == "complete" and settings.drafts else ())
+            instruction, drafts, support)
         t0 = time.perf_counter()
         params = {"document": uri, "request": request_to_wire(request),
                   "model": settings.model_spec(),

@@ -463,6 +463,27 @@ def test_a_completion_verifies_drafts_from_the_document_first(pattern_model):
     assert plain.best.text.split()[:4] == ["c5", "c6", "c7", "c8"]
 
 
+def test_a_draft_from_elsewhere_is_weighed_by_the_support_it_was_sent_with(pattern_model):
+    """A draft the editor's side found (the workspace's, another document's) comes with the
+    length of the match it was found after: a long one is verified whole and scores as
+    such; one sent without (support 1) is a weak draft, cut to two code tokens for a ghost.
+    A support for no draft, or a negative one, is a clear error."""
+    from diffill.infill.text import InputError
+    engine = Engine(pattern_model)
+    doc = "c0 c1 c2 c3 c4 \nc8 c9 c10"
+    at = doc.index("c4 \n") + 3
+    s = InfillSettings(max_tokens=8, ensemble=1, mode="line", min_confidence=0.0)
+    weak = engine.prepare(InfillRequest(doc, at, drafts=("c5 c6 c7 c8",)), s)
+    strong = engine.prepare(InfillRequest(doc, at, drafts=("c5 c6 c7 c8",),
+                                          draft_support=(8,)), s)
+    assert engine.decode(weak.drafts[0].ids).split() == ["c5", "c6"]
+    assert weak.drafts[0].support == 1 and strong.drafts[0].support == 8
+    assert engine.decode(strong.drafts[0].ids).split() == ["c5", "c6", "c7", "c8"]
+    for bad in ((8, 8), (-1,)):
+        with pytest.raises(InputError, match="draft_support"):
+            engine.run(InfillRequest(doc, at, drafts=("c5",), draft_support=bad), s)
+
+
 def test_a_draft_the_tokenizer_spells_with_a_filler_or_unknown_id_is_not_verified(
         pattern_model):
     """The counting tokenizer knows no "5" alone: a draft "5 c6" would be read as its

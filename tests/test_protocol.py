@@ -68,7 +68,7 @@ def test_the_wire_format_round_trips_settings_requests_and_results_through_json(
     trip = lambda obj: json.loads(json.dumps(obj))  # noqa: E731 - what the socket does
     assert W.settings_from_wire(trip(W.settings_to_wire(s))) == s
     r = InfillRequest("abc", 1, 2, "rewrite", "python", "/x.py", (("a.py", "x"),),
-                      drafts=("bc",))
+                      drafts=("bc",), draft_support=(5,))
     assert W.request_from_wire(trip(W.request_to_wire(r))) == r
     res = InfillResult([Completion("x", 1, 2, 0.5, True, 3, False, ("zz",))], "rewrite", 4, 0.1,
                        [1], withheld=2, withheld_by={"floor": 2})
@@ -81,7 +81,8 @@ def test_the_wire_format_round_trips_settings_requests_and_results_through_json(
         with pytest.raises(W.WireError, match="malformed settings"):
             W.settings_from_wire(bad)
     for bad in ({}, {"text": "x", "start": "0"}, {"text": "x", "start": 0, "extra": [[1, 2]]},
-                {"text": "x", "start": 0, "spare": 1}):
+                {"text": "x", "start": 0, "spare": 1},
+                {"text": "x", "start": 0, "drafts": ["y"], "draft_support": ["5"]}):
         with pytest.raises(W.WireError, match="malformed infill request"):
             W.request_from_wire(bad)
 

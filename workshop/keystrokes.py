@@ -186,12 +186,20 @@ class WorkspaceDrafts:
                                      skip=self.path)
         return found[0] if found else None
 
-    def elsewhere(self, doc: str, cursor: int) -> list[str]:
-        """What the LSP server would send as a request's drafts: the workspace's, for the
-        cursor's line."""
+    def elsewhere(self, doc: str, cursor: int) -> list[drafting.Found]:
+        """What the LSP server would send as a request's drafts: the workspace's for the
+        cursor's line, with their support."""
         if self.library is None:
             return []
         return drafting.line_drafts(doc, cursor, library=self.library, skip=self.path)
+
+    def lend(self, req):
+        """``req`` (an ``InfillRequest``) with the drafts and their support the LSP server
+        would send with it."""
+        from dataclasses import replace
+        found = self.elsewhere(req.text, req.start)
+        return replace(req, drafts=tuple(d for d, _ in found),
+                       draft_support=tuple(n for _, n in found))
 
 
 def engine_completer(engine, settings, report: TypingReport, language: str = "python",
@@ -206,9 +214,9 @@ def engine_completer(engine, settings, report: TypingReport, language: str = "py
         line_start = doc.rfind("\n", 0, cursor) + 1
         key = f"{len(doc) - cursor}:{line_start}"
         t0 = time.perf_counter()
-        found = tuple(workspace.elsewhere(doc, cursor)) if workspace is not None else ()
+        request = InfillRequest(doc, cursor, language=language)
         (result,) = engine.run_batch([Submission(
-            InfillRequest(doc, cursor, language=language, drafts=found),
+            workspace.lend(request) if workspace is not None else request,
             document=DocumentKey("typing", key))], settings)
         if isinstance(result, BaseException):
             raise result

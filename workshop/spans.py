@@ -182,18 +182,15 @@ def evaluate(engine: Engine, spans: list[Span], settings: InfillSettings,
     for k, sp in enumerate(spans):
         s = replace(settings, min_confidence=0.0, hide_unknown_names=False,
                     mode=sp.mode if settings.mode == "auto" else settings.mode)
-        found: tuple[str, ...] = ()
+        request = InfillRequest(sp.text, sp.cursor, language="python", path=sp.path)
         if workspace is not None:
             workspace.open(sp.path)
-            found = tuple(workspace.elsewhere(sp.text, sp.cursor))
-        request = InfillRequest(sp.text, sp.cursor, language="python", path=sp.path,
-                                drafts=found)
+            request = workspace.lend(request)
         doc = DocumentKey("eval", f"span-{k}") if typing else None
         if typing:
             before = previous_keystroke(sp)
             if workspace is not None:
-                before = replace(before, drafts=tuple(workspace.elsewhere(before.text,
-                                                                          before.start)))
+                before = workspace.lend(before)
             engine.run_batch([Submission(before, document=doc)], s)
         t0 = time.perf_counter()
         (result,) = engine.run_batch([Submission(request, document=doc)], s)
