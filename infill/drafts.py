@@ -477,7 +477,7 @@ def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
     editor's side found: the line as the last ghost would have made it, the other open
     documents, the workspace), lookups in ``others``, then in the ``library`` (``skip``: its
     copy of this document), then the partial word's completions from the same texts in the
-    same order. No lookup inside a line that goes on after the cursor: a line fill there must
+    same order (``elsewhere``'s, support 0, after the document's own). No lookup inside a line that goes on after the cursor: a line fill there must
     meet the code after it, which a lookup does not know. Among the places of one tail, those
     whose next line is the line after the cursor's (``after``; by default ``text``'s own)
     come first, and in the document those whose previous line is the cursor's previous line
@@ -517,8 +517,8 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     if at_end:
         drafts = _both_ways(_lookups(text, cursor, (), limit, after, lines),
                             _backwards(below, line_before, _in_document(text, cursor), limit))
-    drafts += [(d, 1) if isinstance(d, str) else d for d in elsewhere
-               if (d if isinstance(d, str) else d[0]).strip()]
+    given = [(d, 1) if isinstance(d, str) else d for d in elsewhere]
+    drafts += [d for d in given if d[0].strip() and d[1] > 0]
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit
@@ -532,6 +532,8 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     if short():
         drafts += [(w, 0) for w in word_drafts(partial, text, line_start, line_end, others,
                                                limit)]
+    # Words completed from elsewhere (the workspace's most used) after the document's nearest.
+    drafts += [d for d in given if d[0].strip() and d[1] <= 0]
     if library is not None and short():
         drafts += [(w, 0) for w in library.completions(partial, limit)]
     return _distinct(drafts, limit)
