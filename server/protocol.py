@@ -141,10 +141,11 @@ class Settings:
     drafts: bool = True
     """Verify drafts from the code at hand before the model writes its own: the typed line's
     tail found elsewhere (the file, the other open files, the workspace's files, the line as
-    the last ghost would have made it) and what followed it there, and the words that
-    complete the partial word; each is cut where the model vetoes it (a ghost's; an explicit
-    ask gets them whole), scored by how likely its first word is typed next, and shown after
-    one pass."""
+    the last ghost would have made it) and what followed it there; the line after the
+    cursor's found elsewhere and the line before it there (those found both ways first); and
+    the words that complete the partial word. Each is cut where the model vetoes it (a
+    ghost's; an explicit ask gets them whole), scored by how likely its first word is typed
+    next, and shown after one pass."""
     workspaceFiles: int = 2000
     """Drafts also come from the workspace's files of the document's kind (by suffix): the
     most recently modified ones up to this many (and 50 MB), read once in the background and
