@@ -237,7 +237,7 @@ def _backwards(below: str, typed_line: str, places_of: Places, limit: int) -> li
         key = "\n" + _indent(below) + head
         for src, h in places_of(key):
             at = h - len(key)  # the line break ending the line before the match
-            if h < len(src) and (src[h].isalnum() or src[h] == "_") and head[-1:].isalnum():
+            if h < len(src) and _word_char(src[h]) and _word_char(head[-1]):
                 continue  # the head ends inside a longer word there
             prev = src[src.rfind("\n", 0, at) + 1:at].rstrip()
             body = prev.lstrip(" \t")
@@ -263,7 +263,12 @@ def _in_document(text: str, cursor: int) -> Places:
     return places
 
 
+def _word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
 def _in_texts(texts: Sequence[str]) -> Places:
+    """The places of a key in each of ``texts``, in order, first to last in each."""
     def places(key: str) -> list[tuple[str, int]]:
         return [(t, h) for t in texts for h in _hits(t, key, False)]
     return places
@@ -440,7 +445,6 @@ class Library:
                 break
         return _distinct(out, limit)
 
-
     def matches(self, key: str, skip: str | None = None, whole_last: bool = True
                 ) -> Iterable[tuple[str, int]]:
         """The clean matches of ``key`` (a text, the offset just after it), found from the
@@ -467,7 +471,7 @@ class Library:
 
 
 def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
-                elsewhere: Sequence[str] = (), limit: int = MAX_DRAFTS,
+                elsewhere: Sequence[str | Found] = (), limit: int = MAX_DRAFTS,
                 library: Library | None = None, skip: str | None = None,
                 after: str | None = None, below: str | None = None, lines: int = 1
                 ) -> list[str]:
@@ -477,8 +481,9 @@ def find_drafts(text: str, cursor: int, others: Sequence[str] = (),
     editor's side found: the line as the last ghost would have made it, the other open
     documents, the workspace), lookups in ``others``, then in the ``library`` (``skip``: its
     copy of this document), then the partial word's completions from the same texts in the
-    same order (``elsewhere``'s, support 0, after the document's own). No lookup inside a line that goes on after the cursor: a line fill there must
-    meet the code after it, which a lookup does not know. Among the places of one tail, those
+    same order (``elsewhere``'s, support 0, after the document's own). No lookup inside a
+    line that goes on after the cursor: a line fill there must meet the code after it,
+    which a lookup does not know. Among the places of one tail, those
     whose next line is the line after the cursor's (``after``; by default ``text``'s own)
     come first, and in the document those whose previous line is the cursor's previous line
     too (:func:`_continuations`). ``below``: the line right after the cursor's, which the
@@ -522,13 +527,11 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit
-    if at_end and others and short():
-        drafts += _both_ways(_lookups(line_before, len(line_before), others, limit, after,
-                                      lines),
-                             _backwards(below, line_before, _in_texts(others), limit))
-    if at_end and library is not None and short():
-        drafts += _both_ways(library.lookups(line_before, limit, skip, after, lines),
-                             library.befores(below, line_before, limit, skip))
+    if at_end:
+        for beyond in _beyond(line_before, others, library, skip, after, below, lines, limit):
+            if not short():
+                break
+            drafts += beyond()
     if short():
         drafts += [(w, 0) for w in word_drafts(partial, text, line_start, line_end, others,
                                                limit)]
@@ -537,6 +540,22 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     if library is not None and short():
         drafts += [(w, 0) for w in library.completions(partial, limit)]
     return _distinct(drafts, limit)
+
+
+def _beyond(line_before: str, others: Sequence[str], library: Library | None,
+            skip: str | None, after: str, below: str, lines: int, limit: int
+            ) -> list[Callable[[], list[Found]]]:
+    """The lookups of both directions in ``others`` and then the ``library``, each to run
+    only while the drafts found before it are too few."""
+    out = []
+    if others:
+        out.append(lambda: _both_ways(
+            _lookups(line_before, len(line_before), others, limit, after, lines),
+            _backwards(below, line_before, _in_texts(others), limit)))
+    if library is not None:
+        out.append(lambda: _both_ways(library.lookups(line_before, limit, skip, after, lines),
+                                      library.befores(below, line_before, limit, skip)))
+    return out
 
 
 def _distinct(items: Iterable[Found], limit: int) -> list[Found]:

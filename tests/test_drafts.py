@@ -458,7 +458,8 @@ def test_the_line_before_the_cursors_next_line_elsewhere_is_a_draft():
     fields = ("class A:\n    name: str\n    size: int\n    kind: str\n\n"
               "class B:\n    n\n    size: int\n")
     cursor = at_end_of(fields, "    n")
-    assert D.found_drafts(fields, cursor)[0] == ("ame: str", D.support_of("size: int") + D.support_of("n"))
+    assert D.found_drafts(fields, cursor)[0] == \
+        ("ame: str", D.support_of("size: int") + D.support_of("n"))
     # a typed start it does not begin with, or another indentation: no draft from it
     assert "name: str" not in "".join(D.find_drafts(fields.replace("    n\n", "    k\n"),
                                                     cursor))
