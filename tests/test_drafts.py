@@ -311,6 +311,30 @@ def test_floors_are_replayed_on_recorded_offers_and_the_best_keeps_half_taken():
 
 
 @pytest.mark.slow
+def test_the_floors_can_be_chosen_on_several_samples_pooled(diffill_ckpt, tmp_path, capsys):
+    """``diffill eval --keystrokes --calibrate --seeds 0,1``: the lines of each seed typed as
+    one sample (a floor chosen on one small sample is chosen for it); a bad list is a usage
+    error."""
+    import json
+
+    from diffill.workshop.commands import main
+    src = tmp_path / "m.py"
+    src.write_text("".join(f"def f{i}(value, other):\n    total = value + other * {i}\n"
+                           f"    return total\n\n\n" for i in range(12)))
+    base = ["eval", "--keystrokes", "--calibrate", "--model", str(diffill_ckpt), "--files",
+            str(src), "--n", "1", "--max-tokens", "4", "--json"]
+    assert main(base + ["--seeds", "0,1"]) == 0
+    pooled = json.loads(capsys.readouterr().out)
+    assert pooled["lines"] == 2 and pooled["seeds"] == [0, 1]
+    assert main(base) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["lines"] == 1 and single["seeds"] == [0]
+    with pytest.raises(SystemExit) as err:
+        main(base + ["--seeds", "a,b"])
+    assert err.value.code == 2 and "seeds as whole numbers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_no_ghost_of_the_typing_eval_breaks_a_line_that_parsed(diffill_ckpt):
     """The typing eval over a real file with a random model showing everything it may: every
     ghost shown leaves its line parsing, or unfinished, where it parsed or was unfinished

@@ -112,6 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "when the line goes on with it), for diffill, the buffer's words and "
                         "the drafts alone on the same keys; keys saved, ghosts shown and taken, "
                         "tokens per pass, latency")
+    e.add_argument("--seeds", type=seed_list, metavar="S,S,...",
+                   help="with --keystrokes: the lines of each of these sample seeds (--n each), "
+                        "typed as one sample: pooled figures (a 40-line sample moves the share "
+                        "of ghosts taken by about three points; choose floors on several)")
     e.add_argument("--lsp", action="store_true",
                    help="with --keystrokes: diffill answers through a real diffill lsp process "
                         "(every key a didChange and an automatic inline completion), with the "
@@ -157,6 +161,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_options(b, engines=("local",))
     b.set_defaults(func=cmd_bench)
 
+
+
+def seed_list(raw: str) -> list[int]:
+    """``--seeds``: sample seeds, comma-separated (``0,1,2,3``)."""
+    try:
+        seeds = [int(p) for p in raw.split(",") if p.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{raw!r}: seeds as whole numbers, e.g. 0,1,2,3")
+    return seeds
 
 
 def confidence_floors(raw: str) -> "float | dict[str, float]":

@@ -128,10 +128,11 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
 
     from .typing_lsp import LspTyping
     from diffill.server.workspace import build_library
-    lines = K.pick_lines(files, args.n, args.sample_seed)
+    seeds = getattr(args, "seeds", None) or [args.sample_seed]
+    lines = [line for seed in seeds for line in K.pick_lines(files, args.n, seed)]
     settings = replace(settings, quick_lines=True)
     if args.calibrate:
-        return calibrate_keystrokes(args, engine, settings, lines, packages)
+        return calibrate_keystrokes(args, engine, settings, lines, packages, seeds)
     model_report = K.TypingReport("diffill")
     root_of = package_root(packages) if args.workspace else (lambda path: None)
     if args.workspace:  # each package read once, as its LSP server would
@@ -163,7 +164,8 @@ def run_keystrokes(args: argparse.Namespace, engine, settings, files: list[Path]
         model_report.tokens = [counters.get("tokens_shown", 0)]
     rows = [r.as_dict() for r in reports]
     meta = {"model": engine.model.describe(), "packages": packages, "files": len(files),
-            "versions": versions(packages), "lines": len(lines), "seed": args.sample_seed,
+            "versions": versions(packages), "lines": len(lines), "seed": seeds[0],
+            "seeds": seeds,
             "cpu": platform.processor() or platform.machine(),
             "through": "diffill lsp" if lsp else "the engine in process",
             "workspace": bool(args.workspace)}
@@ -198,7 +200,8 @@ def package_root(packages: list[str]):
 FLOORS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
-def calibrate_keystrokes(args: argparse.Namespace, engine, settings, lines, packages) -> int:
+def calibrate_keystrokes(args: argparse.Namespace, engine, settings, lines, packages,
+                         seeds: list[int]) -> int:
     """``diffill eval --keystrokes --calibrate``: what diffill offers at every position of
     the lines is recorded once, and the typing eval is replayed on it for each floor (the
     floor only chooses among the offers); the floor that saves the most keys with at least
@@ -217,13 +220,15 @@ def calibrate_keystrokes(args: argparse.Namespace, engine, settings, lines, pack
     best = K.best_floor(reports)
     rows = {f"{f:g}": r.as_dict() for f, r in reports.items()}
     if args.json:
-        print(json.dumps({"lines": len(lines), "seed": args.sample_seed, "packages": packages,
+        print(json.dumps({"lines": len(lines), "seed": seeds[0], "seeds": seeds,
+                          "packages": packages,
                           "versions": versions(packages), "hide_unknown_names": hide,
                           "floors": rows, "best": best,
                           "offered": offered if getattr(args, "record", None) else None},
                          indent=1))
         return 0
-    print(f"keystroke calibration: {len(lines)} held-out lines, seed {args.sample_seed}")
+    print(f"keystroke calibration: {len(lines)} held-out lines, "
+          f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
     print(f"{'floor':>6} {'keys saved':>10} {'shown':>7} {'taken':>7} {'whole':>7}")
     for f, r in rows.items():
         taken = f"{r['shown_accepted']:>7.1%}" if r["shown_accepted"] is not None else \
