@@ -175,14 +175,11 @@ def _lookups(text: str, cursor: int, others: Sequence[str], limit: int,
     after = _next_line(text, line_end) if after is None else after
     before = _prev_line(text, line_start) if text[line_start:cursor].strip() else ""
     out: list[Found] = []
+    in_text, in_others = _in_document(text, cursor), _in_texts(others)
     for key, tail in _keys(text, line_start, text[line_start:cursor]):
-        # Before the line: a key that ends in the line break must not meet this line's own.
-        places = [(text, h) for h in _hits(text, key, True, 0, max(0, line_start - 1))]
-        places += [(text, h) for h in _hits(text, key, False, line_end)]
-        for other in others:
-            places += [(other, h) for h in _hits(other, key, False)]
+        places = in_text(key) + in_others(key)
         out += _continuations(places, tail, after, before, lines,
-                              _indent(text[line_start:cursor]),
+                              post.indentation(text[line_start:cursor]),
                               strip=key != tail and cursor > line_start)
         if len(_distinct(out, limit)) >= limit:
             break
@@ -199,10 +196,6 @@ def heads(line: str, most: int = MAX_TAIL_TOKENS) -> list[str]:
         if len(head) >= 2 and head not in out:
             out.append(head)
     return out
-
-
-def _indent(line: str) -> str:
-    return line[:len(line) - len(line.lstrip(" \t"))]
 
 
 def line_below(text: str, cursor: int) -> str:
@@ -231,10 +224,10 @@ def _backwards(below: str, typed_line: str, places_of: Places, limit: int) -> li
     if not below.strip():
         return []
     typed = typed_line.lstrip(" \t")
-    indent = _indent(typed_line) if typed_line else None
+    indent = post.indentation(typed_line) if typed_line else None
     out: list[Found] = []
     for head in heads(below):
-        key = "\n" + _indent(below) + head
+        key = "\n" + post.indentation(below) + head
         for src, h in places_of(key):
             at = h - len(key)  # the line break ending the line before the match
             if h < len(src) and _word_char(src[h]) and _word_char(head[-1]):
@@ -242,7 +235,7 @@ def _backwards(below: str, typed_line: str, places_of: Places, limit: int) -> li
             prev = src[src.rfind("\n", 0, at) + 1:at].rstrip()
             body = prev.lstrip(" \t")
             if not body.startswith(typed) or len(body) <= len(typed) or \
-                    (indent is not None and _indent(prev) != indent):
+                    (indent is not None and post.indentation(prev) != indent):
                 continue
             out.append((body[len(typed):][:MAX_DRAFT_CHARS],
                         support_of(head) + support_of(typed)))
@@ -252,8 +245,10 @@ def _backwards(below: str, typed_line: str, places_of: Places, limit: int) -> li
 
 
 def _in_document(text: str, cursor: int) -> Places:
-    """The places of a key in ``text`` outside the cursor's line and the line after it:
-    before them nearest first, then after them."""
+    """The places of a key in ``text`` that end before the line break opening the cursor's
+    line (a key that ends in one must not meet this line's own), nearest first, then those
+    that begin after the line break closing it (a key that begins with one would find the
+    next line's own start)."""
     line_start = text.rfind("\n", 0, cursor) + 1
     line_end = _line_end(text, cursor)
 
@@ -280,9 +275,9 @@ def _both_ways(forwards: list[Found], backwards: list[Found]) -> list[Found]:
     of the line as typed, where one in five of the others is), with both supports; then the
     rest of each, forwards first."""
     back = dict(_distinct(backwards, len(backwards)))
-    both = [(d, n + back[d.split("\n", 1)[0]]) for d, n in forwards
-            if d.split("\n", 1)[0] in back]  # a block's draft: by its first line
-    done = {d for d, _ in both} | {d.split("\n", 1)[0] for d, _ in both}
+    firsts = [(d, n, d.split("\n", 1)[0]) for d, n in forwards]  # a block's: its first line
+    both = [(d, n + back[first]) for d, n, first in firsts if first in back]
+    done = {d for d, _ in both} | {first for _, _, first in firsts if first in back}
     return both + [f for f in forwards + backwards if f[0] not in done]
 
 
@@ -303,7 +298,7 @@ def _next_line(text: str, at: int, most: int = 4) -> str:
 def reindent(text: str, to: str) -> str:
     """``text`` (lines of code) moved from its first line's indentation to ``to``: the
     lines after it keep their depth relative to it."""
-    own = _indent(text)
+    own = post.indentation(text)
     return "\n".join(to + x[len(own):] if x.startswith(own) else x for x in text.split("\n"))
 
 
@@ -326,9 +321,9 @@ def _continuations(places: Iterable[tuple[str, int]], tail: str,
         if strip:
             rest = rest.lstrip(" \t")
         if lines > 1:
-            own = _indent(src[src.rfind("\n", 0, h) + 1:end])
+            own = post.indentation(src[src.rfind("\n", 0, h) + 1:end])
             block = own + rest.lstrip(" \t") + src[end:_statement_end(src, end, lines)]
-            rest = reindent(block.rstrip(), indent + _indent(rest))[len(indent):]
+            rest = reindent(block.rstrip(), indent + post.indentation(rest))[len(indent):]
         if rest.strip():
             agree = int(bool(after) and _next_line(src, end) == after)
             if before:  # the place's line starts where its tail does, or earlier
@@ -344,7 +339,7 @@ def _statement_end(src: str, end: int, lines: int) -> int:
     through the lines indented deeper than it (its body). A blank line ends it too; so does
     the last line that leaves no bracket open, when the lines run out inside one."""
     begin = src.rfind("\n", 0, end) + 1
-    base = len(_indent(src[begin:end]))
+    base = len(post.indentation(src[begin:end]))
     depth = post.bracket_depth(src[begin:end])
     body = depth <= 0 and post.opens_block(src[begin:end])
     whole = end  # the last end outside brackets
@@ -353,7 +348,7 @@ def _statement_end(src: str, end: int, lines: int) -> int:
             break
         nxt_end = _line_end(src, end + 1)
         nxt = src[end + 1:nxt_end]
-        if not nxt.strip() or depth <= 0 and len(_indent(nxt)) <= base:
+        if not nxt.strip() or depth <= 0 and len(post.indentation(nxt)) <= base:
             break
         depth += post.bracket_depth(nxt)
         end = nxt_end
@@ -440,7 +435,7 @@ class Library:
         out: list[Found] = []
         for tail in tails(line_before):
             out += _continuations(self.matches(tail, skip, whole_last=False), tail, after,
-                                  lines=lines, indent=_indent(line_before))
+                                  lines=lines, indent=post.indentation(line_before))
             if len(_distinct(out, limit)) >= limit:
                 break
         return _distinct(out, limit)
@@ -527,11 +522,13 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
 
     def short() -> bool:
         return len(_distinct(drafts, limit)) < limit
-    if at_end:
-        for beyond in _beyond(line_before, others, library, skip, after, below, lines, limit):
-            if not short():
-                break
-            drafts += beyond()
+    if at_end and others and short():
+        drafts += _both_ways(_lookups(line_before, len(line_before), others, limit, after,
+                                      lines),
+                             _backwards(below, line_before, _in_texts(others), limit))
+    if at_end and library is not None and short():
+        drafts += _both_ways(library.lookups(line_before, limit, skip, after, lines),
+                             library.befores(below, line_before, limit, skip))
     if short():
         drafts += [(w, 0) for w in word_drafts(partial, text, line_start, line_end, others,
                                                limit)]
@@ -542,20 +539,10 @@ def found_drafts(text: str, cursor: int, others: Sequence[str] = (),
     return _distinct(drafts, limit)
 
 
-def _beyond(line_before: str, others: Sequence[str], library: Library | None,
-            skip: str | None, after: str, below: str, lines: int, limit: int
-            ) -> list[Callable[[], list[Found]]]:
-    """The lookups of both directions in ``others`` and then the ``library``, each to run
-    only while the drafts found before it are too few."""
-    out = []
-    if others:
-        out.append(lambda: _both_ways(
-            _lookups(line_before, len(line_before), others, limit, after, lines),
-            _backwards(below, line_before, _in_texts(others), limit)))
-    if library is not None:
-        out.append(lambda: _both_ways(library.lookups(line_before, limit, skip, after, lines),
-                                      library.befores(below, line_before, limit, skip)))
-    return out
+def request_fields(found: Sequence[Found]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Drafts found beyond the document as a request carries them: ``drafts`` and
+    ``draft_support`` (``InfillRequest``)."""
+    return tuple(d for d, _ in found), tuple(n for _, n in found)
 
 
 def _distinct(items: Iterable[Found], limit: int) -> list[Found]:

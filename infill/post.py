@@ -35,6 +35,11 @@ def detect_mode(line_before: str, line_after: str) -> str:
     return "line"
 
 
+def indentation(line: str) -> str:
+    """The spaces and tabs a line begins with."""
+    return line[:len(line) - len(line.lstrip(" \t"))]
+
+
 def _indent(line: str) -> int:
     expanded = line.expandtabs(4)
     return len(expanded) - len(expanded.lstrip(" "))
@@ -65,7 +70,7 @@ def line_indent(text: str, line_start: int) -> str | None:
         if not code.strip():
             blank += not line.strip()
             continue
-        indent = line[:len(line) - len(line.lstrip(" \t"))]
+        indent = indentation(line)
         if code.endswith(":"):
             indent += "\t" if indent.startswith("\t") or "\n\t" in text[:4096] else "    "
             return indent
@@ -85,7 +90,7 @@ def _joins_below(text: str, line_start: int, indent: str) -> str:
     below = text[line_end + 1:below_end if below_end >= 0 else len(text)]
     if not below.strip() or below.lstrip().startswith("#"):
         return indent
-    own = below[:len(below) - len(below.lstrip(" \t"))]
+    own = indentation(below)
     return own if _indent(own) < _indent(indent) else indent
 
 
@@ -423,7 +428,7 @@ def _line_state(code: str) -> str:
 def _standalone(line_before: str, middle: str, line_after: str) -> str:
     """The cursor's line with ``middle`` in place, and any lines ``middle`` adds, dedented by
     the line's own indentation so it stands alone."""
-    indent = line_before[:len(line_before) - len(line_before.lstrip(" \t"))]
+    indent = indentation(line_before)
     lines = (line_before + middle + line_after).split("\n")
     return "\n".join(x[len(indent):] if x.startswith(indent) else x for x in lines)
 

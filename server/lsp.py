@@ -300,9 +300,9 @@ class DiffillServer(LanguageServer):
     def drafts_for(self, uri: str, doc: Any, text: str, cursor: int, wanted: bool
                    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """A request's ``drafts`` and ``draft_support`` (:meth:`drafts_elsewhere`)."""
-        found = self.drafts_elsewhere(uri, doc.language_id, doc.path, text, cursor) \
-            if wanted else []
-        return tuple(d for d, _ in found), tuple(n for _, n in found)
+        return drafting.request_fields(
+            self.drafts_elsewhere(uri, doc.language_id, doc.path, text, cursor) if wanted
+            else [])
 
     def workspace_roots(self) -> list[Path]:
         roots = [self.workspace.root_path] if self.workspace.root_path else []

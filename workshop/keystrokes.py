@@ -197,9 +197,8 @@ class WorkspaceDrafts:
         """``req`` (an ``InfillRequest``) with the drafts and their support the LSP server
         would send with it."""
         from dataclasses import replace
-        found = self.elsewhere(req.text, req.start)
-        return replace(req, drafts=tuple(d for d, _ in found),
-                       draft_support=tuple(n for _, n in found))
+        drafts, support = drafting.request_fields(self.elsewhere(req.text, req.start))
+        return replace(req, drafts=drafts, draft_support=support)
 
 
 def engine_completer(engine, settings, report: TypingReport, language: str = "python",
